@@ -1,0 +1,160 @@
+//! A model as the user hands it over: `config.json`, the safetensors checkpoint (one file or shards) and
+//! `tokenizer.json`.
+
+use crate::checkpoint::{dtype_name, Checkpoint};
+use crate::config::GptNeoConfig;
+use crate::model::{CheckpointWeights, GptNeo};
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+pub struct ModelBundle {
+    pub cfg: GptNeoConfig,
+    pub ckpt: Checkpoint,
+    pub tokenizer: Option<Tokenizer>,
+}
+
+/// One tensor of a checkpoint, as `slc inspect` and the page list it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TensorSummary {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub bytes: usize,
+}
+
+/// What was found in a checkpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct BundleSummary {
+    pub model_type: String,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub num_heads: usize,
+    pub intermediate_size: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub window_size: usize,
+    pub attention: Vec<crate::config::AttentionKind>,
+    /// Parameters in the checkpoint's float tensors (buffers such as attention masks excluded).
+    pub parameters: usize,
+    /// Tensor dtypes and how many tensors have each.
+    pub dtypes: BTreeMap<String, usize>,
+    pub file_bytes: u64,
+    pub files: Vec<String>,
+    pub tied_head: bool,
+    pub has_tokenizer: bool,
+    /// Set when the checkpoint is one this program exported in compressed form.
+    pub compressed: bool,
+    pub tensors: Vec<TensorSummary>,
+}
+
+/// Tensors some hub checkpoints carry that are buffers, not weights.
+pub fn is_buffer(name: &str) -> bool {
+    name.ends_with("attn.attention.bias") || name.ends_with("attn.attention.masked_bias")
+}
+
+impl ModelBundle {
+    pub fn from_parts(config_json: &str, tokenizer_json: Option<&[u8]>, ckpt: Checkpoint) -> Result<Self> {
+        let cfg = GptNeoConfig::from_json(config_json)?;
+        let tokenizer = tokenizer_json.map(Tokenizer::from_bytes).transpose()?;
+        Ok(Self { cfg, ckpt, tokenizer })
+    }
+
+    /// Open a directory holding config.json, the checkpoint and (optionally) tokenizer.json.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_dir(dir: &std::path::Path) -> Result<Self> {
+        let cfg_path = dir.join("config.json");
+        let config = std::fs::read_to_string(&cfg_path)
+            .map_err(|e| Error::file(cfg_path.display().to_string(), format!("cannot be read ({e})")))?;
+        let tok_path = dir.join("tokenizer.json");
+        let tok = if tok_path.exists() {
+            Some(std::fs::read(&tok_path).map_err(|e| Error::file(tok_path.display().to_string(), e.to_string()))?)
+        } else {
+            None
+        };
+        Self::from_parts(&config, tok.as_deref(), Checkpoint::open_dir(dir)?)
+    }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::file("tokenizer.json", "was not given; it is needed to turn text into tokens"))
+    }
+
+    /// Whether this is a compressed checkpoint written by [`crate::export`].
+    pub fn is_compressed(&self) -> bool {
+        crate::export::is_compressed(&self.ckpt)
+    }
+
+    /// Build the model. A compressed checkpoint keeps its INT8 factors and stored dtypes; a plain one is converted
+    /// to f32 unless `keep_half`.
+    pub fn load_model(&self, keep_half: bool) -> Result<GptNeo> {
+        if self.is_compressed() {
+            return crate::export::load_compressed(&self.cfg, &self.ckpt);
+        }
+        GptNeo::load(&self.cfg, &CheckpointWeights { ckpt: &self.ckpt, keep_half })
+    }
+
+    /// Bytes the model takes once loaded, from the tensors' shapes and stored dtypes (f32 unless `keep_half`).
+    pub fn estimate_model_bytes(&self, keep_half: bool) -> usize {
+        let mut total = 0usize;
+        for name in self.ckpt.names() {
+            if is_buffer(name) {
+                continue;
+            }
+            if let Some(info) = self.ckpt.info(name) {
+                let n: usize = info.shape.iter().product();
+                let size = match info.dtype {
+                    safetensors::Dtype::F16 | safetensors::Dtype::BF16 if keep_half || self.is_compressed() => 2,
+                    safetensors::Dtype::I8 | safetensors::Dtype::U8 => 1,
+                    _ => 4,
+                };
+                total = total.saturating_add(n.saturating_mul(size));
+            }
+        }
+        total
+    }
+
+    pub fn summary(&self) -> Result<BundleSummary> {
+        let mut dtypes = BTreeMap::new();
+        let mut parameters = 0;
+        let mut tensors = Vec::new();
+        for name in self.ckpt.names() {
+            let Some(info) = self.ckpt.info(name) else { continue };
+            let numel: usize = info.shape.iter().product();
+            *dtypes.entry(dtype_name(info.dtype)).or_insert(0) += 1;
+            if !is_buffer(name) {
+                parameters += numel;
+            }
+            tensors.push(TensorSummary {
+                name: name.clone(),
+                dtype: dtype_name(info.dtype),
+                shape: info.shape.clone(),
+                bytes: info.data_offsets.1 - info.data_offsets.0,
+            });
+        }
+        let compressed = self.is_compressed();
+        if compressed {
+            parameters = crate::export::original_parameters(&self.ckpt).unwrap_or(parameters);
+        }
+        let c = &self.cfg;
+        Ok(BundleSummary {
+            model_type: c.model_type.clone().unwrap_or_default(),
+            num_layers: c.num_layers,
+            hidden_size: c.hidden_size,
+            num_heads: c.num_heads,
+            intermediate_size: c.intermediate_size(),
+            vocab_size: c.vocab_size,
+            max_position_embeddings: c.max_position_embeddings,
+            window_size: c.window_size,
+            attention: c.attention_kinds()?,
+            parameters,
+            dtypes,
+            file_bytes: self.ckpt.file_bytes(),
+            files: self.ckpt.files().iter().map(|f| f.file_name().to_string()).collect(),
+            tied_head: !self.ckpt.contains("lm_head.weight"),
+            has_tokenizer: self.tokenizer.is_some(),
+            compressed,
+            tensors,
+        })
+    }
+}

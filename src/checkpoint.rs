@@ -1,0 +1,397 @@
+//! Reading safetensors checkpoints by byte ranges.
+//!
+//! A [`SafetensorsFile`] reads only the 8-byte length and the JSON header when it is opened; each tensor is then read
+//! on its own from its byte range of a [`ByteSource`]. In the browser that source is a `File` read in slices inside a
+//! worker, so a checkpoint larger than wasm memory can still be walked tensor by tensor. A [`Checkpoint`] joins the
+//! shards of `model.safetensors.index.json` into one namespace.
+
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use std::collections::{BTreeMap, HashMap};
+
+/// Random-access bytes: a file on disk, a `Blob` in a worker, or a buffer in memory.
+pub trait ByteSource {
+    /// The file name, used in error messages.
+    fn name(&self) -> &str;
+    fn len(&self) -> u64;
+    /// Exactly `len` bytes starting at `offset`.
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
+}
+
+/// Bytes already in memory.
+pub struct MemSource {
+    name: String,
+    bytes: std::sync::Arc<Vec<u8>>,
+}
+
+impl MemSource {
+    pub fn new(name: impl Into<String>, bytes: Vec<u8>) -> Self {
+        Self { name: name.into(), bytes: std::sync::Arc::new(bytes) }
+    }
+}
+
+impl ByteSource for MemSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let start = usize::try_from(offset).map_err(|_| Error::file(&self.name, "offset out of range"))?;
+        let end = start.checked_add(len).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
+            Error::file(&self.name, format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.bytes.len()))
+        })?;
+        Ok(self.bytes[start..end].to_vec())
+    }
+}
+
+/// A file on disk, read with positioned reads.
+#[cfg(not(target_arch = "wasm32"))]
+pub struct FileSource {
+    name: String,
+    file: std::sync::Mutex<std::fs::File>,
+    len: u64,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl FileSource {
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|e| Error::file(&name, format!("cannot open ({e})")))?;
+        let len = file.metadata().map_err(|e| Error::file(&name, e.to_string()))?.len();
+        Ok(Self { name, file: std::sync::Mutex::new(file), len })
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ByteSource for FileSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        if offset.checked_add(len as u64).is_none_or(|end| end > self.len) {
+            return Err(Error::file(&self.name, format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.len)));
+        }
+        let mut buf = vec![0u8; len];
+        let mut f = self.file.lock().map_err(|_| Error::file(&self.name, "file lock poisoned"))?;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(&mut buf).map_err(|e| Error::file(&self.name, format!("read failed ({e})")))?;
+        Ok(buf)
+    }
+}
+
+/// One tensor's bytes as stored, with its dtype and shape.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// The bytes an element of `dtype` takes, for the dtypes this crate reads.
+pub fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+impl RawTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values as f32 (F32 as is; F16, BF16 and F64 converted).
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let d = &self.data;
+        Ok(match self.dtype {
+            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
+            other => {
+                return Err(Error::tensor(&self.name, format!("dtype {other:?} is not a float type (F32, F16, BF16 are read)")))
+            }
+        })
+    }
+
+    /// The values as i8 (I8 tensors only).
+    pub fn to_i8_vec(&self) -> Result<Vec<i8>> {
+        match self.dtype {
+            Dtype::I8 => Ok(self.data.iter().map(|&b| b as i8).collect()),
+            other => Err(Error::tensor(&self.name, format!("expected dtype I8, found {other:?}"))),
+        }
+    }
+
+    /// The values as i32 (I32 tensors only).
+    pub fn to_i32_vec(&self) -> Result<Vec<i32>> {
+        match self.dtype {
+            Dtype::I32 => Ok(self.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            other => Err(Error::tensor(&self.name, format!("expected dtype I32, found {other:?}"))),
+        }
+    }
+
+    /// A candle tensor: f32 always (`keep_half = false`), or F16/BF16 kept as stored (`keep_half = true`).
+    pub fn to_tensor(&self, keep_half: bool) -> Result<Tensor> {
+        let dev = &Device::Cpu;
+        let shape = self.shape.clone();
+        let t = match (self.dtype, keep_half) {
+            (Dtype::F16, true) => {
+                let v: Vec<half::f16> =
+                    self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
+                Tensor::from_vec(v, shape, dev)?
+            }
+            (Dtype::BF16, true) => {
+                let v: Vec<half::bf16> =
+                    self.data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect();
+                Tensor::from_vec(v, shape, dev)?
+            }
+            _ => Tensor::from_vec(self.to_f32_vec()?, shape, dev)?,
+        };
+        Ok(t)
+    }
+}
+
+/// The candle dtype a stored dtype is kept in when `keep_half` is asked for.
+pub fn kept_dtype(d: Dtype, keep_half: bool) -> DType {
+    match (d, keep_half) {
+        (Dtype::F16, true) => DType::F16,
+        (Dtype::BF16, true) => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+/// The largest header we accept (safetensors' own limit is 100 MB).
+const MAX_HEADER: u64 = 100_000_000;
+
+/// One `.safetensors` file, its header parsed, its tensors read on demand.
+pub struct SafetensorsFile {
+    source: Box<dyn ByteSource>,
+    meta: Metadata,
+    data_start: u64,
+}
+
+impl SafetensorsFile {
+    /// Read and check the header of `source`.
+    pub fn open(source: Box<dyn ByteSource>) -> Result<Self> {
+        let name = source.name().to_string();
+        let len = source.len();
+        if len < 8 {
+            return Err(Error::file(&name, format!("is {len} bytes long, too short to be a safetensors file")));
+        }
+        let n = u64::from_le_bytes(
+            source.read_at(0, 8)?.try_into().map_err(|_| Error::file(&name, "short read of the header length"))?,
+        );
+        if n > MAX_HEADER || n + 8 > len {
+            return Err(Error::file(&name, format!("is not a safetensors file (header length {n} for a file of {len} bytes)")));
+        }
+        let header = source.read_at(8, n as usize)?;
+        let meta: Metadata = serde_json::from_slice(&header)
+            .map_err(|e| Error::file(&name, format!("is not a valid safetensors file: bad header ({e})")))?;
+        let data_len = meta.data_len() as u64;
+        if 8 + n + data_len != len {
+            return Err(Error::file(
+                &name,
+                format!("is truncated or padded: the header describes {} bytes of data, the file holds {}", data_len, len - 8 - n),
+            ));
+        }
+        Ok(Self { source, meta, data_start: 8 + n })
+    }
+
+    pub fn file_name(&self) -> &str {
+        self.source.name()
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.source.len()
+    }
+
+    /// Tensor names in file order.
+    pub fn names(&self) -> Vec<String> {
+        self.meta.offset_keys()
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.meta.info(name)
+    }
+
+    /// The free-form `__metadata__` map.
+    pub fn metadata(&self) -> Option<&HashMap<String, String>> {
+        self.meta.metadata().as_ref()
+    }
+
+    /// Read one tensor from its byte range.
+    pub fn read(&self, name: &str) -> Result<RawTensor> {
+        let info = self
+            .info(name)
+            .ok_or_else(|| Error::tensor(name, format!("not found in {}", self.file_name())))?;
+        let (s, e) = info.data_offsets;
+        let data = self.source.read_at(self.data_start + s as u64, e - s)?;
+        Ok(RawTensor { name: name.to_string(), dtype: info.dtype, shape: info.shape.clone(), data })
+    }
+}
+
+/// A whole checkpoint: one file, or the shards listed by `model.safetensors.index.json`.
+pub struct Checkpoint {
+    files: Vec<SafetensorsFile>,
+    /// tensor name -> index into `files`
+    index: BTreeMap<String, usize>,
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Join already opened files. With `index_json` (the text of `model.safetensors.index.json`), every shard it names
+    /// must be among `files` (matched by the last path component) and every tensor must be where it says.
+    pub fn new(files: Vec<SafetensorsFile>, index_json: Option<&str>) -> Result<Self> {
+        if files.is_empty() {
+            return Err(Error::msg("no .safetensors file was given"));
+        }
+        let mut index = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for name in f.names() {
+                if let Some(&j) = index.get(&name) {
+                    return Err(Error::tensor(
+                        &name,
+                        format!("appears in both {} and {}", files[j as usize].file_name(), f.file_name()),
+                    ));
+                }
+                index.insert(name, i);
+            }
+        }
+        if let Some(text) = index_json {
+            let idx: ShardIndex = serde_json::from_str(text)
+                .map_err(|e| Error::file("model.safetensors.index.json", format!("cannot be parsed ({e})")))?;
+            let base = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
+            for (tensor, shard) in &idx.weight_map {
+                let Some(pos) = files.iter().position(|f| base(f.file_name()) == base(shard)) else {
+                    return Err(Error::file(shard.clone(), format!("is listed in model.safetensors.index.json (for `{tensor}`) but was not given")));
+                };
+                if index.get(tensor) != Some(&pos) {
+                    return Err(Error::tensor(tensor, format!("model.safetensors.index.json puts it in {shard}, which does not hold it")));
+                }
+            }
+        }
+        Ok(Self { files, index })
+    }
+
+    /// Open a checkpoint directory: `model.safetensors`, or the shards of `model.safetensors.index.json`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open_dir(dir: &std::path::Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        if index_path.exists() {
+            let text = std::fs::read_to_string(&index_path)
+                .map_err(|e| Error::file(index_path.display().to_string(), e.to_string()))?;
+            let idx: ShardIndex = serde_json::from_str(&text)
+                .map_err(|e| Error::file(index_path.display().to_string(), format!("cannot be parsed ({e})")))?;
+            let shards: std::collections::BTreeSet<&String> = idx.weight_map.values().collect();
+            let files = shards
+                .into_iter()
+                .map(|s| SafetensorsFile::open(Box::new(FileSource::open(&dir.join(s))?)))
+                .collect::<Result<Vec<_>>>()?;
+            return Self::new(files, Some(&text));
+        }
+        let single = dir.join("model.safetensors");
+        if !single.exists() {
+            return Err(Error::file(dir.display().to_string(), "holds neither model.safetensors nor model.safetensors.index.json"));
+        }
+        Self::new(vec![SafetensorsFile::open(Box::new(FileSource::open(&single)?))?], None)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).and_then(|&i| self.files[i].info(name))
+    }
+
+    pub fn read(&self, name: &str) -> Result<RawTensor> {
+        let &i = self.index.get(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
+        self.files[i].read(name)
+    }
+
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
+    /// The `__metadata__` of the first file.
+    pub fn metadata(&self) -> Option<&HashMap<String, String>> {
+        self.files[0].metadata()
+    }
+
+    /// Sum of the files' sizes.
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.file_len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>) -> Vec<u8> {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|(n, d, s, b)| (n.to_string(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn reads_tensors_by_range_and_converts_halves() {
+        let h: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
+        let b: Vec<u8> = [0.25f32].iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
+        let f: Vec<u8> = [3.0f32, 4.0, 5.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes = file_with(vec![("a", Dtype::F16, vec![2], h), ("b", Dtype::BF16, vec![1], b), ("c", Dtype::F32, vec![3], f)]);
+        let st = SafetensorsFile::open(Box::new(MemSource::new("m.safetensors", bytes))).unwrap();
+        assert_eq!(st.read("a").unwrap().to_f32_vec().unwrap(), vec![1.5, -2.0]);
+        assert_eq!(st.read("b").unwrap().to_f32_vec().unwrap(), vec![0.25]);
+        assert_eq!(st.read("c").unwrap().to_f32_vec().unwrap(), vec![3.0, 4.0, 5.0]);
+        assert_eq!(st.read("a").unwrap().to_tensor(true).unwrap().dtype(), DType::F16);
+        let e = st.read("zz").unwrap_err().to_string();
+        assert!(e.contains("zz") && e.contains("m.safetensors"), "{e}");
+    }
+
+    #[test]
+    fn rejects_truncated_and_garbage_files() {
+        let f: Vec<u8> = [3.0f32, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let mut bytes = file_with(vec![("c", Dtype::F32, vec![2], f)]);
+        bytes.pop();
+        let e = SafetensorsFile::open(Box::new(MemSource::new("cut.safetensors", bytes))).err().unwrap().to_string();
+        assert!(e.starts_with("cut.safetensors") && e.contains("truncated"), "{e}");
+        let e = SafetensorsFile::open(Box::new(MemSource::new("x.safetensors", b"hello world, not a file".to_vec())))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("x.safetensors"), "{e}");
+        let e = SafetensorsFile::open(Box::new(MemSource::new("t", vec![1, 2]))).err().unwrap().to_string();
+        assert!(e.contains("too short"), "{e}");
+    }
+
+    #[test]
+    fn shards_join_and_index_is_checked() {
+        let one = |n: &str| file_with(vec![(n, Dtype::F32, vec![1], 1f32.to_le_bytes().to_vec())]);
+        let open = |f: &str, n: &str| SafetensorsFile::open(Box::new(MemSource::new(f, one(n)))).unwrap();
+        let idx = r#"{"metadata":{},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}"#;
+        let ck = Checkpoint::new(vec![open("model-00001-of-00002.safetensors", "a"), open("model-00002-of-00002.safetensors", "b")], Some(idx)).unwrap();
+        assert_eq!(ck.names().cloned().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(ck.read("b").unwrap().to_f32_vec().unwrap(), vec![1.0]);
+        let e = Checkpoint::new(vec![open("model-00001-of-00002.safetensors", "a")], Some(idx)).err().unwrap().to_string();
+        assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("not given"), "{e}");
+        let e = Checkpoint::new(vec![open("x1", "a"), open("x2", "a")], None).err().unwrap().to_string();
+        assert!(e.contains("`a`") && e.contains("both"), "{e}");
+    }
+}

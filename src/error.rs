@@ -1,0 +1,69 @@
+//! The crate's one error type. Every variant renders as a sentence that names the file, tensor or key at fault,
+//! because that sentence is what the page shows.
+
+/// Everything that can go wrong, from a user's file to a numerical routine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or is not what it claims to be.
+    #[error("{file}: {msg}")]
+    File { file: String, msg: String },
+
+    /// A tensor is missing, has the wrong shape or dtype, or holds bad data.
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+
+    /// config.json is missing a key, has a bad value, or disagrees with the weights.
+    #[error("config.json: {0}")]
+    Config(String),
+
+    /// tokenizer.json could not be loaded or a text could not be (de)tokenized.
+    #[error("tokenizer.json: {0}")]
+    Tokenizer(String),
+
+    /// A compression policy or request is not valid.
+    #[error("invalid setting: {0}")]
+    Policy(String),
+
+    /// Work would need more memory than is allowed; says how much and what for.
+    #[error("not enough memory: {0}")]
+    Memory(String),
+
+    /// A numerical routine failed (non-finite input, no convergence).
+    #[error("{0}")]
+    Numeric(String),
+
+    /// Anything else, said as a sentence.
+    #[error("{0}")]
+    Msg(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn file(file: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::File { file: file.into(), msg: msg.into() }
+    }
+    pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Tensor { name: name.into(), msg: msg.into() }
+    }
+    pub fn msg(msg: impl Into<String>) -> Self {
+        Error::Msg(msg.into())
+    }
+}
+
+/// Return early with an [`Error::Msg`] built like `format!`.
+#[macro_export]
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::Error::Msg(format!($($arg)*)))
+    };
+}

@@ -1,0 +1,226 @@
+//! One `Linear` type with three storages behind one `forward`, so the model does not know which it runs:
+//! a dense tensor (f32, or f16/bf16 as stored), an INT8 matrix, or low-rank factors `U · diag(S) · Vh`
+//! (f32 or INT8). Quantized and half-precision weights are turned into f32 one block of rows at a time, into a
+//! scratch buffer of at most [`SCRATCH_ELEMS`] values, so they are never held in f32 as a whole.
+
+use crate::quant::Factor;
+use crate::Result;
+use candle_core::{DType, Device, Tensor, D};
+use std::sync::Arc;
+
+/// The largest block (in f32 values) a quantized or half-precision weight is expanded into at a time: 4 MiB.
+pub const SCRATCH_ELEMS: usize = 1 << 20;
+
+/// How a linear layer's weight (out × in) is stored.
+#[derive(Clone, Debug)]
+pub enum LinearWeight {
+    /// `[out, in]`, f32 or f16/bf16.
+    Dense(Tensor),
+    /// The whole `[out, in]` matrix in INT8 (no SVD).
+    Quantized(Arc<Factor>),
+    /// `W ≈ U · diag(S) · Vh`: `u` is out × r, `s` is 1 × r, `vh` is r × in.
+    LowRank { u: Arc<Factor>, s: Arc<Factor>, vh: Arc<Factor> },
+}
+
+impl LinearWeight {
+    /// (out, in)
+    pub fn shape(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            LinearWeight::Dense(t) => t.dims2()?,
+            LinearWeight::Quantized(f) => (f.rows(), f.cols()),
+            LinearWeight::LowRank { u, vh, .. } => (u.rows(), vh.cols()),
+        })
+    }
+
+    /// Bytes held in memory by the weight.
+    pub fn bytes(&self) -> usize {
+        match self {
+            LinearWeight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            LinearWeight::Quantized(f) => f.bytes(),
+            LinearWeight::LowRank { u, s, vh } => u.bytes() + s.bytes() + vh.bytes(),
+        }
+    }
+
+    /// The rank kept, for low-rank storage.
+    pub fn rank(&self) -> Option<usize> {
+        match self {
+            LinearWeight::LowRank { s, .. } => Some(s.cols()),
+            _ => None,
+        }
+    }
+
+    /// A short description: "dense f32", "int8 per-row", "rank 32, int8 per-tensor".
+    pub fn describe(&self) -> String {
+        let fdesc = |f: &Factor| match f {
+            Factor::F32 { .. } => "f32".to_string(),
+            Factor::Int8(q) => format!("int8 {}", q.scheme().as_str()),
+        };
+        match self {
+            LinearWeight::Dense(t) => format!("dense {}", dtype_label(t.dtype())),
+            LinearWeight::Quantized(f) => fdesc(f),
+            LinearWeight::LowRank { u, .. } => format!("rank {}, {}", self.rank().unwrap_or(0), fdesc(u)),
+        }
+    }
+
+    /// The weight as a dense f32 `[out, in]` matrix, row-major (for error measurement; allocates out × in).
+    pub fn to_dense_f32(&self) -> Result<Vec<f32>> {
+        let (out, inp) = self.shape()?;
+        Ok(match self {
+            LinearWeight::Dense(t) => t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+            LinearWeight::Quantized(f) => f.to_f32(),
+            LinearWeight::LowRank { u, s, vh } => {
+                let r = s.cols();
+                let (u, s, vh) = (u.to_f32(), s.to_f32(), vh.to_f32());
+                let mut w = vec![0f32; out * inp];
+                for i in 0..out {
+                    let row = &mut w[i * inp..(i + 1) * inp];
+                    for k in 0..r {
+                        let c = u[i * r + k] * s[k];
+                        if c != 0.0 {
+                            for (o, v) in row.iter_mut().zip(&vh[k * inp..(k + 1) * inp]) {
+                                *o += c * v;
+                            }
+                        }
+                    }
+                }
+                w
+            }
+        })
+    }
+}
+
+pub fn dtype_label(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::F64 => "f64",
+        _ => "other",
+    }
+}
+
+/// `y = x · Wᵀ + b` over the last dimension of `x`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    /// The weight's tensor name in the checkpoint, e.g. `transformer.h.0.mlp.c_fc.weight`.
+    pub name: String,
+    pub weight: LinearWeight,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inp = *dims.last().unwrap_or(&0);
+        let n = x.elem_count() / inp.max(1);
+        let x2 = x.reshape((n, inp))?;
+        let y = match &self.weight {
+            LinearWeight::Dense(w) if w.dtype() == DType::F32 => x2.matmul(&w.t()?)?,
+            LinearWeight::Dense(w) => {
+                let (out, inp) = w.dims2()?;
+                blocked_matmul_t(&x2, out, inp, |a, b| Ok(w.narrow(0, a, b - a)?.to_dtype(DType::F32)?))?
+            }
+            LinearWeight::Quantized(f) => factor_matmul_t(&x2, f)?,
+            LinearWeight::LowRank { u, s, vh } => {
+                let t = factor_matmul_t(&x2, vh)?;
+                let s = Tensor::from_vec(s.to_f32(), (1, s.cols()), &Device::Cpu)?;
+                factor_matmul_t(&t.broadcast_mul(&s)?, u)?
+            }
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(D::Minus1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// `x · Fᵀ` for a factor stored f32 or INT8, dequantizing block by block.
+fn factor_matmul_t(x: &Tensor, f: &Factor) -> Result<Tensor> {
+    let (rows, cols) = (f.rows(), f.cols());
+    blocked_matmul_t(x, rows, cols, |a, b| {
+        let mut buf = vec![0f32; (b - a) * cols];
+        f.rows_f32(a, b, &mut buf);
+        Ok(Tensor::from_vec(buf, (b - a, cols), &Device::Cpu)?)
+    })
+}
+
+/// `x · Wᵀ` where rows `a..b` of W (`out × inp`) are produced on demand as f32 tensors, in blocks of at most
+/// [`SCRATCH_ELEMS`] values.
+fn blocked_matmul_t(
+    x: &Tensor,
+    out: usize,
+    inp: usize,
+    rows: impl Fn(usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let per_block = (SCRATCH_ELEMS / inp.max(1)).clamp(1, out.max(1));
+    if per_block >= out {
+        return Ok(x.matmul(&rows(0, out)?.t()?)?);
+    }
+    let mut parts = Vec::with_capacity(out.div_ceil(per_block));
+    let mut a = 0;
+    while a < out {
+        let b = (a + per_block).min(out);
+        parts.push(x.matmul(&rows(a, b)?.t()?)?);
+        a = b;
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::QuantScheme;
+
+    fn lin(weight: LinearWeight) -> Linear {
+        Linear { name: "w".into(), weight, bias: None }
+    }
+
+    #[test]
+    fn all_storages_agree_with_dense() {
+        let (out, inp, r) = (6, 5, 5);
+        let w: Vec<f32> = (0..out * inp).map(|i| ((i * 7919 % 97) as f32 / 97.0) - 0.5).collect();
+        let x = Tensor::from_vec((0..2 * 3 * inp).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), (2, 3, inp), &Device::Cpu).unwrap();
+        let dense = lin(LinearWeight::Dense(Tensor::from_vec(w.clone(), (out, inp), &Device::Cpu).unwrap()));
+        let y0: Vec<f32> = dense.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+
+        // f16 dense
+        let half = lin(LinearWeight::Dense(Tensor::from_vec(w.clone(), (out, inp), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap()));
+        let y1: Vec<f32> = half.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        // low rank, exact: U = W, S = 1, Vh = I (r = inp)
+        let eye: Vec<f32> = (0..r * inp).map(|i| if i / inp == i % inp { 1.0 } else { 0.0 }).collect();
+        let lr = lin(LinearWeight::LowRank {
+            u: Arc::new(Factor::new(w.clone(), out, r, None)),
+            s: Arc::new(Factor::new(vec![1.0; r], 1, r, None)),
+            vh: Arc::new(Factor::new(eye, r, inp, None)),
+        });
+        let y2: Vec<f32> = lr.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let q = lin(LinearWeight::Quantized(Arc::new(Factor::new(w.clone(), out, inp, Some(QuantScheme::PerRow)))));
+        let y3: Vec<f32> = q.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..y0.len() {
+            assert!((y0[i] - y1[i]).abs() < 2e-3, "f16 {i}");
+            assert!((y0[i] - y2[i]).abs() < 1e-5, "lowrank {i}");
+            assert!((y0[i] - y3[i]).abs() < 2e-2, "int8 {i}");
+        }
+        assert_eq!(lr.weight.to_dense_f32().unwrap().len(), out * inp);
+    }
+
+    #[test]
+    fn blocked_matmul_equals_single_block() {
+        // inp large enough that a block holds fewer rows than out
+        let (out, inp) = (5, SCRATCH_ELEMS / 2);
+        let w: Vec<f32> = (0..out * inp).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
+        let x = Tensor::from_vec((0..inp).map(|i| ((i % 7) as f32) * 0.1).collect::<Vec<_>>(), (1, inp), &Device::Cpu).unwrap();
+        let f = Factor::new(w.clone(), out, inp, None);
+        let y = factor_matmul_t(&x, &f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let wt = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
+        let y0 = x.matmul(&wt.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(y.len(), out);
+        for (a, b) in y.iter().zip(&y0) {
+            assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! GPT-Neo in candle: token + position embeddings, pre-LayerNorm blocks of global or local causal self-attention
+//! and an MLP, a final LayerNorm and a (usually tied) head. Matches Hugging Face's `GPTNeoForCausalLM`:
+//! attention scores are **not** scaled by 1/√d; a local query at position i sees keys i − window < j ≤ i; masked
+//! scores are set to `f32::MIN` before the softmax.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::{AttentionKind, GptNeoConfig};
+use crate::linear::{Linear, LinearWeight};
+use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// Where the model's tensors come from: a checkpoint, or a compressed checkpoint that stores some linear layers as
+/// INT8 factors.
+pub trait Weights {
+    fn contains(&self, name: &str) -> bool;
+    /// A dense tensor with the given shape (f32, or f16/bf16 if the source keeps halves).
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// The weight of a linear layer, `[out, inp]`.
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
+        Ok(LinearWeight::Dense(self.dense(name, &[out, inp])?))
+    }
+}
+
+/// A plain checkpoint as [`Weights`]. `keep_half` keeps F16/BF16 tensors as stored (half the memory; each forward
+/// converts blocks of rows), otherwise everything is converted to f32 once at load.
+pub struct CheckpointWeights<'a> {
+    pub ckpt: &'a Checkpoint,
+    pub keep_half: bool,
+}
+
+impl Weights for CheckpointWeights<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.ckpt.contains(name)
+    }
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let info = self.ckpt.info(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
+        check_shape(name, &info.shape, shape)?;
+        self.ckpt.read(name)?.to_tensor(self.keep_half)
+    }
+}
+
+/// An error unless `found == expected`, naming the tensor and both shapes.
+pub fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<()> {
+    if found != expected {
+        return Err(Error::tensor(
+            name,
+            format!("has shape {found:?} but config.json implies {expected:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The name prefix of a checkpoint's tensors: `transformer.` (Hugging Face) or none.
+pub fn tensor_prefix(w: &dyn Weights) -> Result<&'static str> {
+    if w.contains("transformer.wte.weight") {
+        Ok("transformer.")
+    } else if w.contains("wte.weight") {
+        Ok("")
+    } else {
+        Err(Error::tensor("transformer.wte.weight", "is missing: this does not look like a GPT-Neo checkpoint"))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn new(w: &dyn Weights, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: w.dense(&format!("{prefix}.weight"), &[dim])?.to_dtype(DType::F32)?,
+            bias: w.dense(&format!("{prefix}.bias"), &[dim])?.to_dtype(DType::F32)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let xc = x.broadcast_sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        Ok(xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)?)
+    }
+}
+
+fn linear(w: &dyn Weights, prefix: &str, out: usize, inp: usize) -> Result<Linear> {
+    let name = format!("{prefix}.weight");
+    let weight = w.linear(&name, out, inp)?;
+    let bias_name = format!("{prefix}.bias");
+    let bias = if w.contains(&bias_name) { Some(w.dense(&bias_name, &[out])?.to_dtype(DType::F32)?) } else { None };
+    Ok(Linear { name, weight, bias })
+}
+
+#[derive(Clone, Debug)]
+struct SelfAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+    head_dim: usize,
+    kind: AttentionKind,
+    window: usize,
+}
+
+fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?;
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+impl SelfAttention {
+    /// `x`: [b, t, hidden] at absolute positions `pos0..pos0 + t`.
+    fn forward(&self, x: &Tensor, pos0: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let (b, t, hidden) = x.dims3()?;
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(self.q.forward(x)?)?;
+        let mut k = split(self.k.forward(x)?)?;
+        let mut v = split(self.v.forward(x)?)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let tk = k.dim(2)?;
+        // GPT-Neo does not scale the scores by 1/sqrt(head_dim).
+        let scores = q.matmul(&k.t()?)?; // [b, heads, t, tk]
+        let mut allowed = vec![0u8; t * tk];
+        for i in 0..t {
+            let qi = pos0 + i;
+            for j in 0..tk {
+                let visible = j <= qi
+                    && match self.kind {
+                        AttentionKind::Global => true,
+                        AttentionKind::Local => qi - j < self.window,
+                    };
+                allowed[i * tk + j] = visible as u8;
+            }
+        }
+        let mask = Tensor::from_vec(allowed, (t, tk), &Device::Cpu)?.broadcast_as(scores.shape())?;
+        let floor = Tensor::new(f32::MIN, &Device::Cpu)?.broadcast_as(scores.shape())?;
+        let scores = mask.where_cond(&scores, &floor)?;
+        let probs = softmax_last(&scores)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
+        self.out.forward(&y)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+    act: Activation,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Activation {
+    GeluTanh,
+    GeluErf,
+    Relu,
+    Silu,
+}
+
+impl Activation {
+    fn from_name(name: &str) -> Result<Self> {
+        Ok(match name {
+            "gelu_new" | "gelu_pytorch_tanh" => Self::GeluTanh,
+            "gelu" => Self::GeluErf,
+            "relu" => Self::Relu,
+            "silu" => Self::Silu,
+            other => return Err(Error::Config(format!("activation_function \"{other}\" is not supported"))),
+        })
+    }
+    fn apply(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::GeluTanh => x.gelu()?,
+            Self::GeluErf => x.gelu_erf()?,
+            Self::Relu => x.relu()?,
+            Self::Silu => x.silu()?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    attn: SelfAttention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(w: &dyn Weights, cfg: &GptNeoConfig, prefix: &str, kind: AttentionKind) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let inner = cfg.intermediate_size();
+        let eps = cfg.layer_norm_epsilon;
+        let a = format!("{prefix}.attn.attention");
+        Ok(Self {
+            ln_1: LayerNorm::new(w, &format!("{prefix}.ln_1"), h, eps)?,
+            attn: SelfAttention {
+                q: linear(w, &format!("{a}.q_proj"), h, h)?,
+                k: linear(w, &format!("{a}.k_proj"), h, h)?,
+                v: linear(w, &format!("{a}.v_proj"), h, h)?,
+                out: linear(w, &format!("{a}.out_proj"), h, h)?,
+                heads: cfg.num_heads,
+                head_dim: cfg.head_dim(),
+                kind,
+                window: cfg.window_size,
+            },
+            ln_2: LayerNorm::new(w, &format!("{prefix}.ln_2"), h, eps)?,
+            mlp: Mlp {
+                c_fc: linear(w, &format!("{prefix}.mlp.c_fc"), inner, h)?,
+                c_proj: linear(w, &format!("{prefix}.mlp.c_proj"), h, inner)?,
+                act: Activation::from_name(&cfg.activation_function)?,
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, pos0: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+        let a = self.attn.forward(&self.ln_1.forward(x)?, pos0, cache)?;
+        let x = (x + a)?;
+        let m = self.mlp.c_proj.forward(&self.mlp.act.apply(&self.mlp.c_fc.forward(&self.ln_2.forward(&x)?)?)?)?;
+        Ok((x + m)?)
+    }
+
+    fn linears(&self) -> [&Linear; 6] {
+        [&self.attn.q, &self.attn.k, &self.attn.v, &self.attn.out, &self.mlp.c_fc, &self.mlp.c_proj]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear; 6] {
+        let Block { attn, mlp, .. } = self;
+        [&mut attn.q, &mut attn.k, &mut attn.v, &mut attn.out, &mut mlp.c_fc, &mut mlp.c_proj]
+    }
+}
+
+/// Keys and values of every block for the positions seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Number of positions cached.
+    pub seq_len: usize,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![None; num_layers], seq_len: 0 }
+    }
+}
+
+/// A GPT-Neo causal language model.
+#[derive(Clone, Debug)]
+pub struct GptNeo {
+    pub cfg: GptNeoConfig,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    head: Linear,
+    /// Whether the head shares the token embedding.
+    pub tied_head: bool,
+}
+
+impl GptNeo {
+    /// Build the model from `w`, checking every tensor's shape against `cfg`.
+    pub fn load(cfg: &GptNeoConfig, w: &dyn Weights) -> Result<Self> {
+        let p = tensor_prefix(w)?;
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let wte = w.dense(&format!("{p}wte.weight"), &[v, h])?;
+        let wpe = w.dense(&format!("{p}wpe.weight"), &[cfg.max_position_embeddings, h])?.to_dtype(DType::F32)?;
+        let kinds = cfg.attention_kinds()?;
+        let blocks = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| Block::new(w, cfg, &format!("{p}h.{i}"), kind))
+            .collect::<Result<Vec<_>>>()?;
+        // More blocks in the file than config.json declares is a disagreement too.
+        if w.contains(&format!("{p}h.{}.ln_1.weight", cfg.num_layers)) {
+            return Err(Error::Config(format!(
+                "num_layers is {} but the checkpoint has a block {p}h.{}",
+                cfg.num_layers, cfg.num_layers
+            )));
+        }
+        let ln_f = LayerNorm::new(w, &format!("{p}ln_f"), h, cfg.layer_norm_epsilon)?;
+        let (head, tied_head) = if w.contains("lm_head.weight") {
+            (linear(w, "lm_head", v, h)?, false)
+        } else {
+            (Linear { name: "lm_head.weight".into(), weight: LinearWeight::Dense(wte.clone()), bias: None }, true)
+        };
+        Ok(Self { cfg: cfg.clone(), wte, wpe, blocks, ln_f, head, tied_head })
+    }
+
+    /// Every linear layer, block by block (q, k, v, out_proj, c_fc, c_proj), then the head.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v: Vec<&Linear> = self.blocks.iter().flat_map(|b| b.linears()).collect();
+        v.push(&self.head);
+        v
+    }
+
+    /// The linear layer whose weight tensor is called `name`.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        if self.head.name == name {
+            return Some(&mut self.head);
+        }
+        self.blocks.iter_mut().flat_map(|b| b.linears_mut()).find(|l| l.name == name)
+    }
+
+    /// Bytes of every tensor the model holds (a tied head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let ln = |l: &LayerNorm| t(&l.weight) + t(&l.bias);
+        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, t);
+        let mut total = t(&self.wte) + t(&self.wpe) + ln(&self.ln_f);
+        for b in &self.blocks {
+            total += ln(&b.ln_1) + ln(&b.ln_2) + b.linears().iter().map(|l| lin(l)).sum::<usize>();
+        }
+        if !self.tied_head {
+            total += lin(&self.head);
+        }
+        total
+    }
+
+    fn embed(&self, ids: &Tensor, pos0: usize) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let max = self.cfg.max_position_embeddings;
+        if pos0 + t > max {
+            return Err(Error::msg(format!(
+                "a sequence of {} tokens is longer than the model's max_position_embeddings ({max})",
+                pos0 + t
+            )));
+        }
+        let flat = ids.flatten_all()?;
+        let v = self.cfg.vocab_size as u32;
+        if let Some(bad) = flat.to_vec1::<u32>()?.into_iter().find(|&i| i >= v) {
+            return Err(Error::msg(format!("token id {bad} is outside the vocabulary of {v} tokens")));
+        }
+        let tok = self.wte.index_select(&flat, 0)?.to_dtype(DType::F32)?.reshape((b, t, self.cfg.hidden_size))?;
+        let pos = self.wpe.narrow(0, pos0, t)?;
+        Ok(tok.broadcast_add(&pos)?)
+    }
+
+    /// Run the blocks and the final LayerNorm. With `collect`, also return the hidden states as Hugging Face does:
+    /// the embeddings, each block's output but the last, and the final normed state.
+    fn trunk(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, collect: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        let pos0 = cache.as_ref().map_or(0, |c| c.seq_len);
+        let t = ids.dim(1)?;
+        let mut x = self.embed(ids, pos0)?;
+        let mut states = Vec::new();
+        for (i, block) in self.blocks.iter().enumerate() {
+            if collect {
+                states.push(x.clone());
+            }
+            let slot = match cache.as_deref_mut() {
+                Some(c) => {
+                    if c.layers.len() != self.blocks.len() {
+                        c.layers = vec![None; self.blocks.len()];
+                    }
+                    Some(&mut c.layers[i])
+                }
+                None => None,
+            };
+            x = block.forward(&x, pos0, slot)?;
+        }
+        let x = self.ln_f.forward(&x)?;
+        if collect {
+            states.push(x.clone());
+        }
+        if let Some(c) = cache {
+            c.seq_len += t;
+        }
+        Ok((x, states))
+    }
+
+    /// Logits `[b, t, vocab]` for token ids `[b, t]` (u32). With a cache, `ids` continue the cached positions.
+    pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (x, _) = self.trunk(ids, cache, false)?;
+        self.head.forward(&x)
+    }
+
+    /// Logits of the last position only, `[b, vocab]`: what decoding needs, without the head's cost for the others.
+    pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let (x, _) = self.trunk(ids, cache, false)?;
+        let t = x.dim(1)?;
+        self.head.forward(&x.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+
+    /// Hidden states (see [`GptNeo::trunk`]) and logits, without a cache.
+    pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let (x, states) = self.trunk(ids, None, true)?;
+        Ok((self.head.forward(&x)?, states))
+    }
+
+    /// Logits for one sequence of ids, `[t, vocab]`.
+    pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
+        Ok(self.forward(&ids, None)?.squeeze(0)?)
+    }
+}
