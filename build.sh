@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# semantic-llm-compressor: set up, build, serve and test.
+#   ./build.sh setup   install what a fresh machine lacks (idempotent, quick when all is there)
+#   ./build.sh build   native CLI (target/release/slc) + wasm package (www/pkg)
+#   ./build.sh serve   setup, build, then serve the page on http://localhost:${PORT:-8080}/
+#   ./build.sh test    setup, build, then every test: native, wasm in headless Chromium, the page end to end
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+
+log() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root for: $*" >&2; return 1; fi
+}
+
+wasm_bindgen_version() {
+  # the version pinned in Cargo.lock, so the CLI and the crate always match
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock
+}
+
+setup() {
+  log setup
+  if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$'; then
+    rustup target add wasm32-unknown-unknown
+  fi
+  local want; want=$(wasm_bindgen_version)
+  if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
+    # no --locked: the registry mirror lacks one of the CLI's pinned transitive crates
+    cargo install wasm-bindgen-cli --version "$want"
+  fi
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
+  if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/playwright-core ]; then
+    (cd tests/e2e && npm install --no-audit --no-fund --silent)
+  fi
+  if [ -f tests/format/requirements.txt ] && command -v python3 >/dev/null; then
+    python3 -c 'import numpy, safetensors' 2>/dev/null || python3 -m pip install -q -r tests/format/requirements.txt || true
+  fi
+}
+
+build() {
+  log "build: native CLI"
+  cargo build --release --bin slc
+  log "build: wasm package"
+  cargo build --release --lib --target wasm32-unknown-unknown
+  wasm-bindgen --target web --no-typescript --out-dir www/pkg \
+    target/wasm32-unknown-unknown/release/semantic_llm_compressor.wasm
+  ls -l www/pkg/*.wasm
+}
+
+serve() {
+  local port=${PORT:-8080}
+  log "serving $ROOT"
+  echo "open http://localhost:$port/"
+  exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$ROOT"
+}
+
+run_tests() {
+  log "test: native (cargo test)"
+  cargo test --release
+  log "test: wasm in headless Chromium"
+  CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
+    cargo test --release --target wasm32-unknown-unknown --tests
+  if [ -f tests/format/rebuild_test.py ]; then
+    log "test: FORMAT.md's Python snippet"
+    if python3 -c 'import numpy, safetensors' 2>/dev/null; then
+      python3 tests/format/rebuild_test.py
+    else
+      echo "skipped: python3 with numpy and safetensors is not available"
+    fi
+  fi
+  if [ -f tests/e2e/page.test.mjs ]; then
+    log "test: the page end to end (Playwright + Chromium)"
+    node tests/e2e/page.test.mjs
+  fi
+  log "all tests passed"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  build) build ;;
+  serve) setup; build; serve ;;
+  test) setup; build; run_tests ;;
+  *) echo "usage: $0 setup|build|serve|test" >&2; exit 2 ;;
+esac
