@@ -42,6 +42,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks that print figures (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Greedy decode speed with the KV cache: tokens/s after the prompt, best of `--runs`.
+    Decode {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value = "ROMEO. O my love,")]
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 pub fn run() -> Result<()> {
@@ -51,7 +69,30 @@ pub fn run() -> Result<()> {
             let params = SamplingParams { temperature, top_k, top_p, seed, max_new_tokens, stop_at_eos: true };
             generate(&model, &prompt, params, json)
         }
+        Cmd::Bench(BenchCmd::Decode { model, prompt, tokens, runs }) => bench_decode(&model, &prompt, tokens, runs),
     }
+}
+
+fn bench_decode(dir: &std::path::Path, prompt: &str, tokens: usize, runs: usize) -> Result<()> {
+    let b = ModelBundle::open_dir(dir)?;
+    let model = b.load_model(false)?;
+    let ids = b.tokenizer()?.encode(prompt)?;
+    let params = SamplingParams { max_new_tokens: tokens, stop_at_eos: false, ..Default::default() };
+    let mut best = 0f64;
+    for run in 0..runs.max(1) {
+        let mut g = Generation::new(&model, &ids, params.clone())?;
+        g.step(&model)?; // the prompt (prefill) and the first token
+        let t0 = std::time::Instant::now();
+        let mut n = 0;
+        while g.step(&model)?.is_some() {
+            n += 1;
+        }
+        let rate = n as f64 / t0.elapsed().as_secs_f64();
+        println!("run {run}: {n} tokens decoded at {rate:.1} tokens/s");
+        best = best.max(rate);
+    }
+    println!("decode {}: best {best:.1} tokens/s (greedy, KV cache, {} prompt tokens, native, 1 thread)", dir.display(), ids.len());
+    Ok(())
 }
 
 fn inspect(dir: &std::path::Path, json: bool) -> Result<()> {
