@@ -61,19 +61,34 @@ impl ModelBundle {
         Ok(Self { cfg, ckpt, tokenizer })
     }
 
+    /// Like [`ModelBundle::from_parts`], but config.json and tokenizer.json may be absent when the checkpoint is a
+    /// compressed one that carries them.
+    pub fn from_checkpoint(config_json: Option<&str>, tokenizer_json: Option<&[u8]>, ckpt: Checkpoint) -> Result<Self> {
+        let embedded_cfg = crate::export::embedded_config(&ckpt);
+        let config = config_json
+            .map(str::to_string)
+            .or(embedded_cfg)
+            .ok_or_else(|| Error::file("config.json", "is missing (a plain checkpoint needs it beside the weights)"))?;
+        let embedded_tok = crate::export::embedded_tokenizer(&ckpt);
+        let tok: Option<Vec<u8>> = tokenizer_json.map(<[u8]>::to_vec).or(embedded_tok.map(String::into_bytes));
+        Self::from_parts(&config, tok.as_deref(), ckpt)
+    }
+
     /// Open a directory holding config.json, the checkpoint and (optionally) tokenizer.json.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open_dir(dir: &std::path::Path) -> Result<Self> {
-        let cfg_path = dir.join("config.json");
-        let config = std::fs::read_to_string(&cfg_path)
-            .map_err(|e| Error::file(cfg_path.display().to_string(), format!("cannot be read ({e})")))?;
-        let tok_path = dir.join("tokenizer.json");
-        let tok = if tok_path.exists() {
-            Some(std::fs::read(&tok_path).map_err(|e| Error::file(tok_path.display().to_string(), e.to_string()))?)
-        } else {
-            None
+        let read = |name: &str| -> Result<Option<Vec<u8>>> {
+            let p = dir.join(name);
+            if !p.exists() {
+                return Ok(None);
+            }
+            std::fs::read(&p).map(Some).map_err(|e| Error::file(p.display().to_string(), format!("cannot be read ({e})")))
         };
-        Self::from_parts(&config, tok.as_deref(), Checkpoint::open_dir(dir)?)
+        let config = read("config.json")?
+            .map(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into())))
+            .transpose()?;
+        let tok = read("tokenizer.json")?;
+        Self::from_checkpoint(config.as_deref(), tok.as_deref(), Checkpoint::open_dir(dir)?)
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {

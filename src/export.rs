@@ -1,17 +1,318 @@
-//! Compressed checkpoints (written in the compression issue).
+//! The compressed checkpoint format (see FORMAT.md): one safetensors file whose dense tensors are copied as they
+//! were stored and whose compressed matrices are replaced by their INT8 (or f32) factors, with the policy, ranks,
+//! source fingerprint, config.json and tokenizer.json in `__metadata__`. Loading it back keeps the INT8 codes as
+//! INT8: a compressed model's resident bytes are its stored bytes.
+
+use crate::bundle::is_buffer;
 use crate::checkpoint::Checkpoint;
+use crate::compress::LayerReport;
 use crate::config::GptNeoConfig;
-use crate::model::GptNeo;
+use crate::linear::LinearWeight;
+use crate::model::{CheckpointWeights, GptNeo, Weights};
+use crate::policy::Policy;
+use crate::quant::{Factor, QMat};
 use crate::{Error, Result};
+use candle_core::Tensor;
+use safetensors::Dtype;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+pub const FORMAT: &str = "slc-compressed-v1";
 
 pub fn is_compressed(ckpt: &Checkpoint) -> bool {
     ckpt.metadata().and_then(|m| m.get("format")).is_some_and(|f| f.starts_with("slc-compressed"))
 }
 
-pub fn original_parameters(_ckpt: &Checkpoint) -> Option<usize> {
-    None
+fn meta(ckpt: &Checkpoint, key: &str) -> Option<String> {
+    ckpt.metadata().and_then(|m| m.get(key)).cloned()
 }
 
-pub fn load_compressed(_cfg: &GptNeoConfig, _ckpt: &Checkpoint) -> Result<GptNeo> {
-    Err(Error::msg("compressed checkpoints are not supported yet"))
+/// config.json carried inside a compressed checkpoint.
+pub fn embedded_config(ckpt: &Checkpoint) -> Option<String> {
+    meta(ckpt, "config_json")
+}
+
+/// tokenizer.json carried inside a compressed checkpoint.
+pub fn embedded_tokenizer(ckpt: &Checkpoint) -> Option<String> {
+    meta(ckpt, "tokenizer_json")
+}
+
+/// The source model's parameter count, as recorded at export.
+pub fn original_parameters(ckpt: &Checkpoint) -> Option<usize> {
+    let src: serde_json::Value = serde_json::from_str(&meta(ckpt, "source")?).ok()?;
+    src.get("parameters")?.as_u64().map(|x| x as usize)
+}
+
+/// A fingerprint of a checkpoint's tensor table: SHA-256 over every tensor's name, dtype, shape and byte range, and
+/// the files' sizes. Cheap (no weights are read) and changes whenever the layout does.
+pub fn fingerprint(ckpt: &Checkpoint) -> String {
+    let mut h = Sha256::new();
+    for name in ckpt.names() {
+        if let Some(i) = ckpt.info(name) {
+            h.update(format!("{name}|{:?}|{:?}|{:?}\n", i.dtype, i.shape, i.data_offsets).as_bytes());
+        }
+    }
+    for f in ckpt.files() {
+        h.update(f.file_len().to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+enum Part {
+    /// Copied from the source checkpoint as stored.
+    Source(String),
+    Owned(Vec<u8>),
+}
+
+struct Entry {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    len: usize,
+    part: Part,
+}
+
+/// A compressed checkpoint ready to be written: its header and its data, in pieces (source tensors are read only
+/// when written).
+pub struct Export {
+    header: Vec<u8>,
+    entries: Vec<Entry>,
+    /// Bytes of tensor data (the file is `8 + header + data`).
+    pub data_bytes: usize,
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn push(entries: &mut Vec<Entry>, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) {
+    entries.push(Entry { name, dtype, shape, len: bytes.len(), part: Part::Owned(bytes) });
+}
+
+/// Tensors for one factor called `base`: `{base}` (f32), or `{base}.q` (i8) + `{base}.scale` (f32, per row or one)
+/// + `{base}.zero_point` (i32, per-tensor scheme only). `shape` is the factor's logical shape.
+fn push_factor(entries: &mut Vec<Entry>, base: &str, f: &Factor, shape: Vec<usize>) {
+    match f {
+        Factor::F32 { data, .. } => push(entries, base.to_string(), Dtype::F32, shape, f32_bytes(data)),
+        Factor::Int8(q) => {
+            push(entries, format!("{base}.q"), Dtype::I8, shape, q.codes.iter().map(|&c| c as u8).collect());
+            push(entries, format!("{base}.scale"), Dtype::F32, vec![q.scales.len()], f32_bytes(&q.scales));
+            if !q.zero_points.is_empty() {
+                let zp: Vec<u8> = q.zero_points.iter().flat_map(|z| z.to_le_bytes()).collect();
+                push(entries, format!("{base}.zero_point"), Dtype::I32, vec![q.zero_points.len()], zp);
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LayerMeta<'a> {
+    storage: &'a str,
+    rank: Option<usize>,
+    err_svd: Option<f64>,
+    err_stored: Option<f64>,
+}
+
+/// What the export records about its source.
+#[derive(Serialize)]
+struct SourceMeta {
+    fingerprint: String,
+    parameters: usize,
+    file_bytes: u64,
+    files: Vec<String>,
+}
+
+impl Export {
+    /// Plan the compressed checkpoint of `ckpt` with `weights` replacing the named linear layers.
+    pub fn new(
+        ckpt: &Checkpoint,
+        config_json: &str,
+        tokenizer_json: Option<&str>,
+        weights: &HashMap<String, LinearWeight>,
+        reports: &[LayerReport],
+        policy: &Policy,
+    ) -> Result<Self> {
+        let mut entries = Vec::new();
+        let mut parameters = 0usize;
+        for name in ckpt.names() {
+            if is_buffer(name) {
+                continue;
+            }
+            let info = ckpt.info(name).ok_or_else(|| Error::tensor(name, "vanished from the checkpoint"))?;
+            parameters += info.shape.iter().product::<usize>();
+            match weights.get(name) {
+                None => entries.push(Entry {
+                    name: name.clone(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    len: info.data_offsets.1 - info.data_offsets.0,
+                    part: Part::Source(name.clone()),
+                }),
+                Some(LinearWeight::LowRank { u, s, vh }) => {
+                    let r = s.cols();
+                    push_factor(&mut entries, &format!("{name}.U"), u, vec![u.rows(), r]);
+                    push_factor(&mut entries, &format!("{name}.S"), s, vec![r]);
+                    push_factor(&mut entries, &format!("{name}.Vh"), vh, vec![r, vh.cols()]);
+                }
+                Some(LinearWeight::Quantized(f)) => push_factor(&mut entries, name, f, vec![f.rows(), f.cols()]),
+                Some(LinearWeight::Dense(_)) => {
+                    return Err(Error::tensor(name, "a dense replacement cannot be exported; keep the source tensor"))
+                }
+            }
+        }
+        let layers: BTreeMap<&str, LayerMeta> = reports
+            .iter()
+            .map(|r| {
+                (r.name.as_str(), LayerMeta { storage: &r.storage, rank: r.rank, err_svd: r.err_svd, err_stored: r.err_stored })
+            })
+            .collect();
+        let source = SourceMeta {
+            fingerprint: fingerprint(ckpt),
+            parameters,
+            file_bytes: ckpt.file_bytes(),
+            files: ckpt.files().iter().map(|f| f.file_name().rsplit(['/', '\\']).next().unwrap_or("").to_string()).collect(),
+        };
+        let mut metadata = BTreeMap::new();
+        metadata.insert("format".to_string(), FORMAT.to_string());
+        metadata.insert("producer".to_string(), format!("semantic-llm-compressor {}", env!("CARGO_PKG_VERSION")));
+        metadata.insert("policy".to_string(), serde_json::to_string(policy)?);
+        metadata.insert("layers".to_string(), serde_json::to_string(&layers)?);
+        metadata.insert("source".to_string(), serde_json::to_string(&source)?);
+        metadata.insert("config_json".to_string(), config_json.to_string());
+        if let Some(t) = tokenizer_json {
+            metadata.insert("tokenizer_json".to_string(), t.to_string());
+        }
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::to_value(&metadata)?);
+        let mut offset = 0usize;
+        for e in &entries {
+            header.insert(
+                e.name.clone(),
+                serde_json::json!({"dtype": format!("{:?}", e.dtype), "shape": e.shape, "data_offsets": [offset, offset + e.len]}),
+            );
+            offset += e.len;
+        }
+        let mut header = serde_json::to_vec(&header)?;
+        while header.len() % 8 != 0 {
+            header.push(b' ');
+        }
+        Ok(Self { header, entries, data_bytes: offset })
+    }
+
+    /// Total file size.
+    pub fn file_bytes(&self) -> usize {
+        8 + self.header.len() + self.data_bytes
+    }
+
+    /// Hand the file to `sink` in pieces: the length, the header, then every tensor (source tensors read one at a
+    /// time).
+    pub fn write(&self, ckpt: &Checkpoint, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        sink(&(self.header.len() as u64).to_le_bytes())?;
+        sink(&self.header)?;
+        for e in &self.entries {
+            match &e.part {
+                Part::Owned(b) => sink(b)?,
+                Part::Source(n) => {
+                    let raw = ckpt.read(n)?;
+                    if raw.data.len() != e.len {
+                        return Err(Error::tensor(n, "changed size while being exported"));
+                    }
+                    sink(&raw.data)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The whole file in memory.
+    pub fn to_bytes(&self, ckpt: &Checkpoint) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.file_bytes());
+        self.write(ckpt, &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// A compressed checkpoint as [`Weights`]: factors stay INT8, dense tensors keep their stored dtype.
+pub struct CompressedWeights<'a> {
+    pub ckpt: &'a Checkpoint,
+}
+
+impl CompressedWeights<'_> {
+    fn factor(&self, base: &str, rows: Option<usize>, cols: Option<usize>) -> Result<Factor> {
+        let q_name = format!("{base}.q");
+        let (raw_shape, f) = if self.ckpt.contains(&q_name) {
+            let codes = self.ckpt.read(&q_name)?;
+            let shape = codes.shape.clone();
+            let scales = self.ckpt.read(&format!("{base}.scale"))?.to_f32_vec()?;
+            let zp_name = format!("{base}.zero_point");
+            let zero_points = if self.ckpt.contains(&zp_name) { self.ckpt.read(&zp_name)?.to_i32_vec()? } else { vec![] };
+            let (r, c) = dims2(&q_name, &shape)?;
+            let q = QMat { rows: r, cols: c, codes: codes.to_i8_vec()?, scales, zero_points };
+            q.validate(&q_name)?;
+            (shape, Factor::Int8(q))
+        } else {
+            let raw = self.ckpt.read(base)?;
+            let (r, c) = dims2(base, &raw.shape)?;
+            (raw.shape.clone(), Factor::F32 { rows: r, cols: c, data: raw.to_f32_vec()? })
+        };
+        if rows.is_some_and(|r| r != f.rows()) || cols.is_some_and(|c| c != f.cols()) {
+            return Err(Error::tensor(base, format!("has shape {raw_shape:?}, which does not fit the layer")));
+        }
+        Ok(f)
+    }
+}
+
+/// A 1-D shape [n] is read as 1 × n (the singular values).
+fn dims2(name: &str, shape: &[usize]) -> Result<(usize, usize)> {
+    match shape {
+        [n] => Ok((1, *n)),
+        [r, c] => Ok((*r, *c)),
+        _ => Err(Error::tensor(name, format!("has shape {shape:?}; a factor is 1-D or 2-D"))),
+    }
+}
+
+impl Weights for CompressedWeights<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.ckpt.contains(name) || self.ckpt.contains(&format!("{name}.U.q")) || self.ckpt.contains(&format!("{name}.U")) || self.ckpt.contains(&format!("{name}.q"))
+    }
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        CheckpointWeights { ckpt: self.ckpt, keep_half: true }.dense(name, shape)
+    }
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
+        let u_base = format!("{name}.U");
+        if self.ckpt.contains(&format!("{u_base}.q")) || self.ckpt.contains(&u_base) {
+            let u = self.factor(&u_base, Some(out), None)?;
+            let r = u.cols();
+            let s = self.factor(&format!("{name}.S"), Some(1), Some(r))?;
+            let vh = self.factor(&format!("{name}.Vh"), Some(r), Some(inp))?;
+            return Ok(LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(s), vh: Arc::new(vh) });
+        }
+        if self.ckpt.contains(&format!("{name}.q")) {
+            return Ok(LinearWeight::Quantized(Arc::new(self.factor(name, Some(out), Some(inp))?)));
+        }
+        Ok(LinearWeight::Dense(self.dense(name, &[out, inp])?))
+    }
+}
+
+pub fn load_compressed(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<GptNeo> {
+    GptNeo::load(cfg, &CompressedWeights { ckpt })
+}
+
+/// Every linear layer of a (compressed) model as dense f32, by tensor name: what `slc densify` writes so that
+/// transformers can load the result.
+pub fn densify(model: &GptNeo) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+    model
+        .linears()
+        .into_iter()
+        .filter(|l| !matches!(l.weight, LinearWeight::Dense(_)))
+        .map(|l| {
+            let (o, i) = l.weight.shape()?;
+            Ok((l.name.clone(), vec![o, i], l.weight.to_dense_f32()?))
+        })
+        .collect()
 }

@@ -3,15 +3,20 @@
 //! The core is plain Rust and is tested natively; [`wasm`] is the thin WebAssembly boundary the page's worker uses,
 //! and `src/bin/slc.rs` is the command line on the same core.
 
+pub mod alloc;
 pub mod bundle;
 pub mod checkpoint;
+pub mod compress;
 pub mod config;
 mod error;
 pub mod export;
 pub mod generate;
 pub mod linear;
+pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod quant;
+pub mod svd;
 pub mod tokenizer;
 
 #[cfg(target_arch = "wasm32")]

@@ -2,6 +2,11 @@
 #[cfg(not(target_arch = "wasm32"))]
 mod cli;
 
+/// Counts live heap bytes, so `slc eval` reports measured resident memory.
+#[cfg(not(target_arch = "wasm32"))]
+#[global_allocator]
+static ALLOC: semantic_llm_compressor::alloc::CountingAlloc = semantic_llm_compressor::alloc::CountingAlloc;
+
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
     match cli::run() {

@@ -2,7 +2,12 @@ use clap::{Parser, Subcommand};
 use semantic_llm_compressor::bundle::ModelBundle;
 use semantic_llm_compressor::generate::{Generation, SamplingParams};
 use semantic_llm_compressor::tokenizer::TextStream;
-use semantic_llm_compressor::Result;
+use semantic_llm_compressor::compress::{compress_checkpoint, totals};
+use semantic_llm_compressor::export::Export;
+use semantic_llm_compressor::metrics::Evaluator;
+use semantic_llm_compressor::policy::{Policy, RankRule};
+use semantic_llm_compressor::quant::QuantScheme;
+use semantic_llm_compressor::{alloc, Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -42,9 +47,122 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Compress a checkpoint by truncated SVD + INT8 and write the compressed checkpoint.
+    Compress(CompressArgs),
+    /// Per-layer reconstruction error at each rank (the origin's debug_svd_roundtrip).
+    Roundtrip {
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated ranks.
+        #[arg(long, value_delimiter = ',', default_value = "128,512")]
+        ranks: Vec<usize>,
+        /// INT8 scheme for the second error column.
+        #[arg(long, default_value = "per-tensor")]
+        quant: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare a compressed model with the original on a text: perplexity, cosine, MSE, top-1, KL, sizes.
+    Eval {
+        #[arg(long)]
+        original: PathBuf,
+        #[arg(long)]
+        compressed: PathBuf,
+        #[arg(long)]
+        text: PathBuf,
+        #[arg(long, default_value_t = 8192)]
+        tokens: usize,
+        #[arg(long, default_value_t = 512)]
+        window: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild dense f32 weights from a compressed checkpoint (a plain checkpoint transformers can load).
+    Densify {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long = "output_dir", alias = "output-dir")]
+        output_dir: PathBuf,
+    },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct CompressArgs {
+    #[arg(long = "input_dir", alias = "input-dir")]
+    input_dir: PathBuf,
+    #[arg(long = "output_dir", alias = "output-dir")]
+    output_dir: PathBuf,
+    /// Rank kept for every matrix no --rank-for names.
+    #[arg(long, default_value_t = 128)]
+    rank: usize,
+    /// 8: INT8 factors; 32: f32 factors.
+    #[arg(long = "quant_bits", alias = "quant-bits", default_value_t = 8)]
+    quant_bits: u8,
+    /// Matrices whose smaller side is below this stay dense.
+    #[arg(long = "min_dim_for_compression", alias = "min-dim-for-compression", default_value_t = 0)]
+    min_dim_for_compression: usize,
+    /// Keep dense every matrix whose name contains PATTERN (repeatable).
+    #[arg(long)]
+    skip: Vec<String>,
+    /// PATTERN=RANK: rank for the matrices whose name contains PATTERN (repeatable; first match wins).
+    #[arg(long = "rank-for", alias = "rank_for")]
+    rank_for: Vec<String>,
+    /// INT8 scheme: per-row (symmetric, a scale per row) or per-tensor (the origin's asymmetric scheme).
+    #[arg(long, default_value = "per-row")]
+    quant: String,
+    /// svd (low rank) or int8 (dense INT8, no SVD).
+    #[arg(long, default_value = "svd")]
+    method: String,
+    /// Smallest rank keeping this fraction of each matrix's squared Frobenius norm.
+    #[arg(long)]
+    energy: Option<f64>,
+    /// Keep this fraction of the considered matrices' parameters (or bytes, --budget-unit bytes).
+    #[arg(long)]
+    budget: Option<f64>,
+    #[arg(long = "budget-unit", default_value = "params")]
+    budget_unit: String,
+    /// energy (global, by normalised singular-value energy), uniform (one rank) or proportional.
+    #[arg(long = "budget-mode", default_value = "energy")]
+    budget_mode: String,
+    /// auto, exact or randomized.
+    #[arg(long, default_value = "auto")]
+    svd: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Compress even where the factors would not be smaller than the dense weight.
+    #[arg(long = "no-break-even-guard")]
+    no_break_even_guard: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, v: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(v.to_string()))
+        .map_err(|_| semantic_llm_compressor::Error::Policy(format!("{what} \"{v}\" is not one of the accepted values")))
+}
+
+impl CompressArgs {
+    fn policy(&self) -> Result<Policy> {
+        Ok(Policy {
+            method: parse_enum("method", &self.method)?,
+            rank: self.rank,
+            rank_for: self.rank_for.iter().map(|r| RankRule::parse(r)).collect::<Result<_>>()?,
+            skip: self.skip.iter().flat_map(|s| s.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            min_dim_for_compression: self.min_dim_for_compression,
+            quant_bits: self.quant_bits,
+            quant: QuantScheme::parse(&self.quant)?,
+            energy: self.energy,
+            budget: self.budget,
+            budget_unit: parse_enum("budget unit", &self.budget_unit)?,
+            budget_mode: parse_enum("budget mode", &self.budget_mode)?,
+            svd: parse_enum("svd", &self.svd)?,
+            seed: self.seed,
+            break_even_guard: !self.no_break_even_guard,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -69,6 +187,10 @@ pub fn run() -> Result<()> {
             let params = SamplingParams { temperature, top_k, top_p, seed, max_new_tokens, stop_at_eos: true };
             generate(&model, &prompt, params, json)
         }
+        Cmd::Compress(args) => compress(&args),
+        Cmd::Roundtrip { model, ranks, quant, json } => roundtrip(&model, &ranks, &quant, json),
+        Cmd::Eval { original, compressed, text, tokens, window, json } => eval(&original, &compressed, &text, tokens, window, json),
+        Cmd::Densify { model, output_dir } => densify(&model, &output_dir),
         Cmd::Bench(BenchCmd::Decode { model, prompt, tokens, runs }) => bench_decode(&model, &prompt, tokens, runs),
     }
 }
@@ -146,5 +268,202 @@ fn generate(dir: &std::path::Path, prompt: &str, params: SamplingParams, json: b
     } else {
         println!();
     }
+    Ok(())
+}
+
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::file(path.display().to_string(), format!("cannot be written ({e})")))
+}
+
+fn compress(a: &CompressArgs) -> Result<()> {
+    let policy = a.policy()?;
+    let b = ModelBundle::open_dir(&a.input_dir)?;
+    if b.is_compressed() {
+        return Err(Error::file(a.input_dir.display().to_string(), "is already a compressed checkpoint; compress the original"));
+    }
+    let t0 = std::time::Instant::now();
+    let mut err = std::io::stderr();
+    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |s| {
+        let _ = write!(err, "\r{} {}/{} {:<60}", s.phase, s.done, s.total, s.name);
+    })?;
+    eprintln!();
+    let seconds = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&a.output_dir).map_err(|e| Error::file(a.output_dir.display().to_string(), e.to_string()))?;
+    let config = std::fs::read_to_string(a.input_dir.join("config.json"))?;
+    let tok_path = a.input_dir.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() { Some(std::fs::read_to_string(&tok_path)?) } else { None };
+    let export = Export::new(&b.ckpt, &config, tokenizer.as_deref(), &c.weights, &c.reports, &c.policy)?;
+    let out_path = a.output_dir.join("model.safetensors");
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&out_path).map_err(|e| Error::file(out_path.display().to_string(), e.to_string()))?,
+    );
+    export.write(&b.ckpt, &mut |bytes| Ok(file.write_all(bytes)?))?;
+    file.flush()?;
+    write_file(&a.output_dir.join("config.json"), config.as_bytes())?;
+    if let Some(t) = &tokenizer {
+        write_file(&a.output_dir.join("tokenizer.json"), t.as_bytes())?;
+    }
+    let t = totals(&c.reports);
+    let report = serde_json::json!({
+        "policy": c.policy, "totals": t, "layers": c.reports, "seconds": seconds,
+        "file_bytes": export.file_bytes(), "tensor_bytes": export.data_bytes,
+    });
+    write_file(&a.output_dir.join("compression_report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{:<48} {:>12} {:>6} {:>9} {:>9} {:>10} {:>10}  storage / reason", "matrix", "shape", "rank", "err svd", "err int8", "bytes", "after")?;
+    for r in &c.reports {
+        let pct = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:.2}%", 100.0 * e));
+        writeln!(
+            o,
+            "{:<48} {:>12} {:>6} {:>9} {:>9} {:>10} {:>10}  {}",
+            r.name,
+            format!("{}x{}", r.shape[0], r.shape[1]),
+            r.rank.map_or("-".into(), |x| x.to_string()),
+            pct(r.err_svd),
+            pct(r.err_stored),
+            r.bytes_before,
+            r.bytes_after,
+            r.reason.as_deref().unwrap_or(&r.storage)
+        )?;
+    }
+    writeln!(
+        o,
+        "compressed {}/{} layers; linear params {} -> {} ({:.3}); bytes {} -> {}; file {} bytes; {:.1} s",
+        t.layers_compressed, t.layers_total, t.params_considered, t.params_after,
+        t.params_after as f64 / t.params_considered.max(1) as f64, t.bytes_considered, t.bytes_after, export.file_bytes(), seconds
+    )?;
+    writeln!(o, "wrote {}", a.output_dir.display())?;
+    Ok(())
+}
+
+fn roundtrip(dir: &std::path::Path, ranks: &[usize], quant: &str, json: bool) -> Result<()> {
+    use semantic_llm_compressor::compress::{considered_matrices, factors, reader};
+    use semantic_llm_compressor::svd;
+    let scheme = QuantScheme::parse(quant)?;
+    let b = ModelBundle::open_dir(dir)?;
+    let read = reader(&b.ckpt);
+    let mut rows = Vec::new();
+    for m in considered_matrices(&b.cfg, &b.ckpt)? {
+        if m.tied {
+            continue;
+        }
+        let w = read(&m.name)?;
+        let full = svd::exact(&w, m.out, m.inp).map_err(|e| Error::tensor(&m.name, e.to_string()))?;
+        for &r in ranks {
+            let mut t = full.clone().truncate(r);
+            t.canonicalize_signs();
+            let err_svd = svd::rel_fro_error(&w, &t.reconstruct());
+            let back: Vec<f64> = factors(&t, Some(scheme)).to_dense_f32()?.iter().map(|&x| x as f64).collect();
+            let err_int8 = svd::rel_fro_error(&w, &back);
+            rows.push(serde_json::json!({"name": m.name, "shape": [m.out, m.inp], "rank": t.rank(), "err_svd": err_svd, "err_int8": err_int8}));
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(o, "{:<48} {:>12} {:>6} {:>9} {:>9}", "matrix", "shape", "rank", "err svd", format!("+{quant}"))?;
+    for r in &rows {
+        writeln!(
+            o,
+            "{:<48} {:>12} {:>6} {:>8.2}% {:>8.2}%",
+            r["name"].as_str().unwrap_or(""),
+            format!("{}x{}", r["shape"][0], r["shape"][1]),
+            r["rank"],
+            100.0 * r["err_svd"].as_f64().unwrap_or(f64::NAN),
+            100.0 * r["err_int8"].as_f64().unwrap_or(f64::NAN)
+        )?;
+    }
+    Ok(())
+}
+
+fn eval(original: &std::path::Path, compressed: &std::path::Path, text: &std::path::Path, tokens: usize, window: usize, json: bool) -> Result<()> {
+    let ob = ModelBundle::open_dir(original)?;
+    let cb = ModelBundle::open_dir(compressed)?;
+    let om = ob.load_model(false)?;
+    // measured: live heap bytes the compressed model holds once loaded
+    let (cm, resident, peak) = alloc::measure(|| cb.load_model(false));
+    let cm = cm?;
+    let text = std::fs::read_to_string(text).map_err(|e| Error::file(text.display().to_string(), format!("cannot be read ({e})")))?;
+    let ids = ob.tokenizer()?.encode(&text)?;
+    let mut ev = Evaluator::new(&ids, tokens, window)?;
+    let mut err = std::io::stderr();
+    while ev.step(&om, Some(&cm))? {
+        let _ = write!(err, "\rwindow {}/{}", ev.done(), ev.total_windows());
+    }
+    eprintln!();
+    let r = ev.report();
+    let tensor_bytes = |b: &ModelBundle| -> usize {
+        b.ckpt.names().filter(|n| !semantic_llm_compressor::bundle::is_buffer(n)).filter_map(|n| b.ckpt.info(n)).map(|i| i.data_offsets.1 - i.data_offsets.0).sum()
+    };
+    let layers: Option<serde_json::Value> = cb.ckpt.metadata().and_then(|m| m.get("layers")).and_then(|l| serde_json::from_str(l).ok());
+    let layers_total = om.linears().len();
+    let layers_compressed = cm.linears().iter().filter(|l| !matches!(l.weight, semantic_llm_compressor::linear::LinearWeight::Dense(_))).count();
+    let mut v = serde_json::to_value(&r)?;
+    let extra = serde_json::json!({
+        "bytes_original": tensor_bytes(&ob),
+        "bytes_compressed": tensor_bytes(&cb),
+        "file_bytes_original": ob.ckpt.file_bytes(),
+        "file_bytes_compressed": cb.ckpt.file_bytes(),
+        "resident_bytes_compressed": resident,
+        "peak_load_bytes_compressed": peak,
+        "layers_compressed": layers_compressed,
+        "layers_total": layers_total,
+        "layers": layers,
+    });
+    if let (Some(a), Some(b)) = (v.as_object_mut(), extra.as_object()) {
+        a.extend(b.clone());
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let f = |k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
+    println!("{}", r.convention);
+    println!("perplexity original {}  compressed {}", f("ppl_original"), f("ppl_compressed"));
+    println!("cosine per position {}  global {}  mse {}  top-1 {}  kl {}", f("cosine"), f("cosine_global"), f("mse"), f("top1"), f("kl"));
+    println!(
+        "bytes original {}  compressed {} (resident, measured: {})  layers compressed {}/{}",
+        v["bytes_original"], v["bytes_compressed"], resident, layers_compressed, layers_total
+    );
+    Ok(())
+}
+
+fn densify(dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    use safetensors::tensor::TensorView;
+    let b = ModelBundle::open_dir(dir)?;
+    let model = b.load_model(false)?;
+    let dense = semantic_llm_compressor::export::densify(&model)?;
+    let replaced: std::collections::HashSet<String> = dense.iter().map(|(n, _, _)| n.clone()).collect();
+    let is_factor = |n: &str| replaced.iter().any(|r| n.starts_with(&format!("{r}.")));
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for name in b.ckpt.names() {
+        if is_factor(name) {
+            continue;
+        }
+        let raw = b.ckpt.read(name)?;
+        tensors.push((name.clone(), raw.dtype, raw.shape, raw.data));
+    }
+    for (name, shape, w) in dense {
+        tensors.push((name, safetensors::Dtype::F32, shape, w.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+    let views = tensors
+        .iter()
+        .map(|(n, d, s, bytes)| Ok((n.clone(), TensorView::new(*d, s.clone(), bytes).map_err(|e| Error::tensor(n, e.to_string()))?)))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(out)?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| Error::msg(e.to_string()))?;
+    write_file(&out.join("model.safetensors"), &bytes)?;
+    let cfg = semantic_llm_compressor::export::embedded_config(&b.ckpt).map_or_else(|| std::fs::read_to_string(dir.join("config.json")), Ok)?;
+    write_file(&out.join("config.json"), cfg.as_bytes())?;
+    if let Some(t) = semantic_llm_compressor::export::embedded_tokenizer(&b.ckpt) {
+        write_file(&out.join("tokenizer.json"), t.as_bytes())?;
+    }
+    println!("wrote {} ({} tensors, linear layers as dense f32)", out.display(), tensors.len());
     Ok(())
 }

@@ -1,0 +1,438 @@
+//! The compression pipeline: plan every weight matrix by the [`Policy`], factor the chosen ones by truncated SVD,
+//! store the factors (INT8 or f32), and measure the reconstruction error of what is actually stored.
+//!
+//! [`Compressor`] works one matrix per [`Compressor::step`], reading each weight from the checkpoint by its byte
+//! range, so a page can show progress, stop between matrices, and never hold the dense model twice.
+
+use crate::checkpoint::Checkpoint;
+use crate::config::GptNeoConfig;
+use crate::linear::LinearWeight;
+use crate::model::{CheckpointWeights, GptNeo, Weights};
+use crate::policy::{MatrixInfo, Method, Plan, Policy};
+use crate::quant::{Factor, QMat, QuantScheme};
+use crate::svd::{self, rel_fro_error, Svd};
+use crate::{Error, Result};
+use candle_core::Tensor;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// What happened to one weight matrix.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    /// [out, in]
+    pub shape: [usize; 2],
+    /// "low-rank", "int8" or "dense"
+    pub decision: String,
+    pub rank: Option<usize>,
+    /// How it is stored: "rank 32, int8 per-row", "int8 per-row", "dense f16".
+    pub storage: String,
+    /// Why it stayed dense.
+    pub reason: Option<String>,
+    /// ‖W − U S Vh‖F / ‖W‖F of the truncated SVD, before quantization.
+    pub err_svd: Option<f64>,
+    /// The same for what is stored (after INT8).
+    pub err_stored: Option<f64>,
+    /// Fraction of ‖W‖F² kept by the rank (from the spectrum).
+    pub energy_kept: Option<f64>,
+    pub params_before: usize,
+    pub params_after: usize,
+    pub bytes_before: usize,
+    pub bytes_after: usize,
+    /// All singular values when they were computed (exact SVD or spectrum pass), for plots.
+    pub singular_values: Option<Vec<f32>>,
+    pub seconds: f64,
+}
+
+/// The weight matrices the compressor considers, from config.json and the checkpoint's table alone (no weights are
+/// read): every linear layer of every block (q, k, v, out_proj, c_fc, c_proj), then the head.
+pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<MatrixInfo>> {
+    let p = crate::model::tensor_prefix(&CheckpointWeights { ckpt, keep_half: true })?;
+    let (h, inner) = (cfg.hidden_size, cfg.intermediate_size());
+    let mut mats = Vec::new();
+    let elem = |name: &str| ckpt.info(name).map_or(4, |i| i.dtype.bitsize() / 8);
+    for i in 0..cfg.num_layers {
+        let a = format!("{p}h.{i}.attn.attention");
+        let m = format!("{p}h.{i}.mlp");
+        for (name, out, inp) in [
+            (format!("{a}.q_proj.weight"), h, h),
+            (format!("{a}.k_proj.weight"), h, h),
+            (format!("{a}.v_proj.weight"), h, h),
+            (format!("{a}.out_proj.weight"), h, h),
+            (format!("{m}.c_fc.weight"), inner, h),
+            (format!("{m}.c_proj.weight"), h, inner),
+        ] {
+            let stored_elem_bytes = elem(&name);
+            mats.push(MatrixInfo { name, out, inp, stored_elem_bytes, tied: false });
+        }
+    }
+    let tied = !ckpt.contains("lm_head.weight");
+    let head_src = if tied { tied_embedding_name(ckpt) } else { "lm_head.weight".to_string() };
+    mats.push(MatrixInfo { name: "lm_head.weight".into(), out: cfg.vocab_size, inp: h, stored_elem_bytes: elem(&head_src), tied });
+    Ok(mats)
+}
+
+fn tied_embedding_name(ckpt: &Checkpoint) -> String {
+    if ckpt.contains("transformer.wte.weight") { "transformer.wte.weight" } else { "wte.weight" }.to_string()
+}
+
+enum Phase {
+    Spectra,
+    Factor,
+    Done,
+}
+
+/// The compression of one model, advanced a matrix at a time.
+pub struct Compressor {
+    pub policy: Policy,
+    pub mats: Vec<MatrixInfo>,
+    spectra: Vec<Option<Vec<f64>>>,
+    plans: Vec<Plan>,
+    phase: Phase,
+    next: usize,
+    weights: HashMap<String, LinearWeight>,
+    pub reports: Vec<LayerReport>,
+    live_at_start: usize,
+}
+
+/// Progress after a step.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepInfo {
+    /// "spectrum" or "factor"
+    pub phase: &'static str,
+    pub done: usize,
+    pub total: usize,
+    pub name: String,
+}
+
+impl Compressor {
+    pub fn new(policy: Policy, mats: Vec<MatrixInfo>) -> Result<Self> {
+        policy.validate()?;
+        let n = mats.len();
+        let mut c = Self {
+            policy,
+            mats,
+            spectra: vec![None; n],
+            plans: Vec::new(),
+            phase: Phase::Spectra,
+            next: 0,
+            weights: HashMap::new(),
+            reports: Vec::new(),
+            live_at_start: crate::alloc::live_bytes(),
+        };
+        if !c.policy.needs_spectra() {
+            c.start_factoring()?;
+        }
+        Ok(c)
+    }
+
+    /// Matrices that need a spectrum before ranks can be allocated (not skipped, not excluded).
+    fn spectrum_targets(&self) -> Vec<usize> {
+        (0..self.mats.len()).filter(|&i| self.policy.exclusion(&self.mats[i]).is_none()).collect()
+    }
+
+    /// Steps in all: a spectrum pass (when the policy needs one) plus one step per matrix.
+    pub fn total_steps(&self) -> usize {
+        let spectra = if self.policy.needs_spectra() { self.spectrum_targets().len() } else { 0 };
+        spectra + self.mats.len()
+    }
+
+    fn start_factoring(&mut self) -> Result<()> {
+        self.plans = self.policy.plan(&self.mats, &self.spectra)?;
+        self.phase = Phase::Factor;
+        self.next = 0;
+        Ok(())
+    }
+
+    /// Do one unit of work; `read(name)` returns a weight as f32, row-major. `None` when everything is done.
+    pub fn step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
+        match self.phase {
+            Phase::Spectra => {
+                let targets = self.spectrum_targets();
+                if self.next >= targets.len() {
+                    self.start_factoring()?;
+                    return self.step(read);
+                }
+                let i = targets[self.next];
+                let m = &self.mats[i];
+                let w = read(&m.name)?;
+                let s = svd::singular_values(&w, m.out, m.inp).map_err(|e| Error::tensor(&m.name, e.to_string()))?;
+                self.spectra[i] = Some(s);
+                self.next += 1;
+                Ok(Some(StepInfo { phase: "spectrum", done: self.next, total: targets.len(), name: m.name.clone() }))
+            }
+            Phase::Factor => {
+                if self.next >= self.mats.len() {
+                    self.phase = Phase::Done;
+                    return Ok(None);
+                }
+                let i = self.next;
+                let report = self.factor_one(i, read)?;
+                self.reports.push(report);
+                self.next += 1;
+                Ok(Some(StepInfo { phase: "factor", done: self.next, total: self.mats.len(), name: self.mats[i].name.clone() }))
+            }
+            Phase::Done => Ok(None),
+        }
+    }
+
+    fn factor_one(&mut self, i: usize, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<LayerReport> {
+        let t0 = now();
+        let m = self.mats[i].clone();
+        let plan = self.plans[i].clone();
+        let (out, inp) = (m.out, m.inp);
+        let mut rep = LayerReport {
+            name: m.name.clone(),
+            shape: [out, inp],
+            decision: "dense".into(),
+            rank: None,
+            storage: format!("dense {}", elem_label(m.stored_elem_bytes)),
+            reason: None,
+            err_svd: None,
+            err_stored: None,
+            energy_kept: None,
+            params_before: m.params(),
+            params_after: m.params(),
+            bytes_before: m.dense_bytes(),
+            bytes_after: m.dense_bytes(),
+            singular_values: self.spectra[i].as_ref().map(|s| s.iter().map(|&x| x as f32).collect()),
+            seconds: 0.0,
+        };
+        let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+        match plan {
+            Plan::Dense { reason } => {
+                rep.reason = Some(reason);
+                rep.err_stored = Some(0.0);
+            }
+            Plan::Int8 => {
+                let w = read(&m.name)?;
+                let lw = LinearWeight::Quantized(Arc::new(Factor::Int8(QMat::per_row(&w, out, inp))));
+                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
+                rep.decision = "int8".into();
+                rep.err_stored = Some(rel_fro_error(&w, &back));
+                rep.storage = lw.describe();
+                rep.bytes_after = lw.bytes();
+                self.weights.insert(m.name.clone(), lw);
+            }
+            Plan::LowRank { rank } => {
+                let w = read(&m.name)?;
+                let seed = self.policy.seed ^ fnv(&m.name);
+                // The exact path yields every singular value for free; keep them for the report.
+                let mut s: Svd = match self.policy.svd {
+                    svd::SvdMethod::Exact => full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?,
+                    svd::SvdMethod::Auto if out.min(inp) <= svd::AUTO_EXACT_DIM || 4 * rank >= out.min(inp) => {
+                        full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?
+                    }
+                    method => svd::truncated(&w, out, inp, rank, method, seed).map_err(tag)?,
+                };
+                s.canonicalize_signs();
+                rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
+                if let Some(sv) = &rep.singular_values {
+                    let all: Vec<f64> = sv.iter().map(|&x| x as f64).collect();
+                    let total: f64 = all.iter().map(|x| x * x).sum();
+                    let kept: f64 = all.iter().take(rank).map(|x| x * x).sum();
+                    rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
+                }
+                let lw = factors(&s, self.policy.factor_quant());
+                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
+                rep.err_stored = Some(rel_fro_error(&w, &back));
+                rep.decision = "low-rank".into();
+                rep.rank = Some(s.rank());
+                rep.storage = lw.describe();
+                rep.params_after = s.rank() * (out + inp + 1);
+                rep.bytes_after = lw.bytes();
+                self.weights.insert(m.name.clone(), lw);
+            }
+        }
+        rep.seconds = now() - t0;
+        Ok(rep)
+    }
+
+    /// The compressed weights by tensor name (matrices kept dense are absent).
+    pub fn weights(&self) -> &HashMap<String, LinearWeight> {
+        &self.weights
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    /// Run every step.
+    pub fn run(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<()> {
+        while self.step(read)?.is_some() {}
+        Ok(())
+    }
+}
+
+fn full_then_truncate(w: &[f32], m: usize, n: usize, r: usize, rep: &mut LayerReport) -> Result<Svd> {
+    let full = svd::exact(w, m, n)?;
+    rep.singular_values = Some(full.s.iter().map(|&x| x as f32).collect());
+    Ok(full.truncate(r))
+}
+
+/// Factors of a truncated SVD in the policy's storage. Per-row INT8 keeps S in f32 (a per-row scale of Vh would
+/// absorb it anyway); the origin's per-tensor scheme quantizes U, S and Vh each with one scale and zero point,
+/// computed in f64 like the Python reference.
+pub fn factors(s: &Svd, quant: Option<QuantScheme>) -> LinearWeight {
+    let (m, n, r) = (s.m, s.n, s.rank());
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let (u, sv, vh) = match quant {
+        None => (
+            Factor::F32 { rows: m, cols: r, data: f32s(&s.u) },
+            Factor::F32 { rows: 1, cols: r, data: f32s(&s.s) },
+            Factor::F32 { rows: r, cols: n, data: f32s(&s.vh) },
+        ),
+        Some(QuantScheme::PerRow) => (
+            Factor::Int8(QMat::per_row(&f32s(&s.u), m, r)),
+            Factor::F32 { rows: 1, cols: r, data: f32s(&s.s) },
+            Factor::Int8(QMat::per_row(&f32s(&s.vh), r, n)),
+        ),
+        Some(QuantScheme::PerTensor) => (
+            Factor::Int8(QMat::per_tensor(&s.u, m, r)),
+            Factor::Int8(QMat::per_tensor(&s.s, 1, r)),
+            Factor::Int8(QMat::per_tensor(&s.vh, r, n)),
+        ),
+    };
+    LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(sv), vh: Arc::new(vh) }
+}
+
+fn elem_label(bytes: usize) -> &'static str {
+    match bytes {
+        2 => "f16/bf16",
+        4 => "f32",
+        8 => "f64",
+        _ => "other",
+    }
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Seconds from a monotonic clock (performance.now() in the browser).
+pub fn now() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now() / 1000.0
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<std::time::Instant> = OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
+    }
+}
+
+/// A checkpoint with some linear layers replaced by compressed storage. Dense tensors keep the dtype they are
+/// stored in, exactly as when an exported compressed checkpoint is loaded back.
+pub struct Overlay<'a> {
+    pub base: CheckpointWeights<'a>,
+    pub replaced: &'a HashMap<String, LinearWeight>,
+}
+
+impl Weights for Overlay<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.replaced.contains_key(name) || self.base.contains(name)
+    }
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.base.dense(name, shape)
+    }
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
+        match self.replaced.get(name) {
+            Some(w) => {
+                crate::model::check_shape(name, &{
+                    let (o, i) = w.shape()?;
+                    [o, i]
+                }, &[out, inp])?;
+                Ok(w.clone())
+            }
+            None => self.base.linear(name, out, inp),
+        }
+    }
+}
+
+/// The compressed model: the checkpoint's dense tensors as stored, the compressed layers as factors.
+pub fn build_compressed(cfg: &GptNeoConfig, ckpt: &Checkpoint, replaced: &HashMap<String, LinearWeight>) -> Result<GptNeo> {
+    GptNeo::load(cfg, &Overlay { base: CheckpointWeights { ckpt, keep_half: true }, replaced })
+}
+
+/// Read a weight from the checkpoint as f32 (the tied head reads the token embedding).
+pub fn reader(ckpt: &Checkpoint) -> impl Fn(&str) -> Result<Vec<f32>> + '_ {
+    move |name: &str| {
+        let actual = if name == "lm_head.weight" && !ckpt.contains(name) { tied_embedding_name(ckpt) } else { name.to_string() };
+        ckpt.read(&actual)?.to_f32_vec()
+    }
+}
+
+/// A finished compression: the compressed model and what was done to each matrix.
+pub struct Compressed {
+    pub model: GptNeo,
+    pub weights: HashMap<String, LinearWeight>,
+    pub reports: Vec<LayerReport>,
+    pub policy: Policy,
+    /// Live heap bytes the compressed model added (measured by [`crate::alloc`] when it is the global allocator).
+    pub resident_bytes: usize,
+}
+
+impl Compressor {
+    /// Build the compressed model once every step is done.
+    pub fn finish(self, cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Compressed> {
+        if !self.is_done() {
+            return Err(Error::msg("the compression has not finished"));
+        }
+        let model = build_compressed(cfg, ckpt, &self.weights)?;
+        // Everything allocated since the compressor started and still alive: the factors, the dense tensors the
+        // compressed model holds as stored, and the (small) layer reports.
+        let resident_bytes = crate::alloc::live_bytes().saturating_sub(self.live_at_start);
+        Ok(Compressed { model, weights: self.weights, reports: self.reports, policy: self.policy, resident_bytes })
+    }
+}
+
+/// Compress a whole checkpoint at once, calling `progress` after every step.
+pub fn compress_checkpoint(cfg: &GptNeoConfig, ckpt: &Checkpoint, policy: Policy, progress: &mut dyn FnMut(&StepInfo)) -> Result<Compressed> {
+    let mut c = Compressor::new(policy, considered_matrices(cfg, ckpt)?)?;
+    let read = reader(ckpt);
+    while let Some(info) = c.step(&read)? {
+        progress(&info);
+    }
+    c.finish(cfg, ckpt)
+}
+
+/// Totals over the layer reports.
+#[derive(Clone, Debug, Serialize, Default)]
+pub struct CompressionTotals {
+    pub layers_total: usize,
+    pub layers_compressed: usize,
+    pub params_considered: usize,
+    pub params_after: usize,
+    pub bytes_considered: usize,
+    pub bytes_after: usize,
+}
+
+pub fn totals(reports: &[LayerReport]) -> CompressionTotals {
+    let mut t = CompressionTotals { layers_total: reports.len(), ..Default::default() };
+    for r in reports {
+        if r.decision != "dense" {
+            t.layers_compressed += 1;
+        }
+        // the tied head is counted as a layer but its bytes belong to the embedding
+        if r.reason.as_deref().is_some_and(|x| x.starts_with("tied")) {
+            continue;
+        }
+        t.params_considered += r.params_before;
+        t.params_after += r.params_after;
+        t.bytes_considered += r.bytes_before;
+        t.bytes_after += r.bytes_after;
+    }
+    t
+}
+
+impl Method {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Svd => "svd",
+            Method::Int8 => "int8",
+        }
+    }
+}

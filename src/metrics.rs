@@ -1,0 +1,200 @@
+//! Quality of a compressed model against the original on a text.
+//!
+//! Convention (the same as ../shared/reference/README.md): the text is tokenized whole; its first `tokens` tokens are
+//! cut into non-overlapping windows of `window` tokens (a shorter last window is kept if it has at least 2 tokens);
+//! each window is run from position 0 and predicts its tokens 2..W.
+//! * perplexity = exp(mean negative log-likelihood over those predictions), for each model;
+//! * cosine (per position, mean): cosine of the two logit vectors at every position of every window, averaged;
+//! * cosine (global): one cosine over all logits flattened;
+//! * MSE: mean squared logit difference over all positions and vocabulary entries;
+//! * top-1: share of positions whose argmax agrees;
+//! * KL: mean over positions of KL(p_original ‖ p_compressed), natural log.
+//!
+//! All sums in f64.
+
+use crate::generate::argmax;
+use crate::model::GptNeo;
+use crate::{Error, Result};
+use serde::Serialize;
+
+/// Cut the first `tokens` ids into windows of `window`.
+pub fn windows(ids: &[u32], tokens: usize, window: usize) -> Result<Vec<Vec<u32>>> {
+    if window < 2 {
+        return Err(Error::Policy(format!("the evaluation window must be at least 2 tokens, not {window}")));
+    }
+    let n = tokens.min(ids.len());
+    if n < 2 {
+        return Err(Error::Policy(format!("the evaluation text has {} tokens; at least 2 are needed", ids.len())));
+    }
+    Ok(ids[..n].chunks(window).filter(|w| w.len() >= 2).map(|w| w.to_vec()).collect())
+}
+
+#[derive(Clone, Debug, Default)]
+struct Sums {
+    nll_orig: f64,
+    nll_comp: f64,
+    predictions: usize,
+    cos_sum: f64,
+    positions: usize,
+    dot: f64,
+    norm_o: f64,
+    norm_c: f64,
+    sq_err: f64,
+    logits: usize,
+    top1_agree: usize,
+    kl_sum: f64,
+}
+
+/// log Σ exp(x), computed stably via the max; `e` is left holding exp(x_k − max) and the second value is their
+/// sum, so that softmax_k = e_k / sum.
+fn log_sum_exp(x: &[f32], e: &mut Vec<f32>) -> (f64, f64) {
+    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    e.clear();
+    e.extend(x.iter().map(|&v| (v - m).exp()));
+    let sum: f64 = e.iter().map(|&v| v as f64).sum();
+    (m as f64 + sum.ln(), sum)
+}
+
+/// Results of an evaluation, as `slc eval --json` prints them.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalReport {
+    pub tokens: usize,
+    pub window: usize,
+    pub windows: usize,
+    pub predictions: usize,
+    pub ppl_original: f64,
+    pub ppl_compressed: Option<f64>,
+    /// cosine of the logit vectors per position, averaged over positions
+    pub cosine: Option<f64>,
+    /// cosine over all logits flattened
+    pub cosine_global: Option<f64>,
+    pub mse: Option<f64>,
+    pub top1: Option<f64>,
+    pub kl: Option<f64>,
+    pub convention: String,
+}
+
+/// An evaluation advanced one window at a time.
+pub struct Evaluator {
+    windows: Vec<Vec<u32>>,
+    next: usize,
+    tokens: usize,
+    window: usize,
+    sums: Sums,
+    compare: bool,
+}
+
+impl Evaluator {
+    pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
+        let windows = windows(ids, tokens, window)?;
+        let tokens = windows.iter().map(|w| w.len()).sum();
+        Ok(Self { windows, next: 0, tokens, window, sums: Sums::default(), compare: false })
+    }
+
+    pub fn total_windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    pub fn done(&self) -> usize {
+        self.next
+    }
+
+    /// Evaluate the next window with the original and (if given) the compressed model. `false` when finished.
+    pub fn step(&mut self, original: &GptNeo, compressed: Option<&GptNeo>) -> Result<bool> {
+        let Some(ids) = self.windows.get(self.next) else { return Ok(false) };
+        let lo: Vec<Vec<f32>> = original.logits(ids)?.to_vec2()?;
+        let lc: Option<Vec<Vec<f32>>> = compressed.map(|c| c.logits(ids).and_then(|t| Ok(t.to_vec2()?))).transpose()?;
+        self.compare |= lc.is_some();
+        let s = &mut self.sums;
+        let mut po = Vec::new();
+        for (p, o) in lo.iter().enumerate() {
+            let (lse_o, sum_o) = log_sum_exp(o, &mut po);
+            let target = ids.get(p + 1).map(|&t| t as usize);
+            if let Some(t) = target {
+                s.nll_orig += lse_o - o[t] as f64;
+                s.predictions += 1;
+            }
+            s.positions += 1;
+            let Some(lc) = &lc else { continue };
+            let c = &lc[p];
+            let (lse_c, _) = log_sum_exp(c, &mut Vec::new());
+            if let Some(t) = target {
+                s.nll_comp += lse_c - c[t] as f64;
+            }
+            // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
+            let (mut dot, mut no, mut nc, mut se, mut kl) = (0f64, 0f64, 0f64, 0f64, 0f64);
+            for k in 0..o.len() {
+                let (a, b) = (o[k] as f64, c[k] as f64);
+                dot += a * b;
+                no += a * a;
+                nc += b * b;
+                se += (a - b) * (a - b);
+                kl += po[k] as f64 * (a - b);
+            }
+            let kl = kl / sum_o - lse_o + lse_c;
+            s.cos_sum += if no > 0.0 && nc > 0.0 { dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
+            s.dot += dot;
+            s.norm_o += no;
+            s.norm_c += nc;
+            s.sq_err += se;
+            s.logits += o.len();
+            s.kl_sum += kl.max(0.0);
+            s.top1_agree += (argmax(o) == argmax(c)) as usize;
+        }
+        self.next += 1;
+        Ok(true)
+    }
+
+    pub fn report(&self) -> EvalReport {
+        let s = &self.sums;
+        let n = s.positions.max(1) as f64;
+        let cmp = |v: f64| self.compare.then_some(v);
+        EvalReport {
+            tokens: self.tokens,
+            window: self.window,
+            windows: self.windows.len(),
+            predictions: s.predictions,
+            ppl_original: (s.nll_orig / s.predictions.max(1) as f64).exp(),
+            ppl_compressed: cmp((s.nll_comp / s.predictions.max(1) as f64).exp()),
+            cosine: cmp(s.cos_sum / n),
+            cosine_global: cmp(if s.norm_o > 0.0 && s.norm_c > 0.0 { s.dot / (s.norm_o.sqrt() * s.norm_c.sqrt()) } else { 0.0 }),
+            mse: cmp(s.sq_err / s.logits.max(1) as f64),
+            top1: cmp(s.top1_agree as f64 / n),
+            kl: cmp(s.kl_sum / n),
+            convention: format!(
+                "first {} tokens in {} non-overlapping windows of {}; each window predicts its tokens 2..W ({} predictions); cosine per position averaged over {} positions; cosine_global over all logits flattened; KL(original‖compressed) averaged over positions",
+                self.tokens,
+                self.windows.len(),
+                self.window,
+                s.predictions,
+                s.positions
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_follow_the_convention() {
+        let ids: Vec<u32> = (0..1000).collect();
+        let w = windows(&ids, 8192, 512).unwrap();
+        assert_eq!(w.len(), 2);
+        assert_eq!(w[1].len(), 488);
+        let w = windows(&ids, 1025, 512).unwrap();
+        assert_eq!(w.len(), 2, "a 1-token tail predicts nothing and is dropped");
+        assert!(windows(&ids, 10, 1).is_err());
+    }
+
+    #[test]
+    fn log_sum_exp_is_stable() {
+        let mut e = Vec::new();
+        let (lse, _) = log_sum_exp(&[1.0, 2.0, 3.0, -1e30], &mut e);
+        let want = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
+        assert!((lse - want).abs() < 1e-6);
+        let (lse, _) = log_sum_exp(&[1000.0, 1000.0], &mut e);
+        assert!((lse - (1000.0 + 2f64.ln())).abs() < 1e-6);
+    }
+}

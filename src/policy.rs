@@ -1,0 +1,420 @@
+//! Compression policy: which weight matrices are factored, at which rank, and how the factors are stored.
+//!
+//! The knobs carry the origin pipeline's names (`rank`, `quant_bits`, `min_dim_for_compression`, skip patterns)
+//! and go past them: per-pattern ranks, an energy threshold, a global size budget, and a break-even guard.
+
+use crate::quant::QuantScheme;
+use crate::svd::{rank_for_energy, SvdMethod};
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// What happens to the chosen matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Truncated SVD, factors stored per `quant_bits` / `quant`.
+    #[default]
+    Svd,
+    /// No SVD: the dense weight itself in INT8.
+    Int8,
+}
+
+/// How a size budget spreads ranks over the matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BudgetMode {
+    /// Triplets taken in order of normalised energy σ_j² / Σσ² across all matrices.
+    #[default]
+    Energy,
+    /// One rank for every matrix.
+    Uniform,
+    /// The same fraction of each matrix's parameters.
+    Proportional,
+}
+
+/// What a budget counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum BudgetUnit {
+    #[default]
+    Params,
+    Bytes,
+}
+
+/// A rank for the matrices whose name contains `pattern`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RankRule {
+    pub pattern: String,
+    pub rank: usize,
+}
+
+impl RankRule {
+    /// `PATTERN=RANK`
+    pub fn parse(s: &str) -> Result<Self> {
+        let (p, r) = s
+            .rsplit_once('=')
+            .ok_or_else(|| Error::Policy(format!("rank rule \"{s}\" is not PATTERN=RANK")))?;
+        let rank = r.trim().parse().map_err(|_| Error::Policy(format!("rank rule \"{s}\": \"{r}\" is not a number")))?;
+        Ok(Self { pattern: p.trim().to_string(), rank })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    pub method: Method,
+    /// The rank for every matrix no rule names.
+    pub rank: usize,
+    /// Per-pattern ranks; the first rule whose pattern the name contains wins.
+    pub rank_for: Vec<RankRule>,
+    /// Matrices whose name contains one of these stay dense.
+    pub skip: Vec<String>,
+    /// Matrices whose smaller side is below this stay dense.
+    pub min_dim_for_compression: usize,
+    /// 8: INT8 factors; 32: f32 factors (SVD only).
+    pub quant_bits: u8,
+    pub quant: QuantScheme,
+    /// Smallest rank keeping this fraction of ‖W‖F² (overrides `rank` and `rank_for`).
+    pub energy: Option<f64>,
+    /// Keep this fraction of the considered matrices' parameters (or bytes); overrides the ranks above.
+    pub budget: Option<f64>,
+    pub budget_unit: BudgetUnit,
+    pub budget_mode: BudgetMode,
+    pub svd: SvdMethod,
+    pub seed: u64,
+    /// Keep a matrix dense when its factors would not be smaller than it (in bytes, as stored).
+    pub break_even_guard: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            method: Method::Svd,
+            rank: 128,
+            rank_for: Vec::new(),
+            skip: Vec::new(),
+            min_dim_for_compression: 0,
+            quant_bits: 8,
+            quant: QuantScheme::PerRow,
+            energy: None,
+            budget: None,
+            budget_unit: BudgetUnit::Params,
+            budget_mode: BudgetMode::Energy,
+            svd: SvdMethod::Auto,
+            seed: 0,
+            break_even_guard: true,
+        }
+    }
+}
+
+/// A weight matrix the policy looks at.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatrixInfo {
+    pub name: String,
+    pub out: usize,
+    pub inp: usize,
+    /// Bytes per element as stored in the source checkpoint.
+    pub stored_elem_bytes: usize,
+    /// The head shares the token embedding: factoring it could only add bytes.
+    pub tied: bool,
+}
+
+impl MatrixInfo {
+    pub fn params(&self) -> usize {
+        self.out * self.inp
+    }
+    pub fn dense_bytes(&self) -> usize {
+        self.params() * self.stored_elem_bytes
+    }
+}
+
+/// What to do with one matrix.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Plan {
+    Dense { reason: String },
+    Int8,
+    LowRank { rank: usize },
+}
+
+impl Policy {
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.quant_bits, 8 | 32) {
+            return Err(Error::Policy(format!("quant_bits is {}; 8 (INT8 factors) and 32 (f32 factors) are supported", self.quant_bits)));
+        }
+        if self.method == Method::Int8 && self.quant_bits != 8 {
+            return Err(Error::Policy("method int8 needs quant_bits 8".into()));
+        }
+        if let Some(e) = self.energy {
+            if !(e > 0.0 && e <= 1.0) {
+                return Err(Error::Policy(format!("energy {e} must be in (0, 1]")));
+            }
+        }
+        if let Some(b) = self.budget {
+            if !(b > 0.0 && b <= 1.0) {
+                return Err(Error::Policy(format!("budget {b} must be in (0, 1]")));
+            }
+        }
+        if self.rank == 0 && self.energy.is_none() && self.budget.is_none() && self.method == Method::Svd {
+            return Err(Error::Policy("rank must be at least 1".into()));
+        }
+        if let Some(r) = self.rank_for.iter().find(|r| r.pattern.is_empty() || r.rank == 0) {
+            return Err(Error::Policy(format!("rank rule \"{}={}\" needs a pattern and a rank ≥ 1", r.pattern, r.rank)));
+        }
+        Ok(())
+    }
+
+    /// INT8 scheme of the factors, or `None` for f32 factors.
+    pub fn factor_quant(&self) -> Option<QuantScheme> {
+        (self.quant_bits == 8).then_some(self.quant)
+    }
+
+    /// Whether the spectra of all matrices are needed before ranks can be chosen.
+    pub fn needs_spectra(&self) -> bool {
+        self.method == Method::Svd && (self.energy.is_some() || self.budget.is_some())
+    }
+
+    /// The reason a matrix is not compressed at all, if any (skip patterns, minimum dimension, tied head).
+    pub fn exclusion(&self, m: &MatrixInfo) -> Option<String> {
+        if let Some(p) = self.skip.iter().find(|p| !p.is_empty() && m.name.contains(p.as_str())) {
+            return Some(format!("skipped: name matches \"{p}\""));
+        }
+        let small = m.out.min(m.inp);
+        if small < self.min_dim_for_compression {
+            return Some(format!("smaller side {small} < min_dim_for_compression {}", self.min_dim_for_compression));
+        }
+        if m.tied {
+            return Some("tied to the token embedding: factors would be stored besides it, adding bytes".into());
+        }
+        None
+    }
+
+    /// The rank asked for by `rank_for` or `rank` (before budget or energy).
+    pub fn requested_rank(&self, name: &str) -> usize {
+        self.rank_for.iter().find(|r| name.contains(r.pattern.as_str())).map_or(self.rank, |r| r.rank)
+    }
+
+    /// Bytes of rank-`r` factors of an `m × n` matrix under this policy.
+    pub fn low_rank_bytes(&self, m: usize, n: usize, r: usize) -> usize {
+        match self.factor_quant() {
+            None => 4 * r * (m + n + 1),
+            // U codes + a scale per row, S in f32, Vh codes + a scale per row
+            Some(QuantScheme::PerRow) => m * r + 4 * m + 4 * r + r * n + 4 * r,
+            // each of U, S, Vh: codes + one scale + one zero point
+            Some(QuantScheme::PerTensor) => m * r + r + r * n + 3 * 8,
+        }
+    }
+
+    /// Bytes of the dense matrix in INT8 (per-row).
+    pub fn int8_bytes(&self, m: usize, n: usize) -> usize {
+        m * n + 4 * m
+    }
+
+    /// Decide every matrix. `spectra[i]` (descending singular values) is required when [`Policy::needs_spectra`].
+    pub fn plan(&self, mats: &[MatrixInfo], spectra: &[Option<Vec<f64>>]) -> Result<Vec<Plan>> {
+        self.validate()?;
+        let mut plans: Vec<Option<Plan>> =
+            mats.iter().map(|m| self.exclusion(m).map(|reason| Plan::Dense { reason })).collect();
+        if self.method == Method::Int8 {
+            return Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Int8)).collect());
+        }
+        let spectrum = |i: usize| -> Result<&Vec<f64>> {
+            spectra.get(i).and_then(|s| s.as_ref()).ok_or_else(|| Error::msg(format!("no spectrum for {}", mats[i].name)))
+        };
+        let mut ranks: Vec<usize> = vec![0; mats.len()];
+        let candidates: Vec<usize> = (0..mats.len()).filter(|&i| plans[i].is_none()).collect();
+        if let Some(fraction) = self.budget {
+            let alloc = self.allocate_budget(mats, &candidates, fraction, spectra)?;
+            for (&i, r) in candidates.iter().zip(alloc) {
+                match r {
+                    Some(r) => ranks[i] = r,
+                    None => plans[i] = Some(Plan::Dense { reason: "budget allocation keeps it dense".into() }),
+                }
+            }
+        } else {
+            for &i in &candidates {
+                ranks[i] = match self.energy {
+                    Some(e) => rank_for_energy(spectrum(i)?, e).max(1),
+                    None => self.requested_rank(&mats[i].name),
+                };
+            }
+        }
+        for &i in &candidates {
+            if plans[i].is_some() {
+                continue;
+            }
+            let m = &mats[i];
+            let r = ranks[i].min(m.out.min(m.inp));
+            let lr = self.low_rank_bytes(m.out, m.inp, r);
+            plans[i] = Some(if self.break_even_guard && lr >= m.dense_bytes() {
+                Plan::Dense {
+                    reason: format!(
+                        "break-even: rank {r} factors ({lr} B) would not be smaller than the dense weight ({} B)",
+                        m.dense_bytes()
+                    ),
+                }
+            } else {
+                Plan::LowRank { rank: r }
+            });
+        }
+        Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Dense { reason: "not planned".into() })).collect())
+    }
+
+    /// Cost of rank r of matrix m in the budget's unit, and of keeping it dense.
+    fn cost(&self, m: &MatrixInfo, r: usize) -> f64 {
+        match self.budget_unit {
+            BudgetUnit::Params => (r * (m.out + m.inp + 1)) as f64,
+            BudgetUnit::Bytes => self.low_rank_bytes(m.out, m.inp, r) as f64,
+        }
+    }
+    fn dense_cost(&self, m: &MatrixInfo) -> f64 {
+        match self.budget_unit {
+            BudgetUnit::Params => m.params() as f64,
+            BudgetUnit::Bytes => m.dense_bytes() as f64,
+        }
+    }
+
+    /// Ranks (None = keep dense) for `candidates` so that their total cost is at most `fraction` of their dense cost.
+    fn allocate_budget(
+        &self,
+        mats: &[MatrixInfo],
+        candidates: &[usize],
+        fraction: f64,
+        spectra: &[Option<Vec<f64>>],
+    ) -> Result<Vec<Option<usize>>> {
+        let total: f64 = candidates.iter().map(|&i| self.dense_cost(&mats[i])).sum();
+        let budget = fraction * total;
+        let kmax = |i: usize| mats[i].out.min(mats[i].inp);
+        match self.budget_mode {
+            BudgetMode::Uniform => {
+                // the largest single rank whose total cost fits
+                let fits = |r: usize| candidates.iter().map(|&i| self.cost(&mats[i], r.min(kmax(i)))).sum::<f64>() <= budget;
+                let maxk = candidates.iter().map(|&i| kmax(i)).max().unwrap_or(0);
+                let r = (1..=maxk).take_while(|&r| fits(r)).last().unwrap_or(1);
+                Ok(candidates.iter().map(|&i| Some(r.min(kmax(i)))).collect())
+            }
+            BudgetMode::Proportional => Ok(candidates
+                .iter()
+                .map(|&i| {
+                    let m = &mats[i];
+                    let target = fraction * self.dense_cost(m);
+                    let r = (1..=kmax(i)).take_while(|&r| self.cost(m, r) <= target).last().unwrap_or(1);
+                    Some(r)
+                })
+                .collect()),
+            BudgetMode::Energy => {
+                // every matrix starts at rank 1; then triplets in order of normalised energy while they fit
+                let mut ranks: Vec<usize> = candidates.iter().map(|_| 1).collect();
+                let mut dense = vec![false; candidates.len()];
+                let mut spent: f64 = candidates.iter().map(|&i| self.cost(&mats[i], 1)).sum();
+                let mut triplets: Vec<(f64, usize, usize)> = Vec::new();
+                for (c, &i) in candidates.iter().enumerate() {
+                    let s = spectra
+                        .get(i)
+                        .and_then(|s| s.as_ref())
+                        .ok_or_else(|| Error::msg(format!("no spectrum for {}", mats[i].name)))?;
+                    let e: f64 = s.iter().map(|x| x * x).sum();
+                    for (j, x) in s.iter().enumerate().skip(1) {
+                        triplets.push((if e > 0.0 { x * x / e } else { 0.0 }, c, j));
+                    }
+                }
+                triplets.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+                for (_, c, j) in triplets {
+                    let m = &mats[candidates[c]];
+                    if dense[c] || ranks[c] != j {
+                        continue; // already dense, or an earlier triplet of this matrix did not fit
+                    }
+                    let (now, next) = (self.cost(m, j), self.cost(m, j + 1));
+                    let (delta, to_dense) = if next >= self.dense_cost(m) { (self.dense_cost(m) - now, true) } else { (next - now, false) };
+                    if spent + delta <= budget {
+                        spent += delta;
+                        if to_dense {
+                            dense[c] = true;
+                        } else {
+                            ranks[c] = j + 1;
+                        }
+                    }
+                }
+                Ok(ranks.into_iter().zip(dense).map(|(r, d)| if d { None } else { Some(r) }).collect())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mat(name: &str, out: usize, inp: usize) -> MatrixInfo {
+        MatrixInfo { name: name.into(), out, inp, stored_elem_bytes: 2, tied: false }
+    }
+
+    #[test]
+    fn skip_min_dim_rules_and_guard() {
+        let mats = vec![
+            mat("h.0.attn.attention.q_proj.weight", 256, 256),
+            mat("h.0.mlp.c_fc.weight", 1024, 256),
+            mat("h.0.mlp.c_proj.weight", 256, 1024),
+            mat("small.weight", 16, 256),
+            MatrixInfo { tied: true, ..mat("lm_head.weight", 50257, 256) },
+        ];
+        let p = Policy {
+            rank: 32,
+            rank_for: vec![RankRule::parse("c_fc=64").unwrap()],
+            skip: vec!["c_proj".into()],
+            min_dim_for_compression: 32,
+            ..Default::default()
+        };
+        let plans = p.plan(&mats, &vec![None; 5]).unwrap();
+        assert_eq!(plans[0], Plan::LowRank { rank: 32 });
+        assert_eq!(plans[1], Plan::LowRank { rank: 64 });
+        assert!(matches!(&plans[2], Plan::Dense { reason } if reason.contains("c_proj")));
+        assert!(matches!(&plans[3], Plan::Dense { reason } if reason.contains("16")));
+        assert!(matches!(&plans[4], Plan::Dense { reason } if reason.contains("tied")));
+        // f32 factors at rank 128 of 256×256 f16: 4·128·513 B > 131072 B → dense, and the report says why
+        let p = Policy { rank: 128, quant_bits: 32, ..Default::default() };
+        let plans = p.plan(&mats[..1], &[None]).unwrap();
+        assert!(matches!(&plans[0], Plan::Dense { reason } if reason.contains("break-even")), "{plans:?}");
+        let p = Policy { rank: 128, quant_bits: 32, break_even_guard: false, ..Default::default() };
+        assert_eq!(p.plan(&mats[..1], &[None]).unwrap()[0], Plan::LowRank { rank: 128 });
+    }
+
+    #[test]
+    fn energy_threshold_and_budgets() {
+        let mats = vec![mat("a", 100, 100), mat("b", 100, 100)];
+        // a: flat spectrum, b: one dominant value
+        let sa: Vec<f64> = vec![1.0; 100];
+        let sb: Vec<f64> = (0..100).map(|i| if i == 0 { 10.0 } else { 0.1 }).collect();
+        let spectra = vec![Some(sa), Some(sb)];
+        let p = Policy { energy: Some(0.5), ..Default::default() };
+        assert_eq!(p.plan(&mats, &spectra).unwrap(), vec![Plan::LowRank { rank: 50 }, Plan::LowRank { rank: 1 }]);
+        for mode in [BudgetMode::Energy, BudgetMode::Uniform, BudgetMode::Proportional] {
+            let p = Policy { budget: Some(0.3), budget_mode: mode, ..Default::default() };
+            let plans = p.plan(&mats, &spectra).unwrap();
+            let params: usize = plans
+                .iter()
+                .map(|pl| match pl {
+                    Plan::LowRank { rank } => rank * 201,
+                    _ => 10_000,
+                })
+                .sum();
+            assert!(params as f64 <= 0.3 * 20_000.0, "{mode:?}: {params}");
+            assert!(params as f64 >= 0.25 * 20_000.0, "{mode:?}: {params} leaves budget unused");
+            if mode == BudgetMode::Energy {
+                // the flat matrix gets almost everything
+                assert!(matches!(plans[0], Plan::LowRank { rank } if rank > 20), "{plans:?}");
+            }
+        }
+        assert!(Policy { budget: Some(1.5), ..Default::default() }.validate().is_err());
+        assert!(RankRule::parse("mlp").is_err());
+    }
+
+    #[test]
+    fn int8_method_quantizes_what_is_not_excluded() {
+        let mats = vec![mat("x.weight", 64, 64), mat("lm_head.weight", 64, 64)];
+        let p = Policy { method: Method::Int8, skip: vec!["lm_head".into()], ..Default::default() };
+        let plans = p.plan(&mats, &[None, None]).unwrap();
+        assert_eq!(plans[0], Plan::Int8);
+        assert!(matches!(plans[1], Plan::Dense { .. }));
+    }
+}
