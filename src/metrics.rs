@@ -74,13 +74,15 @@ pub struct EvalReport {
     pub convention: String,
 }
 
-/// An evaluation advanced one window at a time.
+/// An evaluation advanced one window at a time. The original model runs once per window however many compressed
+/// models are compared with it.
 pub struct Evaluator {
     windows: Vec<Vec<u32>>,
     next: usize,
     tokens: usize,
     window: usize,
-    sums: Sums,
+    /// One per compressed model (or one, unused, when none is compared).
+    sums: Vec<Sums>,
     compare: bool,
 }
 
@@ -88,7 +90,7 @@ impl Evaluator {
     pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
         let windows = windows(ids, tokens, window)?;
         let tokens = windows.iter().map(|w| w.len()).sum();
-        Ok(Self { windows, next: 0, tokens, window, sums: Sums::default(), compare: false })
+        Ok(Self { windows, next: 0, tokens, window, sums: Vec::new(), compare: false })
     }
 
     pub fn total_windows(&self) -> usize {
@@ -101,52 +103,77 @@ impl Evaluator {
 
     /// Evaluate the next window with the original and (if given) the compressed model. `false` when finished.
     pub fn step(&mut self, original: &GptNeo, compressed: Option<&GptNeo>) -> Result<bool> {
+        self.step_many(original, compressed.as_slice())
+    }
+
+    /// Evaluate the next window with the original and every model of `compressed` (always the same list).
+    pub fn step_many(&mut self, original: &GptNeo, compressed: &[&GptNeo]) -> Result<bool> {
         let Some(ids) = self.windows.get(self.next) else { return Ok(false) };
+        if self.sums.is_empty() {
+            self.sums = vec![Sums::default(); compressed.len().max(1)];
+            self.compare = !compressed.is_empty();
+        }
+        if self.compare && self.sums.len() != compressed.len() {
+            return Err(Error::msg("an evaluation must compare the same models at every window"));
+        }
         let lo: Vec<Vec<f32>> = original.logits(ids)?.to_vec2()?;
-        let lc: Option<Vec<Vec<f32>>> = compressed.map(|c| c.logits(ids).and_then(|t| Ok(t.to_vec2()?))).transpose()?;
-        self.compare |= lc.is_some();
-        let s = &mut self.sums;
         let mut po = Vec::new();
-        for (p, o) in lo.iter().enumerate() {
-            let (lse_o, sum_o) = log_sum_exp(o, &mut po);
-            let target = ids.get(p + 1).map(|&t| t as usize);
-            if let Some(t) = target {
-                s.nll_orig += lse_o - o[t] as f64;
-                s.predictions += 1;
+        let orig: Vec<(f64, f64)> = lo.iter().map(|o| log_sum_exp(o, &mut Vec::new())).collect();
+        for (s, model) in self.sums.iter_mut().zip(compressed.iter().map(Some).chain(std::iter::repeat(None))) {
+            let lc: Option<Vec<Vec<f32>>> = model.map(|c| c.logits(ids).and_then(|t| Ok(t.to_vec2()?))).transpose()?;
+            for (p, o) in lo.iter().enumerate() {
+                let (lse_o, sum_o) = orig[p];
+                let target = ids.get(p + 1).map(|&t| t as usize);
+                if let Some(t) = target {
+                    s.nll_orig += lse_o - o[t] as f64;
+                    s.predictions += 1;
+                }
+                s.positions += 1;
+                let Some(lc) = &lc else { continue };
+                let c = &lc[p];
+                let (lse_c, _) = log_sum_exp(c, &mut Vec::new());
+                if let Some(t) = target {
+                    s.nll_comp += lse_c - c[t] as f64;
+                }
+                log_sum_exp(o, &mut po);
+                // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
+                let (mut dot, mut no, mut nc, mut se, mut kl) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                for k in 0..o.len() {
+                    let (a, b) = (o[k] as f64, c[k] as f64);
+                    dot += a * b;
+                    no += a * a;
+                    nc += b * b;
+                    se += (a - b) * (a - b);
+                    kl += po[k] as f64 * (a - b);
+                }
+                let kl = kl / sum_o - lse_o + lse_c;
+                s.cos_sum += if no > 0.0 && nc > 0.0 { dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
+                s.dot += dot;
+                s.norm_o += no;
+                s.norm_c += nc;
+                s.sq_err += se;
+                s.logits += o.len();
+                s.kl_sum += kl.max(0.0);
+                s.top1_agree += (argmax(o) == argmax(c)) as usize;
             }
-            s.positions += 1;
-            let Some(lc) = &lc else { continue };
-            let c = &lc[p];
-            let (lse_c, _) = log_sum_exp(c, &mut Vec::new());
-            if let Some(t) = target {
-                s.nll_comp += lse_c - c[t] as f64;
-            }
-            // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
-            let (mut dot, mut no, mut nc, mut se, mut kl) = (0f64, 0f64, 0f64, 0f64, 0f64);
-            for k in 0..o.len() {
-                let (a, b) = (o[k] as f64, c[k] as f64);
-                dot += a * b;
-                no += a * a;
-                nc += b * b;
-                se += (a - b) * (a - b);
-                kl += po[k] as f64 * (a - b);
-            }
-            let kl = kl / sum_o - lse_o + lse_c;
-            s.cos_sum += if no > 0.0 && nc > 0.0 { dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
-            s.dot += dot;
-            s.norm_o += no;
-            s.norm_c += nc;
-            s.sq_err += se;
-            s.logits += o.len();
-            s.kl_sum += kl.max(0.0);
-            s.top1_agree += (argmax(o) == argmax(c)) as usize;
         }
         self.next += 1;
         Ok(true)
     }
 
+    /// The report for the first (or only) compressed model.
     pub fn report(&self) -> EvalReport {
-        let s = &self.sums;
+        self.report_for(0)
+    }
+
+    /// One report per compressed model.
+    pub fn reports(&self) -> Vec<EvalReport> {
+        (0..self.sums.len().max(1)).map(|i| self.report_for(i)).collect()
+    }
+
+    fn report_for(&self, i: usize) -> EvalReport {
+        let empty = Sums::default();
+        let s = self.sums.get(i).unwrap_or(&empty);
         let n = s.positions.max(1) as f64;
         let cmp = |v: f64| self.compare.then_some(v);
         EvalReport {

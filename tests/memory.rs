@@ -1,0 +1,58 @@
+//! Memory, measured: with the counting allocator as this test binary's global allocator, a compressed model loaded
+//! from its exported file holds about as many heap bytes as the file's tensors take (INT8 stays INT8; dense tensors
+//! stay in their stored dtype).
+#![cfg(not(target_arch = "wasm32"))]
+
+use semantic_llm_compressor::alloc::{self, CountingAlloc};
+use semantic_llm_compressor::bundle::{is_buffer, ModelBundle};
+use semantic_llm_compressor::compress::compress_checkpoint;
+use semantic_llm_compressor::export::Export;
+use semantic_llm_compressor::policy::Policy;
+use std::path::PathBuf;
+
+#[global_allocator]
+static A: CountingAlloc = CountingAlloc;
+
+fn shared(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(p)
+}
+
+#[test]
+fn compressed_model_resident_bytes_are_its_stored_bytes() {
+    let src = shared("models/neo-bard-8l");
+    let b = ModelBundle::open_dir(&src).unwrap();
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    for policy in [
+        Policy { rank: 32, ..Default::default() },
+        Policy { rank: 32, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() },
+        Policy { method: semantic_llm_compressor::policy::Method::Int8, ..Default::default() },
+    ] {
+        let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |_| {}).unwrap();
+        let dir = std::env::temp_dir().join(format!("slc-memory-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let export = Export::new(&b.ckpt, &config, None, &c.weights, &c.reports, &c.policy).unwrap();
+        std::fs::write(dir.join("model.safetensors"), export.to_bytes(&b.ckpt).unwrap()).unwrap();
+        drop(c);
+        let cb = ModelBundle::open_dir(&dir).unwrap();
+        let stored: usize = cb
+            .ckpt
+            .names()
+            .filter(|n| !is_buffer(n))
+            .filter_map(|n| cb.ckpt.info(n))
+            .map(|i| i.data_offsets.1 - i.data_offsets.0)
+            .sum();
+        let (model, resident, peak) = alloc::measure(|| cb.load_model(false).unwrap());
+        let ratio = resident as f64 / stored as f64;
+        eprintln!("stored {stored} B, resident {resident} B (ratio {ratio:.4}), peak while loading {peak} B");
+        assert!((ratio - 1.0).abs() <= 0.05, "resident {resident} vs stored {stored}");
+        // running it must not keep anything expanded: the scratch of a forward pass is freed (the first pass may
+        // initialise candle's lazy statics, so measure the second)
+        let _ = model.logits(&[1, 2, 3, 4]).unwrap();
+        let before = alloc::live_bytes();
+        let (_, left, peak) = alloc::measure(|| model.logits(&[1, 2, 3, 4]).unwrap());
+        eprintln!("a forward pass of 4 tokens: peak {peak} B above the model, {left} B left (the logits)");
+        assert!(left <= 4 * 50257 * 4 + 4096, "a forward pass left {left} B behind");
+        assert!(alloc::live_bytes() >= before);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
