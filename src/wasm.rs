@@ -116,47 +116,86 @@ struct OpenReport {
     summary: crate::bundle::BundleSummary,
     missing: Vec<String>,
     ignored: Vec<String>,
+    /// "original", or "compressed" for a checkpoint this program exported
+    kind: &'static str,
+    /// For a compressed checkpoint: whether the loaded original is the model it was made from.
+    matches_original: bool,
+    /// Layer reports carried by a compressed checkpoint.
+    layers: Option<serde_json::Value>,
+    policy: Option<serde_json::Value>,
 }
 
-/// One model session in a worker: the files, the loaded models, a generation in progress.
+/// Count live heap bytes, so the page's memory figures are measured.
+#[global_allocator]
+static ALLOC: crate::alloc::CountingAlloc = crate::alloc::CountingAlloc;
+
+/// The compressed model and where it came from.
+struct CompressedSlot {
+    model: GptNeo,
+    /// Present when it was compressed here (and so can be exported).
+    weights: Option<std::collections::HashMap<String, crate::linear::LinearWeight>>,
+    reports: Vec<crate::compress::LayerReport>,
+    policy: Option<crate::policy::Policy>,
+    /// Tensor bytes of its checkpoint (as exported or as loaded).
+    tensor_bytes: usize,
+    /// Live heap bytes it holds, measured.
+    resident_bytes: usize,
+    /// A compressed checkpoint loaded from a file keeps its bundle for reading.
+    _bundle: Option<ModelBundle>,
+}
+
+/// One model session in a worker: the original model, a compression in progress or done, an evaluation, generations.
 #[wasm_bindgen]
 pub struct Workspace {
     bundle: Option<ModelBundle>,
     original: Option<GptNeo>,
+    compressor: Option<crate::compress::Compressor>,
+    compressed: Option<CompressedSlot>,
+    evaluator: Option<crate::metrics::Evaluator>,
     generations: Vec<(String, Generation, TextStream)>,
+    config_json: String,
+    tokenizer_json: Option<String>,
 }
+
+fn none(what: &str) -> impl FnOnce() -> JsError + '_ {
+    move || js_err(Error::msg(what.to_string()))
+}
+
+type JsResult<T> = std::result::Result<T, JsError>;
 
 #[wasm_bindgen]
 impl Workspace {
     #[wasm_bindgen(constructor)]
     pub fn new() -> Workspace {
         console_error_panic_hook();
-        Workspace { bundle: None, original: None, generations: Vec::new() }
+        Workspace {
+            bundle: None,
+            original: None,
+            compressor: None,
+            compressed: None,
+            evaluator: None,
+            generations: Vec::new(),
+            config_json: String::new(),
+            tokenizer_json: None,
+        }
     }
 
-    /// Take the user's files (an array of `File`): config.json, tokenizer.json, *.safetensors and the shard index.
-    /// Reads only config, tokenizer and the safetensors headers. Returns what was found and what is missing.
-    pub fn open(&mut self, files: js_sys::Array) -> std::result::Result<JsValue, JsError> {
-        self.bundle = None;
-        self.original = None;
-        self.generations.clear();
+    /// Take the user's files (an array of `File`): config.json, tokenizer.json, *.safetensors and the shard index, or
+    /// one compressed checkpoint exported by this program. Reads only config, tokenizer and the safetensors headers.
+    /// An original checkpoint replaces the session; a compressed one becomes the compressed model (compared with the
+    /// loaded original when it was made from it).
+    pub fn open(&mut self, files: js_sys::Array) -> JsResult<JsValue> {
         let set = classify(&files).map_err(js_err)?;
-        let mut missing = Vec::new();
-        if set.config.is_none() {
-            missing.push("config.json".to_string());
-        }
         if set.weights.is_empty() {
-            missing.push("model.safetensors (or its shards)".to_string());
+            return Err(js_err(Error::msg("no .safetensors file among the files: a model needs model.safetensors (or its shards)")));
         }
-        if !missing.is_empty() {
-            return Err(js_err(Error::msg(format!("missing {}", missing.join(" and ")))));
-        }
-        let config = String::from_utf8(set.config.as_ref().map(|c| c.read_all()).transpose().map_err(js_err)?.unwrap_or_default())
-            .map_err(|_| js_err(Error::Config("is not UTF-8 text".into())))?;
+        let config = set
+            .config
+            .as_ref()
+            .map(|c| c.read_all().and_then(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into()))))
+            .transpose()
+            .map_err(js_err)?;
         let tok = set.tokenizer.as_ref().map(|t| t.read_all()).transpose().map_err(js_err)?;
-        if tok.is_none() {
-            missing.push("tokenizer.json (needed for text)".to_string());
-        }
         let index = set
             .index
             .as_ref()
@@ -170,49 +209,266 @@ impl Workspace {
             .collect::<Result<Vec<_>>>()
             .map_err(js_err)?;
         let ckpt = Checkpoint::new(files, index.as_deref()).map_err(js_err)?;
-        let bundle = ModelBundle::from_parts(&config, tok.as_deref(), ckpt).map_err(js_err)?;
+        let compressed = crate::export::is_compressed(&ckpt);
+        if !compressed && config.is_none() {
+            return Err(js_err(Error::file("config.json", "is missing: drop it together with the model's .safetensors file(s)")));
+        }
+        let bundle = ModelBundle::from_checkpoint(config.as_deref(), tok.as_deref(), ckpt).map_err(js_err)?;
         let summary = bundle.summary().map_err(js_err)?;
+        let mut missing = Vec::new();
+        if bundle.tokenizer.is_none() {
+            missing.push("tokenizer.json (needed to turn text into tokens)".to_string());
+        }
+        let meta = |k: &str| bundle.ckpt.metadata().and_then(|m| m.get(k)).and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+        let (layers, policy) = (meta("layers"), meta("policy"));
+        if compressed {
+            let source = meta("source");
+            let matches_original = match (&self.bundle, source.as_ref().and_then(|s| s.get("fingerprint")).and_then(|f| f.as_str())) {
+                (Some(orig), Some(fp)) => crate::export::fingerprint(&orig.ckpt) == fp,
+                _ => false,
+            };
+            self.generations.retain(|(w, _, _)| w != "compressed");
+            self.compressed = None;
+            self.evaluator = None;
+            let (model, resident, _) = crate::alloc::measure(|| bundle.load_model(false));
+            let model = model.map_err(js_err)?;
+            let tensor_bytes = tensor_bytes(&bundle.ckpt);
+            let reports = layer_reports_from_meta(&model, layers.as_ref());
+            let policy_v = policy.as_ref().and_then(|p| serde_json::from_value(p.clone()).ok());
+            if !matches_original {
+                // compared with nothing: it becomes the session's only model
+                self.bundle = None;
+                self.original = None;
+                self.generations.clear();
+            }
+            self.compressed = Some(CompressedSlot {
+                model,
+                weights: None,
+                reports,
+                policy: policy_v,
+                tensor_bytes,
+                resident_bytes: resident,
+                _bundle: Some(bundle),
+            });
+            return to_js(&OpenReport { summary, missing, ignored: set.ignored, kind: "compressed", matches_original, layers, policy });
+        }
+        *self = Workspace::new();
+        self.config_json = config.unwrap_or_default();
+        self.tokenizer_json = tok.map(|t| String::from_utf8_lossy(&t).into_owned());
         self.bundle = Some(bundle);
-        to_js(&OpenReport { summary, missing, ignored: set.ignored })
+        to_js(&OpenReport { summary, missing, ignored: set.ignored, kind: "original", matches_original: false, layers: None, policy: None })
     }
 
-    /// Load the model's weights (f32, or kept in f16/bf16 when f32 would not fit in wasm memory). Returns
-    /// `{bytes, dtype}`.
-    pub fn load(&mut self) -> std::result::Result<JsValue, JsError> {
-        let b = self.bundle.as_ref().ok_or_else(|| js_err(Error::msg("no model is open")))?;
+    /// Load the original model's weights (f32, or kept in f16/bf16 when f32 would not fit in wasm memory). Returns
+    /// `{bytes, keep_half, resident_bytes}`.
+    pub fn load(&mut self) -> JsResult<JsValue> {
+        let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
         let f32_bytes = b.estimate_model_bytes(false) as f64;
         let half_bytes = b.estimate_model_bytes(true) as f64;
-        let free = WASM_LIMIT - heap_bytes();
+        let free = WASM_LIMIT - heap_bytes() + (heap_bytes() - crate::alloc::live_bytes() as f64).max(0.0);
         let keep_half = if f32_bytes < 0.8 * free {
             false
         } else if half_bytes < 0.8 * free {
             true
         } else {
             return Err(js_err(Error::Memory(format!(
-                "the model needs {} even with f16 weights kept as stored, and only {} of the 4 GiB wasm memory is free",
+                "the model needs {} even with its f16 weights kept as stored, and only {} of the 4 GiB wasm memory is free",
                 gib(half_bytes),
                 gib(free)
             ))));
         };
-        let model = b.load_model(keep_half).map_err(js_err)?;
+        let (model, resident, _) = crate::alloc::measure(|| b.load_model(keep_half));
+        let model = model.map_err(js_err)?;
         let bytes = model.weight_bytes();
         self.original = Some(model);
         #[derive(Serialize)]
         struct Loaded {
             bytes: usize,
             keep_half: bool,
+            resident_bytes: usize,
+            tensor_bytes: usize,
         }
-        to_js(&Loaded { bytes, keep_half })
+        to_js(&Loaded { bytes, keep_half, resident_bytes: resident, tensor_bytes: tensor_bytes(&b.ckpt) })
+    }
+
+    /// Start compressing the original with `policy` (a [`crate::policy::Policy`] as JSON). Returns
+    /// `{total_steps, matrices}`.
+    pub fn compress_begin(&mut self, policy: JsValue) -> JsResult<JsValue> {
+        let b = self.bundle.as_ref().ok_or_else(none("no original model is open: load the demo model or drop a checkpoint first"))?;
+        let policy: crate::policy::Policy = from_js(policy, "compression policy").map_err(js_err)?;
+        self.compressed = None;
+        self.evaluator = None;
+        self.generations.retain(|(w, _, _)| w != "compressed");
+        let mats = crate::compress::considered_matrices(&b.cfg, &b.ckpt).map_err(js_err)?;
+        let c = crate::compress::Compressor::new(policy, mats).map_err(js_err)?;
+        #[derive(Serialize)]
+        struct Begin<'a> {
+            total_steps: usize,
+            matrices: &'a [crate::policy::MatrixInfo],
+        }
+        let out = to_js(&Begin { total_steps: c.total_steps(), matrices: &c.mats });
+        self.compressor = Some(c);
+        out
+    }
+
+    /// One step of the compression: `{phase, done, total, name, layer}` (`layer` is the matrix's report when one was
+    /// just factored), or `null` when every step is done.
+    pub fn compress_step(&mut self) -> JsResult<JsValue> {
+        let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
+        let c = self.compressor.as_mut().ok_or_else(none("no compression was started"))?;
+        let read = crate::compress::reader(&b.ckpt);
+        let reports_before = c.reports.len();
+        match c.step(&read).map_err(js_err)? {
+            None => Ok(JsValue::NULL),
+            Some(info) => {
+                #[derive(Serialize)]
+                struct Step<'a> {
+                    #[serde(flatten)]
+                    info: crate::compress::StepInfo,
+                    layer: Option<&'a crate::compress::LayerReport>,
+                }
+                let layer = if c.reports.len() > reports_before { c.reports.last() } else { None };
+                to_js(&Step { info, layer })
+            }
+        }
+    }
+
+    /// Build the compressed model once every step is done. Returns `{totals, tensor_bytes, file_bytes,
+    /// resident_bytes}`.
+    pub fn compress_finish(&mut self) -> JsResult<JsValue> {
+        let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
+        let c = self.compressor.take().ok_or_else(none("no compression was started"))?;
+        let done = c.finish(&b.cfg, &b.ckpt).map_err(js_err)?;
+        let export = crate::export::Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), &done.weights, &done.reports, &done.policy)
+            .map_err(js_err)?;
+        let totals = crate::compress::totals(&done.reports);
+        #[derive(Serialize)]
+        struct Finished {
+            totals: crate::compress::CompressionTotals,
+            tensor_bytes: usize,
+            file_bytes: usize,
+            resident_bytes: usize,
+            layers_total: usize,
+            layers_compressed: usize,
+        }
+        let out = Finished {
+            layers_total: done.model.linears().len(),
+            layers_compressed: compressed_layers(&done.model),
+            totals,
+            tensor_bytes: export.data_bytes,
+            file_bytes: export.file_bytes(),
+            resident_bytes: done.resident_bytes,
+        };
+        self.compressed = Some(CompressedSlot {
+            model: done.model,
+            weights: Some(done.weights),
+            reports: done.reports,
+            policy: Some(done.policy),
+            tensor_bytes: export.data_bytes,
+            resident_bytes: done.resident_bytes,
+            _bundle: None,
+        });
+        to_js(&out)
+    }
+
+    /// The compressed model's layer reports.
+    pub fn layer_reports(&self) -> JsResult<JsValue> {
+        let c = self.compressed.as_ref().ok_or_else(none("there is no compressed model"))?;
+        to_js(&c.reports)
+    }
+
+    /// Start evaluating on `text`: its first `tokens` tokens in windows of `window`. Returns `{windows, tokens}`.
+    pub fn eval_begin(&mut self, text: &str, tokens: usize, window: usize) -> JsResult<JsValue> {
+        let b = self.bundle.as_ref().ok_or_else(none("the original model is needed for the comparison: load it first"))?;
+        let max = b.cfg.max_position_embeddings;
+        if window > max {
+            return Err(js_err(Error::Policy(format!("the window of {window} tokens is longer than the model reads ({max})"))));
+        }
+        let ids = b.tokenizer().and_then(|t| t.encode(text)).map_err(js_err)?;
+        let ev = crate::metrics::Evaluator::new(&ids, tokens, window).map_err(js_err)?;
+        #[derive(Serialize)]
+        struct Begin {
+            windows: usize,
+            text_tokens: usize,
+        }
+        let out = to_js(&Begin { windows: ev.total_windows(), text_tokens: ids.len() });
+        self.evaluator = Some(ev);
+        out
+    }
+
+    /// Evaluate the next window: `{done, total}`, or `null` when finished.
+    pub fn eval_step(&mut self) -> JsResult<JsValue> {
+        let o = self.original.as_ref().ok_or_else(none("the original model is not loaded"))?;
+        let c = self.compressed.as_ref().map(|c| &c.model);
+        let ev = self.evaluator.as_mut().ok_or_else(none("no evaluation was started"))?;
+        if !ev.step(o, c).map_err(js_err)? {
+            return Ok(JsValue::NULL);
+        }
+        #[derive(Serialize)]
+        struct Step {
+            done: usize,
+            total: usize,
+        }
+        to_js(&Step { done: ev.done(), total: ev.total_windows() })
+    }
+
+    /// The evaluation's figures with sizes and layer counts: the page's summary.
+    pub fn eval_report(&self) -> JsResult<JsValue> {
+        let ev = self.evaluator.as_ref().ok_or_else(none("no evaluation was started"))?;
+        let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
+        let o = self.original.as_ref().ok_or_else(none("the original model is not loaded"))?;
+        #[derive(Serialize)]
+        struct Summary {
+            #[serde(flatten)]
+            eval: crate::metrics::EvalReport,
+            bytes_original: usize,
+            bytes_compressed: Option<usize>,
+            resident_bytes_original: usize,
+            resident_bytes_compressed: Option<usize>,
+            layers_compressed: Option<usize>,
+            layers_total: usize,
+        }
+        let c = self.compressed.as_ref();
+        to_js(&Summary {
+            eval: ev.report(),
+            bytes_original: tensor_bytes(&b.ckpt),
+            bytes_compressed: c.map(|c| c.tensor_bytes),
+            resident_bytes_original: o.weight_bytes(),
+            resident_bytes_compressed: c.map(|c| c.resident_bytes),
+            layers_compressed: c.map(|c| compressed_layers(&c.model)),
+            layers_total: o.linears().len(),
+        })
+    }
+
+    /// The compressed checkpoint as a list of `Uint8Array` pieces (for a `Blob`), with config.json and
+    /// tokenizer.json inside its metadata so the file alone loads back.
+    pub fn export(&self) -> JsResult<js_sys::Array> {
+        let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
+        let c = self.compressed.as_ref().ok_or_else(none("there is no compressed model to export: compress first"))?;
+        let (weights, policy) = match (&c.weights, &c.policy) {
+            (Some(w), Some(p)) => (w, p),
+            _ => return Err(js_err(Error::msg("this compressed model was loaded from a file; it is already exported"))),
+        };
+        let export = crate::export::Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), weights, &c.reports, policy)
+            .map_err(js_err)?;
+        let parts = js_sys::Array::new();
+        export
+            .write(&b.ckpt, &mut |bytes| {
+                parts.push(&js_sys::Uint8Array::from(bytes));
+                Ok(())
+            })
+            .map_err(js_err)?;
+        Ok(parts)
     }
 
     /// Token ids of a text.
-    pub fn encode(&self, text: &str) -> std::result::Result<Vec<u32>, JsError> {
-        let b = self.bundle.as_ref().ok_or_else(|| js_err(Error::msg("no model is open")))?;
-        b.tokenizer().and_then(|t| t.encode(text)).map_err(js_err)
+    pub fn encode(&self, text: &str) -> JsResult<Vec<u32>> {
+        self.tokenizer().and_then(|t| t.encode(text)).map_err(js_err)
     }
 
-    /// Start generating from `prompt` with the model called `which` ("original"); `params` as [`SamplingParams`].
-    pub fn generate_start(&mut self, which: &str, prompt: &str, params: JsValue) -> std::result::Result<(), JsError> {
+    /// Start generating from `prompt` with the model `which` ("original" or "compressed"); `params` as
+    /// [`SamplingParams`].
+    pub fn generate_start(&mut self, which: &str, prompt: &str, params: JsValue) -> JsResult<()> {
         let params: SamplingParams = if params.is_undefined() || params.is_null() {
             SamplingParams::default()
         } else {
@@ -226,39 +482,57 @@ impl Workspace {
         Ok(())
     }
 
-    /// The next token of the generation `which`: `{id, text, done}`, or `null` when it is finished.
-    pub fn generate_next(&mut self, which: &str) -> std::result::Result<JsValue, JsError> {
+    /// The next token of the generation `which`: `{id, text, token, done}`, or `null` when it is finished.
+    pub fn generate_next(&mut self, which: &str) -> JsResult<JsValue> {
         let pos = self
             .generations
             .iter()
             .position(|(w, _, _)| w == which)
             .ok_or_else(|| js_err(Error::msg(format!("no generation with the {which} model was started"))))?;
-        let model = match which {
-            "original" => self.original.as_ref(),
-            _ => None,
-        }
-        .ok_or_else(|| js_err(Error::msg(format!("the {which} model is not loaded"))))?;
-        let b = self.bundle.as_ref().ok_or_else(|| js_err(Error::msg("no model is open")))?;
-        let tok = b.tokenizer().map_err(js_err)?;
-        let (_, g, stream) = &mut self.generations[pos];
         #[derive(Serialize)]
         struct Step {
             id: u32,
             text: String,
+            token: String,
             done: bool,
         }
-        match g.step(model).map_err(js_err)? {
-            Some(id) => {
-                let text = stream.push(tok, id).map_err(js_err)?;
-                to_js(&Step { id, text, done: g.done })
-            }
+        let (w, mut g, mut stream) = self.generations.swap_remove(pos);
+        let step = (|| -> Result<Option<Step>> {
+            let model = self.model(which)?;
+            let tok = self.tokenizer()?;
+            Ok(match g.step(model)? {
+                Some(id) => Some(Step { id, text: stream.push(tok, id)?, token: tok.token_text(id)?, done: g.done }),
+                None => None,
+            })
+        })();
+        self.generations.push((w, g, stream));
+        match step.map_err(js_err)? {
+            Some(s) => to_js(&s),
             None => Ok(JsValue::NULL),
         }
     }
 
-    /// Bytes of wasm linear memory in use by this instance (it only grows).
-    pub fn memory_bytes(&self) -> f64 {
-        heap_bytes()
+    /// Singular values of one weight matrix of the original (for the spectrum plot).
+    pub fn spectrum(&self, name: &str) -> JsResult<Vec<f32>> {
+        let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
+        let m = crate::compress::considered_matrices(&b.cfg, &b.ckpt)
+            .map_err(js_err)?
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| js_err(Error::tensor(name, "is not a weight matrix of this model")))?;
+        let w = crate::compress::reader(&b.ckpt)(name).map_err(js_err)?;
+        let s = crate::svd::singular_values(&w, m.out, m.inp).map_err(js_err)?;
+        Ok(s.into_iter().map(|x| x as f32).collect())
+    }
+
+    /// Heap bytes in use (measured by the counting allocator) and the size of wasm memory.
+    pub fn memory(&self) -> JsResult<JsValue> {
+        #[derive(Serialize)]
+        struct Mem {
+            live_bytes: usize,
+            wasm_memory_bytes: f64,
+        }
+        to_js(&Mem { live_bytes: crate::alloc::live_bytes(), wasm_memory_bytes: heap_bytes() })
     }
 }
 
@@ -272,10 +546,69 @@ impl Workspace {
     fn model(&self, which: &str) -> Result<&GptNeo> {
         match which {
             "original" => self.original.as_ref(),
+            "compressed" => self.compressed.as_ref().map(|c| &c.model),
             _ => None,
         }
         .ok_or_else(|| Error::msg(format!("the {which} model is not loaded")))
     }
+
+    fn tokenizer(&self) -> Result<&crate::tokenizer::Tokenizer> {
+        if let Some(b) = &self.bundle {
+            return b.tokenizer();
+        }
+        match self.compressed.as_ref().and_then(|c| c._bundle.as_ref()) {
+            Some(b) => b.tokenizer(),
+            None => Err(Error::msg("no model is open")),
+        }
+    }
+}
+
+fn tensor_bytes(ckpt: &Checkpoint) -> usize {
+    ckpt.names()
+        .filter(|n| !crate::bundle::is_buffer(n))
+        .filter_map(|n| ckpt.info(n))
+        .map(|i| i.data_offsets.1 - i.data_offsets.0)
+        .sum()
+}
+
+fn compressed_layers(m: &GptNeo) -> usize {
+    m.linears().iter().filter(|l| !matches!(l.weight, crate::linear::LinearWeight::Dense(_))).count()
+}
+
+/// Layer reports of a loaded compressed checkpoint, from its metadata and its layers' storage.
+fn layer_reports_from_meta(model: &GptNeo, layers: Option<&serde_json::Value>) -> Vec<crate::compress::LayerReport> {
+    model
+        .linears()
+        .iter()
+        .map(|l| {
+            let (out, inp) = l.weight.shape().unwrap_or((0, 0));
+            let meta = layers.and_then(|v| v.get(&l.name));
+            let f = |k: &str| meta.and_then(|m| m.get(k)).and_then(|x| x.as_f64());
+            let dense = matches!(l.weight, crate::linear::LinearWeight::Dense(_));
+            crate::compress::LayerReport {
+                name: l.name.clone(),
+                shape: [out, inp],
+                decision: match &l.weight {
+                    crate::linear::LinearWeight::Dense(_) => "dense",
+                    crate::linear::LinearWeight::Quantized(_) => "int8",
+                    crate::linear::LinearWeight::LowRank { .. } => "low-rank",
+                }
+                .into(),
+                rank: l.weight.rank(),
+                storage: l.weight.describe(),
+                reason: dense.then(|| "kept dense when it was compressed".to_string()),
+                err_svd: f("err_svd"),
+                err_stored: f("err_stored"),
+                energy_kept: None,
+                params_before: out * inp,
+                params_after: l.weight.rank().map_or(out * inp, |r| r * (out + inp + 1)),
+                bytes_before: 0,
+                bytes_after: l.weight.bytes(),
+                singular_values: None,
+                seconds: 0.0,
+            }
+        })
+        .collect()
 }
 
 fn console_error_panic_hook() {

@@ -1,7 +1,25 @@
-// The page: renders what the worker reports. All model work happens in www/worker.js.
+// The page's main thread: it renders what the worker reports and sends it what the user asks. All model work runs
+// in www/worker.js; nothing here computes more than a table row.
+import * as plots from './plots.js';
+
 const $ = (id) => document.getElementById(id);
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
 
+const app = {
+  model: null,          // the open report of the original model
+  loaded: false,        // the original model is loaded
+  compressed: false,    // a compressed model exists
+  canExport: false,     // it was compressed here
+  layers: [],           // layer reports
+  plan: [],             // matrices considered
+  sort: { key: null, dir: 1 },
+  runs: [],             // {bytes, cosine, label, bytes_original}
+  gen: { original: [], compressed: [], diverged: -1 },
+  pending: null,
+  task: null,           // {name, start}
+};
+
+// ---------- status, errors, progress ----------
 function setState(state, text) {
   $('status').dataset.state = state;
   $('status-text').textContent = text || state;
@@ -15,63 +33,374 @@ function clearError() {
   $('error').hidden = true;
   $('error').textContent = '';
 }
-function busy(on) {
+function setBusy(on) {
   $('cancel').disabled = !on;
-  $('load-demo').disabled = on;
-  $('generate').disabled = on || !loaded;
-  $('progress').hidden = !on;
+  $('progress').classList.toggle('on', on);
+  $('progress').setAttribute('aria-hidden', String(!on));
+  for (const id of ['load-demo', 'files', 'folder']) $(id).disabled = on;
+  $('compress').disabled = on || !app.loaded;
+  $('generate').disabled = on || !(app.loaded || app.compressed);
+  $('export').disabled = on || !app.canExport;
+  if (!on) app.task = null;
+}
+function showProgress(m) {
+  if (!app.task || app.task.name !== m.task) app.task = { name: m.task, start: performance.now() };
+  $('progress-bar').max = Math.max(1, m.total);
+  $('progress-bar').value = m.done;
+  $('progress-text').textContent = `${m.task} ${m.done}/${m.total}${m.label ? ' · ' + m.label : ''}`;
+  const elapsed = (performance.now() - app.task.start) / 1000;
+  const left = m.done > 0 ? elapsed / m.done * (m.total - m.done) : NaN;
+  $('progress-eta').textContent = Number.isFinite(left) && m.done < m.total ? `about ${fmtSeconds(left)} left` : '';
 }
 
-let loaded = false;
-let pending = null;
+// ---------- talking to the worker ----------
 function send(msg) {
   clearError();
-  busy(true);
+  setBusy(true);
   return new Promise((resolve, reject) => {
-    pending = { resolve, reject };
+    app.pending = { resolve, reject };
     worker.postMessage(msg);
   });
 }
-
+function settle(fn) {
+  const p = app.pending;
+  app.pending = null;
+  setBusy(false);
+  if (p) fn(p);
+}
 worker.onmessage = (e) => {
   const m = e.data;
   switch (m.type) {
     case 'state': setState(m.state, m.message); break;
-    case 'progress':
-      $('progress').hidden = false;
-      $('progress-bar').max = m.total; $('progress-bar').value = m.done;
-      $('progress-text').textContent = `${m.task}: ${m.label ?? ''} ${m.done}/${m.total}`;
-      break;
-    case 'token':
-      $(`gen-${m.which}`).textContent += m.text;
-      if (m.tokens_per_s) $(`rate-${m.which}`).textContent = `${m.tokens_per_s.toFixed(1)} tokens/s`;
-      break;
-    case 'result': busy(false); pending?.resolve(m.result); pending = null; break;
-    case 'cancelled': busy(false); pending?.reject(new Error('cancelled')); pending = null; setState('ready', 'cancelled'); break;
-    case 'error': busy(false); pending?.reject(new Error(m.message)); pending = null; showError(m.message); break;
+    case 'progress': showProgress(m); break;
+    case 'plan': startTable(m.matrices); break;
+    case 'layer': addLayer(m.layer); break;
+    case 'token': addToken(m); break;
+    case 'result': settle((p) => p.resolve(m.result)); break;
+    case 'cancelled': settle((p) => p.reject(Object.assign(new Error('cancelled'), { cancelled: true }))); setState(app.loaded ? 'ready' : 'idle', 'cancelled'); break;
+    case 'error': settle((p) => p.reject(new Error(m.message))); showError(m.message); break;
   }
 };
-
-function describe(report) {
-  const s = report.summary;
-  const mb = (b) => (b / 1e6).toFixed(1) + ' MB';
-  const lines = [
-    `${s.model_type}: ${s.num_layers} layers, hidden ${s.hidden_size}, ${s.num_heads} heads, vocab ${s.vocab_size}`,
-    `${(s.parameters / 1e6).toFixed(2)} M parameters, ${Object.keys(s.dtypes).join('/')}, ${mb(s.file_bytes)} in ${s.files.length} file(s)`,
-  ];
-  if (report.missing.length) lines.push(`missing: ${report.missing.join(', ')}`);
-  $('model-info').textContent = lines.join('\n');
+worker.onerror = (e) => showError(`the worker failed: ${e.message || 'unknown error'}`);
+async function run(msg, after) {
+  try {
+    const result = await send(msg);
+    after(result);
+  } catch (err) {
+    if (!err.cancelled) showError(err.message);
+  }
 }
 
-async function open(msg) {
-  setState('loading', 'loading');
-  try {
-    const report = await send({ cmd: 'open', ...msg });
-    describe(report);
-    loaded = true;
-    busy(false);
-    setState('ready', 'ready');
-  } catch (err) { if (err.message !== 'cancelled') showError(err.message); }
+// ---------- formatting ----------
+const fmtBytes = (b) => b >= 1e9 ? (b / 1e9).toFixed(2) + ' GB' : b >= 1e6 ? (b / 1e6).toFixed(1) + ' MB' : b >= 1e3 ? (b / 1e3).toFixed(1) + ' kB' : `${b} B`;
+const fmtSeconds = (s) => s >= 90 ? `${Math.round(s / 60)} min` : `${Math.max(1, Math.round(s))} s`;
+const pct = (x) => (x === null || x === undefined ? '–' : (100 * x).toFixed(2) + '%');
+function fmtNumber(name, v) {
+  if (v === null || v === undefined || Number.isNaN(v)) return '–';
+  if (name.startsWith('bytes') || name.startsWith('resident') || name.startsWith('layers')) return String(Math.round(v));
+  if (name.startsWith('ppl')) return v >= 1e4 ? v.toExponential(3) : v.toFixed(2);
+  if (name === 'mse' || name === 'kl') return v >= 100 ? v.toFixed(1) : v.toPrecision(4);
+  if (name === 'seconds') return v.toFixed(1);
+  return v.toFixed(4);
+}
+
+// ---------- the model ----------
+function describeModel(report) {
+  const s = report.summary;
+  const facts = [
+    ['model', `${s.model_type}${s.compressed ? ' (compressed checkpoint)' : ''}`],
+    ['layers', `${s.num_layers} (${s.attention.join(', ')})`],
+    ['sizes', `hidden ${s.hidden_size}, ${s.num_heads} heads, MLP ${s.intermediate_size}, vocab ${s.vocab_size}, window ${s.window_size}`],
+    ['parameters', `${(s.parameters / 1e6).toFixed(2)} M`],
+    ['dtype', Object.entries(s.dtypes).map(([d, n]) => `${d} ×${n}`).join(', ')],
+    ['files', `${s.files.join(', ')} — ${fmtBytes(s.file_bytes)}`],
+    ['head', s.tied_head ? 'tied to the token embedding' : 'lm_head.weight'],
+  ];
+  if (report.loaded) facts.push(['in memory', `${fmtBytes(report.loaded.resident_bytes)} measured${report.loaded.keep_half ? ' (f16/bf16 kept as stored: f32 would not fit)' : ' (f32)'}`]);
+  const dl = $('model-info');
+  dl.replaceChildren();
+  for (const [k, v] of facts) {
+    dl.append(Object.assign(document.createElement('dt'), { textContent: k }), Object.assign(document.createElement('dd'), { textContent: v }));
+  }
+  for (const miss of report.missing) {
+    dl.append(Object.assign(document.createElement('dt'), { textContent: 'missing' }), Object.assign(document.createElement('dd'), { textContent: miss, className: 'missing' }));
+  }
+}
+
+function applyPreset(name) {
+  const h = app.model ? app.model.summary.hidden_size : 256;
+  const set = (o) => {
+    $('method').value = o.method || 'svd';
+    $('rank').value = o.rank ?? 64;
+    $('quant').value = o.quant || 'per-row';
+    $('min-dim').value = o.minDim ?? 0;
+    $('skip').value = o.skip ?? '';
+    $('rank-for').value = o.rankFor ?? '';
+    $('energy').value = o.energy ?? '';
+    $('budget').value = o.budget ?? '';
+    $('budget-mode').value = o.budgetMode || 'energy';
+    $('guard').checked = o.guard ?? true;
+  };
+  const presets = {
+    default: { rank: Math.max(1, Math.round(h / 4)), skip: 'mlp.c_fc, mlp.c_proj' },
+    'origin-all': { rank: 128, quant: 'per-tensor', guard: false },
+    'origin-mlp': { rank: 128, quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
+    int8: { method: 'int8' },
+    budget: { budget: 0.5, budgetMode: 'energy' },
+  };
+  if (presets[name]) set(presets[name]);
+}
+
+function policyFromForm() {
+  const num = (id) => ($(id).value.trim() === '' ? null : Number($(id).value));
+  const quant = $('quant').value;
+  const rankFor = $('rank-for').value.split(',').map((s) => s.trim()).filter(Boolean).map((s) => {
+    const i = s.lastIndexOf('=');
+    if (i < 1) throw new Error(`rank rule "${s}" is not PATTERN=RANK`);
+    const rank = Number(s.slice(i + 1));
+    if (!Number.isInteger(rank) || rank < 1) throw new Error(`rank rule "${s}": the rank must be a whole number ≥ 1`);
+    return { pattern: s.slice(0, i).trim(), rank };
+  });
+  return {
+    method: $('method').value,
+    rank: num('rank') ?? 64,
+    rank_for: rankFor,
+    skip: $('skip').value.split(',').map((s) => s.trim()).filter(Boolean),
+    min_dim_for_compression: num('min-dim') ?? 0,
+    quant_bits: quant === 'none' ? 32 : 8,
+    quant: quant === 'none' ? 'per-row' : quant,
+    energy: num('energy'),
+    budget: num('budget'),
+    budget_mode: $('budget-mode').value,
+    break_even_guard: $('guard').checked,
+  };
+}
+
+function evalSpec() {
+  const text = $('eval-text').value.trim();
+  return { tokens: Number($('eval-tokens').value) || 2048, window: Number($('eval-window').value) || 512, ...(text ? { text } : {}) };
+}
+
+// ---------- the layer table ----------
+function startTable(matrices) {
+  app.plan = matrices;
+  app.layers = [];
+  $('layer-errors').querySelector('tbody').replaceChildren();
+}
+function rowFor(l) {
+  const tr = document.createElement('tr');
+  tr.className = l.decision === 'dense' ? 'dense' : '';
+  tr.dataset.name = l.name;
+  const cells = [
+    [l.name, ''],
+    [`${l.shape[0]}×${l.shape[1]}`, 'num'],
+    [l.rank ?? '–', 'num'],
+    [pct(l.err_svd), 'num'],
+    [pct(l.err_stored), 'num'],
+    [l.bytes_before ? fmtBytes(l.bytes_before) : '–', 'num'],
+    [fmtBytes(l.bytes_after), 'num'],
+    [l.reason ? `dense — ${l.reason}` : l.storage, 'why'],
+  ];
+  for (const [text, cls] of cells) tr.append(Object.assign(document.createElement('td'), { textContent: text, className: cls }));
+  if (l.err_stored !== null && l.err_stored !== undefined && l.decision !== 'dense') {
+    const bar = Object.assign(document.createElement('span'), { className: 'bar' });
+    bar.style.width = `${Math.min(100, 100 * l.err_stored) * 0.6}px`;
+    tr.children[4].append(bar);
+  }
+  tr.addEventListener('click', () => { $('spectrum-layer').value = l.name; drawLayerPlots(); });
+  return tr;
+}
+function addLayer(l) {
+  app.layers.push(l);
+  $('layer-errors').querySelector('tbody').append(rowFor(l));
+  const sel = $('spectrum-layer');
+  if (l.singular_values || l.decision !== 'dense') {
+    sel.append(new Option(l.name.replace(/^transformer\./, '').replace(/\.weight$/, ''), l.name));
+    if (sel.options.length === 1) { sel.value = l.name; drawLayerPlots(); }
+  }
+}
+function renderLayers(list) {
+  app.layers = list.slice();
+  const sel = $('spectrum-layer');
+  const keep = sel.value;
+  sel.replaceChildren();
+  for (const l of app.layers) {
+    if (l.singular_values || l.decision !== 'dense') sel.append(new Option(l.name.replace(/^transformer\./, '').replace(/\.weight$/, ''), l.name));
+  }
+  if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
+  sortTable();
+  drawLayerPlots();
+}
+function sortTable() {
+  const { key, dir } = app.sort;
+  const list = app.layers.slice();
+  if (key) {
+    const val = (l) => key === 'shape' ? l.shape[0] * l.shape[1] : key === 'storage' ? (l.reason || l.storage) : l[key];
+    list.sort((a, b) => {
+      const x = val(a), y = val(b);
+      if (x === y) return 0;
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * dir;
+    });
+  }
+  $('layer-errors').querySelector('tbody').replaceChildren(...list.map(rowFor));
+  for (const th of $('layer-errors').querySelectorAll('th')) {
+    th.setAttribute('aria-sort', th.dataset.key === key ? (dir > 0 ? 'ascending' : 'descending') : 'none');
+  }
+}
+for (const th of document.querySelectorAll('#layer-errors th')) {
+  th.querySelector('button').addEventListener('click', () => {
+    app.sort = { key: th.dataset.key, dir: app.sort.key === th.dataset.key ? -app.sort.dir : 1 };
+    sortTable();
+  });
+}
+
+// ---------- plots ----------
+const spectra = new Map();
+async function drawLayerPlots() {
+  const name = $('spectrum-layer').value;
+  const l = app.layers.find((x) => x.name === name);
+  if (!l) { plots.spectrum($('spectrum-plot'), null); plots.errorCurve($('error-plot'), null); return; }
+  let values = l.singular_values || spectra.get(name);
+  if (!values && app.loaded && !app.pending) {
+    try {
+      values = (await send({ cmd: 'spectrum', name })).values;
+      spectra.set(name, values);
+      setState('done', 'done');
+    } catch (err) { if (!err.cancelled) showError(err.message); }
+  }
+  plots.spectrum($('spectrum-plot'), values, l.rank);
+  plots.errorCurve($('error-plot'), values, l.rank, l.err_stored);
+}
+$('spectrum-layer').addEventListener('change', drawLayerPlots);
+
+// ---------- the summary ----------
+function renderSummary(ev, extra = {}) {
+  const values = { ...ev, ...extra };
+  for (const node of document.querySelectorAll('#summary [data-metric]')) {
+    const name = node.dataset.metric;
+    node.textContent = fmtNumber(name, values[name]);
+    node.title = values[name] === undefined || values[name] === null ? '' : String(values[name]);
+    if (name.startsWith('bytes') || name.startsWith('resident')) node.title = values[name] ? fmtBytes(values[name]) : '';
+  }
+  const cos = values.cosine;
+  const card = document.querySelector('[data-metric="cosine"]').closest('.metric');
+  card.classList.toggle('good', cos >= 0.99);
+  card.classList.toggle('bad', cos !== null && cos !== undefined && cos < 0.9);
+  const mb = (k) => (values[k] ? fmtBytes(values[k]) : '–');
+  $('summary-note').textContent = ev.convention
+    ? `On ${ev.text_name || 'the text'}: ${ev.convention}. Sizes: original ${mb('bytes_original')}, compressed ${mb('bytes_compressed')} of tensors; the compressed model holds ${mb('resident_bytes_compressed')} in memory (measured by the allocator).`
+    : '';
+}
+function clearSummary() {
+  for (const node of document.querySelectorAll('#summary [data-metric]')) node.textContent = '–';
+  $('summary-note').textContent = '';
+}
+
+// ---------- generation ----------
+function addToken(m) {
+  const list = app.gen[m.which];
+  const span = document.createElement('span');
+  span.textContent = m.text;
+  span.dataset.id = m.id;
+  list.push({ id: m.id, span, token: m.token });
+  $(`gen-${m.which}`).append(span);
+  if (m.tokens_per_s) $(`rate-${m.which}`).textContent = `${m.tokens_per_s.toFixed(1)} tokens/s`;
+  markDivergence();
+}
+function markDivergence() {
+  const { original: o, compressed: c } = app.gen;
+  if (app.gen.diverged >= 0) return;
+  const n = Math.min(o.length, c.length);
+  for (let i = 0; i < n; i++) {
+    if (o[i].id !== c[i].id) {
+      app.gen.diverged = i;
+      const mark = document.createElement('mark');
+      mark.className = 'diverge';
+      mark.title = `first different token (#${i + 1}): original ${JSON.stringify(o[i].token)}, compressed ${JSON.stringify(c[i].token)}`;
+      c[i].span.replaceWith(mark);
+      mark.append(c[i].span);
+      $('gen-note').textContent = `The continuations part at token ${i + 1}: original ${JSON.stringify(o[i].token)}, compressed ${JSON.stringify(c[i].token)}.`;
+      return;
+    }
+  }
+}
+
+// ---------- actions ----------
+function resetResults() {
+  app.compressed = false;
+  app.canExport = false;
+  startTable([]);
+  clearSummary();
+  $('spectrum-layer').replaceChildren();
+  plots.spectrum($('spectrum-plot'), null);
+  plots.errorCurve($('error-plot'), null);
+}
+
+function open(msg) {
+  run({ cmd: 'open', evalSpec: evalSpec(), ...msg }, (report) => {
+    if (report.kind === 'original') {
+      app.model = report;
+      app.loaded = true;
+      resetResults();
+      app.runs = [];
+      plots.runs($('runs-plot'), app.runs);
+      describeModel(report);
+      if ($('preset').value !== 'custom') applyPreset($('preset').value);
+      setBusy(false);
+      setState('ready', 'ready');
+      return;
+    }
+    // a compressed checkpoint exported by this page or the CLI
+    app.compressed = true;
+    app.canExport = false;
+    if (!report.matches_original) {
+      app.loaded = false;
+      app.model = null;
+      describeModel(report);
+    }
+    renderLayers(report.layers_reports || []);
+    if (report.evaluation) {
+      renderSummary(report.evaluation, { seconds: report.evaluation.seconds });
+    } else {
+      clearSummary();
+      $('summary-note').textContent = 'Loaded a compressed checkpoint without its original model: load the original first to compare them.';
+    }
+    setBusy(false);
+    setState('done', report.matches_original ? 'compressed checkpoint loaded' : 'compressed model loaded alone');
+  });
+}
+
+function compress() {
+  let policy;
+  try { policy = policyFromForm(); } catch (err) { showError(err.message); return; }
+  resetResults();
+  const t0 = performance.now();
+  run({ cmd: 'compress', policy, evalSpec: evalSpec() }, (r) => {
+    app.compressed = true;
+    app.canExport = true;
+    renderLayers(app.layers);
+    const ev = r.evaluation;
+    const seconds = (performance.now() - t0) / 1000;
+    renderSummary(ev, { seconds });
+    app.runs.push({
+      bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
+      label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,
+    });
+    plots.runs($('runs-plot'), app.runs);
+    setBusy(false);
+    setState('done', 'done');
+  });
+}
+
+function describePolicy(p) {
+  if (p.method === 'int8') return 'INT8 only';
+  const parts = [p.budget ? `budget ${p.budget} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
+  if (p.rank_for.length) parts.push(p.rank_for.map((r) => `${r.pattern}=${r.rank}`).join(' '));
+  if (p.skip.length) parts.push(`skip ${p.skip.join(' ')}`);
+  parts.push(p.quant_bits === 8 ? p.quant : 'f32 factors');
+  return parts.join(', ');
 }
 
 function samplingParams() {
@@ -80,18 +409,84 @@ function samplingParams() {
     top_p: num('top-p'), seed: num('seed'), stop_at_eos: $('stop-at-eos').checked };
 }
 
+function generate() {
+  app.gen = { original: [], compressed: [], diverged: -1 };
+  for (const w of ['original', 'compressed']) { $(`gen-${w}`).replaceChildren(); $(`rate-${w}`).textContent = ''; }
+  $('gen-note').textContent = '';
+  const which = [];
+  if (app.loaded) which.push('original');
+  if (app.compressed) which.push('compressed');
+  run({ cmd: 'generate', prompt: $('prompt').value, params: samplingParams(), which }, (r) => {
+    if (which.length === 2 && app.gen.diverged < 0) {
+      $('gen-note').textContent = `Both models produced the same ${Math.min(r.original.tokens, r.compressed.tokens)} tokens.`;
+    } else if (which.length === 1) {
+      $('gen-note').textContent = `Only the ${which[0]} model is loaded; compress to compare.`;
+    }
+    setState('done', 'done');
+  });
+}
+
+function exportCheckpoint() {
+  const base = (app.model?.summary.files[0] || 'model').replace(/\.safetensors$/, '').replace(/^model$/, 'model');
+  run({ cmd: 'export', name: `${base}-compressed.safetensors` }, ({ blob, name }) => {
+    const a = $('download');
+    const url = URL.createObjectURL(blob);
+    a.href = url;
+    a.download = name;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    setState('done', `exported ${fmtBytes(blob.size)}`);
+  });
+}
+
+// files dropped as folders are walked with the entries API
+async function filesFromDrop(dt) {
+  const entries = [...dt.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+  if (!entries.length) return [...dt.files];
+  const out = [];
+  const walk = async (entry) => {
+    if (entry.isFile) out.push(await new Promise((res, rej) => entry.file(res, rej)));
+    else if (entry.isDirectory) {
+      const reader = entry.createReader();
+      for (;;) {
+        const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+        if (!batch.length) break;
+        for (const e of batch) await walk(e);
+      }
+    }
+  };
+  for (const e of entries) await walk(e);
+  return out;
+}
+
+// ---------- wiring ----------
 $('load-demo').addEventListener('click', () => open({ demo: true }));
-$('files').addEventListener('change', (e) => open({ files: [...e.target.files] }));
+$('files').addEventListener('change', (e) => { const f = [...e.target.files]; e.target.value = ''; if (f.length) open({ files: f }); });
+$('folder').addEventListener('change', (e) => { const f = [...e.target.files]; e.target.value = ''; if (f.length) open({ files: f }); });
 const dz = $('dropzone');
 dz.addEventListener('dragover', (e) => { e.preventDefault(); dz.classList.add('over'); });
 dz.addEventListener('dragleave', () => dz.classList.remove('over'));
-dz.addEventListener('drop', (e) => { e.preventDefault(); dz.classList.remove('over'); open({ files: [...e.dataTransfer.files] }); });
-$('cancel').addEventListener('click', () => worker.postMessage({ cmd: 'cancel' }));
-$('generate').addEventListener('click', async () => {
-  $('gen-original').textContent = '';
-  setState('generating', 'generating');
-  try {
-    await send({ cmd: 'generate', which: 'original', prompt: $('prompt').value, params: samplingParams() });
-    setState('done', 'done');
-  } catch (err) { if (err.message !== 'cancelled') showError(err.message); }
+dz.addEventListener('drop', async (e) => {
+  e.preventDefault();
+  dz.classList.remove('over');
+  if (app.pending) return;
+  open({ files: await filesFromDrop(e.dataTransfer) });
 });
+dz.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('files').click(); } });
+$('cancel').addEventListener('click', () => worker.postMessage({ cmd: 'cancel' }));
+$('compress').addEventListener('click', compress);
+$('generate').addEventListener('click', generate);
+$('export').addEventListener('click', exportCheckpoint);
+$('preset').addEventListener('change', (e) => applyPreset(e.target.value));
+for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard']) {
+  $(id).addEventListener('input', () => { $('preset').value = 'custom'; });
+}
+$('large-type').addEventListener('click', (e) => {
+  const on = document.body.classList.toggle('large');
+  e.currentTarget.setAttribute('aria-pressed', String(on));
+});
+applyPreset('default');
+plots.runs($('runs-plot'), app.runs);
+plots.spectrum($('spectrum-plot'), null);
+plots.errorCurve($('error-plot'), null);
+setBusy(false);

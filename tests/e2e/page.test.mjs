@@ -1,15 +1,30 @@
-// End-to-end test of the page: Debian's Chromium, headless, driven by playwright-core.
+// End-to-end test of the page: Debian's Chromium, headless, driven by playwright-core (no browser download).
+// Loads the demo, compresses at rank 32 with the MLP skipped, checks the table and the summary against
+// `slc eval --json` on the same settings, generates, exports, reloads the export, and measures main-thread long
+// tasks during the compression. Saves screenshots in tests/e2e/out/.
 import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
+import os from 'node:os';
+import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { serve } from './serve.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const OUT = path.join(ROOT, 'tests/e2e/out');
+const SLC = path.join(ROOT, 'target/release/slc');
+const DEMO = path.join(ROOT, 'www/models/neo-bard-8l');
+const TEXT = path.join(ROOT, 'www/data/eval-dev.txt');
+const TOKENS = 1024, WINDOW = 512;
 fs.mkdirSync(OUT, { recursive: true });
 const ROMEO_CONTINUATION = "\nAnd I will not be my husband's son.\n\n[Exit.]\n\n[Enter RICHARD.]\n\nRICHARD.";
+const METRICS = ['cosine', 'mse', 'ppl_original', 'ppl_compressed', 'top1', 'kl', 'bytes_original', 'bytes_compressed', 'layers_compressed', 'layers_total'];
+
+// the CLI on the same settings
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'slc-e2e-'));
+execFileSync(SLC, ['compress', '--input_dir', DEMO, '--output_dir', path.join(tmp, 'c'), '--rank', '32', '--skip', 'mlp.c_fc', '--skip', 'mlp.c_proj'], { stdio: 'ignore' });
+const cli = JSON.parse(execFileSync(SLC, ['eval', '--original', DEMO, '--compressed', path.join(tmp, 'c'), '--text', TEXT, '--tokens', String(TOKENS), '--window', String(WINDOW), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
 
 const server = await serve(ROOT);
 const browser = await chromium.launch({
@@ -19,44 +34,121 @@ const browser = await chromium.launch({
     '--disable-component-update', '--disable-sync', '--no-first-run'],
 });
 let failed = false;
+const step = (s) => console.log(`- ${s}`);
 try {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 720 }, acceptDownloads: true });
+  const page = await context.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
-  page.on('pageerror', (e) => console.log('[page exception]', e.message));
+  page.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
+  await page.addInitScript(() => {
+    window.__longTasks = [];
+    new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longTasks.push({ start: e.startTime, duration: e.duration }); })
+      .observe({ type: 'longtask', buffered: true });
+  });
   await page.goto(server.url);
   const state = () => page.$eval('#status', (e) => e.dataset.state);
-  const waitState = async (want, timeout = 120000) => {
+  const waitState = async (want, timeout = 300000) => {
     await page.waitForFunction((w) => w.includes(document.querySelector('#status').dataset.state), want, { timeout });
     return state();
   };
+  const errorText = () => page.textContent('#error');
+  const summary = () => page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.textContent])));
 
-  // load the demo model
+  step('load the demo model');
+  await waitState(['idle']);
   await page.click('#load-demo');
-  assert.equal(await waitState(['ready', 'error']), 'ready', await page.textContent('#error'));
+  assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
+  assert.match(await page.textContent('#model-info'), /gpt_neo/);
 
-  // generate from the original model: the model card's greedy continuation
+  step('settings: rank 32, MLP skipped, per-row INT8; evaluation on 1024 tokens in windows of 512');
+  await page.fill('#rank', '32');
+  await page.fill('#skip', 'mlp.c_fc,mlp.c_proj');
+  await page.selectOption('#quant', 'per-row');
+  await page.selectOption('#method', 'svd');
+  await page.fill('#min-dim', '0');
+  await page.click('#eval-settings summary');
+  await page.fill('#eval-tokens', String(TOKENS));
+  await page.fill('#eval-window', String(WINDOW));
+
+  step('cancel a compression: the page stays usable');
+  await page.click('#compress');
+  await page.click('#cancel');
+  assert.equal(await waitState(['ready', 'done', 'error']), 'ready', await errorText());
+  assert.match(await page.textContent('#status-text'), /cancelled/);
+
+  step('compress and evaluate, watching main-thread long tasks');
+  const t0 = await page.evaluate(() => performance.now());
+  await page.click('#compress');
+  assert.equal(await waitState(['done', 'error']), 'done', await errorText());
+  const t1 = await page.evaluate(() => performance.now());
+  const long = await page.evaluate(([a, b]) => window.__longTasks.filter((t) => t.start >= a && t.start <= b), [t0, t1]);
+  const worst = Math.max(0, ...long.map((t) => t.duration));
+  console.log(`  compression + evaluation took ${((t1 - t0) / 1000).toFixed(1)} s; main-thread long tasks: ${long.length}, longest ${worst.toFixed(0)} ms`);
+  assert.ok(worst <= 100, `the main thread blocked for ${worst} ms`);
+
+  step('the table has a row per weight matrix; the summary equals slc eval --json');
+  const rows = await page.$$eval('table#layer-errors tbody tr', (r) => r.length);
+  assert.equal(rows, cli.layers_total, 'one row per weight matrix considered');
+  const got = await summary();
+  for (const k of METRICS) {
+    const a = Number(got[k]), b = cli[k];
+    assert.ok(Number.isFinite(a), `summary ${k} is "${got[k]}"`);
+    const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, 2e-3 * Math.abs(b));
+    assert.ok(Math.abs(a - b) <= tol, `${k}: page ${a} vs CLI ${b}`);
+  }
+  console.log(`  page: cosine ${got.cosine}, ppl ${got.ppl_original} → ${got.ppl_compressed}, top-1 ${got.top1}, layers ${got.layers_compressed}/${got.layers_total}; CLI: cosine ${cli.cosine.toFixed(4)}, ppl ${cli.ppl_compressed.toFixed(2)}`);
+  await page.screenshot({ path: path.join(OUT, 'compressed.png') });
+
+  step('generate from both models side by side');
   await page.fill('#prompt', 'ROMEO. O my love,');
   await page.click('#generate');
-  assert.equal(await waitState(['done', 'error']), 'done', await page.textContent('#error'));
+  assert.equal(await waitState(['done', 'error']), 'done', await errorText());
   assert.equal(await page.textContent('#gen-original'), ROMEO_CONTINUATION);
-
-  // uploading the same files through input#files works like the demo button
-  const demo = path.join(ROOT, 'www/models/neo-bard-8l');
-  await page.setInputFiles('#files', ['config.json', 'tokenizer.json', 'model.safetensors'].map((f) => path.join(demo, f)));
-  assert.equal(await waitState(['ready', 'error']), 'ready', await page.textContent('#error'));
-
-  // a file set without config.json is refused with a sentence naming it
-  await page.setInputFiles('#files', [path.join(demo, 'model.safetensors')]);
-  assert.equal(await waitState(['error', 'ready']), 'error');
-  assert.match(await page.textContent('#error'), /config\.json/);
-
+  const comp = await page.textContent('#gen-compressed');
+  assert.ok(comp.length > 0, 'the compressed model generated text');
+  console.log(`  compressed: ${JSON.stringify(comp.slice(0, 80))}`);
   await page.screenshot({ path: path.join(OUT, 'page.png'), fullPage: true });
-  console.log('page end-to-end: ok (screenshot in tests/e2e/out/page.png)');
+
+  step('export, then load the export back: the same summary');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  const exported = path.join(tmp, download.suggestedFilename());
+  await download.saveAs(exported);
+  assert.equal(await waitState(['done', 'error']), 'done', await errorText());
+  const before = await summary();
+  await page.evaluate(() => document.querySelectorAll('#summary [data-metric]').forEach((n) => { n.textContent = '–'; }));
+  await page.setInputFiles('#files', [exported]);
+  assert.equal(await waitState(['done', 'error']), 'done', await errorText());
+  const after = await summary();
+  for (const k of METRICS) assert.equal(after[k], before[k], `${k} after reloading the export`);
+  assert.equal(await page.$$eval('table#layer-errors tbody tr', (r) => r.length), rows);
+
+  step('the exported file is a checkpoint the CLI reads: the same figures');
+  const dir2 = path.join(tmp, 'from-page');
+  fs.mkdirSync(dir2);
+  fs.copyFileSync(exported, path.join(dir2, 'model.safetensors'));
+  const cli2 = JSON.parse(execFileSync(SLC, ['eval', '--original', DEMO, '--compressed', dir2, '--text', TEXT, '--tokens', String(TOKENS), '--window', String(WINDOW), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+  for (const k of ['cosine', 'ppl_compressed', 'top1', 'bytes_compressed', 'layers_compressed']) assert.equal(cli2[k], cli[k], `${k} of the page's export`);
+
+  step('uploading the demo files through input#files works like the demo button');
+  await page.setInputFiles('#files', ['config.json', 'tokenizer.json', 'model.safetensors'].map((f) => path.join(DEMO, f)));
+  assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
+  assert.match(await page.textContent('#model-info'), /19\.44 M/);
+
+  step('a weight file without config.json is refused with a sentence naming it');
+  await page.setInputFiles('#files', [path.join(DEMO, 'model.safetensors')]);
+  assert.equal(await waitState(['error', 'ready']), 'error');
+  assert.match(await errorText(), /config\.json/);
+
+  step('large type for projectors');
+  await page.click('#large-type');
+  await page.screenshot({ path: path.join(OUT, 'large-type.png') });
+  console.log('page end-to-end: ok (screenshots in tests/e2e/out/)');
 } catch (e) {
   failed = true;
   console.error(e);
 } finally {
   await browser.close();
   server.close();
+  fs.rmSync(tmp, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
