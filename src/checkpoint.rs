@@ -110,13 +110,33 @@ impl RawTensor {
         let d = &self.data;
         Ok(match self.dtype {
             Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => d.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => d.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            Dtype::F16 => d.chunks_exact(2).map(|c| crate::quant::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+            Dtype::BF16 => d.chunks_exact(2).map(|c| crate::quant::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
             Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
             other => {
                 return Err(Error::tensor(&self.name, format!("dtype {other:?} is not a float type (F32, F16, BF16 are read)")))
             }
         })
+    }
+
+    /// A 2-D F16/BF16 tensor as a [`crate::quant::Factor::Half`] (kept as stored), `None` for other dtypes, an error
+    /// if it holds Inf or NaN.
+    pub fn to_half_factor(&self) -> Result<Option<crate::quant::Factor>> {
+        let bf16 = match self.dtype {
+            Dtype::F16 => false,
+            Dtype::BF16 => true,
+            _ => return Ok(None),
+        };
+        let (rows, cols) = match self.shape[..] {
+            [r, c] => (r, c),
+            _ => return Ok(None),
+        };
+        let bits: Vec<u16> = self.data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let bad = |&h: &u16| if bf16 { h & 0x7f80 == 0x7f80 } else { crate::quant::f16_is_non_finite(h) };
+        if let Some(i) = bits.iter().position(bad) {
+            return Err(Error::tensor(&self.name, format!("holds a non-finite value (Inf or NaN) at element {i}")));
+        }
+        Ok(Some(crate::quant::Factor::Half { rows, cols, bits, bf16 }))
     }
 
     /// The values as i8 (I8 tensors only).

@@ -207,7 +207,7 @@ impl Compressor {
             }
             Plan::Int8 => {
                 let w = read(&m.name)?;
-                let lw = LinearWeight::Quantized(Arc::new(Factor::Int8(QMat::per_row(&w, out, inp))));
+                let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(QMat::per_row(&w, out, inp))));
                 let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
                 rep.decision = "int8".into();
                 rep.err_stored = Some(rel_fro_error(&w, &back));

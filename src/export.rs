@@ -96,6 +96,10 @@ fn push(entries: &mut Vec<Entry>, name: String, dtype: Dtype, shape: Vec<usize>,
 fn push_factor(entries: &mut Vec<Entry>, base: &str, f: &Factor, shape: Vec<usize>) {
     match f {
         Factor::F32 { data, .. } => push(entries, base.to_string(), Dtype::F32, shape, f32_bytes(data)),
+        Factor::Half { bits, bf16, .. } => {
+            let dtype = if *bf16 { Dtype::BF16 } else { Dtype::F16 };
+            push(entries, base.to_string(), dtype, shape, bits.iter().flat_map(|b| b.to_le_bytes()).collect())
+        }
         Factor::Int8(q) => {
             push(entries, format!("{base}.q"), Dtype::I8, shape, q.codes.iter().map(|&c| c as u8).collect());
             push(entries, format!("{base}.scale"), Dtype::F32, vec![q.scales.len()], f32_bytes(&q.scales));
@@ -156,7 +160,7 @@ impl Export {
                     push_factor(&mut entries, &format!("{name}.S"), s, vec![r]);
                     push_factor(&mut entries, &format!("{name}.Vh"), vh, vec![r, vh.cols()]);
                 }
-                Some(LinearWeight::Quantized(f)) => push_factor(&mut entries, name, f, vec![f.rows(), f.cols()]),
+                Some(LinearWeight::Matrix(f)) => push_factor(&mut entries, name, f, vec![f.rows(), f.cols()]),
                 Some(LinearWeight::Dense(_)) => {
                     return Err(Error::tensor(name, "a dense replacement cannot be exported; keep the source tensor"))
                 }
@@ -293,9 +297,9 @@ impl Weights for CompressedWeights<'_> {
             return Ok(LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(s), vh: Arc::new(vh) });
         }
         if self.ckpt.contains(&format!("{name}.q")) {
-            return Ok(LinearWeight::Quantized(Arc::new(self.factor(name, Some(out), Some(inp))?)));
+            return Ok(LinearWeight::Matrix(Arc::new(self.factor(name, Some(out), Some(inp))?)));
         }
-        Ok(LinearWeight::Dense(self.dense(name, &[out, inp])?))
+        CheckpointWeights { ckpt: self.ckpt, keep_half: true }.linear(name, out, inp)
     }
 }
 
@@ -309,7 +313,7 @@ pub fn densify(model: &GptNeo) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
     model
         .linears()
         .into_iter()
-        .filter(|l| !matches!(l.weight, LinearWeight::Dense(_)))
+        .filter(|l| !l.weight.is_dense())
         .map(|l| {
             let (o, i) = l.weight.shape()?;
             Ok((l.name.clone(), vec![o, i], l.weight.to_dense_f32()?))

@@ -11,6 +11,7 @@ pub mod config;
 mod error;
 pub mod export;
 pub mod generate;
+pub mod kernels;
 pub mod linear;
 pub mod metrics;
 pub mod model;

@@ -1,6 +1,6 @@
 //! One `Linear` type with three storages behind one `forward`, so the model does not know which it runs:
-//! a dense tensor (f32, or f16/bf16 as stored), an INT8 matrix, or low-rank factors `U · diag(S) · Vh`
-//! (f32 or INT8). Quantized and half-precision weights are turned into f32 one block of rows at a time, into a
+//! a dense f32 tensor, a whole matrix in a compact storage (INT8, or f16/bf16 as stored), or low-rank factors
+//! `U · diag(S) · Vh` (f32 or INT8). Quantized and half-precision weights are turned into f32 one block of rows at a time, into a
 //! scratch buffer of at most [`SCRATCH_ELEMS`] values, so they are never held in f32 as a whole.
 
 use crate::quant::Factor;
@@ -16,8 +16,8 @@ pub const SCRATCH_ELEMS: usize = 1 << 20;
 pub enum LinearWeight {
     /// `[out, in]`, f32 or f16/bf16.
     Dense(Tensor),
-    /// The whole `[out, in]` matrix in INT8 (no SVD).
-    Quantized(Arc<Factor>),
+    /// The whole `[out, in]` matrix in a compact storage: INT8 (no SVD), or f16/bf16 kept as stored.
+    Matrix(Arc<Factor>),
     /// `W ≈ U · diag(S) · Vh`: `u` is out × r, `s` is 1 × r, `vh` is r × in.
     LowRank { u: Arc<Factor>, s: Arc<Factor>, vh: Arc<Factor> },
 }
@@ -27,7 +27,7 @@ impl LinearWeight {
     pub fn shape(&self) -> Result<(usize, usize)> {
         Ok(match self {
             LinearWeight::Dense(t) => t.dims2()?,
-            LinearWeight::Quantized(f) => (f.rows(), f.cols()),
+            LinearWeight::Matrix(f) => (f.rows(), f.cols()),
             LinearWeight::LowRank { u, vh, .. } => (u.rows(), vh.cols()),
         })
     }
@@ -36,8 +36,17 @@ impl LinearWeight {
     pub fn bytes(&self) -> usize {
         match self {
             LinearWeight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            LinearWeight::Quantized(f) => f.bytes(),
+            LinearWeight::Matrix(f) => f.bytes(),
             LinearWeight::LowRank { u, s, vh } => u.bytes() + s.bytes() + vh.bytes(),
+        }
+    }
+
+    /// Not compressed: f32, or 16-bit floats as the checkpoint stores them.
+    pub fn is_dense(&self) -> bool {
+        match self {
+            LinearWeight::Dense(_) => true,
+            LinearWeight::Matrix(f) => matches!(f.as_ref(), Factor::Half { .. }),
+            LinearWeight::LowRank { .. } => false,
         }
     }
 
@@ -54,10 +63,12 @@ impl LinearWeight {
         let fdesc = |f: &Factor| match f {
             Factor::F32 { .. } => "f32".to_string(),
             Factor::Int8(q) => format!("int8 {}", q.scheme().as_str()),
+            Factor::Half { bf16: false, .. } => "dense f16".to_string(),
+            Factor::Half { bf16: true, .. } => "dense bf16".to_string(),
         };
         match self {
             LinearWeight::Dense(t) => format!("dense {}", dtype_label(t.dtype())),
-            LinearWeight::Quantized(f) => fdesc(f),
+            LinearWeight::Matrix(f) => fdesc(f),
             LinearWeight::LowRank { u, .. } => format!("rank {}, {}", self.rank().unwrap_or(0), fdesc(u)),
         }
     }
@@ -67,7 +78,7 @@ impl LinearWeight {
         let (out, inp) = self.shape()?;
         Ok(match self {
             LinearWeight::Dense(t) => t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
-            LinearWeight::Quantized(f) => f.to_f32(),
+            LinearWeight::Matrix(f) => f.to_f32(),
             LinearWeight::LowRank { u, s, vh } => {
                 let r = s.cols();
                 let (u, s, vh) = (u.to_f32(), s.to_f32(), vh.to_f32());
@@ -116,11 +127,12 @@ impl Linear {
         let x2 = x.reshape((n, inp))?;
         let y = match &self.weight {
             LinearWeight::Dense(w) if w.dtype() == DType::F32 => x2.matmul(&w.t()?)?,
+            // a half tensor handed in directly (the model keeps halves as `Matrix`)
             LinearWeight::Dense(w) => {
                 let (out, inp) = w.dims2()?;
                 blocked_matmul_t(&x2, out, inp, |a, b| Ok(w.narrow(0, a, b - a)?.to_dtype(DType::F32)?))?
             }
-            LinearWeight::Quantized(f) => factor_matmul_t(&x2, f)?,
+            LinearWeight::Matrix(f) => factor_matmul_t(&x2, f)?,
             LinearWeight::LowRank { u, s, vh } => {
                 let t = factor_matmul_t(&x2, vh)?;
                 let s = Tensor::from_vec(s.to_f32(), (1, s.cols()), &Device::Cpu)?;
@@ -138,9 +150,20 @@ impl Linear {
     }
 }
 
-/// `x · Fᵀ` for a factor stored f32 or INT8, dequantizing block by block.
+/// Up to this many rows of `x`, a product with a compact matrix reads the stored values directly (a fused
+/// dequantize-and-dot kernel, what decoding one token needs); above it, blocks of rows are expanded for a matmul.
+pub const GEMV_MAX_ROWS: usize = 4;
+
+/// `x · Fᵀ` for a factor stored f32, INT8 or f16/bf16: fused kernels for a few rows of `x`, block by block otherwise.
 fn factor_matmul_t(x: &Tensor, f: &Factor) -> Result<Tensor> {
     let (rows, cols) = (f.rows(), f.cols());
+    let n = x.dim(0)?;
+    if n <= GEMV_MAX_ROWS {
+        let xs: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
+        let mut out = vec![0f32; n * rows];
+        crate::kernels::gemv_t(&xs, n, f, &mut out);
+        return Ok(Tensor::from_vec(out, (n, rows), &Device::Cpu)?);
+    }
     blocked_matmul_t(x, rows, cols, |a, b| {
         let mut buf = vec![0f32; (b - a) * cols];
         f.rows_f32(a, b, &mut buf);
@@ -198,7 +221,7 @@ mod tests {
             vh: Arc::new(Factor::new(eye, r, inp, None)),
         });
         let y2: Vec<f32> = lr.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let q = lin(LinearWeight::Quantized(Arc::new(Factor::new(w.clone(), out, inp, Some(QuantScheme::PerRow)))));
+        let q = lin(LinearWeight::Matrix(Arc::new(Factor::new(w.clone(), out, inp, Some(QuantScheme::PerRow)))));
         let y3: Vec<f32> = q.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         for i in 0..y0.len() {
             assert!((y0[i] - y1[i]).abs() < 2e-3, "f16 {i}");

@@ -37,6 +37,17 @@ impl Weights for CheckpointWeights<'_> {
         check_shape(name, &info.shape, shape)?;
         self.ckpt.read(name)?.to_tensor(self.keep_half)
     }
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
+        let info = self.ckpt.info(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
+        check_shape(name, &info.shape, &[out, inp])?;
+        let raw = self.ckpt.read(name)?;
+        if self.keep_half {
+            if let Some(f) = raw.to_half_factor()? {
+                return Ok(LinearWeight::Matrix(std::sync::Arc::new(f)));
+            }
+        }
+        Ok(LinearWeight::Dense(raw.to_tensor(false)?))
+    }
 }
 
 /// An error unless `found == expected`, naming the tensor and both shapes.
@@ -259,7 +270,8 @@ impl KvCache {
 #[derive(Clone, Debug)]
 pub struct GptNeo {
     pub cfg: GptNeoConfig,
-    wte: Tensor,
+    /// The token embedding, `[vocab, hidden]`: f32, or f16/bf16 as stored.
+    wte: LinearWeight,
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
@@ -273,7 +285,10 @@ impl GptNeo {
     pub fn load(cfg: &GptNeoConfig, w: &dyn Weights) -> Result<Self> {
         let p = tensor_prefix(w)?;
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
-        let wte = w.dense(&format!("{p}wte.weight"), &[v, h])?;
+        let wte = w.linear(&format!("{p}wte.weight"), v, h)?;
+        if matches!(wte, LinearWeight::LowRank { .. }) {
+            return Err(Error::tensor(format!("{p}wte.weight"), "is stored as low-rank factors; the token embedding must be dense"));
+        }
         let wpe = w.dense(&format!("{p}wpe.weight"), &[cfg.max_position_embeddings, h])?.to_dtype(DType::F32)?;
         let kinds = cfg.attention_kinds()?;
         let blocks = kinds
@@ -292,7 +307,7 @@ impl GptNeo {
         let (head, tied_head) = if w.contains("lm_head.weight") {
             (linear(w, "lm_head", v, h)?, false)
         } else {
-            (Linear { name: "lm_head.weight".into(), weight: LinearWeight::Dense(wte.clone()), bias: None }, true)
+            (Linear { name: "lm_head.weight".into(), weight: wte.clone(), bias: None }, true)
         };
         Ok(Self { cfg: cfg.clone(), wte, wpe, blocks, ln_f, head, tied_head })
     }
@@ -317,7 +332,7 @@ impl GptNeo {
         let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let ln = |l: &LayerNorm| t(&l.weight) + t(&l.bias);
         let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, t);
-        let mut total = t(&self.wte) + t(&self.wpe) + ln(&self.ln_f);
+        let mut total = self.wte.bytes() + t(&self.wpe) + ln(&self.ln_f);
         for b in &self.blocks {
             total += ln(&b.ln_1) + ln(&b.ln_2) + b.linears().iter().map(|l| lin(l)).sum::<usize>();
         }
@@ -341,7 +356,20 @@ impl GptNeo {
         if let Some(bad) = flat.to_vec1::<u32>()?.into_iter().find(|&i| i >= v) {
             return Err(Error::msg(format!("token id {bad} is outside the vocabulary of {v} tokens")));
         }
-        let tok = self.wte.index_select(&flat, 0)?.to_dtype(DType::F32)?.reshape((b, t, self.cfg.hidden_size))?;
+        let h = self.cfg.hidden_size;
+        let tok = match &self.wte {
+            LinearWeight::Dense(w) => w.index_select(&flat, 0)?.to_dtype(DType::F32)?,
+            LinearWeight::Matrix(f) => {
+                let ids = flat.to_vec1::<u32>()?;
+                let mut rows = vec![0f32; ids.len() * h];
+                for (row, &id) in rows.chunks_exact_mut(h).zip(&ids) {
+                    f.rows_f32(id as usize, id as usize + 1, row);
+                }
+                Tensor::from_vec(rows, (ids.len(), h), &Device::Cpu)?
+            }
+            LinearWeight::LowRank { .. } => return Err(Error::msg("the token embedding cannot be low-rank")),
+        };
+        let tok = tok.reshape((b, t, h))?;
         let pos = self.wpe.narrow(0, pos0, t)?;
         Ok(tok.broadcast_add(&pos)?)
     }

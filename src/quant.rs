@@ -163,23 +163,77 @@ impl QMat {
     }
 }
 
-/// A matrix in one of the storages a compressed layer uses.
+/// f16 bits to f32 without branches (so loops over slices vectorize, also in wasm where there is no hardware
+/// conversion): normal numbers rebias the exponent, subnormals go through a float subtraction, Inf/NaN keep an all-ones
+/// exponent.
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let sign = (h & 0x8000) << 16;
+    let em = (h & 0x7fff) << 13;
+    let exp = h & 0x7c00;
+    let normal = em + (112 << 23);
+    let inf_nan = em + (224 << 23);
+    let magic = f32::from_bits(113 << 23);
+    let sub = (f32::from_bits(em + (113 << 23)) - magic).to_bits();
+    let bits = if exp == 0x7c00 { inf_nan } else if exp == 0 { sub } else { normal };
+    f32::from_bits(bits | sign)
+}
+
+/// f16 bits to f32 for finite values only, in four integer operations and one multiply (F. Giesen's
+/// `half_to_float_fast2`): the exponent and mantissa are placed in an f32 and scaled by 2^112, which also turns f16
+/// subnormals into the right f32 values. Inf/NaN come out wrong, so storages that use it reject them at load.
+#[inline(always)]
+pub fn f16_to_f32_finite(h: u16) -> f32 {
+    let h = h as u32;
+    let bits = ((h & 0x8000) << 16) | ((h & 0x7fff) << 13);
+    f32::from_bits(bits) * f32::from_bits((127 + 112) << 23)
+}
+
+/// Whether f16 bits hold Inf or NaN.
+#[inline(always)]
+pub fn f16_is_non_finite(h: u16) -> bool {
+    h & 0x7c00 == 0x7c00
+}
+
+/// bf16 bits to f32 (exact: bf16 is the top half of an f32).
+#[inline(always)]
+pub fn bf16_to_f32(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// Convert a slice of f16 (or bf16) bits.
+pub fn half_to_f32(src: &[u16], dst: &mut [f32], bf16: bool) {
+    if bf16 {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = bf16_to_f32(s);
+        }
+    } else {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = f16_to_f32_finite(s);
+        }
+    }
+}
+
+/// A matrix in one of the storages a layer uses: f32, INT8, or 16-bit floats as a checkpoint stores them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Factor {
     F32 { rows: usize, cols: usize, data: Vec<f32> },
     Int8(QMat),
+    /// f16 or bf16 bits, kept as stored; finite values only (checked when made from a checkpoint).
+    Half { rows: usize, cols: usize, bits: Vec<u16>, bf16: bool },
 }
 
 impl Factor {
     pub fn rows(&self) -> usize {
         match self {
-            Factor::F32 { rows, .. } => *rows,
+            Factor::F32 { rows, .. } | Factor::Half { rows, .. } => *rows,
             Factor::Int8(q) => q.rows,
         }
     }
     pub fn cols(&self) -> usize {
         match self {
-            Factor::F32 { cols, .. } => *cols,
+            Factor::F32 { cols, .. } | Factor::Half { cols, .. } => *cols,
             Factor::Int8(q) => q.cols,
         }
     }
@@ -187,6 +241,7 @@ impl Factor {
         match self {
             Factor::F32 { data, .. } => 4 * data.len(),
             Factor::Int8(q) => q.bytes(),
+            Factor::Half { bits, .. } => 2 * bits.len(),
         }
     }
     /// Quantize an f32 matrix (`None` keeps f32).
@@ -205,6 +260,7 @@ impl Factor {
         match self {
             Factor::F32 { cols, data, .. } => out.copy_from_slice(&data[a * cols..b * cols]),
             Factor::Int8(q) => q.rows_f32(a, b, out),
+            Factor::Half { cols, bits, bf16, .. } => half_to_f32(&bits[a * cols..b * cols], out, *bf16),
         }
     }
     /// The whole matrix as f32 (for small matrices and tests).
@@ -256,6 +312,20 @@ mod tests {
             assert!((*a as f32 - b).abs() <= q.scales[0] * 0.5 + 1e-6);
         }
         assert!(q.zero_points[0] < -128);
+    }
+
+    #[test]
+    fn fast_half_conversion_is_exact_for_every_value() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32();
+            let got = f16_to_f32(h);
+            assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()), "{h:#06x}: {got} vs {want}");
+            if !f16_is_non_finite(h) {
+                assert_eq!(f16_to_f32_finite(h).to_bits(), want.to_bits(), "{h:#06x}");
+            }
+            let (b, want) = (bf16_to_f32(h), half::bf16::from_bits(h).to_f32());
+            assert!(b.to_bits() == want.to_bits() || (b.is_nan() && want.is_nan()), "bf16 {h:#06x}");
+        }
     }
 
     #[test]

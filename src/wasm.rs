@@ -572,7 +572,7 @@ fn tensor_bytes(ckpt: &Checkpoint) -> usize {
 }
 
 fn compressed_layers(m: &GptNeo) -> usize {
-    m.linears().iter().filter(|l| !matches!(l.weight, crate::linear::LinearWeight::Dense(_))).count()
+    m.linears().iter().filter(|l| !l.weight.is_dense()).count()
 }
 
 /// Layer reports of a loaded compressed checkpoint, from its metadata and its layers' storage.
@@ -584,14 +584,14 @@ fn layer_reports_from_meta(model: &GptNeo, layers: Option<&serde_json::Value>) -
             let (out, inp) = l.weight.shape().unwrap_or((0, 0));
             let meta = layers.and_then(|v| v.get(&l.name));
             let f = |k: &str| meta.and_then(|m| m.get(k)).and_then(|x| x.as_f64());
-            let dense = matches!(l.weight, crate::linear::LinearWeight::Dense(_));
+            let dense = l.weight.is_dense();
             crate::compress::LayerReport {
                 name: l.name.clone(),
                 shape: [out, inp],
                 decision: match &l.weight {
-                    crate::linear::LinearWeight::Dense(_) => "dense",
-                    crate::linear::LinearWeight::Quantized(_) => "int8",
+                    w if w.is_dense() => "dense",
                     crate::linear::LinearWeight::LowRank { .. } => "low-rank",
+                    _ => "int8",
                 }
                 .into(),
                 rank: l.weight.rank(),

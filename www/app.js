@@ -62,9 +62,11 @@ function send(msg) {
     worker.postMessage(msg);
   });
 }
+// #status[data-jobs] counts finished jobs, so a test can wait for the end of the job it started
 function settle(fn) {
   const p = app.pending;
   app.pending = null;
+  $('status').dataset.jobs = String(Number($('status').dataset.jobs || 0) + 1);
   setBusy(false);
   if (p) fn(p);
 }

@@ -52,12 +52,24 @@ try {
     return state();
   };
   const errorText = () => page.textContent('#error');
+  // give files to input#files, then wait for the job that opens them to end
+  const setFiles = async (files) => {
+    const jobs = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await page.setInputFiles('#files', files);
+    await page.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobs, { timeout: 300000 });
+  };
+  // click, then wait for the job it starts to end
+  const clickJob = async (selector, want, timeout = 300000) => {
+    const jobs = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await page.click(selector);
+    await page.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobs, { timeout });
+    return waitState(want, timeout);
+  };
   const summary = () => page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.textContent])));
 
   step('load the demo model');
   await waitState(['idle']);
-  await page.click('#load-demo');
-  assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
+  assert.equal(await clickJob('#load-demo', ['ready', 'error']), 'ready', await errorText());
   assert.match(await page.textContent('#model-info'), /gpt_neo/);
 
   step('settings: rank 32, MLP skipped, per-row INT8; evaluation on 1024 tokens in windows of 512');
@@ -71,15 +83,16 @@ try {
   await page.fill('#eval-window', String(WINDOW));
 
   step('cancel a compression: the page stays usable');
+  const jobs = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
   await page.click('#compress');
   await page.click('#cancel');
+  await page.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobs);
   assert.equal(await waitState(['ready', 'done', 'error']), 'ready', await errorText());
   assert.match(await page.textContent('#status-text'), /cancelled/);
 
   step('compress and evaluate, watching main-thread long tasks');
   const t0 = await page.evaluate(() => performance.now());
-  await page.click('#compress');
-  assert.equal(await waitState(['done', 'error']), 'done', await errorText());
+  assert.equal(await clickJob('#compress', ['done', 'error']), 'done', await errorText());
   const t1 = await page.evaluate(() => performance.now());
   const long = await page.evaluate(([a, b]) => window.__longTasks.filter((t) => t.start >= a && t.start <= b), [t0, t1]);
   const worst = Math.max(0, ...long.map((t) => t.duration));
@@ -101,8 +114,7 @@ try {
 
   step('generate from both models side by side');
   await page.fill('#prompt', 'ROMEO. O my love,');
-  await page.click('#generate');
-  assert.equal(await waitState(['done', 'error']), 'done', await errorText());
+  assert.equal(await clickJob('#generate', ['done', 'error']), 'done', await errorText());
   assert.equal(await page.textContent('#gen-original'), ROMEO_CONTINUATION);
   const comp = await page.textContent('#gen-compressed');
   assert.ok(comp.length > 0, 'the compressed model generated text');
@@ -110,13 +122,14 @@ try {
   await page.screenshot({ path: path.join(OUT, 'page.png'), fullPage: true });
 
   step('export, then load the export back: the same summary');
-  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#export')]);
+  const downloadEvent = page.waitForEvent('download');
+  assert.equal(await clickJob('#export', ['done', 'error']), 'done', await errorText());
+  const download = await downloadEvent;
   const exported = path.join(tmp, download.suggestedFilename());
   await download.saveAs(exported);
-  assert.equal(await waitState(['done', 'error']), 'done', await errorText());
   const before = await summary();
   await page.evaluate(() => document.querySelectorAll('#summary [data-metric]').forEach((n) => { n.textContent = '–'; }));
-  await page.setInputFiles('#files', [exported]);
+  await setFiles([exported]);
   assert.equal(await waitState(['done', 'error']), 'done', await errorText());
   const after = await summary();
   for (const k of METRICS) assert.equal(after[k], before[k], `${k} after reloading the export`);
@@ -130,12 +143,12 @@ try {
   for (const k of ['cosine', 'ppl_compressed', 'top1', 'bytes_compressed', 'layers_compressed']) assert.equal(cli2[k], cli[k], `${k} of the page's export`);
 
   step('uploading the demo files through input#files works like the demo button');
-  await page.setInputFiles('#files', ['config.json', 'tokenizer.json', 'model.safetensors'].map((f) => path.join(DEMO, f)));
+  await setFiles(['config.json', 'tokenizer.json', 'model.safetensors'].map((f) => path.join(DEMO, f)));
   assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
   assert.match(await page.textContent('#model-info'), /19\.44 M/);
 
   step('a weight file without config.json is refused with a sentence naming it');
-  await page.setInputFiles('#files', [path.join(DEMO, 'model.safetensors')]);
+  await setFiles([path.join(DEMO, 'model.safetensors')]);
   assert.equal(await waitState(['error', 'ready']), 'error');
   assert.match(await errorText(), /config\.json/);
 

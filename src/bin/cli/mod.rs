@@ -403,7 +403,7 @@ fn eval(original: &std::path::Path, compressed: &std::path::Path, text: &std::pa
     };
     let layers: Option<serde_json::Value> = cb.ckpt.metadata().and_then(|m| m.get("layers")).and_then(|l| serde_json::from_str(l).ok());
     let layers_total = om.linears().len();
-    let layers_compressed = cm.linears().iter().filter(|l| !matches!(l.weight, semantic_llm_compressor::linear::LinearWeight::Dense(_))).count();
+    let layers_compressed = cm.linears().iter().filter(|l| !l.weight.is_dense()).count();
     let mut v = serde_json::to_value(&r)?;
     let extra = serde_json::json!({
         "bytes_original": tensor_bytes(&ob),
