@@ -2,9 +2,8 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use semantic_llm_compressor::bundle::ModelBundle;
-use semantic_llm_compressor::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
+use semantic_llm_compressor::checkpoint::{MemSource, SafetensorsFile};
 use semantic_llm_compressor::compress::{compress_checkpoint, considered_matrices, factors, reader, Compressed};
-use semantic_llm_compressor::export::Export;
 use semantic_llm_compressor::linear::LinearWeight;
 use semantic_llm_compressor::metrics::Evaluator;
 use semantic_llm_compressor::policy::Policy;
@@ -168,9 +167,8 @@ fn randomized_svd_is_within_two_percent_of_optimal_on_trained_weights() {
     }
 }
 
-fn roundtrip_bytes(b: &ModelBundle, c: &Compressed, config: &str) -> Vec<u8> {
-    Export::new(&b.ckpt, config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap()
-}
+#[path = "common/mod.rs"]
+mod common;
 
 /// Export → import gives bit-identical logits and keeps the INT8 factors INT8, for this model and another GPT-Neo.
 #[test]
@@ -182,22 +180,9 @@ fn export_then_import_gives_identical_logits() {
         ("fixtures/tiny-gpt-neo-v512", Policy { rank: 8, quant_bits: 32, ..Default::default() }),
         ("fixtures/tiny-gpt-neo-v512", Policy { rank: 12, rank_for: vec![semantic_llm_compressor::policy::RankRule::parse("c_fc=20").unwrap()], ..Default::default() }),
     ] {
-        let b = ModelBundle::open_dir(&shared(dir)).unwrap();
         let config = std::fs::read_to_string(shared(dir).join("config.json")).unwrap();
-        let c = compress(&b, policy);
-        assert!(c.reports.iter().any(|r| r.decision != "dense"), "{dir}: nothing was compressed");
-        let bytes = roundtrip_bytes(&b, &c, &config);
-        let ck = Checkpoint::new(vec![SafetensorsFile::open(Box::new(MemSource::new("exported.safetensors", bytes))).unwrap()], None).unwrap();
-        let back = ModelBundle::from_checkpoint(None, None, ck).unwrap();
-        assert!(back.is_compressed());
-        let loaded = back.load_model(false).unwrap();
-        for (a, l) in c.model.linears().iter().zip(loaded.linears()) {
-            assert_eq!(a.weight.describe(), l.weight.describe(), "{dir}: {} changed storage", a.name);
-        }
-        let ids: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
-        let x: Vec<f32> = c.model.logits(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let y: Vec<f32> = loaded.logits(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        assert!(x.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "{dir}: logits differ after export → import");
+        let weights = std::fs::read(shared(dir).join("model.safetensors")).unwrap();
+        common::check_export_roundtrip(&config, &weights, policy);
     }
 }
 

@@ -68,6 +68,55 @@ fn workspace_reads_files_in_slices_and_generates() {
     assert_eq!(text, common::ROMEO_CONTINUATION);
 }
 
+/// Export → import → bit-identical logits, in the browser too.
+#[wasm_bindgen_test]
+fn export_then_import_gives_identical_logits() {
+    use semantic_llm_compressor::policy::{Method, Policy};
+    common::check_export_roundtrip(BARD_CONFIG, BARD_WEIGHTS, Policy { rank: 32, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() });
+    common::check_export_roundtrip(BARD_CONFIG, BARD_WEIGHTS, Policy { method: Method::Int8, ..Default::default() });
+    common::check_export_roundtrip(TINY_CONFIG, TINY_WEIGHTS, Policy { rank: 8, ..Default::default() });
+}
+
+/// The page's compression path: compress in steps, export as pieces, open the export: it is recognised as the
+/// compression of the open original, and the evaluation compares the two.
+#[wasm_bindgen_test]
+fn workspace_compresses_exports_and_reopens() {
+    use semantic_llm_compressor::wasm::Workspace;
+    let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
+    let files = js_sys::Array::new();
+    files.push(&file("config.json", BARD_CONFIG.as_bytes()));
+    files.push(&file("tokenizer.json", BARD_TOKENIZER));
+    files.push(&file("model.safetensors", BARD_WEIGHTS));
+    let mut ws = Workspace::new();
+    ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.load().map_err(|e| JsValueDbg(e.into())).unwrap();
+    let policy = js_sys::JSON::parse(r#"{"rank": 16, "skip": ["mlp.c_fc", "mlp.c_proj"]}"#).unwrap();
+    ws.compress_begin(policy).map_err(|e| JsValueDbg(e.into())).unwrap();
+    let mut layers = 0;
+    while !ws.compress_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {
+        layers += 1;
+    }
+    assert_eq!(layers, 49);
+    let fin = ws.compress_finish().map_err(|e| JsValueDbg(e.into())).unwrap();
+    assert_eq!(get(&fin, "layers_compressed").as_f64(), Some(32.0));
+    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128).map_err(|e| JsValueDbg(e.into())).unwrap();
+    while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
+    let first = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
+    let parts = ws.export().map_err(|e| JsValueDbg(e.into())).unwrap();
+    let exported = web_sys::File::new_with_u8_array_sequence(&parts, "neo-bard-8l-compressed.safetensors").unwrap();
+    let again = js_sys::Array::of1(&exported);
+    let report = ws.open(again).map_err(|e| JsValueDbg(e.into())).unwrap();
+    assert_eq!(get(&report, "kind").as_string().as_deref(), Some("compressed"));
+    assert_eq!(get(&report, "matches_original").as_bool(), Some(true));
+    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128).map_err(|e| JsValueDbg(e.into())).unwrap();
+    while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
+    let second = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
+    for k in ["cosine", "ppl_compressed", "kl", "top1", "bytes_compressed", "layers_compressed"] {
+        assert_eq!(get(&first, k).as_f64(), get(&second, k).as_f64(), "{k}");
+    }
+    assert!(get(&second, "cosine").as_f64().unwrap() > 0.9);
+}
+
 /// A missing config.json is reported as a sentence that names it.
 #[wasm_bindgen_test]
 fn workspace_names_missing_files() {

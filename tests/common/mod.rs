@@ -104,3 +104,25 @@ pub fn check_neo_bard(model: &GptNeo, tok: &Tokenizer, eval_text: &str, logits_r
     let d = max_abs_diff(&logits, &f32s(&r, "logits_original_f32"));
     assert!(d < 1e-3, "neo-bard-8l logits differ from transformers by {d}");
 }
+
+/// Compress with `policy`, export to bytes, load the bytes back: the logits are bit-identical and every layer keeps
+/// its storage (INT8 stays INT8).
+pub fn check_export_roundtrip(config: &str, weights: &[u8], policy: semantic_llm_compressor::policy::Policy) {
+    use semantic_llm_compressor::compress::compress_checkpoint;
+    use semantic_llm_compressor::export::Export;
+    let b = bundle(config, None, weights);
+    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |_| {}).unwrap();
+    assert!(c.reports.iter().any(|r| r.decision != "dense"), "nothing was compressed");
+    let bytes = Export::new(&b.ckpt, config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap();
+    let ck = Checkpoint::new(vec![open("exported.safetensors", &bytes)], None).unwrap();
+    let back = ModelBundle::from_checkpoint(None, None, ck).unwrap();
+    assert!(back.is_compressed());
+    let loaded = back.load_model(false).unwrap();
+    for (a, l) in c.model.linears().iter().zip(loaded.linears()) {
+        assert_eq!(a.weight.describe(), l.weight.describe(), "{} changed storage", a.name);
+    }
+    let ids: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 500).collect();
+    let x = flat(&c.model.logits(&ids).unwrap());
+    let y = flat(&loaded.logits(&ids).unwrap());
+    assert!(x.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()), "logits differ after export → import");
+}
