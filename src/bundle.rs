@@ -103,10 +103,28 @@ impl ModelBundle {
     /// Build the model. A compressed checkpoint keeps its INT8 factors and stored dtypes; a plain one is converted
     /// to f32 unless `keep_half`.
     pub fn load_model(&self, keep_half: bool) -> Result<GptNeo> {
-        if self.is_compressed() {
-            return crate::export::load_compressed(&self.cfg, &self.ckpt);
-        }
-        GptNeo::load(&self.cfg, &CheckpointWeights { ckpt: &self.ckpt, keep_half })
+        self.load_model_with_progress(keep_half, &|_, _| {})
+    }
+
+    /// [`ModelBundle::load_model`], calling `progress(done, name)` after every tensor (about
+    /// [`ModelBundle::tensor_count`] calls in all).
+    pub fn load_model_with_progress(&self, keep_half: bool, progress: &dyn Fn(usize, &str)) -> Result<GptNeo> {
+        let compressed;
+        let plain;
+        let inner: &dyn crate::model::Weights = if self.is_compressed() {
+            compressed = crate::export::CompressedWeights { ckpt: &self.ckpt };
+            &compressed
+        } else {
+            plain = CheckpointWeights { ckpt: &self.ckpt, keep_half };
+            &plain
+        };
+        GptNeo::load(&self.cfg, &crate::model::WithProgress { inner, done: std::cell::Cell::new(0), report: progress })
+    }
+
+    /// Tensors the model reads (buffers excluded; a compressed matrix's factors count once).
+    pub fn tensor_count(&self) -> usize {
+        let weights = self.ckpt.names().filter(|n| !is_buffer(n) && !n.contains(".weight.")).count();
+        weights + self.ckpt.names().filter(|n| n.ends_with(".weight.U.q") || n.ends_with(".weight.U") || n.ends_with(".weight.q")).count()
     }
 
     /// Bytes the model takes once loaded, from the tensors' shapes and stored dtypes (f32 unless `keep_half`).

@@ -51,7 +51,7 @@ pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<
     let p = crate::model::tensor_prefix(&CheckpointWeights { ckpt, keep_half: true })?;
     let (h, inner) = (cfg.hidden_size, cfg.intermediate_size());
     let mut mats = Vec::new();
-    let elem = |name: &str| ckpt.info(name).map_or(4, |i| i.dtype.bitsize() / 8);
+    let elem = |name: &str| ckpt.info(name).map_or((4, "F32".to_string()), |i| (i.dtype.bitsize() / 8, format!("{:?}", i.dtype)));
     for i in 0..cfg.num_layers {
         let a = format!("{p}h.{i}.attn.attention");
         let m = format!("{p}h.{i}.mlp");
@@ -63,13 +63,14 @@ pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<
             (format!("{m}.c_fc.weight"), inner, h),
             (format!("{m}.c_proj.weight"), h, inner),
         ] {
-            let stored_elem_bytes = elem(&name);
-            mats.push(MatrixInfo { name, out, inp, stored_elem_bytes, tied: false });
+            let (stored_elem_bytes, stored_dtype) = elem(&name);
+            mats.push(MatrixInfo { name, out, inp, stored_elem_bytes, stored_dtype, tied: false });
         }
     }
     let tied = !ckpt.contains("lm_head.weight");
     let head_src = if tied { tied_embedding_name(ckpt) } else { "lm_head.weight".to_string() };
-    mats.push(MatrixInfo { name: "lm_head.weight".into(), out: cfg.vocab_size, inp: h, stored_elem_bytes: elem(&head_src), tied });
+    let (stored_elem_bytes, stored_dtype) = elem(&head_src);
+    mats.push(MatrixInfo { name: "lm_head.weight".into(), out: cfg.vocab_size, inp: h, stored_elem_bytes, stored_dtype, tied });
     Ok(mats)
 }
 
@@ -187,7 +188,7 @@ impl Compressor {
             shape: [out, inp],
             decision: "dense".into(),
             rank: None,
-            storage: format!("dense {}", elem_label(m.stored_elem_bytes)),
+            storage: format!("dense {}", m.stored_dtype.to_lowercase()),
             reason: None,
             err_svd: None,
             err_stored: None,
@@ -295,15 +296,6 @@ pub fn factors(s: &Svd, quant: Option<QuantScheme>) -> LinearWeight {
         ),
     };
     LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(sv), vh: Arc::new(vh) }
-}
-
-fn elem_label(bytes: usize) -> &'static str {
-    match bytes {
-        2 => "f16/bf16",
-        4 => "f32",
-        8 => "f64",
-        _ => "other",
-    }
 }
 
 fn fnv(s: &str) -> u64 {

@@ -50,6 +50,36 @@ impl Weights for CheckpointWeights<'_> {
     }
 }
 
+/// [`Weights`] that report each tensor they hand out, for a progress bar while a model loads.
+pub struct WithProgress<'a> {
+    pub inner: &'a dyn Weights,
+    pub done: std::cell::Cell<usize>,
+    pub report: &'a dyn Fn(usize, &str),
+}
+
+impl WithProgress<'_> {
+    fn tick(&self, name: &str) {
+        self.done.set(self.done.get() + 1);
+        (self.report)(self.done.get(), name);
+    }
+}
+
+impl Weights for WithProgress<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.inner.dense(name, shape)?;
+        self.tick(name);
+        Ok(t)
+    }
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
+        let w = self.inner.linear(name, out, inp)?;
+        self.tick(name);
+        Ok(w)
+    }
+}
+
 /// An error unless `found == expected`, naming the tensor and both shapes.
 pub fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<()> {
     if found != expected {

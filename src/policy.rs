@@ -115,6 +115,8 @@ pub struct MatrixInfo {
     pub inp: usize,
     /// Bytes per element as stored in the source checkpoint.
     pub stored_elem_bytes: usize,
+    /// The dtype it is stored in ("F16", "BF16", "F32").
+    pub stored_dtype: String,
     /// The head shares the token embedding: factoring it could only add bytes.
     pub tied: bool,
 }
@@ -346,7 +348,7 @@ mod tests {
     use super::*;
 
     fn mat(name: &str, out: usize, inp: usize) -> MatrixInfo {
-        MatrixInfo { name: name.into(), out, inp, stored_elem_bytes: 2, tied: false }
+        MatrixInfo { name: name.into(), out, inp, stored_elem_bytes: 2, stored_dtype: "F16".into(), tied: false }
     }
 
     #[test]

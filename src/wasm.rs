@@ -261,7 +261,7 @@ impl Workspace {
 
     /// Load the original model's weights (f32, or kept in f16/bf16 when f32 would not fit in wasm memory). Returns
     /// `{bytes, keep_half, resident_bytes}`.
-    pub fn load(&mut self) -> JsResult<JsValue> {
+    pub fn load(&mut self, progress: Option<js_sys::Function>) -> JsResult<JsValue> {
         let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
         let f32_bytes = b.estimate_model_bytes(false) as f64;
         let half_bytes = b.estimate_model_bytes(true) as f64;
@@ -277,7 +277,13 @@ impl Workspace {
                 gib(free)
             ))));
         };
-        let (model, resident, _) = crate::alloc::measure(|| b.load_model(keep_half));
+        let total = b.tensor_count();
+        let report = |done: usize, name: &str| {
+            if let Some(f) = &progress {
+                let _ = f.call3(&JsValue::NULL, &(done as f64).into(), &(total as f64).into(), &name.into());
+            }
+        };
+        let (model, resident, _) = crate::alloc::measure(|| b.load_model_with_progress(keep_half, &report));
         let model = model.map_err(js_err)?;
         let bytes = model.weight_bytes();
         self.original = Some(model);

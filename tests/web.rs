@@ -55,7 +55,7 @@ fn workspace_reads_files_in_slices_and_generates() {
     let report = ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
     let layers = js_sys::Reflect::get(&js_sys::Reflect::get(&report, &"summary".into()).unwrap(), &"num_layers".into()).unwrap();
     assert_eq!(layers.as_f64(), Some(8.0));
-    ws.load().map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
     ws.generate_start("original", common::ROMEO, wasm_bindgen::JsValue::UNDEFINED).map_err(|e| JsValueDbg(e.into())).unwrap();
     let mut text = String::new();
     loop {
@@ -89,7 +89,7 @@ fn workspace_compresses_exports_and_reopens() {
     files.push(&file("model.safetensors", BARD_WEIGHTS));
     let mut ws = Workspace::new();
     ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
-    ws.load().map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
     let policy = js_sys::JSON::parse(r#"{"rank": 16, "skip": ["mlp.c_fc", "mlp.c_proj"]}"#).unwrap();
     ws.compress_begin(policy).map_err(|e| JsValueDbg(e.into())).unwrap();
     let mut layers = 0;

@@ -118,6 +118,7 @@ function describeModel(report) {
     ['files', `${s.files.join(', ')} — ${fmtBytes(s.file_bytes)}`],
     ['head', s.tied_head ? 'tied to the token embedding' : 'lm_head.weight'],
   ];
+  if (report.summary.compressed && report.policy) facts.push(['policy', describePolicy(report.policy)]);
   if (report.loaded) facts.push(['in memory', `${fmtBytes(report.loaded.resident_bytes)} measured${report.loaded.keep_half ? ' (f16/bf16 kept as stored: f32 would not fit)' : ' (f32)'}`]);
   const dl = $('model-info');
   dl.replaceChildren();
@@ -286,6 +287,10 @@ function renderSummary(ev, extra = {}) {
     node.title = values[name] === undefined || values[name] === null ? '' : String(values[name]);
     if (name.startsWith('bytes') || name.startsWith('resident')) node.title = values[name] ? fmtBytes(values[name]) : '';
   }
+  for (const node of document.querySelectorAll('#summary [data-human]')) {
+    const v = values[node.dataset.human];
+    node.textContent = v ? fmtBytes(v) : '';
+  }
   const cos = values.cosine;
   const card = document.querySelector('[data-metric="cosine"]').closest('.metric');
   card.classList.toggle('good', cos >= 0.99);
@@ -297,6 +302,7 @@ function renderSummary(ev, extra = {}) {
 }
 function clearSummary() {
   for (const node of document.querySelectorAll('#summary [data-metric]')) node.textContent = '–';
+  for (const node of document.querySelectorAll('#summary [data-human]')) node.textContent = '';
   $('summary-note').textContent = '';
 }
 
@@ -374,10 +380,16 @@ function open(msg) {
   });
 }
 
+const reduceMotion = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+function reveal(id) {
+  $(id).scrollIntoView({ behavior: reduceMotion ? 'auto' : 'smooth', block: 'start' });
+}
+
 function compress() {
   let policy;
   try { policy = policyFromForm(); } catch (err) { showError(err.message); return; }
   resetResults();
+  reveal('results-panel');
   const t0 = performance.now();
   run({ cmd: 'compress', policy, evalSpec: evalSpec() }, (r) => {
     app.compressed = true;
@@ -398,6 +410,7 @@ function compress() {
 
 function describePolicy(p) {
   if (p.method === 'int8') return 'INT8 only';
+  p = { rank_for: [], skip: [], ...p };
   const parts = [p.budget ? `budget ${p.budget} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
   if (p.rank_for.length) parts.push(p.rank_for.map((r) => `${r.pattern}=${r.rank}`).join(' '));
   if (p.skip.length) parts.push(`skip ${p.skip.join(' ')}`);
@@ -415,6 +428,7 @@ function generate() {
   app.gen = { original: [], compressed: [], diverged: -1 };
   for (const w of ['original', 'compressed']) { $(`gen-${w}`).replaceChildren(); $(`rate-${w}`).textContent = ''; }
   $('gen-note').textContent = '';
+  reveal('generate-panel');
   const which = [];
   if (app.loaded) which.push('original');
   if (app.compressed) which.push('compressed');

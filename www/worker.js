@@ -71,14 +71,12 @@ const commands = {
     state('loading', 'loading');
     if (demo) files = await demoFiles();
     if (!ws) ws = new Workspace();
-    progress('load', 0, 2, 'reading headers');
+    progress('load', 0, 1, 'reading headers');
     const report = ws.open(files);
     await checkpoint();
     if (report.kind === 'original') {
-      progress('load', 1, 2, 'loading weights');
       await checkpoint();
-      report.loaded = ws.load();
-      progress('load', 2, 2, 'weights loaded');
+      report.loaded = ws.load((done, total, name) => progress('load', done, total, name));
     } else if (report.matches_original && evalSpec) {
       report.layers_reports = ws.layer_reports();
       report.evaluation = await evaluate(evalSpec);
@@ -141,6 +139,8 @@ const commands = {
         // decode rate: tokens after the first, which also reads the prompt
         const rate = r.n > 1 ? (r.n - 1) / (r.spent / 1000) : 0;
         post({ type: 'token', which: m, id: step.id, text: step.text, token: step.token, n: r.n, tokens_per_s: rate });
+        const total = params && params.max_new_tokens ? params.max_new_tokens : 30;
+        progress('generate', Math.max(...models.map((k) => run[k].n)), total, `${m} token ${r.n}`);
         if (step.done) r.active = false;
       }
       if (!any) break;
