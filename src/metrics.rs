@@ -13,6 +13,7 @@
 //! All sums in f64.
 
 use crate::generate::argmax;
+use crate::kernels::{compare_rows, exp_row};
 use crate::model::GptNeo;
 use crate::{Error, Result};
 use serde::Serialize;
@@ -43,16 +44,6 @@ struct Sums {
     logits: usize,
     top1_agree: usize,
     kl_sum: f64,
-}
-
-/// log Σ exp(x), computed stably via the max; `e` is left holding exp(x_k − max) and the second value is their
-/// sum, so that softmax_k = e_k / sum.
-fn log_sum_exp(x: &[f32], e: &mut Vec<f32>) -> (f64, f64) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    e.clear();
-    e.extend(x.iter().map(|&v| (v - m).exp()));
-    let sum: f64 = e.iter().map(|&v| v as f64).sum();
-    (m as f64 + sum.ln(), sum)
 }
 
 /// Results of an evaluation, as `slc eval --json` prints them.
@@ -116,12 +107,21 @@ impl Evaluator {
         if self.compare && self.sums.len() != compressed.len() {
             return Err(Error::msg("an evaluation must compare the same models at every window"));
         }
-        let lo: Vec<Vec<f32>> = original.logits(ids)?.to_vec2()?;
+        let vocab = original.cfg.vocab_size;
+        let lo: Vec<f32> = original.logits(ids)?.flatten_all()?.to_vec1()?;
         let mut po = Vec::new();
-        let orig: Vec<(f64, f64)> = lo.iter().map(|o| log_sum_exp(o, &mut Vec::new())).collect();
+        let mut pc = Vec::new();
+        // log Σ e^o per position, and Σ e^(o − max) for the softmax
+        let orig: Vec<(f64, f64)> = lo
+            .chunks_exact(vocab)
+            .map(|o| {
+                let (m, sum) = exp_row(o, &mut po);
+                (m as f64 + sum.ln(), sum)
+            })
+            .collect();
         for (s, model) in self.sums.iter_mut().zip(compressed.iter().map(Some).chain(std::iter::repeat(None))) {
-            let lc: Option<Vec<Vec<f32>>> = model.map(|c| c.logits(ids).and_then(|t| Ok(t.to_vec2()?))).transpose()?;
-            for (p, o) in lo.iter().enumerate() {
+            let lc: Option<Vec<f32>> = model.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
+            for (p, o) in lo.chunks_exact(vocab).enumerate() {
                 let (lse_o, sum_o) = orig[p];
                 let target = ids.get(p + 1).map(|&t| t as usize);
                 if let Some(t) = target {
@@ -130,22 +130,15 @@ impl Evaluator {
                 }
                 s.positions += 1;
                 let Some(lc) = &lc else { continue };
-                let c = &lc[p];
-                let (lse_c, _) = log_sum_exp(c, &mut Vec::new());
+                let c = &lc[p * vocab..(p + 1) * vocab];
+                let (mc, sum_c) = exp_row(c, &mut pc);
+                let lse_c = mc as f64 + sum_c.ln();
                 if let Some(t) = target {
                     s.nll_comp += lse_c - c[t] as f64;
                 }
-                log_sum_exp(o, &mut po);
+                exp_row(o, &mut po);
                 // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
-                let (mut dot, mut no, mut nc, mut se, mut kl) = (0f64, 0f64, 0f64, 0f64, 0f64);
-                for k in 0..o.len() {
-                    let (a, b) = (o[k] as f64, c[k] as f64);
-                    dot += a * b;
-                    no += a * a;
-                    nc += b * b;
-                    se += (a - b) * (a - b);
-                    kl += po[k] as f64 * (a - b);
-                }
+                let [dot, no, nc, se, kl] = compare_rows(o, c, &po);
                 let kl = kl / sum_o - lse_o + lse_c;
                 s.cos_sum += if no > 0.0 && nc > 0.0 { dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
                 s.dot += dot;
@@ -215,13 +208,4 @@ mod tests {
         assert!(windows(&ids, 10, 1).is_err());
     }
 
-    #[test]
-    fn log_sum_exp_is_stable() {
-        let mut e = Vec::new();
-        let (lse, _) = log_sum_exp(&[1.0, 2.0, 3.0, -1e30], &mut e);
-        let want = (1f64.exp() + 2f64.exp() + 3f64.exp()).ln();
-        assert!((lse - want).abs() < 1e-6);
-        let (lse, _) = log_sum_exp(&[1000.0, 1000.0], &mut e);
-        assert!((lse - (1000.0 + 2f64.ln())).abs() < 1e-6);
-    }
 }

@@ -398,6 +398,9 @@ function compress() {
     const ev = r.evaluation;
     const seconds = (performance.now() - t0) / 1000;
     renderSummary(ev, { seconds });
+    $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
+    $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
+    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s, evaluated in ${ev.seconds.toFixed(1)} s.`;
     app.runs.push({
       bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
       label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,

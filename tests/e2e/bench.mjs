@@ -27,10 +27,12 @@ try {
   await page.fill('#rank', '32');
   await page.fill('#skip', 'mlp.c_fc,mlp.c_proj');
   await page.click('#eval-settings summary');
-  await page.fill('#eval-tokens', '512');
-  const t0 = Date.now();
-  await job('#compress');
-  console.log(`compress (49 matrices) + evaluate 512 tokens: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  for (const tokens of [2048, 8192]) {
+    await page.fill('#eval-tokens', String(tokens));
+    await job('#compress');
+    const d = await page.$eval('#summary', (e) => ({ c: e.dataset.compressSeconds, e: e.dataset.evalSeconds }));
+    console.log(`compress 49 matrices: ${d.c} s; evaluate ${tokens} tokens (windows of 512, both models): ${d.e} s`);
+  }
   await page.fill('#prompt', 'ROMEO. O my love,');
   await page.click('#gen-settings summary');
   await page.fill('#max-new-tokens', String(tokens));
