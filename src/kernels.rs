@@ -114,15 +114,17 @@ mod tests {
 }
 
 /// e^x in f32 without branches, so that loops over rows vectorize (there is no SIMD exp in wasm): Cephes' range
-/// reduction x = n·ln2 + r, a degree-7 polynomial for e^r, and 2^n built in the exponent bits. Relative error
+/// reduction x = n·ln2 + r, a degree-6 polynomial for e^r, and 2^n built in the exponent bits. Relative error
 /// below 3e-7 for x in [−87, 88]; inputs outside are clamped (e^−87 ≈ 1.6e−38 is below anything a softmax keeps).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    // round to nearest by adding and subtracting 1.5·2^23 (|x·log2 e| < 2^22): no floor, which SSE2 lacks
+    const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + 0.5).floor();
+    let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -206,9 +208,45 @@ pub fn compare_rows(o: &[f32], c: &[f32], po: &[f32]) -> [f64; 5] {
     out
 }
 
+/// Softmax of every row of `scores` (`rows × tk`, rows cycling through `t` queries) over the keys `lo..=hi` that
+/// `visible(i)` gives for query i; every other entry becomes exactly 0.
+pub fn masked_softmax(scores: &mut [f32], t: usize, tk: usize, visible: impl Fn(usize) -> (usize, usize)) {
+    for (r, row) in scores.chunks_exact_mut(tk).enumerate() {
+        let (lo, hi) = visible(r % t);
+        let hi = hi.min(tk - 1);
+        let seen = &mut row[lo..=hi];
+        let m = seen.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = 0f32;
+        for v in seen.iter_mut() {
+            *v = exp_f32(*v - m);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        for v in seen.iter_mut() {
+            *v *= inv;
+        }
+        row[..lo].fill(0.0);
+        row[hi + 1..].fill(0.0);
+    }
+}
+
 #[cfg(test)]
 mod row_tests {
     use super::*;
+
+    #[test]
+    fn masked_softmax_sums_to_one_inside_the_window() {
+        let (t, tk) = (3, 5);
+        let mut s: Vec<f32> = (0..2 * t * tk).map(|i| (i % 7) as f32 * 0.3).collect();
+        // queries at positions 2, 3, 4 with a window of 2
+        masked_softmax(&mut s, t, tk, |i| (i + 1, i + 2));
+        for (r, row) in s.chunks(tk).enumerate() {
+            let i = r % t;
+            let total: f32 = row.iter().sum();
+            assert!((total - 1.0).abs() < 1e-6);
+            assert!(row.iter().enumerate().all(|(j, &p)| (j >= i + 1 && j <= i + 2) || p == 0.0));
+        }
+    }
 
     #[test]
     fn exp_is_accurate() {

@@ -30,8 +30,9 @@ pub fn windows(ids: &[u32], tokens: usize, window: usize) -> Result<Vec<Vec<u32>
     Ok(ids[..n].chunks(window).filter(|w| w.len() >= 2).map(|w| w.to_vec()).collect())
 }
 
-#[derive(Clone, Debug, Default)]
-struct Sums {
+/// The running sums of an evaluation; sums of parts evaluated separately (in other workers) add up.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct Sums {
     nll_orig: f64,
     nll_comp: f64,
     predictions: usize,
@@ -44,6 +45,30 @@ struct Sums {
     logits: usize,
     top1_agree: usize,
     kl_sum: f64,
+}
+
+impl Sums {
+    fn add(&mut self, o: &Sums) {
+        self.nll_orig += o.nll_orig;
+        self.nll_comp += o.nll_comp;
+        self.predictions += o.predictions;
+        self.cos_sum += o.cos_sum;
+        self.positions += o.positions;
+        self.dot += o.dot;
+        self.norm_o += o.norm_o;
+        self.norm_c += o.norm_c;
+        self.sq_err += o.sq_err;
+        self.logits += o.logits;
+        self.top1_agree += o.top1_agree;
+        self.kl_sum += o.kl_sum;
+    }
+}
+
+/// What one part of a split evaluation hands back to be merged.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct PartialSums {
+    sums: Vec<Sums>,
+    compare: bool,
 }
 
 /// Results of an evaluation, as `slc eval --json` prints them.
@@ -69,6 +94,9 @@ pub struct EvalReport {
 /// models are compared with it.
 pub struct Evaluator {
     windows: Vec<Vec<u32>>,
+    /// This part evaluates windows `offset, offset + stride, …` (one part: 0, 1).
+    offset: usize,
+    stride: usize,
     next: usize,
     tokens: usize,
     window: usize,
@@ -81,15 +109,52 @@ impl Evaluator {
     pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
         let windows = windows(ids, tokens, window)?;
         let tokens = windows.iter().map(|w| w.len()).sum();
-        Ok(Self { windows, next: 0, tokens, window, sums: Vec::new(), compare: false })
+        Ok(Self { windows, offset: 0, stride: 1, next: 0, tokens, window, sums: Vec::new(), compare: false })
     }
 
+    /// Part `part` of `parts` of the same evaluation (every `parts`-th window), for workers that run in parallel;
+    /// [`Evaluator::merge`] adds the other parts' [`Evaluator::partial`] sums into one of them.
+    pub fn new_part(ids: &[u32], tokens: usize, window: usize, part: usize, parts: usize) -> Result<Self> {
+        if parts == 0 || part >= parts {
+            return Err(Error::Policy(format!("evaluation part {part} of {parts} does not exist")));
+        }
+        Ok(Self { offset: part, stride: parts, ..Self::new(ids, tokens, window)? })
+    }
+
+    /// Windows this part evaluates.
     pub fn total_windows(&self) -> usize {
+        self.windows.len().saturating_sub(self.offset).div_ceil(self.stride)
+    }
+
+    /// Windows of the whole evaluation (all parts).
+    pub fn all_windows(&self) -> usize {
         self.windows.len()
     }
 
     pub fn done(&self) -> usize {
         self.next
+    }
+
+    pub fn partial(&self) -> PartialSums {
+        PartialSums { sums: self.sums.clone(), compare: self.compare }
+    }
+
+    /// Add the sums of another part of the same evaluation.
+    pub fn merge(&mut self, other: &PartialSums) -> Result<()> {
+        if other.sums.is_empty() {
+            return Ok(());
+        }
+        if self.sums.is_empty() {
+            self.sums = vec![Sums::default(); other.sums.len()];
+            self.compare = other.compare;
+        }
+        if self.sums.len() != other.sums.len() || self.compare != other.compare {
+            return Err(Error::msg("the parts of an evaluation compared different models"));
+        }
+        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
+            a.add(b);
+        }
+        Ok(())
     }
 
     /// Evaluate the next window with the original and (if given) the compressed model. `false` when finished.
@@ -99,7 +164,7 @@ impl Evaluator {
 
     /// Evaluate the next window with the original and every model of `compressed` (always the same list).
     pub fn step_many(&mut self, original: &GptNeo, compressed: &[&GptNeo]) -> Result<bool> {
-        let Some(ids) = self.windows.get(self.next) else { return Ok(false) };
+        let Some(ids) = self.windows.get(self.offset + self.next * self.stride) else { return Ok(false) };
         if self.sums.is_empty() {
             self.sums = vec![Sums::default(); compressed.len().max(1)];
             self.compare = !compressed.is_empty();
@@ -111,18 +176,12 @@ impl Evaluator {
         let lo: Vec<f32> = original.logits(ids)?.flatten_all()?.to_vec1()?;
         let mut po = Vec::new();
         let mut pc = Vec::new();
-        // log Σ e^o per position, and Σ e^(o − max) for the softmax
-        let orig: Vec<(f64, f64)> = lo
-            .chunks_exact(vocab)
-            .map(|o| {
-                let (m, sum) = exp_row(o, &mut po);
-                (m as f64 + sum.ln(), sum)
-            })
-            .collect();
         for (s, model) in self.sums.iter_mut().zip(compressed.iter().map(Some).chain(std::iter::repeat(None))) {
             let lc: Option<Vec<f32>> = model.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
             for (p, o) in lo.chunks_exact(vocab).enumerate() {
-                let (lse_o, sum_o) = orig[p];
+                // e^(o − max) once per position: its sum gives log Σ e^o, and it weighs the KL terms
+                let (mo, sum_o) = exp_row(o, &mut po);
+                let lse_o = mo as f64 + sum_o.ln();
                 let target = ids.get(p + 1).map(|&t| t as usize);
                 if let Some(t) = target {
                     s.nll_orig += lse_o - o[t] as f64;
@@ -136,7 +195,6 @@ impl Evaluator {
                 if let Some(t) = target {
                     s.nll_comp += lse_c - c[t] as f64;
                 }
-                exp_row(o, &mut po);
                 // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
                 let [dot, no, nc, se, kl] = compare_rows(o, c, &po);
                 let kl = kl / sum_o - lse_o + lse_c;
@@ -196,6 +254,15 @@ impl Evaluator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_cover_every_window_once() {
+        let ids: Vec<u32> = (0..5000).collect();
+        let whole = Evaluator::new(&ids, 5000, 512).unwrap();
+        let parts: Vec<Evaluator> = (0..3).map(|p| Evaluator::new_part(&ids, 5000, 512, p, 3).unwrap()).collect();
+        assert_eq!(parts.iter().map(|p| p.total_windows()).sum::<usize>(), whole.total_windows());
+        assert!(Evaluator::new_part(&ids, 5000, 512, 3, 3).is_err());
+    }
 
     #[test]
     fn windows_follow_the_convention() {

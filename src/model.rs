@@ -147,13 +147,6 @@ struct SelfAttention {
     window: usize,
 }
 
-fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?;
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&s)?)
-}
-
 impl SelfAttention {
     /// `x`: [b, t, hidden] at absolute positions `pos0..pos0 + t`.
     fn forward(&self, x: &Tensor, pos0: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
@@ -174,22 +167,19 @@ impl SelfAttention {
         let tk = k.dim(2)?;
         // GPT-Neo does not scale the scores by 1/sqrt(head_dim).
         let scores = q.matmul(&k.t()?)?; // [b, heads, t, tk]
-        let mut allowed = vec![0u8; t * tk];
-        for i in 0..t {
+        // Query i (absolute position pos0 + i) sees keys lo..=pos0 + i: every earlier one (global) or the last
+        // `window` (local). Masked scores are f32::MIN in Hugging Face's code, whose exp underflows to exactly 0;
+        // the kernel writes that 0 directly and runs the softmax over the visible range only.
+        let mut probs: Vec<f32> = scores.flatten_all()?.to_vec1()?;
+        let window = match self.kind {
+            AttentionKind::Global => usize::MAX,
+            AttentionKind::Local => self.window,
+        };
+        crate::kernels::masked_softmax(&mut probs, t, tk, |i| {
             let qi = pos0 + i;
-            for j in 0..tk {
-                let visible = j <= qi
-                    && match self.kind {
-                        AttentionKind::Global => true,
-                        AttentionKind::Local => qi - j < self.window,
-                    };
-                allowed[i * tk + j] = visible as u8;
-            }
-        }
-        let mask = Tensor::from_vec(allowed, (t, tk), &Device::Cpu)?.broadcast_as(scores.shape())?;
-        let floor = Tensor::new(f32::MIN, &Device::Cpu)?.broadcast_as(scores.shape())?;
-        let scores = mask.where_cond(&scores, &floor)?;
-        let probs = softmax_last(&scores)?;
+            (qi.saturating_sub(window.saturating_sub(1)), qi)
+        });
+        let probs = Tensor::from_vec(probs, scores.shape(), &Device::Cpu)?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
         self.out.forward(&y)
     }

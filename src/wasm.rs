@@ -383,21 +383,23 @@ impl Workspace {
         to_js(&c.reports)
     }
 
-    /// Start evaluating on `text`: its first `tokens` tokens in windows of `window`. Returns `{windows, tokens}`.
-    pub fn eval_begin(&mut self, text: &str, tokens: usize, window: usize) -> JsResult<JsValue> {
+    /// Start evaluating on `text`: its first `tokens` tokens in windows of `window`; this instance takes part `part`
+    /// of `parts` (every `parts`-th window; 0 of 1 for all). Returns `{windows, all_windows, text_tokens}`.
+    pub fn eval_begin(&mut self, text: &str, tokens: usize, window: usize, part: usize, parts: usize) -> JsResult<JsValue> {
         let b = self.bundle.as_ref().ok_or_else(none("the original model is needed for the comparison: load it first"))?;
         let max = b.cfg.max_position_embeddings;
         if window > max {
             return Err(js_err(Error::Policy(format!("the window of {window} tokens is longer than the model reads ({max})"))));
         }
         let ids = b.tokenizer().and_then(|t| t.encode(text)).map_err(js_err)?;
-        let ev = crate::metrics::Evaluator::new(&ids, tokens, window).map_err(js_err)?;
+        let ev = crate::metrics::Evaluator::new_part(&ids, tokens, window, part, parts).map_err(js_err)?;
         #[derive(Serialize)]
         struct Begin {
             windows: usize,
+            all_windows: usize,
             text_tokens: usize,
         }
-        let out = to_js(&Begin { windows: ev.total_windows(), text_tokens: ids.len() });
+        let out = to_js(&Begin { windows: ev.total_windows(), all_windows: ev.all_windows(), text_tokens: ids.len() });
         self.evaluator = Some(ev);
         out
     }
@@ -416,6 +418,19 @@ impl Workspace {
             total: usize,
         }
         to_js(&Step { done: ev.done(), total: ev.total_windows() })
+    }
+
+    /// This part's sums, for [`Workspace::eval_merge`] in another instance.
+    pub fn eval_partial(&self) -> JsResult<JsValue> {
+        let ev = self.evaluator.as_ref().ok_or_else(none("no evaluation was started"))?;
+        to_js(&ev.partial())
+    }
+
+    /// Add another part's sums (from [`Workspace::eval_partial`]) to this evaluation.
+    pub fn eval_merge(&mut self, partial: JsValue) -> JsResult<()> {
+        let p: crate::metrics::PartialSums = from_js(partial, "evaluation part").map_err(js_err)?;
+        let ev = self.evaluator.as_mut().ok_or_else(none("no evaluation was started"))?;
+        ev.merge(&p).map_err(js_err)
     }
 
     /// The evaluation's figures with sizes and layer counts: the page's summary.

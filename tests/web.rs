@@ -99,7 +99,7 @@ fn workspace_compresses_exports_and_reopens() {
     assert_eq!(layers, 49);
     let fin = ws.compress_finish().map_err(|e| JsValueDbg(e.into())).unwrap();
     assert_eq!(get(&fin, "layers_compressed").as_f64(), Some(32.0));
-    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
     while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
     let first = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
     let parts = ws.export().map_err(|e| JsValueDbg(e.into())).unwrap();
@@ -108,7 +108,7 @@ fn workspace_compresses_exports_and_reopens() {
     let report = ws.open(again).map_err(|e| JsValueDbg(e.into())).unwrap();
     assert_eq!(get(&report, "kind").as_string().as_deref(), Some("compressed"));
     assert_eq!(get(&report, "matches_original").as_bool(), Some(true));
-    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
     while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
     let second = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
     for k in ["cosine", "ppl_compressed", "kl", "top1", "bytes_compressed", "layers_compressed"] {

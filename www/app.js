@@ -179,9 +179,11 @@ function policyFromForm() {
   };
 }
 
+// ?workers=N caps the workers an evaluation uses (the benchmark compares 1 with the default)
+const WORKERS = Number(new URLSearchParams(location.search).get('workers')) || undefined;
 function evalSpec() {
   const text = $('eval-text').value.trim();
-  return { tokens: Number($('eval-tokens').value) || 2048, window: Number($('eval-window').value) || 512, ...(text ? { text } : {}) };
+  return { tokens: Number($('eval-tokens').value) || 2048, window: Number($('eval-window').value) || 512, workers: WORKERS, ...(text ? { text } : {}) };
 }
 
 // ---------- the layer table ----------

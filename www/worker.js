@@ -1,6 +1,9 @@
 // The only file that imports the wasm package. The page posts {cmd, ...}; the worker answers with
 // {type: "state" | "progress" | "layer" | "token" | "result" | "cancelled" | "error", ...}. Long jobs run step by
 // step and yield between steps (a macrotask), so a {cmd: "cancel"} gets through and ends the job cleanly.
+//
+// The worker the page starts coordinates; for an evaluation it starts helpers — more instances of this same file,
+// each with its own wasm instance — that load the same files and evaluate every n-th window; their sums are merged.
 import init, { Workspace } from './pkg/semantic_llm_compressor.js';
 
 const ready = init();
@@ -8,6 +11,14 @@ let ws = null;
 let cancelled = false;
 let busy = false;
 let evalTextCache = null;
+// what the helpers must hold: the original's files, and the compressed model as a file
+let originalFiles = null;
+let compressedFile = null;
+let generation = 0; // bumps when either changes
+const HELPERS = Math.max(0, Math.min(3, (self.navigator.hardwareConcurrency || 1) - 1));
+// models above this size (f32 bytes) are evaluated in one worker: each helper holds its own copy
+const HELPER_MODEL_LIMIT = 1.2e9;
+const helpers = [];
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
 const tick = () => new Promise((r) => setTimeout(r, 0));
@@ -50,21 +61,78 @@ function need() {
   if (!ws) throw new Error('no model is loaded: load the demo model or drop a checkpoint first');
 }
 
-// Evaluate the original against the compressed model (or the original alone) window by window.
+// A helper: one more instance of this file. call() sends a command and resolves with its result; progress
+// messages go to onProgress.
+function startHelper() {
+  const w = new Worker(new URL(import.meta.url), { type: 'module' });
+  const h = { w, generation: -1, pending: null, onProgress: null, alive: true };
+  w.onmessage = (e) => {
+    const m = e.data;
+    if (m.type === 'progress' && h.onProgress) h.onProgress(m);
+    else if (m.type === 'result' && h.pending) { const p = h.pending; h.pending = null; p.resolve(m.result); }
+    else if ((m.type === 'error' || m.type === 'cancelled') && h.pending) { const p = h.pending; h.pending = null; p.reject(new Error(m.message || 'cancelled')); }
+  };
+  w.onerror = (e) => { h.alive = false; if (h.pending) { h.pending.reject(new Error(e.message || 'helper failed')); h.pending = null; } };
+  h.call = (msg) => new Promise((resolve, reject) => { h.pending = { resolve, reject }; w.postMessage(msg); });
+  return h;
+}
+
+// Bring the helpers up to date with the coordinator's models; returns the ones ready to evaluate.
+async function readyHelpers(loaded) {
+  if (!HELPERS || !originalFiles || !compressedFile || !loaded || loaded.bytes > HELPER_MODEL_LIMIT) return [];
+  while (helpers.length < HELPERS) helpers.push(startHelper());
+  const ready = [];
+  await Promise.all(helpers.filter((h) => h.alive).map(async (h) => {
+    try {
+      if (h.generation !== generation) {
+        await h.call({ cmd: 'h_models', original: originalFiles, compressed: compressedFile });
+        h.generation = generation;
+      }
+      ready.push(h);
+    } catch (err) {
+      h.alive = false;
+      console.warn(`evaluation helper unavailable: ${err.message}`);
+    }
+  }));
+  return ready;
+}
+
+// Evaluate the original against the compressed model (or the original alone), window by window, in this worker
+// and its helpers.
 async function evaluate(spec) {
   state('evaluating', 'evaluating');
   const t0 = performance.now();
   const text = await evalText(spec);
-  const begin = ws.eval_begin(text, spec.tokens, spec.window);
-  progress('evaluate', 0, begin.windows, `window 0/${begin.windows}`);
-  for (;;) {
-    await checkpoint();
-    const step = ws.eval_step();
-    if (step === null || step === undefined) break;
-    progress('evaluate', step.done, step.total, `window ${step.done}/${step.total}`);
+  const team = (spec.workers === 1 ? [] : await readyHelpers(lastLoaded)).slice(0, Math.max(0, (spec.workers || Infinity) - 1));
+  const parts = 1 + team.length;
+  const begin = ws.eval_begin(text, spec.tokens, spec.window, 0, parts);
+  const done = new Array(parts).fill(0);
+  const report = () => {
+    const d = done.reduce((a, b) => a + b, 0);
+    progress('evaluate', d, begin.all_windows, `window ${d}/${begin.all_windows}${parts > 1 ? ` (${parts} workers)` : ''}`);
+  };
+  report();
+  const partials = team.map((h, i) => {
+    h.onProgress = (m) => { if (m.task === 'evaluate') { done[i + 1] = m.done; report(); } };
+    return h.call({ cmd: 'h_eval', text, tokens: spec.tokens, window: spec.window, part: i + 1, parts });
+  });
+  try {
+    for (;;) {
+      await checkpoint();
+      const step = ws.eval_step();
+      if (step === null || step === undefined) break;
+      done[0] = step.done;
+      report();
+    }
+    for (const p of await Promise.all(partials)) ws.eval_merge(p);
+  } catch (err) {
+    for (const h of team) h.w.postMessage({ cmd: 'cancel' });
+    await Promise.allSettled(partials);
+    throw err;
   }
-  return { ...ws.eval_report(), seconds: (performance.now() - t0) / 1000, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)' };
+  return { ...ws.eval_report(), seconds: (performance.now() - t0) / 1000, workers: parts, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)' };
 }
+let lastLoaded = null;
 
 const commands = {
   async open({ files, demo, evalSpec }) {
@@ -75,12 +143,21 @@ const commands = {
     const report = ws.open(files);
     await checkpoint();
     if (report.kind === 'original') {
+      originalFiles = files;
+      compressedFile = null;
+      generation += 1;
       await checkpoint();
       report.loaded = ws.load((done, total, name) => progress('load', done, total, name));
+      lastLoaded = report.loaded;
     } else if (report.matches_original && evalSpec) {
+      compressedFile = files[0];
+      generation += 1;
       report.layers_reports = ws.layer_reports();
       report.evaluation = await evaluate(evalSpec);
     } else {
+      if (!report.matches_original) originalFiles = null;
+      compressedFile = null;
+      generation += 1;
       report.layers_reports = ws.layer_reports();
     }
     report.memory = ws.memory();
@@ -104,6 +181,8 @@ const commands = {
     }
     const finished = ws.compress_finish();
     const compressSeconds = (performance.now() - t0) / 1000;
+    compressedFile = HELPERS ? new File(ws.export(), 'compressed.safetensors') : null;
+    generation += 1;
     const evaluation = evalSpec ? await evaluate(evalSpec) : null;
     return { finished, evaluation, compress_seconds: compressSeconds, memory: ws.memory() };
   },
@@ -156,6 +235,28 @@ const commands = {
     return { blob: new Blob(parts, { type: 'application/octet-stream' }), name };
   },
 
+  // helper side: hold the same original and compressed models as the coordinator
+  async h_models({ original, compressed }) {
+    ws = new Workspace();
+    ws.open(original);
+    ws.load();
+    const r = ws.open([compressed]);
+    if (!r.matches_original) throw new Error('the compressed model does not belong to the original');
+    return true;
+  },
+
+  // helper side: evaluate one part of the windows and hand back the sums
+  async h_eval({ text, tokens, window, part, parts }) {
+    ws.eval_begin(text, tokens, window, part, parts);
+    for (;;) {
+      await checkpoint();
+      const step = ws.eval_step();
+      if (step === null || step === undefined) break;
+      progress('evaluate', step.done, step.total);
+    }
+    return ws.eval_partial();
+  },
+
   async spectrum({ name }) {
     need();
     return { name, values: Array.from(ws.spectrum(name)) };
@@ -166,6 +267,7 @@ self.onmessage = async (e) => {
   const { cmd, ...args } = e.data;
   if (cmd === 'cancel') {
     cancelled = busy;
+    for (const h of helpers) h.w.postMessage({ cmd: 'cancel' });
     return;
   }
   await ready;

@@ -15,23 +15,34 @@ const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || 
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
 try {
   const page = await browser.newPage();
+  // evaluation in one worker, then with helpers (one per extra core), side by side in this run
+  const single = await browser.newPage();
+  await single.goto(server.url + '?workers=1');
   await page.goto(server.url);
-  const jobs = () => page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+  const jobs = (p) => p.$eval('#status', (e) => Number(e.dataset.jobs || 0));
   // click, then wait for the job it starts to end
-  const job = async (selector) => {
-    const n = await jobs();
-    await page.click(selector);
-    await page.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 600000 });
+  const job = async (selector, p = page) => {
+    const n = await jobs(p);
+    await p.click(selector);
+    await p.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 600000 });
   };
-  await job('#load-demo');
-  await page.fill('#rank', '32');
-  await page.fill('#skip', 'mlp.c_fc,mlp.c_proj');
-  await page.click('#eval-settings summary');
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  for (const p of [single, page]) {
+    await job('#load-demo', p);
+    await p.fill('#rank', '32');
+    await p.fill('#skip', 'mlp.c_fc,mlp.c_proj');
+    await p.click('#eval-settings summary');
+  }
   for (const tokens of [2048, 8192]) {
-    await page.fill('#eval-tokens', String(tokens));
-    await job('#compress');
-    const d = await page.$eval('#summary', (e) => ({ c: e.dataset.compressSeconds, e: e.dataset.evalSeconds }));
-    console.log(`compress 49 matrices: ${d.c} s; evaluate ${tokens} tokens (windows of 512, both models): ${d.e} s`);
+    const secs = [];
+    for (const [p, name] of [[single, '1 worker'], [page, `up to ${cores} workers`]]) {
+      await p.fill('#eval-tokens', String(tokens));
+      await job('#compress', p);
+      const d = await p.$eval('#summary', (e) => ({ c: e.dataset.compressSeconds, e: e.dataset.evalSeconds }));
+      secs.push(Number(d.e));
+      console.log(`${name}: compress 49 matrices ${d.c} s; evaluate ${tokens} tokens (windows of 512, both models) ${d.e} s`);
+    }
+    console.log(`evaluation speed-up with helpers, ${tokens} tokens: ${(secs[0] / secs[1]).toFixed(2)}x`);
   }
   await page.fill('#prompt', 'ROMEO. O my love,');
   await page.click('#gen-settings summary');
