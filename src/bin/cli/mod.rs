@@ -271,6 +271,22 @@ fn generate(dir: &std::path::Path, prompt: &str, params: SamplingParams, json: b
     Ok(())
 }
 
+/// A progress line on stderr, rewritten in place, when stderr is a terminal.
+fn progress(line: &str) {
+    use std::io::IsTerminal;
+    let mut err = std::io::stderr();
+    if err.is_terminal() {
+        let _ = write!(err, "\r{line:<90.90}");
+    }
+}
+
+fn progress_end() {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
 fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).map_err(|e| Error::file(path.display().to_string(), format!("cannot be written ({e})")))
 }
@@ -282,11 +298,8 @@ fn compress(a: &CompressArgs) -> Result<()> {
         return Err(Error::file(a.input_dir.display().to_string(), "is already a compressed checkpoint; compress the original"));
     }
     let t0 = std::time::Instant::now();
-    let mut err = std::io::stderr();
-    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |s| {
-        let _ = write!(err, "\r{} {}/{} {:<60}", s.phase, s.done, s.total, s.name);
-    })?;
-    eprintln!();
+    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |s| progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name)))?;
+    progress_end();
     let seconds = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.output_dir).map_err(|e| Error::file(a.output_dir.display().to_string(), e.to_string()))?;
     let config = std::fs::read_to_string(a.input_dir.join("config.json"))?;
@@ -392,11 +405,10 @@ fn eval(original: &std::path::Path, compressed: &std::path::Path, text: &std::pa
     let text = std::fs::read_to_string(text).map_err(|e| Error::file(text.display().to_string(), format!("cannot be read ({e})")))?;
     let ids = ob.tokenizer()?.encode(&text)?;
     let mut ev = Evaluator::new(&ids, tokens, window)?;
-    let mut err = std::io::stderr();
     while ev.step(&om, Some(&cm))? {
-        let _ = write!(err, "\rwindow {}/{}", ev.done(), ev.total_windows());
+        progress(&format!("window {}/{}", ev.done(), ev.total_windows()));
     }
-    eprintln!();
+    progress_end();
     let r = ev.report();
     let tensor_bytes = |b: &ModelBundle| -> usize {
         b.ckpt.names().filter(|n| !semantic_llm_compressor::bundle::is_buffer(n)).filter_map(|n| b.ckpt.info(n)).map(|i| i.data_offsets.1 - i.data_offsets.0).sum()
