@@ -91,6 +91,16 @@ impl ModelBundle {
         Self::from_checkpoint(config.as_deref(), tok.as_deref(), Checkpoint::open_dir(dir)?)
     }
 
+    /// Bytes of the checkpoint's tensor data, buffers excluded: the size figure the reports compare.
+    pub fn tensor_bytes(&self) -> usize {
+        self.ckpt
+            .names()
+            .filter(|n| !is_buffer(n))
+            .filter_map(|n| self.ckpt.info(n))
+            .map(|i| i.data_offsets.1 - i.data_offsets.0)
+            .sum()
+    }
+
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         self.tokenizer.as_ref().ok_or_else(|| Error::file("tokenizer.json", "was not given; it is needed to turn text into tokens"))
     }

@@ -339,6 +339,11 @@ impl GptNeo {
         v
     }
 
+    /// How many linear layers are stored compressed (low rank or INT8).
+    pub fn compressed_layers(&self) -> usize {
+        self.linears().iter().filter(|l| !l.weight.is_dense()).count()
+    }
+
     /// The linear layer whose weight tensor is called `name`.
     pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
         if self.head.name == name {

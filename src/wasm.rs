@@ -155,6 +155,8 @@ pub struct Workspace {
     generations: Vec<(String, Generation, TextStream)>,
     config_json: String,
     tokenizer_json: Option<String>,
+    /// Heap bytes this instance may use: the 4 GiB wasm32 can address, or less (see [`Workspace::set_memory_limit`]).
+    memory_limit: f64,
 }
 
 fn none(what: &str) -> impl FnOnce() -> JsError + '_ {
@@ -177,7 +179,14 @@ impl Workspace {
             generations: Vec::new(),
             config_json: String::new(),
             tokenizer_json: None,
+            memory_limit: WASM_LIMIT,
         }
+    }
+
+    /// Cap the heap this instance plans for (bytes; at most 4 GiB): models that would not fit are refused with a
+    /// sentence before anything is allocated. Tests use it to play a large model with a small one.
+    pub fn set_memory_limit(&mut self, bytes: f64) {
+        self.memory_limit = bytes.clamp(0.0, WASM_LIMIT);
     }
 
     /// Take the user's files (an array of `File`): config.json, tokenizer.json, *.safetensors and the shard index, or
@@ -232,7 +241,7 @@ impl Workspace {
             self.evaluator = None;
             let (model, resident, _) = crate::alloc::measure(|| bundle.load_model(false));
             let model = model.map_err(js_err)?;
-            let tensor_bytes = tensor_bytes(&bundle.ckpt);
+            let tensor_bytes = bundle.tensor_bytes();
             let reports = layer_reports_from_meta(&model, layers.as_ref());
             let policy_v = policy.as_ref().and_then(|p| serde_json::from_value(p.clone()).ok());
             if !matches_original {
@@ -252,7 +261,9 @@ impl Workspace {
             });
             return to_js(&OpenReport { summary, missing, ignored: set.ignored, kind: "compressed", matches_original, layers, policy });
         }
+        let limit = self.memory_limit;
         *self = Workspace::new();
+        self.memory_limit = limit;
         self.config_json = config.unwrap_or_default();
         self.tokenizer_json = tok.map(|t| String::from_utf8_lossy(&t).into_owned());
         self.bundle = Some(bundle);
@@ -265,16 +276,17 @@ impl Workspace {
         let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
         let f32_bytes = b.estimate_model_bytes(false) as f64;
         let half_bytes = b.estimate_model_bytes(true) as f64;
-        let free = WASM_LIMIT - heap_bytes() + (heap_bytes() - crate::alloc::live_bytes() as f64).max(0.0);
+        let free = self.free_bytes();
         let keep_half = if f32_bytes < 0.8 * free {
             false
         } else if half_bytes < 0.8 * free {
             true
         } else {
             return Err(js_err(Error::Memory(format!(
-                "the model needs {} even with its f16 weights kept as stored, and only {} of the 4 GiB wasm memory is free",
+                "the original model needs {} in memory (its 16-bit weights kept as stored), and only {} of this tab's {} is free; it can still be compressed and exported, but not run or evaluated here",
                 gib(half_bytes),
-                gib(free)
+                gib(free),
+                gib(self.memory_limit)
             ))));
         };
         let total = b.tensor_count();
@@ -294,7 +306,7 @@ impl Workspace {
             resident_bytes: usize,
             tensor_bytes: usize,
         }
-        to_js(&Loaded { bytes, keep_half, resident_bytes: resident, tensor_bytes: tensor_bytes(&b.ckpt) })
+        to_js(&Loaded { bytes, keep_half, resident_bytes: resident, tensor_bytes: b.tensor_bytes() })
     }
 
     /// Start compressing the original with `policy` (a [`crate::policy::Policy`] as JSON). Returns
@@ -343,6 +355,18 @@ impl Workspace {
     /// resident_bytes}`.
     pub fn compress_finish(&mut self) -> JsResult<JsValue> {
         let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
+        let c = self.compressor.as_ref().ok_or_else(none("no compression was started"))?;
+        // the compressed model holds its factors (already allocated) and the dense tensors as stored
+        let dense: usize = b.tensor_bytes()
+            - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes()).sum::<usize>();
+        let free = self.free_bytes();
+        if dense as f64 > 0.9 * free {
+            return Err(js_err(Error::Memory(format!(
+                "the compressed model keeps {} of dense tensors, and only {} is free: skip fewer layers",
+                gib(dense as f64),
+                gib(free)
+            ))));
+        }
         let c = self.compressor.take().ok_or_else(none("no compression was started"))?;
         let done = c.finish(&b.cfg, &b.ckpt).map_err(js_err)?;
         let export = crate::export::Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), &done.weights, &done.reports, &done.policy)
@@ -351,6 +375,7 @@ impl Workspace {
         #[derive(Serialize)]
         struct Finished {
             totals: crate::compress::CompressionTotals,
+            bytes_original: usize,
             tensor_bytes: usize,
             file_bytes: usize,
             resident_bytes: usize,
@@ -359,8 +384,9 @@ impl Workspace {
         }
         let out = Finished {
             layers_total: done.model.linears().len(),
-            layers_compressed: compressed_layers(&done.model),
+            layers_compressed: done.model.compressed_layers(),
             totals,
+            bytes_original: b.tensor_bytes(),
             tensor_bytes: export.data_bytes,
             file_bytes: export.file_bytes(),
             resident_bytes: done.resident_bytes,
@@ -452,11 +478,11 @@ impl Workspace {
         let c = self.compressed.as_ref();
         to_js(&Summary {
             eval: ev.report(),
-            bytes_original: tensor_bytes(&b.ckpt),
+            bytes_original: b.tensor_bytes(),
             bytes_compressed: c.map(|c| c.tensor_bytes),
             resident_bytes_original: o.weight_bytes(),
             resident_bytes_compressed: c.map(|c| c.resident_bytes),
-            layers_compressed: c.map(|c| compressed_layers(&c.model)),
+            layers_compressed: c.map(|c| c.model.compressed_layers()),
             layers_total: o.linears().len(),
         })
     }
@@ -564,6 +590,13 @@ impl Default for Workspace {
 }
 
 impl Workspace {
+    /// Heap bytes still available under the limit: what wasm memory has not grown to yet, plus what the allocator
+    /// holds free inside it.
+    fn free_bytes(&self) -> f64 {
+        let heap = heap_bytes();
+        (self.memory_limit - heap).max(0.0) + (heap - crate::alloc::live_bytes() as f64).max(0.0)
+    }
+
     fn model(&self, which: &str) -> Result<&GptNeo> {
         match which {
             "original" => self.original.as_ref(),
@@ -582,18 +615,6 @@ impl Workspace {
             None => Err(Error::msg("no model is open")),
         }
     }
-}
-
-fn tensor_bytes(ckpt: &Checkpoint) -> usize {
-    ckpt.names()
-        .filter(|n| !crate::bundle::is_buffer(n))
-        .filter_map(|n| ckpt.info(n))
-        .map(|i| i.data_offsets.1 - i.data_offsets.0)
-        .sum()
-}
-
-fn compressed_layers(m: &GptNeo) -> usize {
-    m.linears().iter().filter(|l| !l.weight.is_dense()).count()
 }
 
 /// Layer reports of a loaded compressed checkpoint, from its metadata and its layers' storage.

@@ -4,7 +4,7 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use semantic_llm_compressor::alloc::{self, CountingAlloc};
-use semantic_llm_compressor::bundle::{is_buffer, ModelBundle};
+use semantic_llm_compressor::bundle::ModelBundle;
 use semantic_llm_compressor::compress::compress_checkpoint;
 use semantic_llm_compressor::export::Export;
 use semantic_llm_compressor::policy::Policy;
@@ -34,13 +34,7 @@ fn compressed_model_resident_bytes_are_its_stored_bytes() {
         std::fs::write(dir.join("model.safetensors"), export.to_bytes(&b.ckpt).unwrap()).unwrap();
         drop(c);
         let cb = ModelBundle::open_dir(&dir).unwrap();
-        let stored: usize = cb
-            .ckpt
-            .names()
-            .filter(|n| !is_buffer(n))
-            .filter_map(|n| cb.ckpt.info(n))
-            .map(|i| i.data_offsets.1 - i.data_offsets.0)
-            .sum();
+        let stored = cb.tensor_bytes();
         let (model, resident, peak) = alloc::measure(|| cb.load_model(false).unwrap());
         let ratio = resident as f64 / stored as f64;
         eprintln!("stored {stored} B, resident {resident} B (ratio {ratio:.4}), peak while loading {peak} B");

@@ -7,7 +7,8 @@ const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'modu
 
 const app = {
   model: null,          // the open report of the original model
-  loaded: false,        // the original model is loaded
+  opened: false,        // an original checkpoint is open (it can be compressed)
+  loaded: false,        // the original model is in memory (it can run and be evaluated)
   compressed: false,    // a compressed model exists
   canExport: false,     // it was compressed here
   layers: [],           // layer reports
@@ -38,7 +39,7 @@ function setBusy(on) {
   $('progress').classList.toggle('on', on);
   $('progress').setAttribute('aria-hidden', String(!on));
   for (const id of ['load-demo', 'files', 'folder']) $(id).disabled = on;
-  $('compress').disabled = on || !app.loaded;
+  $('compress').disabled = on || !app.opened;
   $('generate').disabled = on || !(app.loaded || app.compressed);
   $('export').disabled = on || !app.canExport;
   if (!on) app.task = null;
@@ -119,6 +120,7 @@ function describeModel(report) {
     ['head', s.tied_head ? 'tied to the token embedding' : 'lm_head.weight'],
   ];
   if (report.summary.compressed && report.policy) facts.push(['policy', describePolicy(report.policy)]);
+  if (report.load_error) facts.push(['not loaded', report.load_error]);
   if (report.loaded) facts.push(['in memory', `${fmtBytes(report.loaded.resident_bytes)} measured${report.loaded.keep_half ? ' (f16/bf16 kept as stored: f32 would not fit)' : ' (f32)'}`]);
   const dl = $('model-info');
   dl.replaceChildren();
@@ -352,7 +354,8 @@ function open(msg) {
   run({ cmd: 'open', evalSpec: evalSpec(), ...msg }, (report) => {
     if (report.kind === 'original') {
       app.model = report;
-      app.loaded = true;
+      app.opened = true;
+      app.loaded = !!report.loaded;
       resetResults();
       app.runs = [];
       plots.runs($('runs-plot'), app.runs);
@@ -367,6 +370,7 @@ function open(msg) {
     app.canExport = false;
     if (!report.matches_original) {
       app.loaded = false;
+      app.opened = false;
       app.model = null;
       describeModel(report);
     }
@@ -375,7 +379,9 @@ function open(msg) {
       renderSummary(report.evaluation, { seconds: report.evaluation.seconds });
     } else {
       clearSummary();
-      $('summary-note').textContent = 'Loaded a compressed checkpoint without its original model: load the original first to compare them.';
+      $('summary-note').textContent = app.loaded
+        ? 'Loaded a compressed checkpoint.'
+        : 'Loaded a compressed checkpoint without its original model in memory: load the original first to compare them.';
     }
     setBusy(false);
     setState('done', report.matches_original ? 'compressed checkpoint loaded' : 'compressed model loaded alone');
@@ -399,10 +405,20 @@ function compress() {
     renderLayers(app.layers);
     const ev = r.evaluation;
     const seconds = (performance.now() - t0) / 1000;
-    renderSummary(ev, { seconds });
     $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
+    if (!ev) {
+      // the original is not in memory: sizes only
+      const f = r.finished;
+      renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
+        resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
+      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s. The original model does not fit in this tab's memory, so the two were not compared; the compressed checkpoint can be exported.`;
+      setBusy(false);
+      setState('done', 'compressed (not evaluated)');
+      return;
+    }
+    renderSummary(ev, { seconds });
     $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
-    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s, evaluated in ${ev.seconds.toFixed(1)} s.`;
+    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s, evaluated in ${ev.seconds.toFixed(1)} s${ev.workers > 1 ? ` by ${ev.workers} workers` : ''}.`;
     app.runs.push({
       bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
       label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,
@@ -506,6 +522,9 @@ $('large-type').addEventListener('click', (e) => {
   const on = document.body.classList.toggle('large');
   e.currentTarget.setAttribute('aria-pressed', String(on));
 });
+// ?memory=BYTES plans for less heap than wasm32's 4 GiB (to try what happens with a model too large to run)
+const MEMORY = Number(new URLSearchParams(location.search).get('memory'));
+if (MEMORY > 0) run({ cmd: 'memory_limit', bytes: MEMORY }, () => setState('idle', `memory limited to ${fmtBytes(MEMORY)}`));
 applyPreset('default');
 plots.runs($('runs-plot'), app.runs);
 plots.spectrum($('spectrum-plot'), null);

@@ -147,9 +147,16 @@ const commands = {
       compressedFile = null;
       generation += 1;
       await checkpoint();
-      report.loaded = ws.load((done, total, name) => progress('load', done, total, name));
+      try {
+        report.loaded = ws.load((done, total, name) => progress('load', done, total, name));
+      } catch (err) {
+        // too large to run here: it can still be compressed and exported
+        if (!String(err.message).startsWith('not enough memory')) throw err;
+        report.loaded = null;
+        report.load_error = err.message;
+      }
       lastLoaded = report.loaded;
-    } else if (report.matches_original && evalSpec) {
+    } else if (report.matches_original && evalSpec && lastLoaded) {
       compressedFile = files[0];
       generation += 1;
       report.layers_reports = ws.layer_reports();
@@ -183,8 +190,14 @@ const commands = {
     const compressSeconds = (performance.now() - t0) / 1000;
     compressedFile = HELPERS ? new File(ws.export(), 'compressed.safetensors') : null;
     generation += 1;
-    const evaluation = evalSpec ? await evaluate(evalSpec) : null;
+    const evaluation = evalSpec && lastLoaded ? await evaluate(evalSpec) : null;
     return { finished, evaluation, compress_seconds: compressSeconds, memory: ws.memory() };
+  },
+
+  async memory_limit({ bytes }) {
+    if (!ws) ws = new Workspace();
+    ws.set_memory_limit(bytes);
+    return true;
   },
 
   async evaluate({ evalSpec }) {

@@ -152,6 +152,37 @@ try {
   assert.equal(await waitState(['error', 'ready']), 'error');
   assert.match(await errorText(), /config\.json/);
 
+  step('a model too large to run here can still be compressed and exported (heap limited to 40 MB)');
+  const small = await context.newPage();
+  await small.goto(server.url + '?memory=40000000');
+  await small.waitForFunction(() => /memory limited/.test(document.querySelector('#status-text').textContent));
+  const jobsSmall = await small.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+  await small.click('#load-demo');
+  await small.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobsSmall, { timeout: 300000 });
+  assert.equal(await small.$eval('#status', (e) => e.dataset.state), 'ready', await small.textContent('#error'));
+  assert.match(await small.textContent('#model-info'), /not enough memory/);
+  assert.ok(await small.$eval('#generate', (b) => b.disabled), 'nothing to generate with');
+  await small.selectOption('#preset', 'origin-all');
+  await small.fill('#rank', '32');
+  const jobsSmall2 = await small.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+  await small.click('#compress');
+  await small.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobsSmall2, { timeout: 300000 });
+  assert.equal(await small.$eval('#status', (e) => e.dataset.state), 'done', await small.textContent('#error'));
+  const sm = await small.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.textContent])));
+  assert.equal(sm.cosine, '–');
+  assert.equal(sm.layers_compressed, '48');
+  const bigDownload = small.waitForEvent('download');
+  await small.click('#export');
+  const big = path.join(tmp, 'from-small.safetensors');
+  await (await bigDownload).saveAs(big);
+  const dir3 = path.join(tmp, 'from-small');
+  fs.mkdirSync(dir3);
+  fs.copyFileSync(big, path.join(dir3, 'model.safetensors'));
+  const cli3 = JSON.parse(execFileSync(SLC, ['eval', '--original', DEMO, '--compressed', dir3, '--text', TEXT, '--tokens', '512', '--window', '512', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+  assert.equal(cli3.layers_compressed, 48);
+  assert.equal(cli3.bytes_compressed, Number(sm.bytes_compressed));
+  await small.close();
+
   step('large type for projectors');
   await page.click('#large-type');
   await page.screenshot({ path: path.join(OUT, 'large-type.png') });

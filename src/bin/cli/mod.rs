@@ -410,16 +410,13 @@ fn eval(original: &std::path::Path, compressed: &std::path::Path, text: &std::pa
     }
     progress_end();
     let r = ev.report();
-    let tensor_bytes = |b: &ModelBundle| -> usize {
-        b.ckpt.names().filter(|n| !semantic_llm_compressor::bundle::is_buffer(n)).filter_map(|n| b.ckpt.info(n)).map(|i| i.data_offsets.1 - i.data_offsets.0).sum()
-    };
     let layers: Option<serde_json::Value> = cb.ckpt.metadata().and_then(|m| m.get("layers")).and_then(|l| serde_json::from_str(l).ok());
     let layers_total = om.linears().len();
-    let layers_compressed = cm.linears().iter().filter(|l| !l.weight.is_dense()).count();
+    let layers_compressed = cm.compressed_layers();
     let mut v = serde_json::to_value(&r)?;
     let extra = serde_json::json!({
-        "bytes_original": tensor_bytes(&ob),
-        "bytes_compressed": tensor_bytes(&cb),
+        "bytes_original": ob.tensor_bytes(),
+        "bytes_compressed": cb.tensor_bytes(),
         "file_bytes_original": ob.ckpt.file_bytes(),
         "file_bytes_compressed": cb.ckpt.file_bytes(),
         "resident_bytes_compressed": resident,
