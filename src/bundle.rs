@@ -82,7 +82,9 @@ impl ModelBundle {
             if !p.exists() {
                 return Ok(None);
             }
-            std::fs::read(&p).map(Some).map_err(|e| Error::file(p.display().to_string(), format!("cannot be read ({e})")))
+            std::fs::read(&p)
+                .map(Some)
+                .map_err(|e| Error::file(p.display().to_string(), format!("cannot be read ({e})")))
         };
         let config = read("config.json")?
             .map(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into())))
@@ -102,7 +104,9 @@ impl ModelBundle {
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| Error::file("tokenizer.json", "was not given; it is needed to turn text into tokens"))
+        self.tokenizer
+            .as_ref()
+            .ok_or_else(|| Error::file("tokenizer.json", "was not given; it is needed to turn text into tokens"))
     }
 
     /// Whether this is a compressed checkpoint written by [`crate::export`].
@@ -134,7 +138,12 @@ impl ModelBundle {
     /// Tensors the model reads (buffers excluded; a compressed matrix's factors count once).
     pub fn tensor_count(&self) -> usize {
         let weights = self.ckpt.names().filter(|n| !is_buffer(n) && !n.contains(".weight.")).count();
-        weights + self.ckpt.names().filter(|n| n.ends_with(".weight.U.q") || n.ends_with(".weight.U") || n.ends_with(".weight.q")).count()
+        weights
+            + self
+                .ckpt
+                .names()
+                .filter(|n| n.ends_with(".weight.U.q") || n.ends_with(".weight.U") || n.ends_with(".weight.q"))
+                .count()
     }
 
     /// Bytes the model takes once loaded, from the tensors' shapes and stored dtypes (f32 unless `keep_half`).

@@ -15,6 +15,9 @@ pub trait ByteSource {
     /// The file name, used in error messages.
     fn name(&self) -> &str;
     fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Exactly `len` bytes starting at `offset`.
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
 }
@@ -41,7 +44,10 @@ impl ByteSource for MemSource {
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let start = usize::try_from(offset).map_err(|_| Error::file(&self.name, "offset out of range"))?;
         let end = start.checked_add(len).filter(|&e| e <= self.bytes.len()).ok_or_else(|| {
-            Error::file(&self.name, format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.bytes.len()))
+            Error::file(
+                &self.name,
+                format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.bytes.len()),
+            )
         })?;
         Ok(self.bytes[start..end].to_vec())
     }
@@ -76,7 +82,10 @@ impl ByteSource for FileSource {
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         if offset.checked_add(len as u64).is_none_or(|end| end > self.len) {
-            return Err(Error::file(&self.name, format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.len)));
+            return Err(Error::file(
+                &self.name,
+                format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.len),
+            ));
         }
         let mut buf = vec![0u8; len];
         let mut f = self.file.lock().map_err(|_| Error::file(&self.name, "file lock poisoned"))?;
@@ -110,11 +119,20 @@ impl RawTensor {
         let d = &self.data;
         Ok(match self.dtype {
             Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => d.chunks_exact(2).map(|c| crate::quant::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-            Dtype::BF16 => d.chunks_exact(2).map(|c| crate::quant::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
-            Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
+            Dtype::F16 => {
+                d.chunks_exact(2).map(|c| crate::quant::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+            }
+            Dtype::BF16 => {
+                d.chunks_exact(2).map(|c| crate::quant::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+            }
+            Dtype::F64 => {
+                d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+            }
             other => {
-                return Err(Error::tensor(&self.name, format!("dtype {other:?} is not a float type (F32, F16, BF16 are read)")))
+                return Err(Error::tensor(
+                    &self.name,
+                    format!("dtype {other:?} is not a float type (F32, F16, BF16 are read)"),
+                ))
             }
         })
     }
@@ -207,7 +225,10 @@ impl SafetensorsFile {
             source.read_at(0, 8)?.try_into().map_err(|_| Error::file(&name, "short read of the header length"))?,
         );
         if n > MAX_HEADER || n + 8 > len {
-            return Err(Error::file(&name, format!("is not a safetensors file (header length {n} for a file of {len} bytes)")));
+            return Err(Error::file(
+                &name,
+                format!("is not a safetensors file (header length {n} for a file of {len} bytes)"),
+            ));
         }
         let header = source.read_at(8, n as usize)?;
         let meta: Metadata = serde_json::from_slice(&header)
@@ -216,7 +237,11 @@ impl SafetensorsFile {
         if 8 + n + data_len != len {
             return Err(Error::file(
                 &name,
-                format!("is truncated or padded: the header describes {} bytes of data, the file holds {}", data_len, len - 8 - n),
+                format!(
+                    "is truncated or padded: the header describes {} bytes of data, the file holds {}",
+                    data_len,
+                    len - 8 - n
+                ),
             ));
         }
         Ok(Self { source, meta, data_start: 8 + n })
@@ -246,9 +271,7 @@ impl SafetensorsFile {
 
     /// Read one tensor from its byte range.
     pub fn read(&self, name: &str) -> Result<RawTensor> {
-        let info = self
-            .info(name)
-            .ok_or_else(|| Error::tensor(name, format!("not found in {}", self.file_name())))?;
+        let info = self.info(name).ok_or_else(|| Error::tensor(name, format!("not found in {}", self.file_name())))?;
         let (s, e) = info.data_offsets;
         let data = self.source.read_at(self.data_start + s as u64, e - s)?;
         Ok(RawTensor { name: name.to_string(), dtype: info.dtype, shape: info.shape.clone(), data })
@@ -274,13 +297,13 @@ impl Checkpoint {
         if files.is_empty() {
             return Err(Error::msg("no .safetensors file was given"));
         }
-        let mut index = BTreeMap::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
             for name in f.names() {
                 if let Some(&j) = index.get(&name) {
                     return Err(Error::tensor(
                         &name,
-                        format!("appears in both {} and {}", files[j as usize].file_name(), f.file_name()),
+                        format!("appears in both {} and {}", files[j].file_name(), f.file_name()),
                     ));
                 }
                 index.insert(name, i);
@@ -292,10 +315,16 @@ impl Checkpoint {
             let base = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
             for (tensor, shard) in &idx.weight_map {
                 let Some(pos) = files.iter().position(|f| base(f.file_name()) == base(shard)) else {
-                    return Err(Error::file(shard.clone(), format!("is listed in model.safetensors.index.json (for `{tensor}`) but was not given")));
+                    return Err(Error::file(
+                        shard.clone(),
+                        format!("is listed in model.safetensors.index.json (for `{tensor}`) but was not given"),
+                    ));
                 };
                 if index.get(tensor) != Some(&pos) {
-                    return Err(Error::tensor(tensor, format!("model.safetensors.index.json puts it in {shard}, which does not hold it")));
+                    return Err(Error::tensor(
+                        tensor,
+                        format!("model.safetensors.index.json puts it in {shard}, which does not hold it"),
+                    ));
                 }
             }
         }
@@ -320,7 +349,10 @@ impl Checkpoint {
         }
         let single = dir.join("model.safetensors");
         if !single.exists() {
-            return Err(Error::file(dir.display().to_string(), "holds neither model.safetensors nor model.safetensors.index.json"));
+            return Err(Error::file(
+                dir.display().to_string(),
+                "holds neither model.safetensors nor model.safetensors.index.json",
+            ));
         }
         Self::new(vec![SafetensorsFile::open(Box::new(FileSource::open(&single)?))?], None)
     }
@@ -375,7 +407,11 @@ mod tests {
         let h: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect();
         let b: Vec<u8> = [0.25f32].iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect();
         let f: Vec<u8> = [3.0f32, 4.0, 5.0].iter().flat_map(|x| x.to_le_bytes()).collect();
-        let bytes = file_with(vec![("a", Dtype::F16, vec![2], h), ("b", Dtype::BF16, vec![1], b), ("c", Dtype::F32, vec![3], f)]);
+        let bytes = file_with(vec![
+            ("a", Dtype::F16, vec![2], h),
+            ("b", Dtype::BF16, vec![1], b),
+            ("c", Dtype::F32, vec![3], f),
+        ]);
         let st = SafetensorsFile::open(Box::new(MemSource::new("m.safetensors", bytes))).unwrap();
         assert_eq!(st.read("a").unwrap().to_f32_vec().unwrap(), vec![1.5, -2.0]);
         assert_eq!(st.read("b").unwrap().to_f32_vec().unwrap(), vec![0.25]);
@@ -406,10 +442,15 @@ mod tests {
         let one = |n: &str| file_with(vec![(n, Dtype::F32, vec![1], 1f32.to_le_bytes().to_vec())]);
         let open = |f: &str, n: &str| SafetensorsFile::open(Box::new(MemSource::new(f, one(n)))).unwrap();
         let idx = r#"{"metadata":{},"weight_map":{"a":"model-00001-of-00002.safetensors","b":"model-00002-of-00002.safetensors"}}"#;
-        let ck = Checkpoint::new(vec![open("model-00001-of-00002.safetensors", "a"), open("model-00002-of-00002.safetensors", "b")], Some(idx)).unwrap();
+        let ck = Checkpoint::new(
+            vec![open("model-00001-of-00002.safetensors", "a"), open("model-00002-of-00002.safetensors", "b")],
+            Some(idx),
+        )
+        .unwrap();
         assert_eq!(ck.names().cloned().collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(ck.read("b").unwrap().to_f32_vec().unwrap(), vec![1.0]);
-        let e = Checkpoint::new(vec![open("model-00001-of-00002.safetensors", "a")], Some(idx)).err().unwrap().to_string();
+        let e =
+            Checkpoint::new(vec![open("model-00001-of-00002.safetensors", "a")], Some(idx)).err().unwrap().to_string();
         assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("not given"), "{e}");
         let e = Checkpoint::new(vec![open("x1", "a"), open("x2", "a")], None).err().unwrap().to_string();
         assert!(e.contains("`a`") && e.contains("both"), "{e}");

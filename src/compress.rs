@@ -51,7 +51,9 @@ pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<
     let p = crate::model::tensor_prefix(&CheckpointWeights { ckpt, keep_half: true })?;
     let (h, inner) = (cfg.hidden_size, cfg.intermediate_size());
     let mut mats = Vec::new();
-    let elem = |name: &str| ckpt.info(name).map_or((4, "F32".to_string()), |i| (i.dtype.bitsize() / 8, format!("{:?}", i.dtype)));
+    let elem = |name: &str| {
+        ckpt.info(name).map_or((4, "F32".to_string()), |i| (i.dtype.bitsize() / 8, format!("{:?}", i.dtype)))
+    };
     for i in 0..cfg.num_layers {
         let a = format!("{p}h.{i}.attn.attention");
         let m = format!("{p}h.{i}.mlp");
@@ -70,7 +72,14 @@ pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<
     let tied = !ckpt.contains("lm_head.weight");
     let head_src = if tied { tied_embedding_name(ckpt) } else { "lm_head.weight".to_string() };
     let (stored_elem_bytes, stored_dtype) = elem(&head_src);
-    mats.push(MatrixInfo { name: "lm_head.weight".into(), out: cfg.vocab_size, inp: h, stored_elem_bytes, stored_dtype, tied });
+    mats.push(MatrixInfo {
+        name: "lm_head.weight".into(),
+        out: cfg.vocab_size,
+        inp: h,
+        stored_elem_bytes,
+        stored_dtype,
+        tied,
+    });
     Ok(mats)
 }
 
@@ -172,7 +181,12 @@ impl Compressor {
                 let report = self.factor_one(i, read)?;
                 self.reports.push(report);
                 self.next += 1;
-                Ok(Some(StepInfo { phase: "factor", done: self.next, total: self.mats.len(), name: self.mats[i].name.clone() }))
+                Ok(Some(StepInfo {
+                    phase: "factor",
+                    done: self.next,
+                    total: self.mats.len(),
+                    name: self.mats[i].name.clone(),
+                }))
             }
             Phase::Done => Ok(None),
         }
@@ -333,10 +347,14 @@ impl Weights for Overlay<'_> {
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
         match self.replaced.get(name) {
             Some(w) => {
-                crate::model::check_shape(name, &{
-                    let (o, i) = w.shape()?;
-                    [o, i]
-                }, &[out, inp])?;
+                crate::model::check_shape(
+                    name,
+                    &{
+                        let (o, i) = w.shape()?;
+                        [o, i]
+                    },
+                    &[out, inp],
+                )?;
                 Ok(w.clone())
             }
             None => self.base.linear(name, out, inp),
@@ -345,14 +363,19 @@ impl Weights for Overlay<'_> {
 }
 
 /// The compressed model: the checkpoint's dense tensors as stored, the compressed layers as factors.
-pub fn build_compressed(cfg: &GptNeoConfig, ckpt: &Checkpoint, replaced: &HashMap<String, LinearWeight>) -> Result<GptNeo> {
+pub fn build_compressed(
+    cfg: &GptNeoConfig,
+    ckpt: &Checkpoint,
+    replaced: &HashMap<String, LinearWeight>,
+) -> Result<GptNeo> {
     GptNeo::load(cfg, &Overlay { base: CheckpointWeights { ckpt, keep_half: true }, replaced })
 }
 
 /// Read a weight from the checkpoint as f32 (the tied head reads the token embedding).
 pub fn reader(ckpt: &Checkpoint) -> impl Fn(&str) -> Result<Vec<f32>> + '_ {
     move |name: &str| {
-        let actual = if name == "lm_head.weight" && !ckpt.contains(name) { tied_embedding_name(ckpt) } else { name.to_string() };
+        let actual =
+            if name == "lm_head.weight" && !ckpt.contains(name) { tied_embedding_name(ckpt) } else { name.to_string() };
         ckpt.read(&actual)?.to_f32_vec()
     }
 }
@@ -382,7 +405,12 @@ impl Compressor {
 }
 
 /// Compress a whole checkpoint at once, calling `progress` after every step.
-pub fn compress_checkpoint(cfg: &GptNeoConfig, ckpt: &Checkpoint, policy: Policy, progress: &mut dyn FnMut(&StepInfo)) -> Result<Compressed> {
+pub fn compress_checkpoint(
+    cfg: &GptNeoConfig,
+    ckpt: &Checkpoint,
+    policy: Policy,
+    progress: &mut dyn FnMut(&StepInfo),
+) -> Result<Compressed> {
     let mut c = Compressor::new(policy, considered_matrices(cfg, ckpt)?)?;
     let read = reader(ckpt);
     while let Some(info) = c.step(&read)? {

@@ -80,9 +80,7 @@ impl GptNeoConfig {
         match self.model_type.as_deref() {
             Some("gpt_neo") => {}
             Some(other) => {
-                return Err(Error::Config(format!(
-                    "model_type is \"{other}\"; only \"gpt_neo\" models are supported"
-                )))
+                return Err(Error::Config(format!("model_type is \"{other}\"; only \"gpt_neo\" models are supported")))
             }
             None => return Err(Error::Config("the key model_type is missing (expected \"gpt_neo\")".into())),
         }
@@ -98,7 +96,7 @@ impl GptNeoConfig {
                 return Err(Error::Config(format!("{key} is 0")));
             }
         }
-        if self.hidden_size % self.num_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_heads) {
             return Err(Error::Config(format!(
                 "hidden_size {} is not divisible by num_heads {}",
                 self.hidden_size, self.num_heads
@@ -129,9 +127,7 @@ impl GptNeoConfig {
                 out
             }
             (None, Some(layers)) => layers.clone(),
-            (None, None) => {
-                return Err(Error::Config("neither attention_types nor attention_layers is given".into()))
-            }
+            (None, None) => return Err(Error::Config("neither attention_types nor attention_layers is given".into())),
         };
         if names.len() != self.num_layers {
             return Err(Error::Config(format!(

@@ -169,14 +169,21 @@ impl Export {
         let layers: BTreeMap<&str, LayerMeta> = reports
             .iter()
             .map(|r| {
-                (r.name.as_str(), LayerMeta { storage: &r.storage, rank: r.rank, err_svd: r.err_svd, err_stored: r.err_stored })
+                (
+                    r.name.as_str(),
+                    LayerMeta { storage: &r.storage, rank: r.rank, err_svd: r.err_svd, err_stored: r.err_stored },
+                )
             })
             .collect();
         let source = SourceMeta {
             fingerprint: fingerprint(ckpt),
             parameters,
             file_bytes: ckpt.file_bytes(),
-            files: ckpt.files().iter().map(|f| f.file_name().rsplit(['/', '\\']).next().unwrap_or("").to_string()).collect(),
+            files: ckpt
+                .files()
+                .iter()
+                .map(|f| f.file_name().rsplit(['/', '\\']).next().unwrap_or("").to_string())
+                .collect(),
         };
         let mut metadata = BTreeMap::new();
         metadata.insert("format".to_string(), FORMAT.to_string());
@@ -254,7 +261,8 @@ impl CompressedWeights<'_> {
             let shape = codes.shape.clone();
             let scales = self.ckpt.read(&format!("{base}.scale"))?.to_f32_vec()?;
             let zp_name = format!("{base}.zero_point");
-            let zero_points = if self.ckpt.contains(&zp_name) { self.ckpt.read(&zp_name)?.to_i32_vec()? } else { vec![] };
+            let zero_points =
+                if self.ckpt.contains(&zp_name) { self.ckpt.read(&zp_name)?.to_i32_vec()? } else { vec![] };
             let (r, c) = dims2(&q_name, &shape)?;
             let q = QMat { rows: r, cols: c, codes: codes.to_i8_vec()?, scales, zero_points };
             q.validate(&q_name)?;
@@ -282,7 +290,10 @@ fn dims2(name: &str, shape: &[usize]) -> Result<(usize, usize)> {
 
 impl Weights for CompressedWeights<'_> {
     fn contains(&self, name: &str) -> bool {
-        self.ckpt.contains(name) || self.ckpt.contains(&format!("{name}.U.q")) || self.ckpt.contains(&format!("{name}.U")) || self.ckpt.contains(&format!("{name}.q"))
+        self.ckpt.contains(name)
+            || self.ckpt.contains(&format!("{name}.U.q"))
+            || self.ckpt.contains(&format!("{name}.U"))
+            || self.ckpt.contains(&format!("{name}.q"))
     }
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         CheckpointWeights { ckpt: self.ckpt, keep_half: true }.dense(name, shape)
@@ -309,7 +320,10 @@ pub fn load_compressed(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<GptNeo> 
 
 /// Every linear layer of a (compressed) model as dense f32, by tensor name: what `slc densify` writes so that
 /// transformers can load the result.
-pub fn densify(model: &GptNeo) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
+/// A tensor as (name, shape, values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+pub fn densify(model: &GptNeo) -> Result<Vec<NamedTensor>> {
     model
         .linears()
         .into_iter()

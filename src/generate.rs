@@ -154,13 +154,14 @@ impl Generation {
     /// Start from `prompt` (an empty prompt starts from the BOS token).
     pub fn new(model: &GptNeo, prompt: &[u32], params: SamplingParams) -> Result<Self> {
         params.validate()?;
-        let pending = if prompt.is_empty() {
-            vec![model.cfg.bos_token_id.or(model.cfg.eos_token_id).ok_or_else(|| {
-                Error::msg("the prompt is empty and config.json names no bos_token_id to start from")
-            })?]
-        } else {
-            prompt.to_vec()
-        };
+        let pending =
+            if prompt.is_empty() {
+                vec![model.cfg.bos_token_id.or(model.cfg.eos_token_id).ok_or_else(|| {
+                    Error::msg("the prompt is empty and config.json names no bos_token_id to start from")
+                })?]
+            } else {
+                prompt.to_vec()
+            };
         if pending.len() >= model.cfg.max_position_embeddings {
             return Err(Error::msg(format!(
                 "the prompt has {} tokens; the model reads at most {}",
@@ -182,7 +183,10 @@ impl Generation {
 
     /// Produce the next token, or `None` when finished.
     pub fn step(&mut self, model: &GptNeo) -> Result<Option<u32>> {
-        if self.done || self.tokens.len() >= self.max_new || self.cache.seq_len + self.pending.len() > model.cfg.max_position_embeddings {
+        if self.done
+            || self.tokens.len() >= self.max_new
+            || self.cache.seq_len + self.pending.len() > model.cfg.max_position_embeddings
+        {
             self.done = true;
             return Ok(None);
         }

@@ -206,12 +206,19 @@ mod tests {
     fn all_storages_agree_with_dense() {
         let (out, inp, r) = (6, 5, 5);
         let w: Vec<f32> = (0..out * inp).map(|i| ((i * 7919 % 97) as f32 / 97.0) - 0.5).collect();
-        let x = Tensor::from_vec((0..2 * 3 * inp).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(), (2, 3, inp), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec(
+            (0..2 * 3 * inp).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+            (2, 3, inp),
+            &Device::Cpu,
+        )
+        .unwrap();
         let dense = lin(LinearWeight::Dense(Tensor::from_vec(w.clone(), (out, inp), &Device::Cpu).unwrap()));
         let y0: Vec<f32> = dense.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
 
         // f16 dense
-        let half = lin(LinearWeight::Dense(Tensor::from_vec(w.clone(), (out, inp), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap()));
+        let half = lin(LinearWeight::Dense(
+            Tensor::from_vec(w.clone(), (out, inp), &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap(),
+        ));
         let y1: Vec<f32> = half.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         // low rank, exact: U = W, S = 1, Vh = I (r = inp)
         let eye: Vec<f32> = (0..r * inp).map(|i| if i / inp == i % inp { 1.0 } else { 0.0 }).collect();
@@ -236,7 +243,8 @@ mod tests {
         // inp large enough that a block holds fewer rows than out
         let (out, inp) = (5, SCRATCH_ELEMS / 2);
         let w: Vec<f32> = (0..out * inp).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
-        let x = Tensor::from_vec((0..inp).map(|i| ((i % 7) as f32) * 0.1).collect::<Vec<_>>(), (1, inp), &Device::Cpu).unwrap();
+        let x = Tensor::from_vec((0..inp).map(|i| ((i % 7) as f32) * 0.1).collect::<Vec<_>>(), (1, inp), &Device::Cpu)
+            .unwrap();
         let f = Factor::new(w.clone(), out, inp, None);
         let y = factor_matmul_t(&x, &f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let wt = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();

@@ -177,7 +177,8 @@ impl Evaluator {
         let mut po = Vec::new();
         let mut pc = Vec::new();
         for (s, model) in self.sums.iter_mut().zip(compressed.iter().map(Some).chain(std::iter::repeat(None))) {
-            let lc: Option<Vec<f32>> = model.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
+            let lc: Option<Vec<f32>> =
+                model.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
             for (p, o) in lo.chunks_exact(vocab).enumerate() {
                 // e^(o − max) once per position: its sum gives log Σ e^o, and it weighs the KL terms
                 let (mo, sum_o) = exp_row(o, &mut po);
@@ -274,5 +275,4 @@ mod tests {
         assert_eq!(w.len(), 2, "a 1-token tail predicts nothing and is dropped");
         assert!(windows(&ids, 10, 1).is_err());
     }
-
 }

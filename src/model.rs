@@ -83,10 +83,7 @@ impl Weights for WithProgress<'_> {
 /// An error unless `found == expected`, naming the tensor and both shapes.
 pub fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<()> {
     if found != expected {
-        return Err(Error::tensor(
-            name,
-            format!("has shape {found:?} but config.json implies {expected:?}"),
-        ));
+        return Err(Error::tensor(name, format!("has shape {found:?} but config.json implies {expected:?}")));
     }
     Ok(())
 }
@@ -167,9 +164,9 @@ impl SelfAttention {
         let tk = k.dim(2)?;
         // GPT-Neo does not scale the scores by 1/sqrt(head_dim).
         let scores = q.matmul(&k.t()?)?; // [b, heads, t, tk]
-        // Query i (absolute position pos0 + i) sees keys lo..=pos0 + i: every earlier one (global) or the last
-        // `window` (local). Masked scores are f32::MIN in Hugging Face's code, whose exp underflows to exactly 0;
-        // the kernel writes that 0 directly and runs the softmax over the visible range only.
+                                         // Query i (absolute position pos0 + i) sees keys lo..=pos0 + i: every earlier one (global) or the last
+                                         // `window` (local). Masked scores are f32::MIN in Hugging Face's code, whose exp underflows to exactly 0;
+                                         // the kernel writes that 0 directly and runs the softmax over the visible range only.
         let mut probs: Vec<f32> = scores.flatten_all()?.to_vec1()?;
         let window = match self.kind {
             AttentionKind::Global => usize::MAX,
@@ -307,7 +304,10 @@ impl GptNeo {
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let wte = w.linear(&format!("{p}wte.weight"), v, h)?;
         if matches!(wte, LinearWeight::LowRank { .. }) {
-            return Err(Error::tensor(format!("{p}wte.weight"), "is stored as low-rank factors; the token embedding must be dense"));
+            return Err(Error::tensor(
+                format!("{p}wte.weight"),
+                "is stored as low-rank factors; the token embedding must be dense",
+            ));
         }
         let wpe = w.dense(&format!("{p}wpe.weight"), &[cfg.max_position_embeddings, h])?.to_dtype(DType::F32)?;
         let kinds = cfg.attention_kinds()?;

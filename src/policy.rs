@@ -51,10 +51,10 @@ pub struct RankRule {
 impl RankRule {
     /// `PATTERN=RANK`
     pub fn parse(s: &str) -> Result<Self> {
-        let (p, r) = s
-            .rsplit_once('=')
-            .ok_or_else(|| Error::Policy(format!("rank rule \"{s}\" is not PATTERN=RANK")))?;
-        let rank = r.trim().parse().map_err(|_| Error::Policy(format!("rank rule \"{s}\": \"{r}\" is not a number")))?;
+        let (p, r) =
+            s.rsplit_once('=').ok_or_else(|| Error::Policy(format!("rank rule \"{s}\" is not PATTERN=RANK")))?;
+        let rank =
+            r.trim().parse().map_err(|_| Error::Policy(format!("rank rule \"{s}\": \"{r}\" is not a number")))?;
         Ok(Self { pattern: p.trim().to_string(), rank })
     }
 }
@@ -142,7 +142,10 @@ pub enum Plan {
 impl Policy {
     pub fn validate(&self) -> Result<()> {
         if !matches!(self.quant_bits, 8 | 32) {
-            return Err(Error::Policy(format!("quant_bits is {}; 8 (INT8 factors) and 32 (f32 factors) are supported", self.quant_bits)));
+            return Err(Error::Policy(format!(
+                "quant_bits is {}; 8 (INT8 factors) and 32 (f32 factors) are supported",
+                self.quant_bits
+            )));
         }
         if self.method == Method::Int8 && self.quant_bits != 8 {
             return Err(Error::Policy("method int8 needs quant_bits 8".into()));
@@ -161,7 +164,10 @@ impl Policy {
             return Err(Error::Policy("rank must be at least 1".into()));
         }
         if let Some(r) = self.rank_for.iter().find(|r| r.pattern.is_empty() || r.rank == 0) {
-            return Err(Error::Policy(format!("rank rule \"{}={}\" needs a pattern and a rank ≥ 1", r.pattern, r.rank)));
+            return Err(Error::Policy(format!(
+                "rank rule \"{}={}\" needs a pattern and a rank ≥ 1",
+                r.pattern, r.rank
+            )));
         }
         Ok(())
     }
@@ -221,7 +227,10 @@ impl Policy {
             return Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Int8)).collect());
         }
         let spectrum = |i: usize| -> Result<&Vec<f64>> {
-            spectra.get(i).and_then(|s| s.as_ref()).ok_or_else(|| Error::msg(format!("no spectrum for {}", mats[i].name)))
+            spectra
+                .get(i)
+                .and_then(|s| s.as_ref())
+                .ok_or_else(|| Error::msg(format!("no spectrum for {}", mats[i].name)))
         };
         let mut ranks: Vec<usize> = vec![0; mats.len()];
         let candidates: Vec<usize> = (0..mats.len()).filter(|&i| plans[i].is_none()).collect();
@@ -290,7 +299,8 @@ impl Policy {
         match self.budget_mode {
             BudgetMode::Uniform => {
                 // the largest single rank whose total cost fits
-                let fits = |r: usize| candidates.iter().map(|&i| self.cost(&mats[i], r.min(kmax(i)))).sum::<f64>() <= budget;
+                let fits =
+                    |r: usize| candidates.iter().map(|&i| self.cost(&mats[i], r.min(kmax(i)))).sum::<f64>() <= budget;
                 let maxk = candidates.iter().map(|&i| kmax(i)).max().unwrap_or(0);
                 let r = (1..=maxk).take_while(|&r| fits(r)).last().unwrap_or(1);
                 Ok(candidates.iter().map(|&i| Some(r.min(kmax(i)))).collect())
@@ -327,7 +337,8 @@ impl Policy {
                         continue; // already dense, or an earlier triplet of this matrix did not fit
                     }
                     let (now, next) = (self.cost(m, j), self.cost(m, j + 1));
-                    let (delta, to_dense) = if next >= self.dense_cost(m) { (self.dense_cost(m) - now, true) } else { (next - now, false) };
+                    let (delta, to_dense) =
+                        if next >= self.dense_cost(m) { (self.dense_cost(m) - now, true) } else { (next - now, false) };
                     if spent + delta <= budget {
                         spent += delta;
                         if to_dense {

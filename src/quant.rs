@@ -93,10 +93,7 @@ impl QMat {
             scale = if mn != 0.0 { mn.abs() / 127.0 } else { 1.0 };
         }
         let zp = (-128.0 - round_half_even(mn / scale)) as i32;
-        let codes = x
-            .iter()
-            .map(|&v| (round_half_even(v / scale) + zp as f64).clamp(-128.0, 127.0) as i8)
-            .collect();
+        let codes = x.iter().map(|&v| (round_half_even(v / scale) + zp as f64).clamp(-128.0, 127.0) as i8).collect();
         Self { rows, cols, codes, scales: vec![scale as f32], zero_points: vec![zp] }
     }
 
@@ -176,7 +173,13 @@ pub fn f16_to_f32(h: u16) -> f32 {
     let inf_nan = em + (224 << 23);
     let magic = f32::from_bits(113 << 23);
     let sub = (f32::from_bits(em + (113 << 23)) - magic).to_bits();
-    let bits = if exp == 0x7c00 { inf_nan } else if exp == 0 { sub } else { normal };
+    let bits = if exp == 0x7c00 {
+        inf_nan
+    } else if exp == 0 {
+        sub
+    } else {
+        normal
+    };
     f32::from_bits(bits | sign)
 }
 
@@ -218,10 +221,19 @@ pub fn half_to_f32(src: &[u16], dst: &mut [f32], bf16: bool) {
 /// A matrix in one of the storages a layer uses: f32, INT8, or 16-bit floats as a checkpoint stores them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Factor {
-    F32 { rows: usize, cols: usize, data: Vec<f32> },
+    F32 {
+        rows: usize,
+        cols: usize,
+        data: Vec<f32>,
+    },
     Int8(QMat),
     /// f16 or bf16 bits, kept as stored; finite values only (checked when made from a checkpoint).
-    Half { rows: usize, cols: usize, bits: Vec<u16>, bf16: bool },
+    Half {
+        rows: usize,
+        cols: usize,
+        bits: Vec<u16>,
+        bf16: bool,
+    },
 }
 
 impl Factor {

@@ -151,7 +151,15 @@ fn orthonormalize(y: &Mat<f64>) -> Mat<f64> {
 
 /// Randomized truncated SVD of rank `r` (Halko, Martinsson & Tropp 2011, algorithms 4.4 and 5.1):
 /// `oversample` extra sketch columns, `power_iters` subspace iterations, Gaussian test matrix from `seed`.
-pub fn randomized(w: &[f32], m: usize, n: usize, r: usize, oversample: usize, power_iters: usize, seed: u64) -> Result<Svd> {
+pub fn randomized(
+    w: &[f32],
+    m: usize,
+    n: usize,
+    r: usize,
+    oversample: usize,
+    power_iters: usize,
+    seed: u64,
+) -> Result<Svd> {
     check_finite(w, "randomized SVD")?;
     let k = m.min(n);
     let r = r.min(k);
@@ -279,7 +287,8 @@ mod tests {
             assert!(err < 1e-12 * ((m.max(n)) as f64).sqrt() * 10.0, "{m}x{n}: {err}");
             assert!(orthonormal_cols(&svd.u, m, k) < 1e-10);
             // Vh rows orthonormal = columns of Vhᵀ
-            let vt: Vec<f64> = (0..n).flat_map(|j| (0..k).map(move |i| (i, j))).map(|(i, j)| svd.vh[i * n + j]).collect();
+            let vt: Vec<f64> =
+                (0..n).flat_map(|j| (0..k).map(move |i| (i, j))).map(|(i, j)| svd.vh[i * n + j]).collect();
             assert!(orthonormal_cols(&vt, n, k) < 1e-10);
         }
     }
@@ -300,7 +309,8 @@ mod tests {
     fn rank_deficient_and_zero_matrices() {
         // rank 3: A = B·C with B 20×3, C 3×15
         let (b, c) = (random(20, 3, 1), random(3, 15, 2));
-        let w: Vec<f32> = (0..20 * 15).map(|idx| (0..3).map(|k| b[(idx / 15) * 3 + k] * c[k * 15 + idx % 15]).sum()).collect();
+        let w: Vec<f32> =
+            (0..20 * 15).map(|idx| (0..3).map(|k| b[(idx / 15) * 3 + k] * c[k * 15 + idx % 15]).sum()).collect();
         let s = singular_values(&w, 20, 15).unwrap();
         assert!(s[2] > 1e-3 && s[3] < 1e-5 * s[0], "{s:?}");
         let r3 = truncated(&w, 20, 15, 3, SvdMethod::Randomized, 9).unwrap();

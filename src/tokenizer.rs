@@ -9,19 +9,22 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer(format!("cannot be loaded ({e})")))?;
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::Tokenizer(format!("cannot be loaded ({e})")))?;
         Ok(Self { inner })
     }
 
     #[cfg(not(target_arch = "wasm32"))]
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::file(path.display().to_string(), format!("cannot be read ({e})")))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::file(path.display().to_string(), format!("cannot be read ({e})")))?;
         Self::from_bytes(&bytes)
     }
 
     /// Token ids of `text`, no special tokens added (GPT-Neo adds none).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(format!("cannot encode the text ({e})")))?;
+        let enc =
+            self.inner.encode(text, false).map_err(|e| Error::Tokenizer(format!("cannot encode the text ({e})")))?;
         Ok(enc.get_ids().to_vec())
     }
 

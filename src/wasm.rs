@@ -53,7 +53,10 @@ impl ByteSource for BlobSource {
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let end = offset + len as u64;
         if end > self.len() {
-            return Err(Error::file(&self.name, format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.len())));
+            return Err(Error::file(
+                &self.name,
+                format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.len()),
+            ));
         }
         let slice = self
             .blob
@@ -104,7 +107,11 @@ fn classify(files: &js_sys::Array) -> Result<FileSet> {
 const WASM_LIMIT: f64 = 4.0 * 1024.0 * 1024.0 * 1024.0;
 
 fn heap_bytes() -> f64 {
-    wasm_bindgen::memory().unchecked_into::<js_sys::WebAssembly::Memory>().buffer().unchecked_into::<js_sys::ArrayBuffer>().byte_length() as f64
+    wasm_bindgen::memory()
+        .unchecked_into::<js_sys::WebAssembly::Memory>()
+        .buffer()
+        .unchecked_into::<js_sys::ArrayBuffer>()
+        .byte_length() as f64
 }
 
 fn gib(x: f64) -> String {
@@ -196,12 +203,16 @@ impl Workspace {
     pub fn open(&mut self, files: js_sys::Array) -> JsResult<JsValue> {
         let set = classify(&files).map_err(js_err)?;
         if set.weights.is_empty() {
-            return Err(js_err(Error::msg("no .safetensors file among the files: a model needs model.safetensors (or its shards)")));
+            return Err(js_err(Error::msg(
+                "no .safetensors file among the files: a model needs model.safetensors (or its shards)",
+            )));
         }
         let config = set
             .config
             .as_ref()
-            .map(|c| c.read_all().and_then(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into()))))
+            .map(|c| {
+                c.read_all().and_then(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into())))
+            })
             .transpose()
             .map_err(js_err)?;
         let tok = set.tokenizer.as_ref().map(|t| t.read_all()).transpose().map_err(js_err)?;
@@ -220,7 +231,10 @@ impl Workspace {
         let ckpt = Checkpoint::new(files, index.as_deref()).map_err(js_err)?;
         let compressed = crate::export::is_compressed(&ckpt);
         if !compressed && config.is_none() {
-            return Err(js_err(Error::file("config.json", "is missing: drop it together with the model's .safetensors file(s)")));
+            return Err(js_err(Error::file(
+                "config.json",
+                "is missing: drop it together with the model's .safetensors file(s)",
+            )));
         }
         let bundle = ModelBundle::from_checkpoint(config.as_deref(), tok.as_deref(), ckpt).map_err(js_err)?;
         let summary = bundle.summary().map_err(js_err)?;
@@ -228,14 +242,21 @@ impl Workspace {
         if bundle.tokenizer.is_none() {
             missing.push("tokenizer.json (needed to turn text into tokens)".to_string());
         }
-        let meta = |k: &str| bundle.ckpt.metadata().and_then(|m| m.get(k)).and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok());
+        let meta = |k: &str| {
+            bundle
+                .ckpt
+                .metadata()
+                .and_then(|m| m.get(k))
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        };
         let (layers, policy) = (meta("layers"), meta("policy"));
         if compressed {
             let source = meta("source");
-            let matches_original = match (&self.bundle, source.as_ref().and_then(|s| s.get("fingerprint")).and_then(|f| f.as_str())) {
-                (Some(orig), Some(fp)) => crate::export::fingerprint(&orig.ckpt) == fp,
-                _ => false,
-            };
+            let matches_original =
+                match (&self.bundle, source.as_ref().and_then(|s| s.get("fingerprint")).and_then(|f| f.as_str())) {
+                    (Some(orig), Some(fp)) => crate::export::fingerprint(&orig.ckpt) == fp,
+                    _ => false,
+                };
             self.generations.retain(|(w, _, _)| w != "compressed");
             self.compressed = None;
             self.evaluator = None;
@@ -259,7 +280,15 @@ impl Workspace {
                 resident_bytes: resident,
                 _bundle: Some(bundle),
             });
-            return to_js(&OpenReport { summary, missing, ignored: set.ignored, kind: "compressed", matches_original, layers, policy });
+            return to_js(&OpenReport {
+                summary,
+                missing,
+                ignored: set.ignored,
+                kind: "compressed",
+                matches_original,
+                layers,
+                policy,
+            });
         }
         let limit = self.memory_limit;
         *self = Workspace::new();
@@ -267,7 +296,15 @@ impl Workspace {
         self.config_json = config.unwrap_or_default();
         self.tokenizer_json = tok.map(|t| String::from_utf8_lossy(&t).into_owned());
         self.bundle = Some(bundle);
-        to_js(&OpenReport { summary, missing, ignored: set.ignored, kind: "original", matches_original: false, layers: None, policy: None })
+        to_js(&OpenReport {
+            summary,
+            missing,
+            ignored: set.ignored,
+            kind: "original",
+            matches_original: false,
+            layers: None,
+            policy: None,
+        })
     }
 
     /// Load the original model's weights (f32, or kept in f16/bf16 when f32 would not fit in wasm memory). Returns
@@ -312,7 +349,10 @@ impl Workspace {
     /// Start compressing the original with `policy` (a [`crate::policy::Policy`] as JSON). Returns
     /// `{total_steps, matrices}`.
     pub fn compress_begin(&mut self, policy: JsValue) -> JsResult<JsValue> {
-        let b = self.bundle.as_ref().ok_or_else(none("no original model is open: load the demo model or drop a checkpoint first"))?;
+        let b = self
+            .bundle
+            .as_ref()
+            .ok_or_else(none("no original model is open: load the demo model or drop a checkpoint first"))?;
         let policy: crate::policy::Policy = from_js(policy, "compression policy").map_err(js_err)?;
         self.compressed = None;
         self.evaluator = None;
@@ -369,8 +409,15 @@ impl Workspace {
         }
         let c = self.compressor.take().ok_or_else(none("no compression was started"))?;
         let done = c.finish(&b.cfg, &b.ckpt).map_err(js_err)?;
-        let export = crate::export::Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), &done.weights, &done.reports, &done.policy)
-            .map_err(js_err)?;
+        let export = crate::export::Export::new(
+            &b.ckpt,
+            &self.config_json,
+            self.tokenizer_json.as_deref(),
+            &done.weights,
+            &done.reports,
+            &done.policy,
+        )
+        .map_err(js_err)?;
         let totals = crate::compress::totals(&done.reports);
         #[derive(Serialize)]
         struct Finished {
@@ -411,11 +458,21 @@ impl Workspace {
 
     /// Start evaluating on `text`: its first `tokens` tokens in windows of `window`; this instance takes part `part`
     /// of `parts` (every `parts`-th window; 0 of 1 for all). Returns `{windows, all_windows, text_tokens}`.
-    pub fn eval_begin(&mut self, text: &str, tokens: usize, window: usize, part: usize, parts: usize) -> JsResult<JsValue> {
-        let b = self.bundle.as_ref().ok_or_else(none("the original model is needed for the comparison: load it first"))?;
+    pub fn eval_begin(
+        &mut self,
+        text: &str,
+        tokens: usize,
+        window: usize,
+        part: usize,
+        parts: usize,
+    ) -> JsResult<JsValue> {
+        let b =
+            self.bundle.as_ref().ok_or_else(none("the original model is needed for the comparison: load it first"))?;
         let max = b.cfg.max_position_embeddings;
         if window > max {
-            return Err(js_err(Error::Policy(format!("the window of {window} tokens is longer than the model reads ({max})"))));
+            return Err(js_err(Error::Policy(format!(
+                "the window of {window} tokens is longer than the model reads ({max})"
+            ))));
         }
         let ids = b.tokenizer().and_then(|t| t.encode(text)).map_err(js_err)?;
         let ev = crate::metrics::Evaluator::new_part(&ids, tokens, window, part, parts).map_err(js_err)?;
@@ -494,10 +551,19 @@ impl Workspace {
         let c = self.compressed.as_ref().ok_or_else(none("there is no compressed model to export: compress first"))?;
         let (weights, policy) = match (&c.weights, &c.policy) {
             (Some(w), Some(p)) => (w, p),
-            _ => return Err(js_err(Error::msg("this compressed model was loaded from a file; it is already exported"))),
+            _ => {
+                return Err(js_err(Error::msg("this compressed model was loaded from a file; it is already exported")))
+            }
         };
-        let export = crate::export::Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), weights, &c.reports, policy)
-            .map_err(js_err)?;
+        let export = crate::export::Export::new(
+            &b.ckpt,
+            &self.config_json,
+            self.tokenizer_json.as_deref(),
+            weights,
+            &c.reports,
+            policy,
+        )
+        .map_err(js_err)?;
         let parts = js_sys::Array::new();
         export
             .write(&b.ckpt, &mut |bytes| {

@@ -20,7 +20,8 @@ fn bard() -> ModelBundle {
 }
 
 fn reference(file: &str) -> SafetensorsFile {
-    SafetensorsFile::open(Box::new(MemSource::new(file, std::fs::read(shared(&format!("reference/{file}"))).unwrap()))).unwrap()
+    SafetensorsFile::open(Box::new(MemSource::new(file, std::fs::read(shared(&format!("reference/{file}"))).unwrap())))
+        .unwrap()
 }
 
 fn f32s(f: &SafetensorsFile, name: &str) -> Vec<f32> {
@@ -53,7 +54,11 @@ fn layer_h0_q_proj_matches_the_python_reference() {
     let r = reference("layer_h0_q_proj.safetensors");
     let w = f32s(&r, "weight_f32");
     let b = bard();
-    assert_eq!(w, reader(&b.ckpt)("transformer.h.0.attn.attention.q_proj.weight").unwrap(), "the fixture is this model's weight");
+    assert_eq!(
+        w,
+        reader(&b.ckpt)("transformer.h.0.attn.attention.q_proj.weight").unwrap(),
+        "the fixture is this model's weight"
+    );
     let all = svd::singular_values(&w, 256, 256).unwrap();
     for (a, e) in all.iter().zip(f64s(&r, "singular_values_all_f64")) {
         assert!((a - e).abs() <= 1e-9 * e.max(1e-3), "singular value {a} vs {e}");
@@ -68,12 +73,17 @@ fn layer_h0_q_proj_matches_the_python_reference() {
     let LinearWeight::LowRank { u, s: sv, vh } = factors(&s, Some(QuantScheme::PerTensor)) else { panic!() };
     let scales = f64s(&r, "seed_r32_scales_f64");
     let zps: Vec<i32> = r.read("seed_r32_zero_points_i32").unwrap().to_i32_vec().unwrap();
-    for (k, (f, codes)) in [(&u, "seed_r32_qU_int8"), (&sv, "seed_r32_qS_int8"), (&vh, "seed_r32_qVh_int8")].into_iter().enumerate() {
+    for (k, (f, codes)) in
+        [(&u, "seed_r32_qU_int8"), (&sv, "seed_r32_qS_int8"), (&vh, "seed_r32_qVh_int8")].into_iter().enumerate()
+    {
         let Factor::Int8(q) = f.as_ref() else { panic!("factor {k} is not INT8") };
         let want: Vec<i8> = r.read(codes).unwrap().to_i8_vec().unwrap();
         let off: Vec<i32> = q.codes.iter().zip(&want).map(|(a, b)| (*a as i32 - *b as i32).abs()).collect();
         assert!(off.iter().all(|&d| d <= 1), "{codes}: a code differs by more than 1");
-        assert!(off.iter().filter(|&&d| d == 1).count() <= want.len() / 1000 + 2, "{codes}: too many codes at rounding boundaries");
+        assert!(
+            off.iter().filter(|&&d| d == 1).count() <= want.len() / 1000 + 2,
+            "{codes}: too many codes at rounding boundaries"
+        );
         assert!(((q.scales[0] as f64) - scales[k]).abs() <= 1e-7 * scales[k], "{codes}: scale");
         assert_eq!(q.zero_points[0], zps[k], "{codes}: zero point");
     }
@@ -92,7 +102,13 @@ fn seed_all_r32_logits_match_the_python_reference() {
     let b = bard();
     let c = compress(&b, Policy { svd: SvdMethod::Exact, ..origin(32, false) });
     let r = reference("logits.safetensors");
-    let ids: Vec<u32> = r.read("input_ids").unwrap().data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let ids: Vec<u32> = r
+        .read("input_ids")
+        .unwrap()
+        .data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
     let got: Vec<Vec<f32>> = c.model.logits(&ids).unwrap().to_vec2().unwrap();
     let want = f32s(&r, "logits_seed_all_r32_f32");
     let v = 50257;
@@ -101,7 +117,8 @@ fn seed_all_r32_logits_match_the_python_reference() {
     for (p, row) in got.iter().enumerate() {
         let w = &want[p * v..(p + 1) * v];
         max = row.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(max, f32::max);
-        agree += (semantic_llm_compressor::generate::argmax(row) == semantic_llm_compressor::generate::argmax(w)) as usize;
+        agree +=
+            (semantic_llm_compressor::generate::argmax(row) == semantic_llm_compressor::generate::argmax(w)) as usize;
     }
     // golden.json: an f32 SVD with canonical signs moves logits by up to 0.23 and keeps 98.4% top-1; ours is f64
     assert!(max < 0.234, "max |logit diff| {max}");
@@ -130,7 +147,8 @@ fn origin_phenomenon_matches_the_reference_table() {
     let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
     let ids = b.tokenizer().unwrap().encode(&text).unwrap();
     let mut ev = Evaluator::new(&ids, 8192, 512).unwrap();
-    let refs: Vec<&semantic_llm_compressor::model::GptNeo> = models.iter().map(|c| &c.model).chain([&int8.model]).collect();
+    let refs: Vec<&semantic_llm_compressor::model::GptNeo> =
+        models.iter().map(|c| &c.model).chain([&int8.model]).collect();
     while ev.step_many(&original, &refs).unwrap() {}
     let reports = ev.reports();
     assert_eq!(reports[0].predictions, 8176);
@@ -154,7 +172,11 @@ fn origin_phenomenon_matches_the_reference_table() {
 fn randomized_svd_is_within_two_percent_of_optimal_on_trained_weights() {
     let b = bard();
     let read = reader(&b.ckpt);
-    for name in ["transformer.h.0.attn.attention.q_proj.weight", "transformer.h.3.mlp.c_fc.weight", "transformer.h.7.mlp.c_proj.weight"] {
+    for name in [
+        "transformer.h.0.attn.attention.q_proj.weight",
+        "transformer.h.3.mlp.c_fc.weight",
+        "transformer.h.7.mlp.c_proj.weight",
+    ] {
         let m = considered_matrices(&b.cfg, &b.ckpt).unwrap().into_iter().find(|m| m.name == name).unwrap();
         let w = read(name).unwrap();
         let s = svd::singular_values(&w, m.out, m.inp).unwrap();
@@ -174,11 +196,21 @@ mod common;
 #[test]
 fn export_then_import_gives_identical_logits() {
     for (dir, policy) in [
-        ("models/neo-bard-8l", Policy { rank: 32, skip: MLP.iter().map(|s| s.to_string()).collect(), ..Default::default() }),
+        (
+            "models/neo-bard-8l",
+            Policy { rank: 32, skip: MLP.iter().map(|s| s.to_string()).collect(), ..Default::default() },
+        ),
         ("models/neo-bard-8l", origin(64, false)),
         ("models/neo-bard-8l", Policy { method: semantic_llm_compressor::policy::Method::Int8, ..Default::default() }),
         ("fixtures/tiny-gpt-neo-v512", Policy { rank: 8, quant_bits: 32, ..Default::default() }),
-        ("fixtures/tiny-gpt-neo-v512", Policy { rank: 12, rank_for: vec![semantic_llm_compressor::policy::RankRule::parse("c_fc=20").unwrap()], ..Default::default() }),
+        (
+            "fixtures/tiny-gpt-neo-v512",
+            Policy {
+                rank: 12,
+                rank_for: vec![semantic_llm_compressor::policy::RankRule::parse("c_fc=20").unwrap()],
+                ..Default::default()
+            },
+        ),
     ] {
         let config = std::fs::read_to_string(shared(dir).join("config.json")).unwrap();
         let weights = std::fs::read(shared(dir).join("model.safetensors")).unwrap();
@@ -189,7 +221,10 @@ fn export_then_import_gives_identical_logits() {
 #[test]
 fn bad_policies_and_files_are_sentences() {
     let b = bard();
-    let e = compress_checkpoint(&b.cfg, &b.ckpt, Policy { quant_bits: 4, ..Default::default() }, &mut |_| {}).err().unwrap().to_string();
+    let e = compress_checkpoint(&b.cfg, &b.ckpt, Policy { quant_bits: 4, ..Default::default() }, &mut |_| {})
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("quant_bits"), "{e}");
     let e = semantic_llm_compressor::checkpoint::Checkpoint::open_dir(&shared("corpus")).err().unwrap().to_string();
     assert!(e.contains("model.safetensors"), "{e}");

@@ -17,12 +17,19 @@ fn read(p: &str) -> Vec<u8> {
 #[test]
 fn tiny_gpt_neo_matches_transformers() {
     let cfg = String::from_utf8(read("fixtures/tiny-gpt-neo-v512/config.json")).unwrap();
-    common::check_tiny(&cfg, &read("fixtures/tiny-gpt-neo-v512/model.safetensors"), &read("fixtures/tiny-gpt-neo-v512/reference.safetensors"));
+    common::check_tiny(
+        &cfg,
+        &read("fixtures/tiny-gpt-neo-v512/model.safetensors"),
+        &read("fixtures/tiny-gpt-neo-v512/reference.safetensors"),
+    );
 }
 
 #[test]
 fn gpt2_tokenizer_matches_fixtures() {
-    common::check_tokenizer(&read("tokenizer/gpt2-tokenizer.json"), &String::from_utf8(read("tokenizer/gpt2-tokenizer-fixtures.json")).unwrap());
+    common::check_tokenizer(
+        &read("tokenizer/gpt2-tokenizer.json"),
+        &String::from_utf8(read("tokenizer/gpt2-tokenizer-fixtures.json")).unwrap(),
+    );
 }
 
 #[test]
@@ -57,7 +64,12 @@ fn shards_buffers_untied_head_and_bf16() {
     tensors.push(("lm_head.weight".into(), wte.1, wte.2.clone(), wte.3.clone()));
     for i in 0..4 {
         tensors.push((format!("transformer.h.{i}.attn.attention.bias"), Dtype::BOOL, vec![1, 1, 8, 8], vec![1u8; 64]));
-        tensors.push((format!("transformer.h.{i}.attn.attention.masked_bias"), Dtype::F32, vec![], (-1e9f32).to_le_bytes().to_vec()));
+        tensors.push((
+            format!("transformer.h.{i}.attn.attention.masked_bias"),
+            Dtype::F32,
+            vec![],
+            (-1e9f32).to_le_bytes().to_vec(),
+        ));
     }
     let write = |dir: &std::path::Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)], config: &str| {
         std::fs::create_dir_all(dir).unwrap();
@@ -78,7 +90,13 @@ fn shards_buffers_untied_head_and_bf16() {
     };
     let tmp = std::env::temp_dir().join(format!("slc-shards-{}", std::process::id()));
     let r = SafetensorsFile::open(Box::new(FileSource::open(&src.join("reference.safetensors")).unwrap())).unwrap();
-    let ids: Vec<u32> = r.read("input_ids.1").unwrap().data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32).collect();
+    let ids: Vec<u32> = r
+        .read("input_ids.1")
+        .unwrap()
+        .data
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as u32)
+        .collect();
     let want = r.read("logits.1").unwrap().to_f32_vec().unwrap();
     let logits = |b: &ModelBundle, half: bool| -> Vec<f32> {
         b.load_model(half).unwrap().logits(&ids).unwrap().flatten_all().unwrap().to_vec1().unwrap()
@@ -95,7 +113,10 @@ fn shards_buffers_untied_head_and_bf16() {
         .iter()
         .map(|t| match t.1 {
             Dtype::F32 if !t.2.is_empty() => {
-                let data = t.3.chunks_exact(4).flat_map(|c| half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes()).collect();
+                let data =
+                    t.3.chunks_exact(4)
+                        .flat_map(|c| half::bf16::from_f32(f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes())
+                        .collect();
                 (t.0.clone(), Dtype::BF16, t.2.clone(), data)
             }
             _ => t.clone(),
@@ -111,7 +132,10 @@ fn shards_buffers_untied_head_and_bf16() {
     // a config that disagrees with the tensors
     write(&tmp.join("bad"), &tensors, &cfg.replace("\"intermediate_size\": 256", "\"intermediate_size\": 128"));
     let e = ModelBundle::open_dir(&tmp.join("bad")).unwrap().load_model(false).err().unwrap().to_string();
-    assert!(e.contains("transformer.h.0.mlp.c_fc.weight") && e.contains("[256, 64]") && e.contains("config.json"), "{e}");
+    assert!(
+        e.contains("transformer.h.0.mlp.c_fc.weight") && e.contains("[256, 64]") && e.contains("config.json"),
+        "{e}"
+    );
     // a missing shard is named
     std::fs::remove_file(tmp.join("f32/model-00002-of-00002.safetensors")).unwrap();
     let e = ModelBundle::open_dir(&tmp.join("f32")).err().unwrap().to_string();

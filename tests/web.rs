@@ -53,10 +53,13 @@ fn workspace_reads_files_in_slices_and_generates() {
     files.push(&file("model.safetensors", BARD_WEIGHTS));
     let mut ws = Workspace::new();
     let report = ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
-    let layers = js_sys::Reflect::get(&js_sys::Reflect::get(&report, &"summary".into()).unwrap(), &"num_layers".into()).unwrap();
+    let layers =
+        js_sys::Reflect::get(&js_sys::Reflect::get(&report, &"summary".into()).unwrap(), &"num_layers".into()).unwrap();
     assert_eq!(layers.as_f64(), Some(8.0));
     ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
-    ws.generate_start("original", common::ROMEO, wasm_bindgen::JsValue::UNDEFINED).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.generate_start("original", common::ROMEO, wasm_bindgen::JsValue::UNDEFINED)
+        .map_err(|e| JsValueDbg(e.into()))
+        .unwrap();
     let mut text = String::new();
     loop {
         let step = ws.generate_next("original").map_err(|e| JsValueDbg(e.into())).unwrap();
@@ -72,7 +75,11 @@ fn workspace_reads_files_in_slices_and_generates() {
 #[wasm_bindgen_test]
 fn export_then_import_gives_identical_logits() {
     use semantic_llm_compressor::policy::{Method, Policy};
-    common::check_export_roundtrip(BARD_CONFIG, BARD_WEIGHTS, Policy { rank: 32, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() });
+    common::check_export_roundtrip(
+        BARD_CONFIG,
+        BARD_WEIGHTS,
+        Policy { rank: 32, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() },
+    );
     common::check_export_roundtrip(BARD_CONFIG, BARD_WEIGHTS, Policy { method: Method::Int8, ..Default::default() });
     common::check_export_roundtrip(TINY_CONFIG, TINY_WEIGHTS, Policy { rank: 8, ..Default::default() });
 }
@@ -132,7 +139,12 @@ fn workspace_names_missing_files() {
 struct JsValueDbg(wasm_bindgen::JsValue);
 impl std::fmt::Debug for JsValueDbg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let msg = self.0.clone().dyn_into::<js_sys::Error>().map(|e| String::from(e.message())).unwrap_or_else(|_| format!("{:?}", self.0));
+        let msg = self
+            .0
+            .clone()
+            .dyn_into::<js_sys::Error>()
+            .map(|e| String::from(e.message()))
+            .unwrap_or_else(|_| format!("{:?}", self.0));
         f.write_str(&msg)
     }
 }

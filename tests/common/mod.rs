@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
+use semantic_llm_compressor::bundle::ModelBundle;
 use semantic_llm_compressor::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
 use semantic_llm_compressor::generate::{generate, greedy_no_cache, SamplingParams};
 use semantic_llm_compressor::model::GptNeo;
-use semantic_llm_compressor::bundle::ModelBundle;
 use semantic_llm_compressor::tokenizer::Tokenizer;
 
 pub fn open(name: &str, bytes: &[u8]) -> SafetensorsFile {
@@ -53,7 +53,9 @@ pub fn check_tiny(config: &str, weights: &[u8], reference: &[u8]) {
             assert!(d < 5e-5, "sequence {k}, hidden state {l}: differs by {d}");
         }
         let want = i64s(&r, &format!("greedy_ids.{k}"));
-        let cached = generate(&model, &ids, SamplingParams { max_new_tokens: 20, stop_at_eos: false, ..Default::default() }).unwrap();
+        let cached =
+            generate(&model, &ids, SamplingParams { max_new_tokens: 20, stop_at_eos: false, ..Default::default() })
+                .unwrap();
         assert_eq!(cached, want, "sequence {k}: greedy ids with the KV cache");
         assert_eq!(greedy_no_cache(&model, &ids, 20).unwrap(), want, "sequence {k}: greedy ids without the cache");
     }
@@ -113,7 +115,8 @@ pub fn check_export_roundtrip(config: &str, weights: &[u8], policy: semantic_llm
     let b = bundle(config, None, weights);
     let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |_| {}).unwrap();
     assert!(c.reports.iter().any(|r| r.decision != "dense"), "nothing was compressed");
-    let bytes = Export::new(&b.ckpt, config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap();
+    let bytes =
+        Export::new(&b.ckpt, config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap();
     let ck = Checkpoint::new(vec![open("exported.safetensors", &bytes)], None).unwrap();
     let back = ModelBundle::from_checkpoint(None, None, ck).unwrap();
     assert!(back.is_compressed());

@@ -1,12 +1,12 @@
 use clap::{Parser, Subcommand};
 use semantic_llm_compressor::bundle::ModelBundle;
-use semantic_llm_compressor::generate::{Generation, SamplingParams};
-use semantic_llm_compressor::tokenizer::TextStream;
 use semantic_llm_compressor::compress::{compress_checkpoint, totals};
 use semantic_llm_compressor::export::Export;
+use semantic_llm_compressor::generate::{Generation, SamplingParams};
 use semantic_llm_compressor::metrics::Evaluator;
 use semantic_llm_compressor::policy::{Policy, RankRule};
 use semantic_llm_compressor::quant::QuantScheme;
+use semantic_llm_compressor::tokenizer::TextStream;
 use semantic_llm_compressor::{alloc, Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -140,8 +140,9 @@ struct CompressArgs {
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, v: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(v.to_string()))
-        .map_err(|_| semantic_llm_compressor::Error::Policy(format!("{what} \"{v}\" is not one of the accepted values")))
+    serde_json::from_value(serde_json::Value::String(v.to_string())).map_err(|_| {
+        semantic_llm_compressor::Error::Policy(format!("{what} \"{v}\" is not one of the accepted values"))
+    })
 }
 
 impl CompressArgs {
@@ -150,7 +151,13 @@ impl CompressArgs {
             method: parse_enum("method", &self.method)?,
             rank: self.rank,
             rank_for: self.rank_for.iter().map(|r| RankRule::parse(r)).collect::<Result<_>>()?,
-            skip: self.skip.iter().flat_map(|s| s.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            skip: self
+                .skip
+                .iter()
+                .flat_map(|s| s.split(','))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
             min_dim_for_compression: self.min_dim_for_compression,
             quant_bits: self.quant_bits,
             quant: QuantScheme::parse(&self.quant)?,
@@ -189,7 +196,9 @@ pub fn run() -> Result<()> {
         }
         Cmd::Compress(args) => compress(&args),
         Cmd::Roundtrip { model, ranks, quant, json } => roundtrip(&model, &ranks, &quant, json),
-        Cmd::Eval { original, compressed, text, tokens, window, json } => eval(&original, &compressed, &text, tokens, window, json),
+        Cmd::Eval { original, compressed, text, tokens, window, json } => {
+            eval(&original, &compressed, &text, tokens, window, json)
+        }
         Cmd::Densify { model, output_dir } => densify(&model, &output_dir),
         Cmd::Bench(BenchCmd::Decode { model, prompt, tokens, runs }) => bench_decode(&model, &prompt, tokens, runs),
     }
@@ -213,7 +222,11 @@ fn bench_decode(dir: &std::path::Path, prompt: &str, tokens: usize, runs: usize)
         println!("run {run}: {n} tokens decoded at {rate:.1} tokens/s");
         best = best.max(rate);
     }
-    println!("decode {}: best {best:.1} tokens/s (greedy, KV cache, {} prompt tokens, native, 1 thread)", dir.display(), ids.len());
+    println!(
+        "decode {}: best {best:.1} tokens/s (greedy, KV cache, {} prompt tokens, native, 1 thread)",
+        dir.display(),
+        ids.len()
+    );
     Ok(())
 }
 
@@ -226,13 +239,25 @@ fn inspect(dir: &std::path::Path, json: bool) -> Result<()> {
         return Ok(());
     }
     writeln!(o, "{}: {} ({}compressed)", dir.display(), s.model_type, if s.compressed { "" } else { "not " })?;
-    writeln!(o, 
+    writeln!(
+        o,
         "  layers {}  hidden {}  heads {}  mlp {}  vocab {}  positions {}  window {}",
-        s.num_layers, s.hidden_size, s.num_heads, s.intermediate_size, s.vocab_size, s.max_position_embeddings, s.window_size
+        s.num_layers,
+        s.hidden_size,
+        s.num_heads,
+        s.intermediate_size,
+        s.vocab_size,
+        s.max_position_embeddings,
+        s.window_size
     )?;
-    let att: Vec<&str> = s.attention.iter().map(|a| if *a == semantic_llm_compressor::config::AttentionKind::Global { "global" } else { "local" }).collect();
+    let att: Vec<&str> = s
+        .attention
+        .iter()
+        .map(|a| if *a == semantic_llm_compressor::config::AttentionKind::Global { "global" } else { "local" })
+        .collect();
     writeln!(o, "  attention {}", att.join(","))?;
-    writeln!(o, 
+    writeln!(
+        o,
         "  parameters {}  files {} ({} bytes)  head {}  tokenizer {}",
         s.parameters,
         s.files.len(),
@@ -295,13 +320,19 @@ fn compress(a: &CompressArgs) -> Result<()> {
     let policy = a.policy()?;
     let b = ModelBundle::open_dir(&a.input_dir)?;
     if b.is_compressed() {
-        return Err(Error::file(a.input_dir.display().to_string(), "is already a compressed checkpoint; compress the original"));
+        return Err(Error::file(
+            a.input_dir.display().to_string(),
+            "is already a compressed checkpoint; compress the original",
+        ));
     }
     let t0 = std::time::Instant::now();
-    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |s| progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name)))?;
+    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |s| {
+        progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name))
+    })?;
     progress_end();
     let seconds = t0.elapsed().as_secs_f64();
-    std::fs::create_dir_all(&a.output_dir).map_err(|e| Error::file(a.output_dir.display().to_string(), e.to_string()))?;
+    std::fs::create_dir_all(&a.output_dir)
+        .map_err(|e| Error::file(a.output_dir.display().to_string(), e.to_string()))?;
     let config = std::fs::read_to_string(a.input_dir.join("config.json"))?;
     let tok_path = a.input_dir.join("tokenizer.json");
     let tokenizer = if tok_path.exists() { Some(std::fs::read_to_string(&tok_path)?) } else { None };
@@ -327,7 +358,11 @@ fn compress(a: &CompressArgs) -> Result<()> {
         return Ok(());
     }
     let mut o = std::io::stdout().lock();
-    writeln!(o, "{:<48} {:>12} {:>6} {:>9} {:>9} {:>10} {:>10}  storage / reason", "matrix", "shape", "rank", "err svd", "err int8", "bytes", "after")?;
+    writeln!(
+        o,
+        "{:<48} {:>12} {:>6} {:>9} {:>9} {:>10} {:>10}  storage / reason",
+        "matrix", "shape", "rank", "err svd", "err int8", "bytes", "after"
+    )?;
     for r in &c.reports {
         let pct = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:.2}%", 100.0 * e));
         writeln!(
@@ -346,8 +381,15 @@ fn compress(a: &CompressArgs) -> Result<()> {
     writeln!(
         o,
         "compressed {}/{} layers; linear params {} -> {} ({:.3}); bytes {} -> {}; file {} bytes; {:.1} s",
-        t.layers_compressed, t.layers_total, t.params_considered, t.params_after,
-        t.params_after as f64 / t.params_considered.max(1) as f64, t.bytes_considered, t.bytes_after, export.file_bytes(), seconds
+        t.layers_compressed,
+        t.layers_total,
+        t.params_considered,
+        t.params_after,
+        t.params_after as f64 / t.params_considered.max(1) as f64,
+        t.bytes_considered,
+        t.bytes_after,
+        export.file_bytes(),
+        seconds
     )?;
     writeln!(o, "wrote {}", a.output_dir.display())?;
     Ok(())
@@ -395,14 +437,22 @@ fn roundtrip(dir: &std::path::Path, ranks: &[usize], quant: &str, json: bool) ->
     Ok(())
 }
 
-fn eval(original: &std::path::Path, compressed: &std::path::Path, text: &std::path::Path, tokens: usize, window: usize, json: bool) -> Result<()> {
+fn eval(
+    original: &std::path::Path,
+    compressed: &std::path::Path,
+    text: &std::path::Path,
+    tokens: usize,
+    window: usize,
+    json: bool,
+) -> Result<()> {
     let ob = ModelBundle::open_dir(original)?;
     let cb = ModelBundle::open_dir(compressed)?;
     let om = ob.load_model(false)?;
     // measured: live heap bytes the compressed model holds once loaded
     let (cm, resident, peak) = alloc::measure(|| cb.load_model(false));
     let cm = cm?;
-    let text = std::fs::read_to_string(text).map_err(|e| Error::file(text.display().to_string(), format!("cannot be read ({e})")))?;
+    let text = std::fs::read_to_string(text)
+        .map_err(|e| Error::file(text.display().to_string(), format!("cannot be read ({e})")))?;
     let ids = ob.tokenizer()?.encode(&text)?;
     let mut ev = Evaluator::new(&ids, tokens, window)?;
     while ev.step(&om, Some(&cm))? {
@@ -410,7 +460,8 @@ fn eval(original: &std::path::Path, compressed: &std::path::Path, text: &std::pa
     }
     progress_end();
     let r = ev.report();
-    let layers: Option<serde_json::Value> = cb.ckpt.metadata().and_then(|m| m.get("layers")).and_then(|l| serde_json::from_str(l).ok());
+    let layers: Option<serde_json::Value> =
+        cb.ckpt.metadata().and_then(|m| m.get("layers")).and_then(|l| serde_json::from_str(l).ok());
     let layers_total = om.linears().len();
     let layers_compressed = cm.compressed_layers();
     let mut v = serde_json::to_value(&r)?;
@@ -435,7 +486,14 @@ fn eval(original: &std::path::Path, compressed: &std::path::Path, text: &std::pa
     let f = |k: &str| v[k].as_f64().map_or("-".to_string(), |x| format!("{x:.4}"));
     println!("{}", r.convention);
     println!("perplexity original {}  compressed {}", f("ppl_original"), f("ppl_compressed"));
-    println!("cosine per position {}  global {}  mse {}  top-1 {}  kl {}", f("cosine"), f("cosine_global"), f("mse"), f("top1"), f("kl"));
+    println!(
+        "cosine per position {}  global {}  mse {}  top-1 {}  kl {}",
+        f("cosine"),
+        f("cosine_global"),
+        f("mse"),
+        f("top1"),
+        f("kl")
+    );
     println!(
         "bytes original {}  compressed {} (resident, measured: {})  layers compressed {}/{}",
         v["bytes_original"], v["bytes_compressed"], resident, layers_compressed, layers_total
@@ -463,12 +521,15 @@ fn densify(dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
     }
     let views = tensors
         .iter()
-        .map(|(n, d, s, bytes)| Ok((n.clone(), TensorView::new(*d, s.clone(), bytes).map_err(|e| Error::tensor(n, e.to_string()))?)))
+        .map(|(n, d, s, bytes)| {
+            Ok((n.clone(), TensorView::new(*d, s.clone(), bytes).map_err(|e| Error::tensor(n, e.to_string()))?))
+        })
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(out)?;
     let bytes = safetensors::serialize(views, None).map_err(|e| Error::msg(e.to_string()))?;
     write_file(&out.join("model.safetensors"), &bytes)?;
-    let cfg = semantic_llm_compressor::export::embedded_config(&b.ckpt).map_or_else(|| std::fs::read_to_string(dir.join("config.json")), Ok)?;
+    let cfg = semantic_llm_compressor::export::embedded_config(&b.ckpt)
+        .map_or_else(|| std::fs::read_to_string(dir.join("config.json")), Ok)?;
     write_file(&out.join("config.json"), cfg.as_bytes())?;
     if let Some(t) = semantic_llm_compressor::export::embedded_tokenizer(&b.ckpt) {
         write_file(&out.join("tokenizer.json"), t.as_bytes())?;
