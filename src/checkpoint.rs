@@ -6,7 +6,7 @@
 //! shards of `model.safetensors.index.json` into one namespace.
 
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use safetensors::tensor::{Dtype, Metadata, TensorInfo};
 use std::collections::{BTreeMap, HashMap};
 
@@ -114,10 +114,11 @@ impl RawTensor {
         self.shape.iter().product()
     }
 
-    /// The values as f32 (F32 as is; F16, BF16 and F64 converted).
+    /// The values as f32 (F32 as is; F16, BF16 and F64 converted). A weight holding Inf or NaN is an error: a
+    /// checkpoint like that is damaged, and every figure computed from it would be meaningless.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         let d = &self.data;
-        Ok(match self.dtype {
+        let v: Vec<f32> = match self.dtype {
             Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => {
                 d.chunks_exact(2).map(|c| crate::quant::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
@@ -134,7 +135,11 @@ impl RawTensor {
                     format!("dtype {other:?} is not a float type (F32, F16, BF16 are read)"),
                 ))
             }
-        })
+        };
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::tensor(&self.name, format!("holds a non-finite value ({}) at element {i}", v[i])));
+        }
+        Ok(v)
     }
 
     /// A 2-D F16/BF16 tensor as a [`crate::quant::Factor::Half`] (kept as stored), `None` for other dtypes, an error
@@ -173,33 +178,9 @@ impl RawTensor {
         }
     }
 
-    /// A candle tensor: f32 always (`keep_half = false`), or F16/BF16 kept as stored (`keep_half = true`).
-    pub fn to_tensor(&self, keep_half: bool) -> Result<Tensor> {
-        let dev = &Device::Cpu;
-        let shape = self.shape.clone();
-        let t = match (self.dtype, keep_half) {
-            (Dtype::F16, true) => {
-                let v: Vec<half::f16> =
-                    self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect();
-                Tensor::from_vec(v, shape, dev)?
-            }
-            (Dtype::BF16, true) => {
-                let v: Vec<half::bf16> =
-                    self.data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect();
-                Tensor::from_vec(v, shape, dev)?
-            }
-            _ => Tensor::from_vec(self.to_f32_vec()?, shape, dev)?,
-        };
-        Ok(t)
-    }
-}
-
-/// The candle dtype a stored dtype is kept in when `keep_half` is asked for.
-pub fn kept_dtype(d: Dtype, keep_half: bool) -> DType {
-    match (d, keep_half) {
-        (Dtype::F16, true) => DType::F16,
-        (Dtype::BF16, true) => DType::BF16,
-        _ => DType::F32,
+    /// The values as an f32 candle tensor.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.to_f32_vec()?, self.shape.clone(), &Device::Cpu)?)
     }
 }
 
@@ -416,7 +397,7 @@ mod tests {
         assert_eq!(st.read("a").unwrap().to_f32_vec().unwrap(), vec![1.5, -2.0]);
         assert_eq!(st.read("b").unwrap().to_f32_vec().unwrap(), vec![0.25]);
         assert_eq!(st.read("c").unwrap().to_f32_vec().unwrap(), vec![3.0, 4.0, 5.0]);
-        assert_eq!(st.read("a").unwrap().to_tensor(true).unwrap().dtype(), DType::F16);
+        assert_eq!(st.read("a").unwrap().to_tensor().unwrap().dtype(), candle_core::DType::F32);
         let e = st.read("zz").unwrap_err().to_string();
         assert!(e.contains("zz") && e.contains("m.safetensors"), "{e}");
     }

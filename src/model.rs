@@ -35,7 +35,7 @@ impl Weights for CheckpointWeights<'_> {
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let info = self.ckpt.info(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
         check_shape(name, &info.shape, shape)?;
-        self.ckpt.read(name)?.to_tensor(self.keep_half)
+        self.ckpt.read(name)?.to_tensor()
     }
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
         let info = self.ckpt.info(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
@@ -46,7 +46,7 @@ impl Weights for CheckpointWeights<'_> {
                 return Ok(LinearWeight::Matrix(std::sync::Arc::new(f)));
             }
         }
-        Ok(LinearWeight::Dense(raw.to_tensor(false)?))
+        Ok(LinearWeight::Dense(raw.to_tensor()?))
     }
 }
 
