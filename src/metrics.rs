@@ -12,10 +12,12 @@
 //!
 //! All sums in f64.
 
+use crate::config::GptNeoConfig;
 use crate::generate::argmax;
 use crate::kernels::{compare_rows, exp_row};
-use crate::model::GptNeo;
+use crate::model::{Block, Embeddings, GptNeo, Head, Weights};
 use crate::{Error, Result};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 /// Cut the first `tokens` ids into windows of `window`.
@@ -48,6 +50,67 @@ pub struct Sums {
 }
 
 impl Sums {
+    /// Add one window: `ids` and the logits of the original (`lo`) and, if compared, the compressed model (`lc`),
+    /// both `ids.len() × vocab`.
+    fn accumulate(&mut self, ids: &[u32], lo: &[f32], lc: Option<&[f32]>, vocab: usize) {
+        let (mut po, mut pc) = (Vec::new(), Vec::new());
+        for (p, o) in lo.chunks_exact(vocab).enumerate() {
+            // e^(o − max) once per position: its sum gives log Σ e^o, and it weighs the KL terms
+            let (mo, sum_o) = exp_row(o, &mut po);
+            let lse_o = mo as f64 + sum_o.ln();
+            let target = ids.get(p + 1).map(|&t| t as usize);
+            if let Some(t) = target {
+                self.nll_orig += lse_o - o[t] as f64;
+                self.predictions += 1;
+            }
+            self.positions += 1;
+            let Some(lc) = lc else { continue };
+            let c = &lc[p * vocab..(p + 1) * vocab];
+            let (mc, sum_c) = exp_row(c, &mut pc);
+            let lse_c = mc as f64 + sum_c.ln();
+            if let Some(t) = target {
+                self.nll_comp += lse_c - c[t] as f64;
+            }
+            // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
+            let [dot, no, nc, se, kl] = compare_rows(o, c, &po);
+            let kl = kl / sum_o - lse_o + lse_c;
+            self.cos_sum += if no > 0.0 && nc > 0.0 { dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
+            self.dot += dot;
+            self.norm_o += no;
+            self.norm_c += nc;
+            self.sq_err += se;
+            self.logits += o.len();
+            self.kl_sum += kl.max(0.0);
+            self.top1_agree += (argmax(o) == argmax(c)) as usize;
+        }
+    }
+
+    fn report(&self, compare: bool, tokens: usize, window: usize, windows: usize) -> EvalReport {
+        let n = self.positions.max(1) as f64;
+        let cmp = |v: f64| compare.then_some(v);
+        EvalReport {
+            tokens,
+            window,
+            windows,
+            predictions: self.predictions,
+            ppl_original: (self.nll_orig / self.predictions.max(1) as f64).exp(),
+            ppl_compressed: cmp((self.nll_comp / self.predictions.max(1) as f64).exp()),
+            cosine: cmp(self.cos_sum / n),
+            cosine_global: cmp(if self.norm_o > 0.0 && self.norm_c > 0.0 {
+                self.dot / (self.norm_o.sqrt() * self.norm_c.sqrt())
+            } else {
+                0.0
+            }),
+            mse: cmp(self.sq_err / self.logits.max(1) as f64),
+            top1: cmp(self.top1_agree as f64 / n),
+            kl: cmp(self.kl_sum / n),
+            convention: format!(
+                "first {tokens} tokens in {windows} non-overlapping windows of {window}; each window predicts its tokens 2..W ({} predictions); cosine per position averaged over {} positions; cosine_global over all logits flattened; KL(original‖compressed) averaged over positions",
+                self.predictions, self.positions
+            ),
+        }
+    }
+
     fn add(&mut self, o: &Sums) {
         self.nll_orig += o.nll_orig;
         self.nll_comp += o.nll_comp;
@@ -174,40 +237,10 @@ impl Evaluator {
         }
         let vocab = original.cfg.vocab_size;
         let lo: Vec<f32> = original.logits(ids)?.flatten_all()?.to_vec1()?;
-        let mut po = Vec::new();
-        let mut pc = Vec::new();
         for (s, model) in self.sums.iter_mut().zip(compressed.iter().map(Some).chain(std::iter::repeat(None))) {
             let lc: Option<Vec<f32>> =
                 model.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
-            for (p, o) in lo.chunks_exact(vocab).enumerate() {
-                // e^(o − max) once per position: its sum gives log Σ e^o, and it weighs the KL terms
-                let (mo, sum_o) = exp_row(o, &mut po);
-                let lse_o = mo as f64 + sum_o.ln();
-                let target = ids.get(p + 1).map(|&t| t as usize);
-                if let Some(t) = target {
-                    s.nll_orig += lse_o - o[t] as f64;
-                    s.predictions += 1;
-                }
-                s.positions += 1;
-                let Some(lc) = &lc else { continue };
-                let c = &lc[p * vocab..(p + 1) * vocab];
-                let (mc, sum_c) = exp_row(c, &mut pc);
-                let lse_c = mc as f64 + sum_c.ln();
-                if let Some(t) = target {
-                    s.nll_comp += lse_c - c[t] as f64;
-                }
-                // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
-                let [dot, no, nc, se, kl] = compare_rows(o, c, &po);
-                let kl = kl / sum_o - lse_o + lse_c;
-                s.cos_sum += if no > 0.0 && nc > 0.0 { dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
-                s.dot += dot;
-                s.norm_o += no;
-                s.norm_c += nc;
-                s.sq_err += se;
-                s.logits += o.len();
-                s.kl_sum += kl.max(0.0);
-                s.top1_agree += (argmax(o) == argmax(c)) as usize;
-            }
+            s.accumulate(ids, &lo, lc.as_deref(), vocab);
         }
         self.next += 1;
         Ok(true)
@@ -225,30 +258,92 @@ impl Evaluator {
 
     fn report_for(&self, i: usize) -> EvalReport {
         let empty = Sums::default();
-        let s = self.sums.get(i).unwrap_or(&empty);
-        let n = s.positions.max(1) as f64;
-        let cmp = |v: f64| self.compare.then_some(v);
-        EvalReport {
-            tokens: self.tokens,
-            window: self.window,
-            windows: self.windows.len(),
-            predictions: s.predictions,
-            ppl_original: (s.nll_orig / s.predictions.max(1) as f64).exp(),
-            ppl_compressed: cmp((s.nll_comp / s.predictions.max(1) as f64).exp()),
-            cosine: cmp(s.cos_sum / n),
-            cosine_global: cmp(if s.norm_o > 0.0 && s.norm_c > 0.0 { s.dot / (s.norm_o.sqrt() * s.norm_c.sqrt()) } else { 0.0 }),
-            mse: cmp(s.sq_err / s.logits.max(1) as f64),
-            top1: cmp(s.top1_agree as f64 / n),
-            kl: cmp(s.kl_sum / n),
-            convention: format!(
-                "first {} tokens in {} non-overlapping windows of {}; each window predicts its tokens 2..W ({} predictions); cosine per position averaged over {} positions; cosine_global over all logits flattened; KL(original‖compressed) averaged over positions",
-                self.tokens,
-                self.windows.len(),
-                self.window,
-                s.predictions,
-                s.positions
-            ),
+        self.sums.get(i).unwrap_or(&empty).report(self.compare, self.tokens, self.window, self.windows.len())
+    }
+}
+
+/// An evaluation that never holds the original model: its embeddings, each block and its head are read from the
+/// checkpoint one at a time and run over every window before the next is read, so a model larger than memory can
+/// still be compared with its (small) compressed version. Same figures and conventions as [`Evaluator`].
+pub struct StreamingEvaluator {
+    windows: Vec<Vec<u32>>,
+    tokens: usize,
+    window: usize,
+    /// The original's hidden states after the stages done so far, one `[1, t, hidden]` per window.
+    hidden: Vec<Tensor>,
+    stage: usize,
+    head: Option<Head>,
+    sums: Sums,
+    compare: bool,
+}
+
+impl StreamingEvaluator {
+    pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
+        let windows = windows(ids, tokens, window)?;
+        let tokens = windows.iter().map(|w| w.len()).sum();
+        Ok(Self {
+            windows,
+            tokens,
+            window,
+            hidden: Vec::new(),
+            stage: 0,
+            head: None,
+            sums: Sums::default(),
+            compare: false,
+        })
+    }
+
+    /// Steps in all: the embeddings, each block, then the head once per window.
+    pub fn total_steps(&self, cfg: &GptNeoConfig) -> usize {
+        1 + cfg.num_layers + self.windows.len()
+    }
+
+    pub fn done(&self) -> usize {
+        self.stage
+    }
+
+    /// One stage. `original` reads the original checkpoint; `compressed` is compared at the head. `false` when done.
+    pub fn step(&mut self, cfg: &GptNeoConfig, original: &dyn Weights, compressed: Option<&GptNeo>) -> Result<bool> {
+        let layers = cfg.num_layers;
+        let ids_tensor = |w: &Vec<u32>| Tensor::from_slice(w, (1, w.len()), &Device::Cpu);
+        match self.stage {
+            0 => {
+                let emb = Embeddings::load(cfg, original)?;
+                self.hidden = self.windows.iter().map(|w| emb.forward(&ids_tensor(w)?, 0)).collect::<Result<_>>()?;
+            }
+            s if s <= layers => {
+                let block = Block::load(cfg, original, s - 1)?;
+                for h in self.hidden.iter_mut() {
+                    *h = block.run(h)?;
+                }
+            }
+            s if s <= layers + self.windows.len() => {
+                let k = s - layers - 1;
+                if self.head.is_none() {
+                    self.head = Some(Head::load(cfg, original, None)?);
+                }
+                let head = self.head.as_ref().ok_or_else(|| Error::msg("the head is not loaded"))?;
+                let lo: Vec<f32> = head.forward(&self.hidden[k])?.flatten_all()?.to_vec1()?;
+                // this window's hidden state is no longer needed
+                self.hidden[k] = Tensor::zeros(1, DType::F32, &Device::Cpu)?;
+                let ids = &self.windows[k];
+                let lc: Option<Vec<f32>> =
+                    compressed.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
+                self.compare = lc.is_some();
+                self.sums.accumulate(ids, &lo, lc.as_deref(), cfg.vocab_size);
+                if k + 1 == self.windows.len() {
+                    self.head = None;
+                    self.hidden.clear();
+                }
+            }
+            _ => return Ok(false),
         }
+        self.stage += 1;
+        Ok(true)
+    }
+
+    pub fn report(&self) -> EvalReport {
+        self.sums.report(self.compare, self.tokens, self.window, self.windows.len())
     }
 }
 

@@ -217,8 +217,9 @@ impl Activation {
     }
 }
 
+/// One transformer block: LayerNorm, self-attention, LayerNorm, MLP, with residual connections.
 #[derive(Clone, Debug)]
-struct Block {
+pub struct Block {
     ln_1: LayerNorm,
     attn: SelfAttention,
     ln_2: LayerNorm,
@@ -283,22 +284,17 @@ impl KvCache {
     }
 }
 
-/// A GPT-Neo causal language model.
+/// Token and position embeddings.
 #[derive(Clone, Debug)]
-pub struct GptNeo {
-    pub cfg: GptNeoConfig,
+pub struct Embeddings {
     /// The token embedding, `[vocab, hidden]`: f32, or f16/bf16 as stored.
     wte: LinearWeight,
     wpe: Tensor,
-    blocks: Vec<Block>,
-    ln_f: LayerNorm,
-    head: Linear,
-    /// Whether the head shares the token embedding.
-    pub tied_head: bool,
+    vocab: usize,
+    hidden: usize,
 }
 
-impl GptNeo {
-    /// Build the model from `w`, checking every tensor's shape against `cfg`.
+impl Embeddings {
     pub fn load(cfg: &GptNeoConfig, w: &dyn Weights) -> Result<Self> {
         let p = tensor_prefix(w)?;
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
@@ -310,66 +306,13 @@ impl GptNeo {
             ));
         }
         let wpe = w.dense(&format!("{p}wpe.weight"), &[cfg.max_position_embeddings, h])?.to_dtype(DType::F32)?;
-        let kinds = cfg.attention_kinds()?;
-        let blocks = kinds
-            .iter()
-            .enumerate()
-            .map(|(i, &kind)| Block::new(w, cfg, &format!("{p}h.{i}"), kind))
-            .collect::<Result<Vec<_>>>()?;
-        // More blocks in the file than config.json declares is a disagreement too.
-        if w.contains(&format!("{p}h.{}.ln_1.weight", cfg.num_layers)) {
-            return Err(Error::Config(format!(
-                "num_layers is {} but the checkpoint has a block {p}h.{}",
-                cfg.num_layers, cfg.num_layers
-            )));
-        }
-        let ln_f = LayerNorm::new(w, &format!("{p}ln_f"), h, cfg.layer_norm_epsilon)?;
-        let (head, tied_head) = if w.contains("lm_head.weight") {
-            (linear(w, "lm_head", v, h)?, false)
-        } else {
-            (Linear { name: "lm_head.weight".into(), weight: wte.clone(), bias: None }, true)
-        };
-        Ok(Self { cfg: cfg.clone(), wte, wpe, blocks, ln_f, head, tied_head })
+        Ok(Self { wte, wpe, vocab: v, hidden: h })
     }
 
-    /// Every linear layer, block by block (q, k, v, out_proj, c_fc, c_proj), then the head.
-    pub fn linears(&self) -> Vec<&Linear> {
-        let mut v: Vec<&Linear> = self.blocks.iter().flat_map(|b| b.linears()).collect();
-        v.push(&self.head);
-        v
-    }
-
-    /// How many linear layers are stored compressed (low rank or INT8).
-    pub fn compressed_layers(&self) -> usize {
-        self.linears().iter().filter(|l| !l.weight.is_dense()).count()
-    }
-
-    /// The linear layer whose weight tensor is called `name`.
-    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
-        if self.head.name == name {
-            return Some(&mut self.head);
-        }
-        self.blocks.iter_mut().flat_map(|b| b.linears_mut()).find(|l| l.name == name)
-    }
-
-    /// Bytes of every tensor the model holds (a tied head counted once).
-    pub fn weight_bytes(&self) -> usize {
-        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let ln = |l: &LayerNorm| t(&l.weight) + t(&l.bias);
-        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, t);
-        let mut total = self.wte.bytes() + t(&self.wpe) + ln(&self.ln_f);
-        for b in &self.blocks {
-            total += ln(&b.ln_1) + ln(&b.ln_2) + b.linears().iter().map(|l| lin(l)).sum::<usize>();
-        }
-        if !self.tied_head {
-            total += lin(&self.head);
-        }
-        total
-    }
-
-    fn embed(&self, ids: &Tensor, pos0: usize) -> Result<Tensor> {
+    /// `[b, t, hidden]` for ids `[b, t]` at positions `pos0..pos0 + t`.
+    pub fn forward(&self, ids: &Tensor, pos0: usize) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let max = self.cfg.max_position_embeddings;
+        let max = self.wpe.dim(0)?;
         if pos0 + t > max {
             return Err(Error::msg(format!(
                 "a sequence of {} tokens is longer than the model's max_position_embeddings ({max})",
@@ -377,11 +320,11 @@ impl GptNeo {
             )));
         }
         let flat = ids.flatten_all()?;
-        let v = self.cfg.vocab_size as u32;
+        let v = self.vocab as u32;
         if let Some(bad) = flat.to_vec1::<u32>()?.into_iter().find(|&i| i >= v) {
             return Err(Error::msg(format!("token id {bad} is outside the vocabulary of {v} tokens")));
         }
-        let h = self.cfg.hidden_size;
+        let h = self.hidden;
         let tok = match &self.wte {
             LinearWeight::Dense(w) => w.index_select(&flat, 0)?.to_dtype(DType::F32)?,
             LinearWeight::Matrix(f) => {
@@ -399,12 +342,131 @@ impl GptNeo {
         Ok(tok.broadcast_add(&pos)?)
     }
 
+    fn bytes(&self) -> usize {
+        self.wte.bytes() + self.wpe.elem_count() * 4
+    }
+}
+
+/// The final LayerNorm and the head (tied to the token embedding, or `lm_head.weight`).
+#[derive(Clone, Debug)]
+pub struct Head {
+    ln_f: LayerNorm,
+    head: Linear,
+    /// Whether the head shares the token embedding.
+    pub tied: bool,
+}
+
+impl Head {
+    /// The head; `wte` is the token embedding when it is already loaded (a tied head shares it), else it is read.
+    pub fn load(cfg: &GptNeoConfig, w: &dyn Weights, wte: Option<&LinearWeight>) -> Result<Self> {
+        let p = tensor_prefix(w)?;
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let ln_f = LayerNorm::new(w, &format!("{p}ln_f"), h, cfg.layer_norm_epsilon)?;
+        let (head, tied) = if w.contains("lm_head.weight") {
+            (linear(w, "lm_head", v, h)?, false)
+        } else {
+            let weight = match wte {
+                Some(x) => x.clone(),
+                None => w.linear(&format!("{p}wte.weight"), v, h)?,
+            };
+            (Linear { name: "lm_head.weight".into(), weight, bias: None }, true)
+        };
+        Ok(Self { ln_f, head, tied })
+    }
+
+    /// Logits for the last block's output.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.head.forward(&self.ln_f.forward(x)?)
+    }
+}
+
+impl Block {
+    /// Block `index` of the model.
+    pub fn load(cfg: &GptNeoConfig, w: &dyn Weights, index: usize) -> Result<Self> {
+        let p = tensor_prefix(w)?;
+        let kind = *cfg
+            .attention_kinds()?
+            .get(index)
+            .ok_or_else(|| Error::Config(format!("there is no block {index}: num_layers is {}", cfg.num_layers)))?;
+        Block::new(w, cfg, &format!("{p}h.{index}"), kind)
+    }
+
+    /// The block on `[b, t, hidden]` at positions from 0, without a cache.
+    pub fn run(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward(x, 0, None)
+    }
+}
+
+/// A GPT-Neo causal language model.
+#[derive(Clone, Debug)]
+pub struct GptNeo {
+    pub cfg: GptNeoConfig,
+    emb: Embeddings,
+    blocks: Vec<Block>,
+    head: Head,
+    /// Whether the head shares the token embedding.
+    pub tied_head: bool,
+}
+
+impl GptNeo {
+    /// Build the model from `w`, checking every tensor's shape against `cfg`.
+    pub fn load(cfg: &GptNeoConfig, w: &dyn Weights) -> Result<Self> {
+        let p = tensor_prefix(w)?;
+        let emb = Embeddings::load(cfg, w)?;
+        let blocks = (0..cfg.num_layers).map(|i| Block::load(cfg, w, i)).collect::<Result<Vec<_>>>()?;
+        // More blocks in the file than config.json declares is a disagreement too.
+        if w.contains(&format!("{p}h.{}.ln_1.weight", cfg.num_layers)) {
+            return Err(Error::Config(format!(
+                "num_layers is {} but the checkpoint has a block {p}h.{}",
+                cfg.num_layers, cfg.num_layers
+            )));
+        }
+        let head = Head::load(cfg, w, Some(&emb.wte))?;
+        let tied_head = head.tied;
+        Ok(Self { cfg: cfg.clone(), emb, blocks, head, tied_head })
+    }
+
+    /// Every linear layer, block by block (q, k, v, out_proj, c_fc, c_proj), then the head.
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v: Vec<&Linear> = self.blocks.iter().flat_map(|b| b.linears()).collect();
+        v.push(&self.head.head);
+        v
+    }
+
+    /// How many linear layers are stored compressed (low rank or INT8).
+    pub fn compressed_layers(&self) -> usize {
+        self.linears().iter().filter(|l| !l.weight.is_dense()).count()
+    }
+
+    /// The linear layer whose weight tensor is called `name`.
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        if self.head.head.name == name {
+            return Some(&mut self.head.head);
+        }
+        self.blocks.iter_mut().flat_map(|b| b.linears_mut()).find(|l| l.name == name)
+    }
+
+    /// Bytes of every tensor the model holds (a tied head counted once).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let ln = |l: &LayerNorm| t(&l.weight) + t(&l.bias);
+        let lin = |l: &Linear| l.weight.bytes() + l.bias.as_ref().map_or(0, t);
+        let mut total = self.emb.bytes() + ln(&self.head.ln_f);
+        for b in &self.blocks {
+            total += ln(&b.ln_1) + ln(&b.ln_2) + b.linears().iter().map(|l| lin(l)).sum::<usize>();
+        }
+        if !self.tied_head {
+            total += lin(&self.head.head);
+        }
+        total
+    }
+
     /// Run the blocks and the final LayerNorm. With `collect`, also return the hidden states as Hugging Face does:
     /// the embeddings, each block's output but the last, and the final normed state.
     fn trunk(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, collect: bool) -> Result<(Tensor, Vec<Tensor>)> {
         let pos0 = cache.as_ref().map_or(0, |c| c.seq_len);
         let t = ids.dim(1)?;
-        let mut x = self.embed(ids, pos0)?;
+        let mut x = self.emb.forward(ids, pos0)?;
         let mut states = Vec::new();
         for (i, block) in self.blocks.iter().enumerate() {
             if collect {
@@ -421,7 +483,7 @@ impl GptNeo {
             };
             x = block.forward(&x, pos0, slot)?;
         }
-        let x = self.ln_f.forward(&x)?;
+        let x = self.head.ln_f.forward(&x)?;
         if collect {
             states.push(x.clone());
         }
@@ -434,20 +496,20 @@ impl GptNeo {
     /// Logits `[b, t, vocab]` for token ids `[b, t]` (u32). With a cache, `ids` continue the cached positions.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (x, _) = self.trunk(ids, cache, false)?;
-        self.head.forward(&x)
+        self.head.head.forward(&x)
     }
 
     /// Logits of the last position only, `[b, vocab]`: what decoding needs, without the head's cost for the others.
     pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
         let (x, _) = self.trunk(ids, cache, false)?;
         let t = x.dim(1)?;
-        self.head.forward(&x.narrow(1, t - 1, 1)?.squeeze(1)?)
+        self.head.head.forward(&x.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
 
     /// Hidden states (see [`GptNeo::trunk`]) and logits, without a cache.
     pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let (x, states) = self.trunk(ids, None, true)?;
-        Ok((self.head.forward(&x)?, states))
+        Ok((self.head.head.forward(&x)?, states))
     }
 
     /// Logits for one sequence of ids, `[t, vocab]`.

@@ -151,6 +151,12 @@ struct CompressedSlot {
     _bundle: Option<ModelBundle>,
 }
 
+/// An evaluation with the original in memory (split over workers if asked), or streamed from its file.
+enum Evaluation {
+    InMemory(crate::metrics::Evaluator),
+    Streamed(crate::metrics::StreamingEvaluator),
+}
+
 /// One model session in a worker: the original model, a compression in progress or done, an evaluation, generations.
 #[wasm_bindgen]
 pub struct Workspace {
@@ -158,7 +164,7 @@ pub struct Workspace {
     original: Option<GptNeo>,
     compressor: Option<crate::compress::Compressor>,
     compressed: Option<CompressedSlot>,
-    evaluator: Option<crate::metrics::Evaluator>,
+    evaluator: Option<Evaluation>,
     generations: Vec<(String, Generation, TextStream)>,
     config_json: String,
     tokenizer_json: Option<String>,
@@ -457,7 +463,8 @@ impl Workspace {
     }
 
     /// Start evaluating on `text`: its first `tokens` tokens in windows of `window`; this instance takes part `part`
-    /// of `parts` (every `parts`-th window; 0 of 1 for all). Returns `{windows, all_windows, text_tokens}`.
+    /// of `parts` (every `parts`-th window; 0 of 1 for all). When the original model is not in memory (too large), it
+    /// is streamed from its file a block at a time (one part only). Returns `{steps, all_steps, unit, text_tokens}`.
     pub fn eval_begin(
         &mut self,
         text: &str,
@@ -467,7 +474,7 @@ impl Workspace {
         parts: usize,
     ) -> JsResult<JsValue> {
         let b =
-            self.bundle.as_ref().ok_or_else(none("the original model is needed for the comparison: load it first"))?;
+            self.bundle.as_ref().ok_or_else(none("the original model is needed for the comparison: open it first"))?;
         let max = b.cfg.max_position_embeddings;
         if window > max {
             return Err(js_err(Error::Policy(format!(
@@ -475,72 +482,122 @@ impl Workspace {
             ))));
         }
         let ids = b.tokenizer().and_then(|t| t.encode(text)).map_err(js_err)?;
-        let ev = crate::metrics::Evaluator::new_part(&ids, tokens, window, part, parts).map_err(js_err)?;
         #[derive(Serialize)]
         struct Begin {
-            windows: usize,
-            all_windows: usize,
+            steps: usize,
+            all_steps: usize,
+            unit: &'static str,
             text_tokens: usize,
         }
-        let out = to_js(&Begin { windows: ev.total_windows(), all_windows: ev.all_windows(), text_tokens: ids.len() });
+        let text_tokens = ids.len();
+        let (ev, out) = if self.original.is_some() {
+            let ev = crate::metrics::Evaluator::new_part(&ids, tokens, window, part, parts).map_err(js_err)?;
+            let out = Begin { steps: ev.total_windows(), all_steps: ev.all_windows(), unit: "window", text_tokens };
+            (Evaluation::InMemory(ev), out)
+        } else {
+            if parts != 1 {
+                return Err(js_err(Error::msg("a streamed evaluation runs in one worker")));
+            }
+            // memory: the head (the token embedding as stored), one block, the hidden states, two windows of logits
+            let elem = b
+                .ckpt
+                .info("transformer.wte.weight")
+                .or(b.ckpt.info("wte.weight"))
+                .map_or(4, |i| i.dtype.bitsize() / 8);
+            let (h, v) = (b.cfg.hidden_size, b.cfg.vocab_size);
+            let block = (4 * h * h + 2 * h * b.cfg.intermediate_size()) * 4;
+            let need = v * h * elem + block + tokens.min(text_tokens) * h * 4 + 2 * window * v * 4;
+            let free = self.free_bytes();
+            if need as f64 > 0.9 * free {
+                return Err(js_err(Error::Memory(format!(
+                    "evaluating without the original in memory still needs about {} (its head, a block and two windows of logits), and {} is free",
+                    gib(need as f64),
+                    gib(free)
+                ))));
+            }
+            let ev = crate::metrics::StreamingEvaluator::new(&ids, tokens, window).map_err(js_err)?;
+            let steps = ev.total_steps(&b.cfg);
+            (Evaluation::Streamed(ev), Begin { steps, all_steps: steps, unit: "stage", text_tokens })
+        };
         self.evaluator = Some(ev);
-        out
+        to_js(&out)
     }
 
-    /// Evaluate the next window: `{done, total}`, or `null` when finished.
+    /// The next step of the evaluation (a window, or a stage when streamed): `{done, total}`, or `null` when finished.
     pub fn eval_step(&mut self) -> JsResult<JsValue> {
-        let o = self.original.as_ref().ok_or_else(none("the original model is not loaded"))?;
         let c = self.compressed.as_ref().map(|c| &c.model);
-        let ev = self.evaluator.as_mut().ok_or_else(none("no evaluation was started"))?;
-        if !ev.step(o, c).map_err(js_err)? {
-            return Ok(JsValue::NULL);
-        }
+        let (done, total) = match self.evaluator.as_mut().ok_or_else(none("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => {
+                let o = self.original.as_ref().ok_or_else(none("the original model is not loaded"))?;
+                if !ev.step(o, c).map_err(js_err)? {
+                    return Ok(JsValue::NULL);
+                }
+                (ev.done(), ev.total_windows())
+            }
+            Evaluation::Streamed(ev) => {
+                let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
+                let w = crate::model::CheckpointWeights { ckpt: &b.ckpt, keep_half: true };
+                if !ev.step(&b.cfg, &w, c).map_err(js_err)? {
+                    return Ok(JsValue::NULL);
+                }
+                (ev.done(), ev.total_steps(&b.cfg))
+            }
+        };
         #[derive(Serialize)]
         struct Step {
             done: usize,
             total: usize,
         }
-        to_js(&Step { done: ev.done(), total: ev.total_windows() })
+        to_js(&Step { done, total })
     }
 
     /// This part's sums, for [`Workspace::eval_merge`] in another instance.
     pub fn eval_partial(&self) -> JsResult<JsValue> {
-        let ev = self.evaluator.as_ref().ok_or_else(none("no evaluation was started"))?;
-        to_js(&ev.partial())
+        match self.evaluator.as_ref().ok_or_else(none("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => to_js(&ev.partial()),
+            Evaluation::Streamed(_) => Err(js_err(Error::msg("a streamed evaluation is not split"))),
+        }
     }
 
     /// Add another part's sums (from [`Workspace::eval_partial`]) to this evaluation.
     pub fn eval_merge(&mut self, partial: JsValue) -> JsResult<()> {
         let p: crate::metrics::PartialSums = from_js(partial, "evaluation part").map_err(js_err)?;
-        let ev = self.evaluator.as_mut().ok_or_else(none("no evaluation was started"))?;
-        ev.merge(&p).map_err(js_err)
+        match self.evaluator.as_mut().ok_or_else(none("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => ev.merge(&p).map_err(js_err),
+            Evaluation::Streamed(_) => Err(js_err(Error::msg("a streamed evaluation is not split"))),
+        }
     }
 
     /// The evaluation's figures with sizes and layer counts: the page's summary.
     pub fn eval_report(&self) -> JsResult<JsValue> {
-        let ev = self.evaluator.as_ref().ok_or_else(none("no evaluation was started"))?;
         let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
-        let o = self.original.as_ref().ok_or_else(none("the original model is not loaded"))?;
+        let (report, streamed) = match self.evaluator.as_ref().ok_or_else(none("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => (ev.report(), false),
+            Evaluation::Streamed(ev) => (ev.report(), true),
+        };
         #[derive(Serialize)]
         struct Summary {
             #[serde(flatten)]
             eval: crate::metrics::EvalReport,
+            streamed: bool,
             bytes_original: usize,
             bytes_compressed: Option<usize>,
-            resident_bytes_original: usize,
+            resident_bytes_original: Option<usize>,
             resident_bytes_compressed: Option<usize>,
             layers_compressed: Option<usize>,
             layers_total: usize,
         }
         let c = self.compressed.as_ref();
         to_js(&Summary {
-            eval: ev.report(),
+            eval: report,
+            streamed,
             bytes_original: b.tensor_bytes(),
             bytes_compressed: c.map(|c| c.tensor_bytes),
-            resident_bytes_original: o.weight_bytes(),
+            resident_bytes_original: self.original.as_ref().map(|o| o.weight_bytes()),
             resident_bytes_compressed: c.map(|c| c.resident_bytes),
             layers_compressed: c.map(|c| c.model.compressed_layers()),
-            layers_total: o.linears().len(),
+            // every block's six linear layers and the head
+            layers_total: 6 * b.cfg.num_layers + 1,
         })
     }
 

@@ -229,3 +229,39 @@ fn bad_policies_and_files_are_sentences() {
     let e = semantic_llm_compressor::checkpoint::Checkpoint::open_dir(&shared("corpus")).err().unwrap().to_string();
     assert!(e.contains("model.safetensors"), "{e}");
 }
+
+/// The streaming evaluation (the original read one block at a time) gives the figures of the ordinary one.
+#[test]
+fn streaming_evaluation_matches_the_ordinary_one() {
+    use semantic_llm_compressor::metrics::StreamingEvaluator;
+    use semantic_llm_compressor::model::CheckpointWeights;
+    let b = bard();
+    let c = compress(&b, Policy { rank: 32, skip: MLP.iter().map(|s| s.to_string()).collect(), ..Default::default() });
+    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let original = b.load_model(false).unwrap();
+    let mut ev = Evaluator::new(&ids, 1024, 256).unwrap();
+    while ev.step(&original, Some(&c.model)).unwrap() {}
+    let want = ev.report();
+    for keep_half in [false, true] {
+        let w = CheckpointWeights { ckpt: &b.ckpt, keep_half };
+        let mut st = StreamingEvaluator::new(&ids, 1024, 256).unwrap();
+        let mut steps = 0;
+        while st.step(&b.cfg, &w, Some(&c.model)).unwrap() {
+            steps += 1;
+        }
+        assert_eq!(steps, st.total_steps(&b.cfg));
+        let got = st.report();
+        let tol = if keep_half { 1e-5 } else { 1e-9 };
+        for (name, a, e) in [
+            ("ppl_original", got.ppl_original, want.ppl_original),
+            ("ppl_compressed", got.ppl_compressed.unwrap(), want.ppl_compressed.unwrap()),
+            ("cosine", got.cosine.unwrap(), want.cosine.unwrap()),
+            ("kl", got.kl.unwrap(), want.kl.unwrap()),
+            ("mse", got.mse.unwrap(), want.mse.unwrap()),
+        ] {
+            assert!((a - e).abs() <= tol * e.abs().max(1.0), "keep_half {keep_half}: {name} {a} vs {e}");
+        }
+        assert_eq!(got.top1, want.top1);
+    }
+}

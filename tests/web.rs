@@ -124,6 +124,39 @@ fn workspace_compresses_exports_and_reopens() {
     assert!(get(&second, "cosine").as_f64().unwrap() > 0.9);
 }
 
+/// With the original not in memory, the evaluation streams it from its `File` a block at a time, with the figures
+/// of the in-memory evaluation.
+#[wasm_bindgen_test]
+fn workspace_streams_the_original_when_it_is_not_loaded() {
+    use semantic_llm_compressor::wasm::Workspace;
+    let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
+    let run = |load: bool| {
+        let files = js_sys::Array::new();
+        files.push(&file("config.json", BARD_CONFIG.as_bytes()));
+        files.push(&file("tokenizer.json", BARD_TOKENIZER));
+        files.push(&file("model.safetensors", BARD_WEIGHTS));
+        let mut ws = Workspace::new();
+        ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
+        if load {
+            ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
+        }
+        let policy = js_sys::JSON::parse(r#"{"rank": 16}"#).unwrap();
+        ws.compress_begin(policy).map_err(|e| JsValueDbg(e.into())).unwrap();
+        while !ws.compress_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
+        ws.compress_finish().map_err(|e| JsValueDbg(e.into())).unwrap();
+        let begin = ws.eval_begin(&EVAL_TEXT[..3000], 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
+        assert_eq!(get(&begin, "unit").as_string().as_deref(), Some(if load { "window" } else { "stage" }));
+        while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
+        ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap()
+    };
+    let (memory, streamed) = (run(true), run(false));
+    assert_eq!(get(&streamed, "streamed").as_bool(), Some(true));
+    for k in ["cosine", "ppl_original", "ppl_compressed", "kl"] {
+        let (a, b) = (get(&memory, k).as_f64().unwrap(), get(&streamed, k).as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1.0), "{k}: {a} vs {b}");
+    }
+}
+
 /// A missing config.json is reported as a sentence that names it.
 #[wasm_bindgen_test]
 fn workspace_names_missing_files() {

@@ -379,9 +379,9 @@ function open(msg) {
       renderSummary(report.evaluation, { seconds: report.evaluation.seconds });
     } else {
       clearSummary();
-      $('summary-note').textContent = app.loaded
-        ? 'Loaded a compressed checkpoint.'
-        : 'Loaded a compressed checkpoint without its original model in memory: load the original first to compare them.';
+      $('summary-note').textContent = report.eval_error
+        ? `Loaded a compressed checkpoint; not evaluated: ${report.eval_error}`
+        : 'Loaded a compressed checkpoint without its original model: open the original first to compare them.';
     }
     setBusy(false);
     setState('done', report.matches_original ? 'compressed checkpoint loaded' : 'compressed model loaded alone');
@@ -411,14 +411,15 @@ function compress() {
       const f = r.finished;
       renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
         resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
-      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s. The original model does not fit in this tab's memory, so the two were not compared; the compressed checkpoint can be exported.`;
+      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s. Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
       setBusy(false);
       setState('done', 'compressed (not evaluated)');
       return;
     }
     renderSummary(ev, { seconds });
     $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
-    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s, evaluated in ${ev.seconds.toFixed(1)} s${ev.workers > 1 ? ` by ${ev.workers} workers` : ''}.`;
+    const how = ev.workers > 1 ? ` by ${ev.workers} workers` : ev.streamed ? ', the original read from its file a block at a time' : '';
+    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
     app.runs.push({
       bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
       label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,

@@ -109,7 +109,8 @@ async function evaluate(spec) {
   const done = new Array(parts).fill(0);
   const report = () => {
     const d = done.reduce((a, b) => a + b, 0);
-    progress('evaluate', d, begin.all_windows, `window ${d}/${begin.all_windows}${parts > 1 ? ` (${parts} workers)` : ''}`);
+    const how = parts > 1 ? ` (${parts} workers)` : begin.unit === 'stage' ? ' (original streamed from its file)' : '';
+    progress('evaluate', d, begin.all_steps, `${begin.unit} ${d}/${begin.all_steps}${how}`);
   };
   report();
   const partials = team.map((h, i) => {
@@ -134,6 +135,16 @@ async function evaluate(spec) {
 }
 let lastLoaded = null;
 
+// An evaluation that does not fit in memory is reported, not fatal: the compression is still there to export.
+async function evaluateIfItFits(spec) {
+  try {
+    return { evaluation: await evaluate(spec) };
+  } catch (err) {
+    if (err instanceof Cancelled || !String(err.message).startsWith('not enough memory')) throw err;
+    return { evaluation: null, evalError: err.message };
+  }
+}
+
 const commands = {
   async open({ files, demo, evalSpec }) {
     state('loading', 'loading');
@@ -156,11 +167,13 @@ const commands = {
         report.load_error = err.message;
       }
       lastLoaded = report.loaded;
-    } else if (report.matches_original && evalSpec && lastLoaded) {
+    } else if (report.matches_original && evalSpec) {
       compressedFile = files[0];
       generation += 1;
       report.layers_reports = ws.layer_reports();
-      report.evaluation = await evaluate(evalSpec);
+      const { evaluation, evalError } = await evaluateIfItFits(evalSpec);
+      report.evaluation = evaluation;
+      report.eval_error = evalError;
     } else {
       if (!report.matches_original) originalFiles = null;
       compressedFile = null;
@@ -190,8 +203,8 @@ const commands = {
     const compressSeconds = (performance.now() - t0) / 1000;
     compressedFile = HELPERS ? new File(ws.export(), 'compressed.safetensors') : null;
     generation += 1;
-    const evaluation = evalSpec && lastLoaded ? await evaluate(evalSpec) : null;
-    return { finished, evaluation, compress_seconds: compressSeconds, memory: ws.memory() };
+    const { evaluation, evalError } = evalSpec ? await evaluateIfItFits(evalSpec) : { evaluation: null };
+    return { finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds, memory: ws.memory() };
   },
 
   async memory_limit({ bytes }) {

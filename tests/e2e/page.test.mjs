@@ -170,6 +170,7 @@ try {
   assert.equal(await small.$eval('#status', (e) => e.dataset.state), 'done', await small.textContent('#error'));
   const sm = await small.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.textContent])));
   assert.equal(sm.cosine, '–');
+  assert.match(await small.textContent('#summary-note'), /Not evaluated: not enough memory/);
   assert.equal(sm.layers_compressed, '48');
   const bigDownload = small.waitForEvent('download');
   await small.click('#export');
