@@ -70,7 +70,7 @@ pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<
         }
     }
     let tied = !ckpt.contains("lm_head.weight");
-    let head_src = if tied { tied_embedding_name(ckpt) } else { "lm_head.weight".to_string() };
+    let head_src = if tied { embedding_name(ckpt) } else { "lm_head.weight".to_string() };
     let (stored_elem_bytes, stored_dtype) = elem(&head_src);
     mats.push(MatrixInfo {
         name: "lm_head.weight".into(),
@@ -83,7 +83,8 @@ pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<
     Ok(mats)
 }
 
-fn tied_embedding_name(ckpt: &Checkpoint) -> String {
+/// The token embedding's tensor name in this checkpoint (`transformer.wte.weight` or `wte.weight`).
+pub fn embedding_name(ckpt: &Checkpoint) -> String {
     if ckpt.contains("transformer.wte.weight") { "transformer.wte.weight" } else { "wte.weight" }.to_string()
 }
 
@@ -375,7 +376,7 @@ pub fn build_compressed(
 pub fn reader(ckpt: &Checkpoint) -> impl Fn(&str) -> Result<Vec<f32>> + '_ {
     move |name: &str| {
         let actual =
-            if name == "lm_head.weight" && !ckpt.contains(name) { tied_embedding_name(ckpt) } else { name.to_string() };
+            if name == "lm_head.weight" && !ckpt.contains(name) { embedding_name(ckpt) } else { name.to_string() };
         ckpt.read(&actual)?.to_f32_vec()
     }
 }

@@ -319,18 +319,16 @@ impl Workspace {
         let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
         let f32_bytes = b.estimate_model_bytes(false) as f64;
         let half_bytes = b.estimate_model_bytes(true) as f64;
-        let free = self.free_bytes();
-        let keep_half = if f32_bytes < 0.8 * free {
+        let keep_half = if self.fits(f32_bytes, 0.8) {
             false
-        } else if half_bytes < 0.8 * free {
+        } else if self.fits(half_bytes, 0.8) {
             true
         } else {
-            return Err(js_err(Error::Memory(format!(
-                "the original model needs {} in memory (its 16-bit weights kept as stored), and only {} of this tab's {} is free; it can still be compressed and exported, but not run or evaluated here",
-                gib(half_bytes),
-                gib(free),
-                gib(self.memory_limit)
-            ))));
+            return Err(self.no_room(
+                "the original model (its 16-bit weights kept as stored)",
+                half_bytes,
+                "it can still be compressed and exported, but not run here",
+            ));
         };
         let total = b.tensor_count();
         let report = |done: usize, name: &str| {
@@ -405,13 +403,8 @@ impl Workspace {
         // the compressed model holds its factors (already allocated) and the dense tensors as stored
         let dense: usize = b.tensor_bytes()
             - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes()).sum::<usize>();
-        let free = self.free_bytes();
-        if dense as f64 > 0.9 * free {
-            return Err(js_err(Error::Memory(format!(
-                "the compressed model keeps {} of dense tensors, and only {} is free: skip fewer layers",
-                gib(dense as f64),
-                gib(free)
-            ))));
+        if !self.fits(dense as f64, 0.9) {
+            return Err(self.no_room("the compressed model's dense tensors", dense as f64, "skip fewer layers"));
         }
         let c = self.compressor.take().ok_or_else(none("no compression was started"))?;
         let done = c.finish(&b.cfg, &b.ckpt).map_err(js_err)?;
@@ -499,21 +492,16 @@ impl Workspace {
                 return Err(js_err(Error::msg("a streamed evaluation runs in one worker")));
             }
             // memory: the head (the token embedding as stored), one block, the hidden states, two windows of logits
-            let elem = b
-                .ckpt
-                .info("transformer.wte.weight")
-                .or(b.ckpt.info("wte.weight"))
-                .map_or(4, |i| i.dtype.bitsize() / 8);
+            let elem = b.ckpt.info(&crate::compress::embedding_name(&b.ckpt)).map_or(4, |i| i.dtype.bitsize() / 8);
             let (h, v) = (b.cfg.hidden_size, b.cfg.vocab_size);
             let block = (4 * h * h + 2 * h * b.cfg.intermediate_size()) * 4;
             let need = v * h * elem + block + tokens.min(text_tokens) * h * 4 + 2 * window * v * 4;
-            let free = self.free_bytes();
-            if need as f64 > 0.9 * free {
-                return Err(js_err(Error::Memory(format!(
-                    "evaluating without the original in memory still needs about {} (its head, a block and two windows of logits), and {} is free",
-                    gib(need as f64),
-                    gib(free)
-                ))));
+            if !self.fits(need as f64, 0.9) {
+                return Err(self.no_room(
+                    "evaluating with the original read from its file (its head, a block, two windows of logits)",
+                    need as f64,
+                    "the compressed checkpoint can still be exported",
+                ));
             }
             let ev = crate::metrics::StreamingEvaluator::new(&ids, tokens, window).map_err(js_err)?;
             let steps = ev.total_steps(&b.cfg);
@@ -718,6 +706,22 @@ impl Workspace {
     fn free_bytes(&self) -> f64 {
         let heap = heap_bytes();
         (self.memory_limit - heap).max(0.0) + (heap - crate::alloc::live_bytes() as f64).max(0.0)
+    }
+
+    /// Whether `bytes` more can be allocated while `share` of the free heap is the most it may take (the rest is
+    /// for the work around it: loading reads each tensor and converts it, so it keeps more room).
+    fn fits(&self, bytes: f64, share: f64) -> bool {
+        bytes <= share * self.free_bytes()
+    }
+
+    /// The error for `what` needing `bytes` that do not fit, and what can still be done.
+    fn no_room(&self, what: &str, bytes: f64, still: &str) -> JsError {
+        js_err(Error::Memory(format!(
+            "{what} needs about {}, and only {} of this tab's {} is free; {still}",
+            gib(bytes),
+            gib(self.free_bytes()),
+            gib(self.memory_limit)
+        )))
     }
 
     fn model(&self, which: &str) -> Result<&GptNeo> {

@@ -26,6 +26,17 @@ fn file(name: &str, bytes: &[u8]) -> web_sys::File {
     web_sys::File::new_with_u8_array_sequence(&parts, name).unwrap()
 }
 
+/// A workspace with neo-bard-8l's three files open (not loaded), and what `open` reported.
+fn bard_workspace() -> (semantic_llm_compressor::wasm::Workspace, wasm_bindgen::JsValue) {
+    let files = js_sys::Array::new();
+    files.push(&file("config.json", BARD_CONFIG.as_bytes()));
+    files.push(&file("tokenizer.json", BARD_TOKENIZER));
+    files.push(&file("model.safetensors", BARD_WEIGHTS));
+    let mut ws = semantic_llm_compressor::wasm::Workspace::new();
+    let report = ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
+    (ws, report)
+}
+
 #[wasm_bindgen_test]
 fn tiny_gpt_neo_matches_transformers() {
     common::check_tiny(TINY_CONFIG, TINY_WEIGHTS, TINY_REF);
@@ -46,13 +57,7 @@ fn neo_bard_matches_model_card_and_reference_logits() {
 /// The page's path: `File`s read in slices by the worker, then streamed generation.
 #[wasm_bindgen_test]
 fn workspace_reads_files_in_slices_and_generates() {
-    use semantic_llm_compressor::wasm::Workspace;
-    let files = js_sys::Array::new();
-    files.push(&file("config.json", BARD_CONFIG.as_bytes()));
-    files.push(&file("tokenizer.json", BARD_TOKENIZER));
-    files.push(&file("model.safetensors", BARD_WEIGHTS));
-    let mut ws = Workspace::new();
-    let report = ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
+    let (mut ws, report) = bard_workspace();
     let layers =
         js_sys::Reflect::get(&js_sys::Reflect::get(&report, &"summary".into()).unwrap(), &"num_layers".into()).unwrap();
     assert_eq!(layers.as_f64(), Some(8.0));
@@ -88,14 +93,8 @@ fn export_then_import_gives_identical_logits() {
 /// compression of the open original, and the evaluation compares the two.
 #[wasm_bindgen_test]
 fn workspace_compresses_exports_and_reopens() {
-    use semantic_llm_compressor::wasm::Workspace;
     let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
-    let files = js_sys::Array::new();
-    files.push(&file("config.json", BARD_CONFIG.as_bytes()));
-    files.push(&file("tokenizer.json", BARD_TOKENIZER));
-    files.push(&file("model.safetensors", BARD_WEIGHTS));
-    let mut ws = Workspace::new();
-    ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
+    let (mut ws, _) = bard_workspace();
     ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
     let policy = js_sys::JSON::parse(r#"{"rank": 16, "skip": ["mlp.c_fc", "mlp.c_proj"]}"#).unwrap();
     ws.compress_begin(policy).map_err(|e| JsValueDbg(e.into())).unwrap();
@@ -128,15 +127,9 @@ fn workspace_compresses_exports_and_reopens() {
 /// of the in-memory evaluation.
 #[wasm_bindgen_test]
 fn workspace_streams_the_original_when_it_is_not_loaded() {
-    use semantic_llm_compressor::wasm::Workspace;
     let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
     let run = |load: bool| {
-        let files = js_sys::Array::new();
-        files.push(&file("config.json", BARD_CONFIG.as_bytes()));
-        files.push(&file("tokenizer.json", BARD_TOKENIZER));
-        files.push(&file("model.safetensors", BARD_WEIGHTS));
-        let mut ws = Workspace::new();
-        ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
+        let (mut ws, _) = bard_workspace();
         if load {
             ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
         }
@@ -160,10 +153,9 @@ fn workspace_streams_the_original_when_it_is_not_loaded() {
 /// A missing config.json is reported as a sentence that names it.
 #[wasm_bindgen_test]
 fn workspace_names_missing_files() {
-    use semantic_llm_compressor::wasm::Workspace;
     let files = js_sys::Array::new();
     files.push(&file("model.safetensors", TINY_WEIGHTS));
-    let mut ws = Workspace::new();
+    let mut ws = semantic_llm_compressor::wasm::Workspace::new();
     let err: wasm_bindgen::JsValue = ws.open(files).err().unwrap().into();
     let msg = err.unchecked_into::<js_sys::Error>().message().as_string().unwrap();
     assert!(msg.contains("config.json"), "{msg}");
