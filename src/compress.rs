@@ -8,7 +8,7 @@ use crate::checkpoint::Checkpoint;
 use crate::config::GptNeoConfig;
 use crate::linear::LinearWeight;
 use crate::model::{CheckpointWeights, GptNeo, Weights};
-use crate::policy::{MatrixInfo, Method, Plan, Policy};
+use crate::policy::{MatrixInfo, Plan, Policy};
 use crate::quant::{Factor, QMat, QuantScheme};
 use crate::svd::{self, rel_fro_error, Svd};
 use crate::{Error, Result};
@@ -447,13 +447,4 @@ pub fn totals(reports: &[LayerReport]) -> CompressionTotals {
         t.bytes_after += r.bytes_after;
     }
     t
-}
-
-impl Method {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Method::Svd => "svd",
-            Method::Int8 => "int8",
-        }
-    }
 }

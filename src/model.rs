@@ -263,11 +263,6 @@ impl Block {
     fn linears(&self) -> [&Linear; 6] {
         [&self.attn.q, &self.attn.k, &self.attn.v, &self.attn.out, &self.mlp.c_fc, &self.mlp.c_proj]
     }
-
-    fn linears_mut(&mut self) -> [&mut Linear; 6] {
-        let Block { attn, mlp, .. } = self;
-        [&mut attn.q, &mut attn.k, &mut attn.v, &mut attn.out, &mut mlp.c_fc, &mut mlp.c_proj]
-    }
 }
 
 /// Keys and values of every block for the positions seen so far.
@@ -436,14 +431,6 @@ impl GptNeo {
     /// How many linear layers are stored compressed (low rank or INT8).
     pub fn compressed_layers(&self) -> usize {
         self.linears().iter().filter(|l| !l.weight.is_dense()).count()
-    }
-
-    /// The linear layer whose weight tensor is called `name`.
-    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
-        if self.head.head.name == name {
-            return Some(&mut self.head.head);
-        }
-        self.blocks.iter_mut().flat_map(|b| b.linears_mut()).find(|l| l.name == name)
     }
 
     /// Bytes of every tensor the model holds (a tied head counted once).
