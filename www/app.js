@@ -7,6 +7,7 @@ const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'modu
 
 const app = {
   model: null,          // the open report of the original model
+  name: 'model',        // what to call it in file names
   opened: false,        // an original checkpoint is open (it can be compressed)
   loaded: false,        // the original model is in memory (it can run and be evaluated)
   compressed: false,    // a compressed model exists
@@ -350,10 +351,11 @@ function resetResults() {
   plots.errorCurve($('error-plot'), null);
 }
 
-function open(msg) {
+function open(msg, name) {
   run({ cmd: 'open', evalSpec: evalSpec(), ...msg }, (report) => {
     if (report.kind === 'original') {
       app.model = report;
+      app.name = name || 'model';
       app.opened = true;
       app.loaded = !!report.loaded;
       resetResults();
@@ -465,8 +467,7 @@ function generate() {
 }
 
 function exportCheckpoint() {
-  const base = (app.model?.summary.files[0] || 'model').replace(/\.safetensors$/, '').replace(/^model$/, 'model');
-  run({ cmd: 'export', name: `${base}-compressed.safetensors` }, ({ blob, name }) => {
+  run({ cmd: 'export', name: `${app.name}-compressed.safetensors` }, ({ blob, name }) => {
     const a = $('download');
     const url = URL.createObjectURL(blob);
     a.href = url;
@@ -498,9 +499,20 @@ async function filesFromDrop(dt) {
 }
 
 // ---------- wiring ----------
-$('load-demo').addEventListener('click', () => open({ demo: true }));
-$('files').addEventListener('change', (e) => { const f = [...e.target.files]; e.target.value = ''; if (f.length) open({ files: f }); });
-$('folder').addEventListener('change', (e) => { const f = [...e.target.files]; e.target.value = ''; if (f.length) open({ files: f }); });
+// a name for exported files: the demo's, the folder's, or the checkpoint file's
+function nameFrom(files) {
+  const folder = files.find((f) => f.webkitRelativePath)?.webkitRelativePath.split('/')[0];
+  const weights = files.find((f) => f.name.endsWith('.safetensors'))?.name.replace(/\.safetensors$/, '');
+  return folder || (weights && weights !== 'model' ? weights : 'model');
+}
+function openFiles(files) {
+  if (!files.length) return;
+  const name = nameFrom(files);
+  open({ files }, name);
+}
+$('load-demo').addEventListener('click', () => open({ demo: true }, 'neo-bard-8l'));
+$('files').addEventListener('change', (e) => { const f = [...e.target.files]; e.target.value = ''; openFiles(f); });
+$('folder').addEventListener('change', (e) => { const f = [...e.target.files]; e.target.value = ''; openFiles(f); });
 const dz = $('dropzone');
 dz.addEventListener('dragover', (e) => { e.preventDefault(); dz.classList.add('over'); });
 dz.addEventListener('dragleave', () => dz.classList.remove('over'));
@@ -508,7 +520,7 @@ dz.addEventListener('drop', async (e) => {
   e.preventDefault();
   dz.classList.remove('over');
   if (app.pending) return;
-  open({ files: await filesFromDrop(e.dataTransfer) });
+  openFiles(await filesFromDrop(e.dataTransfer));
 });
 dz.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('files').click(); } });
 $('cancel').addEventListener('click', () => worker.postMessage({ cmd: 'cancel' }));
