@@ -36,6 +36,9 @@ pub struct LayerReport {
     pub err_stored: Option<f64>,
     /// Fraction of ‖W‖F² kept by the rank (from the spectrum).
     pub energy_kept: Option<f64>,
+    /// Activation-aware SVD: the relative error on the calibration inputs, sqrt(tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)), of
+    /// what is stored.
+    pub err_activations: Option<f64>,
     pub params_before: usize,
     pub params_after: usize,
     pub bytes_before: usize,
@@ -105,6 +108,8 @@ pub struct Compressor {
     weights: HashMap<String, LinearWeight>,
     pub reports: Vec<LayerReport>,
     live_at_start: usize,
+    /// Input statistics per layer, for the whitened method.
+    grams: HashMap<String, crate::calib::Gram>,
 }
 
 /// Progress after a step.
@@ -131,11 +136,22 @@ impl Compressor {
             weights: HashMap::new(),
             reports: Vec::new(),
             live_at_start: crate::alloc::live_bytes(),
+            grams: HashMap::new(),
         };
         if !c.policy.needs_spectra() {
             c.start_factoring()?;
         }
         Ok(c)
+    }
+
+    /// Give the calibration statistics the whitened method needs (from [`crate::calib::Calibrator`]).
+    pub fn set_calibration(&mut self, grams: HashMap<String, crate::calib::Gram>) {
+        self.grams = grams;
+    }
+
+    /// Whether the policy needs calibration statistics that have not been given.
+    pub fn needs_calibration(&self) -> bool {
+        self.policy.method == crate::policy::Method::Whitened && self.grams.is_empty()
     }
 
     /// Matrices that need a spectrum before ranks can be allocated (not skipped, not excluded).
@@ -208,6 +224,7 @@ impl Compressor {
             err_svd: None,
             err_stored: None,
             energy_kept: None,
+            err_activations: None,
             params_before: m.params(),
             params_after: m.params(),
             bytes_before: m.dense_bytes(),
@@ -234,13 +251,31 @@ impl Compressor {
             Plan::LowRank { rank } => {
                 let w = read(&m.name)?;
                 let seed = self.policy.seed ^ fnv(&m.name);
-                // The exact path yields every singular value for free; keep them for the report.
-                let mut s: Svd = match self.policy.svd {
-                    svd::SvdMethod::Exact => full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?,
-                    svd::SvdMethod::Auto if out.min(inp) <= svd::AUTO_EXACT_DIM || 4 * rank >= out.min(inp) => {
-                        full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?
+                let gram = match self.policy.method {
+                    crate::policy::Method::Whitened => {
+                        Some(self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
+                            Error::tensor(
+                                &m.name,
+                                "has no calibration statistics: calibrate before an activation-aware SVD",
+                            )
+                        })?)
                     }
-                    method => svd::truncated(&w, out, inp, rank, method, seed).map_err(tag)?,
+                    _ => None,
+                };
+                // The exact path yields every singular value for free; keep them for the report.
+                let mut s: Svd = match (&gram, self.policy.svd) {
+                    (Some(g), _) => {
+                        rep.singular_values =
+                            Some(svd::singular_values(&w, out, inp).map_err(tag)?.iter().map(|&x| x as f32).collect());
+                        svd::whitened(&w, out, inp, g, rank, self.policy.damp).map_err(tag)?
+                    }
+                    (None, policy_svd) => match policy_svd {
+                        svd::SvdMethod::Exact => full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?,
+                        svd::SvdMethod::Auto if out.min(inp) <= svd::AUTO_EXACT_DIM || 4 * rank >= out.min(inp) => {
+                            full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?
+                        }
+                        method => svd::truncated(&w, out, inp, rank, method, seed).map_err(tag)?,
+                    },
                 };
                 s.canonicalize_signs();
                 rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
@@ -253,6 +288,9 @@ impl Compressor {
                 let lw = factors(&s, self.policy.factor_quant());
                 let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
                 rep.err_stored = Some(rel_fro_error(&w, &back));
+                if let Some(g) = &gram {
+                    rep.err_activations = Some(svd::rel_activation_error(&w, &back, out, inp, g));
+                }
                 rep.decision = "low-rank".into();
                 rep.rank = Some(s.rank());
                 rep.storage = lw.describe();
@@ -393,10 +431,12 @@ pub struct Compressed {
 
 impl Compressor {
     /// Build the compressed model once every step is done.
-    pub fn finish(self, cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Compressed> {
+    pub fn finish(mut self, cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Compressed> {
         if !self.is_done() {
             return Err(Error::msg("the compression has not finished"));
         }
+        // the calibration statistics are not part of the model
+        drop(std::mem::take(&mut self.grams));
         let model = build_compressed(cfg, ckpt, &self.weights)?;
         // Everything allocated since the compressor started and still alive: the factors, the dense tensors the
         // compressed model holds as stored, and the (small) layer reports.
@@ -405,14 +445,24 @@ impl Compressor {
     }
 }
 
-/// Compress a whole checkpoint at once, calling `progress` after every step.
+/// Compress a whole checkpoint at once, calling `progress` after every step. The whitened method needs
+/// `calibration`: the original model and the calibration text's tokens.
 pub fn compress_checkpoint(
     cfg: &GptNeoConfig,
     ckpt: &Checkpoint,
     policy: Policy,
+    calibration: Option<(&GptNeo, &[u32])>,
     progress: &mut dyn FnMut(&StepInfo),
 ) -> Result<Compressed> {
     let mut c = Compressor::new(policy, considered_matrices(cfg, ckpt)?)?;
+    if c.needs_calibration() {
+        let (model, ids) = calibration.ok_or_else(|| {
+            Error::Policy("activation-aware SVD needs calibration text and the original model".into())
+        })?;
+        let mut cal = crate::calib::Calibrator::new(ids, c.policy.calibration_tokens, c.policy.calibration_window)?;
+        while cal.step(model)? {}
+        c.set_calibration(cal.finish());
+    }
     let read = reader(ckpt);
     while let Some(info) = c.step(&read)? {
         progress(&info);

@@ -117,6 +117,8 @@ struct LayerMeta<'a> {
     rank: Option<usize>,
     err_svd: Option<f64>,
     err_stored: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    err_activations: Option<f64>,
 }
 
 /// What the export records about its source.
@@ -171,7 +173,13 @@ impl Export {
             .map(|r| {
                 (
                     r.name.as_str(),
-                    LayerMeta { storage: &r.storage, rank: r.rank, err_svd: r.err_svd, err_stored: r.err_stored },
+                    LayerMeta {
+                        storage: &r.storage,
+                        rank: r.rank,
+                        err_svd: r.err_svd,
+                        err_stored: r.err_stored,
+                        err_activations: r.err_activations,
+                    },
                 )
             })
             .collect();

@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod bundle;
+pub mod calib;
 pub mod checkpoint;
 pub mod compress;
 pub mod config;

@@ -125,6 +125,7 @@ impl Linear {
         let inp = *dims.last().unwrap_or(&0);
         let n = x.elem_count() / inp.max(1);
         let x2 = x.reshape((n, inp))?;
+        crate::calib::record(&self.name, &x2)?;
         let y = match &self.weight {
             LinearWeight::Dense(w) if w.dtype() == DType::F32 => x2.matmul(&w.t()?)?,
             // a half tensor handed in directly (the model keeps halves as `Matrix`)

@@ -85,10 +85,13 @@ impl Sums {
         }
     }
 
-    fn report(&self, compare: bool, tokens: usize, window: usize, windows: usize) -> EvalReport {
+    fn report(&self, compare: bool, skip: usize, tokens: usize, window: usize, windows: usize) -> EvalReport {
         let n = self.positions.max(1) as f64;
         let cmp = |v: f64| compare.then_some(v);
+        let which =
+            if skip == 0 { format!("first {tokens} tokens") } else { format!("tokens {skip}..{}", skip + tokens) };
         EvalReport {
+            skip_tokens: skip,
             tokens,
             window,
             windows,
@@ -105,7 +108,7 @@ impl Sums {
             top1: cmp(self.top1_agree as f64 / n),
             kl: cmp(self.kl_sum / n),
             convention: format!(
-                "first {tokens} tokens in {windows} non-overlapping windows of {window}; each window predicts its tokens 2..W ({} predictions); cosine per position averaged over {} positions; cosine_global over all logits flattened; KL(original‖compressed) averaged over positions",
+                "{which} in {windows} non-overlapping windows of {window}; each window predicts its tokens 2..W ({} predictions); cosine per position averaged over {} positions; cosine_global over all logits flattened; KL(original‖compressed) averaged over positions",
                 self.predictions, self.positions
             ),
         }
@@ -137,6 +140,8 @@ pub struct PartialSums {
 /// Results of an evaluation, as `slc eval --json` prints them.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalReport {
+    /// Tokens of the text skipped before the evaluated ones (those a calibration read).
+    pub skip_tokens: usize,
     pub tokens: usize,
     pub window: usize,
     pub windows: usize,
@@ -166,13 +171,20 @@ pub struct Evaluator {
     /// One per compressed model (or one, unused, when none is compared).
     sums: Vec<Sums>,
     compare: bool,
+    skip: usize,
 }
 
 impl Evaluator {
     pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
         let windows = windows(ids, tokens, window)?;
         let tokens = windows.iter().map(|w| w.len()).sum();
-        Ok(Self { windows, offset: 0, stride: 1, next: 0, tokens, window, sums: Vec::new(), compare: false })
+        Ok(Self { windows, offset: 0, stride: 1, next: 0, tokens, window, sums: Vec::new(), compare: false, skip: 0 })
+    }
+
+    /// The same evaluation on the text's tokens after the first `skip` (which a calibration has read).
+    pub fn after(ids: &[u32], skip: usize, tokens: usize, window: usize, part: usize, parts: usize) -> Result<Self> {
+        let rest = ids.get(skip..).unwrap_or(&[]);
+        Ok(Self { skip, ..Self::new_part(rest, tokens, window, part, parts)? })
     }
 
     /// Part `part` of `parts` of the same evaluation (every `parts`-th window), for workers that run in parallel;
@@ -258,7 +270,7 @@ impl Evaluator {
 
     fn report_for(&self, i: usize) -> EvalReport {
         let empty = Sums::default();
-        self.sums.get(i).unwrap_or(&empty).report(self.compare, self.tokens, self.window, self.windows.len())
+        self.sums.get(i).unwrap_or(&empty).report(self.compare, self.skip, self.tokens, self.window, self.windows.len())
     }
 }
 
@@ -275,6 +287,7 @@ pub struct StreamingEvaluator {
     head: Option<Head>,
     sums: Sums,
     compare: bool,
+    skip: usize,
 }
 
 impl StreamingEvaluator {
@@ -290,7 +303,13 @@ impl StreamingEvaluator {
             head: None,
             sums: Sums::default(),
             compare: false,
+            skip: 0,
         })
+    }
+
+    /// The same evaluation on the text's tokens after the first `skip`.
+    pub fn after(ids: &[u32], skip: usize, tokens: usize, window: usize) -> Result<Self> {
+        Ok(Self { skip, ..Self::new(ids.get(skip..).unwrap_or(&[]), tokens, window)? })
     }
 
     /// Steps in all: the embeddings, each block, then the head once per window.
@@ -343,7 +362,7 @@ impl StreamingEvaluator {
     }
 
     pub fn report(&self) -> EvalReport {
-        self.sums.report(self.compare, self.tokens, self.window, self.windows.len())
+        self.sums.report(self.compare, self.skip, self.tokens, self.window, self.windows.len())
     }
 }
 

@@ -17,6 +17,15 @@ pub enum Method {
     Svd,
     /// No SVD: the dense weight itself in INT8.
     Int8,
+    /// Activation-aware ("whitened") SVD: truncation weighted by the inputs each layer sees on calibration text.
+    Whitened,
+}
+
+impl Method {
+    /// Whether the method factors matrices by an SVD (plain or whitened).
+    pub fn is_svd(&self) -> bool {
+        matches!(self, Method::Svd | Method::Whitened)
+    }
 }
 
 /// How a size budget spreads ranks over the matrices.
@@ -84,6 +93,11 @@ pub struct Policy {
     pub seed: u64,
     /// Keep a matrix dense when its factors would not be smaller than it (in bytes, as stored).
     pub break_even_guard: bool,
+    /// Whitened method: calibration tokens (the first of the calibration text) and their window.
+    pub calibration_tokens: usize,
+    pub calibration_window: usize,
+    /// Whitened method: λ = damp · mean diagonal of the input Gram matrix, added before the Cholesky factorisation.
+    pub damp: f64,
 }
 
 impl Default for Policy {
@@ -103,6 +117,9 @@ impl Default for Policy {
             svd: SvdMethod::Auto,
             seed: 0,
             break_even_guard: true,
+            calibration_tokens: 2048,
+            calibration_window: 512,
+            damp: 0.01,
         }
     }
 }
@@ -160,7 +177,17 @@ impl Policy {
                 return Err(Error::Policy(format!("budget {b} must be in (0, 1]")));
             }
         }
-        if self.rank == 0 && self.energy.is_none() && self.budget.is_none() && self.method == Method::Svd {
+        if self.method == Method::Whitened {
+            if self.calibration_tokens < 2 || self.calibration_window < 2 {
+                return Err(Error::Policy(
+                    "activation-aware SVD needs at least 2 calibration tokens and a window of 2".into(),
+                ));
+            }
+            if !(self.damp.is_finite() && self.damp >= 0.0) {
+                return Err(Error::Policy(format!("damp {} must be a number ≥ 0", self.damp)));
+            }
+        }
+        if self.rank == 0 && self.energy.is_none() && self.budget.is_none() && self.method.is_svd() {
             return Err(Error::Policy("rank must be at least 1".into()));
         }
         if let Some(r) = self.rank_for.iter().find(|r| r.pattern.is_empty() || r.rank == 0) {
@@ -179,7 +206,7 @@ impl Policy {
 
     /// Whether the spectra of all matrices are needed before ranks can be chosen.
     pub fn needs_spectra(&self) -> bool {
-        self.method == Method::Svd && (self.energy.is_some() || self.budget.is_some())
+        self.method.is_svd() && (self.energy.is_some() || self.budget.is_some())
     }
 
     /// The reason a matrix is not compressed at all, if any (skip patterns, minimum dimension, tied head).

@@ -200,6 +200,50 @@ pub fn truncated(w: &[f32], m: usize, n: usize, r: usize, method: SvdMethod, see
     }
 }
 
+/// Activation-aware ("whitened") truncated SVD of rank `r`: with `G` the mean `x xᵀ` of the layer's inputs
+/// (n × n) and `L` its Cholesky factor (`G + λI = L Lᵀ`, λ = `damp` · mean diagonal, which keeps L invertible when
+/// some inputs never vary), the best rank-r approximation of `W L` is `U Σ Vᵀ`, and `W_r = U Σ (Vᵀ L⁻¹)` minimises
+/// `‖(W − W_r) X‖F` over the calibration inputs X. Returned as an [`Svd`] whose `vh` is `Vᵀ L⁻¹` (not orthonormal).
+pub fn whitened(w: &[f32], m: usize, n: usize, gram: &[f64], r: usize, damp: f64) -> Result<Svd> {
+    check_finite(w, "whitened SVD")?;
+    if gram.len() != n * n || gram.iter().any(|x| !x.is_finite()) {
+        return Err(Error::Numeric(format!("whitened SVD: the calibration statistics do not fit a {m}×{n} weight")));
+    }
+    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    let lambda = damp * mean_diag.max(f64::MIN_POSITIVE);
+    let g = Mat::from_fn(n, n, |i, j| gram[i * n + j] + if i == j { lambda } else { 0.0 });
+    let llt = g.llt(faer::Side::Lower).map_err(|e| {
+        Error::Numeric(format!("whitened SVD: the calibration statistics are not positive definite ({e:?})"))
+    })?;
+    let l = llt.L();
+    let a = to_mat(w, m, n);
+    let al = &a * l;
+    let svd = al.thin_svd().map_err(|e| Error::Numeric(format!("SVD did not converge ({e:?})")))?;
+    let r = r.min(m.min(n));
+    let s: Vec<f64> = svd.S().column_vector().iter().copied().take(r).collect();
+    let u = svd.U().subcols(0, r).to_owned();
+    // Vh = Vᵀ L⁻¹, i.e. Vhᵀ = L⁻ᵀ V: solve Lᵀ X = V
+    let mut x = svd.V().subcols(0, r).to_owned();
+    faer::linalg::triangular_solve::solve_upper_triangular_in_place(l.transpose(), x.as_mut(), faer::Par::Seq);
+    Ok(Svd { m, n, u: rows_of(u.as_ref()), s, vh: rows_of_t(x.as_ref()) })
+}
+
+/// sqrt(tr((W − W_r) G (W − W_r)ᵀ) / tr(W G Wᵀ)): the relative error on the calibration activations.
+pub fn rel_activation_error(w: &[f32], wr: &[f64], m: usize, n: usize, gram: &[f64]) -> f64 {
+    let g = Mat::from_fn(n, n, |i, j| gram[i * n + j]);
+    let d = Mat::from_fn(m, n, |i, j| w[i * n + j] as f64 - wr[i * n + j]);
+    let a = Mat::from_fn(m, n, |i, j| w[i * n + j] as f64);
+    let quad = |x: &Mat<f64>| {
+        let xg = x * &g;
+        (0..m).map(|i| (0..n).map(|j| xg[(i, j)] * x[(i, j)]).sum::<f64>()).sum::<f64>()
+    };
+    let den = quad(&a);
+    if den <= 0.0 {
+        return 0.0;
+    }
+    (quad(&d).max(0.0) / den).sqrt()
+}
+
 /// ‖a − b‖F / ‖a‖F (0 when a is zero and b equals it).
 pub fn rel_fro_error(a: &[f32], b: &[f64]) -> f64 {
     let (mut num, mut den) = (0f64, 0f64);
@@ -357,6 +401,37 @@ mod tests {
             let j = (0..10).fold(0, |b, j| if col[j].abs() > col[b].abs() { j } else { b });
             assert!(col[j] > 0.0);
         }
+    }
+
+    #[test]
+    fn whitened_svd_is_better_on_the_activations_and_exact_at_full_rank() {
+        let (m, n, rows) = (24, 16, 200);
+        let w = random(m, n, 21);
+        // inputs with very different scales per feature
+        let mut rng = Rng::new(5);
+        let x: Vec<f64> =
+            (0..rows * n).map(|k| rng.normal() * (1.0 + 10.0 * ((k % n) as f64 / n as f64).powi(3))).collect();
+        let mut gram = vec![0f64; n * n];
+        for r in 0..rows {
+            for i in 0..n {
+                for j in 0..n {
+                    gram[i * n + j] += x[r * n + i] * x[r * n + j] / rows as f64;
+                }
+            }
+        }
+        for r in [2, 6] {
+            let plain = exact(&w, m, n).unwrap().truncate(r).reconstruct();
+            let white = whitened(&w, m, n, &gram, r, 1e-9).unwrap();
+            let act = |wr: &[f64]| rel_activation_error(&w, wr, m, n, &gram);
+            assert!(act(&white.reconstruct()) < act(&plain), "rank {r}");
+            assert!(
+                rel_fro_error(&w, &white.reconstruct()) >= rel_fro_error(&w, &plain) - 1e-12,
+                "rank {r}: plain SVD is optimal in F"
+            );
+        }
+        let full = whitened(&w, m, n, &gram, n, 1e-9).unwrap();
+        assert!(rel_fro_error(&w, &full.reconstruct()) < 1e-8);
+        assert!(whitened(&w, m, n, &gram[1..], 2, 0.0).is_err());
     }
 
     #[test]

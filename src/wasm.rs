@@ -163,6 +163,7 @@ pub struct Workspace {
     bundle: Option<ModelBundle>,
     original: Option<GptNeo>,
     compressor: Option<crate::compress::Compressor>,
+    calibrator: Option<crate::calib::Calibrator>,
     compressed: Option<CompressedSlot>,
     evaluator: Option<Evaluation>,
     generations: Vec<(String, Generation, TextStream)>,
@@ -187,6 +188,7 @@ impl Workspace {
             bundle: None,
             original: None,
             compressor: None,
+            calibrator: None,
             compressed: None,
             evaluator: None,
             generations: Vec::new(),
@@ -352,7 +354,9 @@ impl Workspace {
 
     /// Start compressing the original with `policy` (a [`crate::policy::Policy`] as JSON). Returns
     /// `{total_steps, matrices}`.
-    pub fn compress_begin(&mut self, policy: JsValue) -> JsResult<JsValue> {
+    /// `calibration_text` is read by the whitened method (its first `calibration_tokens` tokens, through the original
+    /// model, which must be loaded).
+    pub fn compress_begin(&mut self, policy: JsValue, calibration_text: Option<String>) -> JsResult<JsValue> {
         let b = self
             .bundle
             .as_ref()
@@ -363,12 +367,32 @@ impl Workspace {
         self.generations.retain(|(w, _, _)| w != "compressed");
         let mats = crate::compress::considered_matrices(&b.cfg, &b.ckpt).map_err(js_err)?;
         let c = crate::compress::Compressor::new(policy, mats).map_err(js_err)?;
+        self.calibrator = None;
+        if c.needs_calibration() {
+            if self.original.is_none() {
+                return Err(js_err(Error::Policy(
+                    "activation-aware SVD runs the original model on calibration text, and it is not loaded here"
+                        .into(),
+                )));
+            }
+            let text = calibration_text.ok_or_else(none("activation-aware SVD needs a calibration text"))?;
+            let ids = b.tokenizer().and_then(|t| t.encode(&text)).map_err(js_err)?;
+            let cal = crate::calib::Calibrator::new(&ids, c.policy.calibration_tokens, c.policy.calibration_window)
+                .map_err(js_err)?;
+            self.calibrator = Some(cal);
+        }
         #[derive(Serialize)]
         struct Begin<'a> {
             total_steps: usize,
             matrices: &'a [crate::policy::MatrixInfo],
+            calibration_tokens: Option<usize>,
         }
-        let out = to_js(&Begin { total_steps: c.total_steps(), matrices: &c.mats });
+        let cal = self.calibrator.as_ref();
+        let out = to_js(&Begin {
+            total_steps: c.total_steps() + cal.map_or(0, |c| c.total_windows()),
+            matrices: &c.mats,
+            calibration_tokens: cal.map(|c| c.tokens()),
+        });
         self.compressor = Some(c);
         out
     }
@@ -378,6 +402,21 @@ impl Workspace {
     pub fn compress_step(&mut self) -> JsResult<JsValue> {
         let b = self.bundle.as_ref().ok_or_else(none("no original model is open"))?;
         let c = self.compressor.as_mut().ok_or_else(none("no compression was started"))?;
+        if let Some(cal) = self.calibrator.as_mut() {
+            let o = self.original.as_ref().ok_or_else(none("the original model is not loaded"))?;
+            if cal.step(o).map_err(js_err)? {
+                let info = crate::compress::StepInfo {
+                    phase: "calibrate",
+                    done: cal.done(),
+                    total: cal.total_windows(),
+                    name: format!("calibration window {}/{}", cal.done(), cal.total_windows()),
+                };
+                return to_js(&info);
+            }
+            if let Some(cal) = self.calibrator.take() {
+                c.set_calibration(cal.finish());
+            }
+        }
         let read = crate::compress::reader(&b.ckpt);
         let reports_before = c.reports.len();
         match c.step(&read).map_err(js_err)? {
@@ -458,9 +497,12 @@ impl Workspace {
     /// Start evaluating on `text`: its first `tokens` tokens in windows of `window`; this instance takes part `part`
     /// of `parts` (every `parts`-th window; 0 of 1 for all). When the original model is not in memory (too large), it
     /// is streamed from its file a block at a time (one part only). Returns `{steps, all_steps, unit, text_tokens}`.
+    /// `skip` leaves out the text's first tokens (those a calibration read).
+    #[allow(clippy::too_many_arguments)]
     pub fn eval_begin(
         &mut self,
         text: &str,
+        skip: usize,
         tokens: usize,
         window: usize,
         part: usize,
@@ -484,7 +526,7 @@ impl Workspace {
         }
         let text_tokens = ids.len();
         let (ev, out) = if self.original.is_some() {
-            let ev = crate::metrics::Evaluator::new_part(&ids, tokens, window, part, parts).map_err(js_err)?;
+            let ev = crate::metrics::Evaluator::after(&ids, skip, tokens, window, part, parts).map_err(js_err)?;
             let out = Begin { steps: ev.total_windows(), all_steps: ev.all_windows(), unit: "window", text_tokens };
             (Evaluation::InMemory(ev), out)
         } else {
@@ -503,7 +545,7 @@ impl Workspace {
                     "the compressed checkpoint can still be exported",
                 ));
             }
-            let ev = crate::metrics::StreamingEvaluator::new(&ids, tokens, window).map_err(js_err)?;
+            let ev = crate::metrics::StreamingEvaluator::after(&ids, skip, tokens, window).map_err(js_err)?;
             let steps = ev.total_steps(&b.cfg);
             (Evaluation::Streamed(ev), Begin { steps, all_steps: steps, unit: "stage", text_tokens })
         };
@@ -769,6 +811,7 @@ fn layer_reports_from_meta(model: &GptNeo, layers: Option<&serde_json::Value>) -
                 err_svd: f("err_svd"),
                 err_stored: f("err_stored"),
                 energy_kept: None,
+                err_activations: f("err_activations"),
                 params_before: out * inp,
                 params_after: l.weight.rank().map_or(out * inp, |r| r * (out + inp + 1)),
                 bytes_before: 0,

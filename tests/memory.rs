@@ -27,7 +27,7 @@ fn compressed_model_resident_bytes_are_its_stored_bytes() {
         Policy { rank: 32, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() },
         Policy { method: semantic_llm_compressor::policy::Method::Int8, ..Default::default() },
     ] {
-        let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |_| {}).unwrap();
+        let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, None, &mut |_| {}).unwrap();
         let dir = std::env::temp_dir().join(format!("slc-memory-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let export = Export::new(&b.ckpt, &config, None, &c.weights, &c.reports, &c.policy).unwrap();

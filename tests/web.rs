@@ -97,7 +97,7 @@ fn workspace_compresses_exports_and_reopens() {
     let (mut ws, _) = bard_workspace();
     ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
     let policy = js_sys::JSON::parse(r#"{"rank": 16, "skip": ["mlp.c_fc", "mlp.c_proj"]}"#).unwrap();
-    ws.compress_begin(policy).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.compress_begin(policy, None).map_err(|e| JsValueDbg(e.into())).unwrap();
     let mut layers = 0;
     while !ws.compress_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {
         layers += 1;
@@ -105,7 +105,7 @@ fn workspace_compresses_exports_and_reopens() {
     assert_eq!(layers, 49);
     let fin = ws.compress_finish().map_err(|e| JsValueDbg(e.into())).unwrap();
     assert_eq!(get(&fin, "layers_compressed").as_f64(), Some(32.0));
-    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.eval_begin(&EVAL_TEXT[..4000], 0, 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
     while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
     let first = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
     let parts = ws.export().map_err(|e| JsValueDbg(e.into())).unwrap();
@@ -114,7 +114,7 @@ fn workspace_compresses_exports_and_reopens() {
     let report = ws.open(again).map_err(|e| JsValueDbg(e.into())).unwrap();
     assert_eq!(get(&report, "kind").as_string().as_deref(), Some("compressed"));
     assert_eq!(get(&report, "matches_original").as_bool(), Some(true));
-    ws.eval_begin(&EVAL_TEXT[..4000], 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.eval_begin(&EVAL_TEXT[..4000], 0, 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
     while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
     let second = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
     for k in ["cosine", "ppl_compressed", "kl", "top1", "bytes_compressed", "layers_compressed"] {
@@ -134,10 +134,10 @@ fn workspace_streams_the_original_when_it_is_not_loaded() {
             ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
         }
         let policy = js_sys::JSON::parse(r#"{"rank": 16}"#).unwrap();
-        ws.compress_begin(policy).map_err(|e| JsValueDbg(e.into())).unwrap();
+        ws.compress_begin(policy, None).map_err(|e| JsValueDbg(e.into())).unwrap();
         while !ws.compress_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
         ws.compress_finish().map_err(|e| JsValueDbg(e.into())).unwrap();
-        let begin = ws.eval_begin(&EVAL_TEXT[..3000], 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
+        let begin = ws.eval_begin(&EVAL_TEXT[..3000], 0, 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
         assert_eq!(get(&begin, "unit").as_string().as_deref(), Some(if load { "window" } else { "stage" }));
         while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
         ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap()

@@ -152,6 +152,7 @@ function applyPreset(name) {
     'origin-all': { rank: 128, quant: 'per-tensor', guard: false },
     'origin-mlp': { rank: 128, quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
     int8: { method: 'int8' },
+    whitened: { method: 'whitened', rank: 32 },
     budget: { budget: 0.5, budgetMode: 'energy' },
   };
   if (presets[name]) set(presets[name]);
@@ -179,6 +180,8 @@ function policyFromForm() {
     budget: num('budget'),
     budget_mode: $('budget-mode').value,
     break_even_guard: $('guard').checked,
+    calibration_tokens: num('calibration-tokens') ?? 2048,
+    calibration_window: Number($('eval-window').value) || 512,
   };
 }
 
@@ -207,7 +210,7 @@ function rowFor(l) {
     [pct(l.err_stored), 'num'],
     [l.bytes_before ? fmtBytes(l.bytes_before) : '–', 'num'],
     [fmtBytes(l.bytes_after), 'num'],
-    [l.reason ? `dense — ${l.reason}` : l.storage, 'why'],
+    [l.reason ? `dense — ${l.reason}` : l.storage + (l.err_activations != null ? ` · error on calibration activations ${pct(l.err_activations)}` : ''), 'why'],
   ];
   for (const [text, cls] of cells) tr.append(Object.assign(document.createElement('td'), { textContent: text, className: cls }));
   if (l.err_stored !== null && l.err_stored !== undefined && l.decision !== 'dense') {
@@ -434,12 +437,13 @@ function compress() {
 
 function describePolicy(p) {
   if (p.method === 'int8') return 'INT8 only';
+  const aware = p.method === 'whitened' ? 'activation-aware, ' : '';
   p = { rank_for: [], skip: [], ...p };
   const parts = [p.budget ? `budget ${p.budget} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
   if (p.rank_for.length) parts.push(p.rank_for.map((r) => `${r.pattern}=${r.rank}`).join(' '));
   if (p.skip.length) parts.push(`skip ${p.skip.join(' ')}`);
   parts.push(p.quant_bits === 8 ? p.quant : 'f32 factors');
-  return parts.join(', ');
+  return aware + parts.join(', ');
 }
 
 function samplingParams() {

@@ -105,7 +105,8 @@ async function evaluate(spec) {
   const text = await evalText(spec);
   const team = (spec.workers === 1 ? [] : await readyHelpers(lastLoaded)).slice(0, Math.max(0, (spec.workers || Infinity) - 1));
   const parts = 1 + team.length;
-  const begin = ws.eval_begin(text, spec.tokens, spec.window, 0, parts);
+  const skip = spec.skip || 0;
+  const begin = ws.eval_begin(text, skip, spec.tokens, spec.window, 0, parts);
   const done = new Array(parts).fill(0);
   const report = () => {
     const d = done.reduce((a, b) => a + b, 0);
@@ -115,7 +116,7 @@ async function evaluate(spec) {
   report();
   const partials = team.map((h, i) => {
     h.onProgress = (m) => { if (m.task === 'evaluate') { done[i + 1] = m.done; report(); } };
-    return h.call({ cmd: 'h_eval', text, tokens: spec.tokens, window: spec.window, part: i + 1, parts });
+    return h.call({ cmd: 'h_eval', text, skip, tokens: spec.tokens, window: spec.window, part: i + 1, parts });
   });
   try {
     for (;;) {
@@ -188,7 +189,10 @@ const commands = {
     need();
     state('compressing', 'compressing');
     const t0 = performance.now();
-    const begin = ws.compress_begin(policy);
+    // the activation-aware method calibrates on the evaluation text's first tokens; the evaluation skips them
+    const calibration = policy.method === 'whitened' ? await evalText(evalSpec || {}) : undefined;
+    const begin = ws.compress_begin(policy, calibration);
+    if (evalSpec && begin.calibration_tokens) evalSpec = { ...evalSpec, skip: begin.calibration_tokens };
     post({ type: 'plan', ...begin });
     let done = 0;
     for (;;) {
@@ -272,8 +276,8 @@ const commands = {
   },
 
   // helper side: evaluate one part of the windows and hand back the sums
-  async h_eval({ text, tokens, window, part, parts }) {
-    ws.eval_begin(text, tokens, window, part, parts);
+  async h_eval({ text, skip, tokens, window, part, parts }) {
+    ws.eval_begin(text, skip, tokens, window, part, parts);
     for (;;) {
       await checkpoint();
       const step = ws.eval_step();

@@ -113,7 +113,7 @@ pub fn check_export_roundtrip(config: &str, weights: &[u8], policy: semantic_llm
     use semantic_llm_compressor::compress::compress_checkpoint;
     use semantic_llm_compressor::export::Export;
     let b = bundle(config, None, weights);
-    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |_| {}).unwrap();
+    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, None, &mut |_| {}).unwrap();
     assert!(c.reports.iter().any(|r| r.decision != "dense"), "nothing was compressed");
     let bytes =
         Export::new(&b.ckpt, config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap();

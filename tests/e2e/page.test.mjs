@@ -135,6 +135,17 @@ try {
   for (const k of METRICS) assert.equal(after[k], before[k], `${k} after reloading the export`);
   assert.equal(await page.$$eval('table#layer-errors tbody tr', (r) => r.length), rows);
 
+  step('activation-aware SVD: calibrated on the first 512 tokens, evaluated on the 1024 after them');
+  await page.selectOption('#preset', 'whitened');
+  await page.fill('#calibration-tokens', '512');
+  assert.equal(await clickJob('#compress', ['done', 'error']), 'done', await errorText());
+  assert.match(await page.textContent('#summary-note'), /tokens 512\.\.1536/);
+  const aware = await summary();
+  assert.ok(Number(aware.cosine) > 0.8, `activation-aware rank-32 cosine ${aware.cosine}`);
+  assert.match(await page.textContent('table#layer-errors'), /error on calibration activations/);
+  console.log(`  activation-aware, rank 32, every layer: cosine ${aware.cosine}, ppl ${aware.ppl_original} → ${aware.ppl_compressed}`);
+  await page.selectOption('#preset', 'default');
+
   step('the exported file is a checkpoint the CLI reads: the same figures');
   const dir2 = path.join(tmp, 'from-page');
   fs.mkdirSync(dir2);

@@ -48,7 +48,7 @@ enum Cmd {
         json: bool,
     },
     /// Compress a checkpoint by truncated SVD + INT8 and write the compressed checkpoint.
-    Compress(CompressArgs),
+    Compress(Box<CompressArgs>),
     /// Per-layer reconstruction error at each rank (the origin's debug_svd_roundtrip).
     Roundtrip {
         #[arg(long)]
@@ -74,6 +74,9 @@ enum Cmd {
         tokens: usize,
         #[arg(long, default_value_t = 512)]
         window: usize,
+        /// Evaluate on the tokens after the first N (e.g. those a calibration read).
+        #[arg(long = "skip-tokens", alias = "skip_tokens", default_value_t = 0)]
+        skip_tokens: usize,
         #[arg(long)]
         json: bool,
     },
@@ -113,7 +116,7 @@ struct CompressArgs {
     /// INT8 scheme: per-row (symmetric, a scale per row) or per-tensor (the origin's asymmetric scheme).
     #[arg(long, default_value = "per-row")]
     quant: String,
-    /// svd (low rank) or int8 (dense INT8, no SVD).
+    /// svd (low rank), whitened (activation-aware SVD from --calibration-text) or int8 (dense INT8, no SVD).
     #[arg(long, default_value = "svd")]
     method: String,
     /// Smallest rank keeping this fraction of each matrix's squared Frobenius norm.
@@ -135,6 +138,16 @@ struct CompressArgs {
     /// Compress even where the factors would not be smaller than the dense weight.
     #[arg(long = "no-break-even-guard")]
     no_break_even_guard: bool,
+    /// Method whitened: the calibration text (its first --calibration-tokens tokens are read).
+    #[arg(long = "calibration-text", alias = "calibration_text")]
+    calibration_text: Option<PathBuf>,
+    #[arg(long = "calibration-tokens", alias = "calibration_tokens", default_value_t = 2048)]
+    calibration_tokens: usize,
+    #[arg(long = "calibration-window", alias = "calibration_window", default_value_t = 512)]
+    calibration_window: usize,
+    /// Method whitened: damping λ = DAMP · mean diagonal of each layer's input Gram matrix.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
     #[arg(long)]
     json: bool,
 }
@@ -168,6 +181,9 @@ impl CompressArgs {
             svd: parse_enum("svd", &self.svd)?,
             seed: self.seed,
             break_even_guard: !self.no_break_even_guard,
+            calibration_tokens: self.calibration_tokens,
+            calibration_window: self.calibration_window,
+            damp: self.damp,
         })
     }
 }
@@ -196,8 +212,8 @@ pub fn run() -> Result<()> {
         }
         Cmd::Compress(args) => compress(&args),
         Cmd::Roundtrip { model, ranks, quant, json } => roundtrip(&model, &ranks, &quant, json),
-        Cmd::Eval { original, compressed, text, tokens, window, json } => {
-            eval(&original, &compressed, &text, tokens, window, json)
+        Cmd::Eval { original, compressed, text, tokens, window, skip_tokens, json } => {
+            eval(&original, &compressed, &text, skip_tokens, tokens, window, json)
         }
         Cmd::Densify { model, output_dir } => densify(&model, &output_dir),
         Cmd::Bench(BenchCmd::Decode { model, prompt, tokens, runs }) => bench_decode(&model, &prompt, tokens, runs),
@@ -326,9 +342,25 @@ fn compress(a: &CompressArgs) -> Result<()> {
         ));
     }
     let t0 = std::time::Instant::now();
-    let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, &mut |s| {
-        progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name))
-    })?;
+    // the whitened method runs the original over calibration text
+    let calibration = match (&policy.method, &a.calibration_text) {
+        (semantic_llm_compressor::policy::Method::Whitened, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::file(path.display().to_string(), format!("cannot be read ({e})")))?;
+            Some((b.load_model(false)?, b.tokenizer()?.encode(&text)?))
+        }
+        (semantic_llm_compressor::policy::Method::Whitened, None) => {
+            return Err(Error::Policy("--method whitened needs --calibration-text FILE".into()))
+        }
+        _ => None,
+    };
+    let c = compress_checkpoint(
+        &b.cfg,
+        &b.ckpt,
+        policy,
+        calibration.as_ref().map(|(m, ids)| (m, ids.as_slice())),
+        &mut |s| progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name)),
+    )?;
     progress_end();
     let seconds = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.output_dir)
@@ -441,6 +473,7 @@ fn eval(
     original: &std::path::Path,
     compressed: &std::path::Path,
     text: &std::path::Path,
+    skip: usize,
     tokens: usize,
     window: usize,
     json: bool,
@@ -454,7 +487,7 @@ fn eval(
     let text = std::fs::read_to_string(text)
         .map_err(|e| Error::file(text.display().to_string(), format!("cannot be read ({e})")))?;
     let ids = ob.tokenizer()?.encode(&text)?;
-    let mut ev = Evaluator::new(&ids, tokens, window)?;
+    let mut ev = Evaluator::after(&ids, skip, tokens, window, 0, 1)?;
     while ev.step(&om, Some(&cm))? {
         progress(&format!("window {}/{}", ev.done(), ev.total_windows()));
     }
