@@ -148,7 +148,7 @@ struct CompressedSlot {
     /// Live heap bytes it holds, measured.
     resident_bytes: usize,
     /// A compressed checkpoint loaded from a file keeps its bundle for reading.
-    _bundle: Option<ModelBundle>,
+    file_bundle: Option<ModelBundle>,
 }
 
 /// An evaluation with the original in memory (split over workers if asked), or streamed from its file.
@@ -268,6 +268,10 @@ impl Workspace {
             self.generations.retain(|(w, _, _)| w != "compressed");
             self.compressed = None;
             self.evaluator = None;
+            let need = bundle.estimate_model_bytes(true) as f64;
+            if !self.fits(need, 0.8) {
+                return Err(self.no_room("the compressed model", need, "the file itself is fine"));
+            }
             let (model, resident, _) = crate::alloc::measure(|| bundle.load_model(false));
             let model = model.map_err(js_err)?;
             let tensor_bytes = bundle.tensor_bytes();
@@ -286,7 +290,7 @@ impl Workspace {
                 policy: policy_v,
                 tensor_bytes,
                 resident_bytes: resident,
-                _bundle: Some(bundle),
+                file_bundle: Some(bundle),
             });
             return to_js(&OpenReport {
                 summary,
@@ -483,7 +487,7 @@ impl Workspace {
             policy: Some(done.policy),
             tensor_bytes: export.data_bytes,
             resident_bytes: done.resident_bytes,
-            _bundle: None,
+            file_bundle: None,
         });
         to_js(&out)
     }
@@ -779,7 +783,7 @@ impl Workspace {
         if let Some(b) = &self.bundle {
             return b.tokenizer();
         }
-        match self.compressed.as_ref().and_then(|c| c._bundle.as_ref()) {
+        match self.compressed.as_ref().and_then(|c| c.file_bundle.as_ref()) {
             Some(b) => b.tokenizer(),
             None => Err(Error::msg("no model is open")),
         }
