@@ -59,6 +59,16 @@ try {
     best.compressed = Math.max(best.compressed, c);
   }
   console.log(`decode in headless Chromium (wasm, simd128, 1 worker), best of ${runs} runs of ${tokens} tokens: original ${best.original.toFixed(1)}, compressed ${best.compressed.toFixed(1)} tokens/s (ratio ${(best.compressed / best.original).toFixed(2)})`);
+  // activation-aware SVD: calibration (4 windows of 512 through the original) + whitened factors, same ranks
+  await page.fill('#eval-tokens', '2048');
+  await page.selectOption('#preset', 'whitened');
+  await job('#compress');
+  const w = await page.$eval('#summary', (e) => ({ c: e.dataset.compressSeconds, e: e.dataset.evalSeconds }));
+  await page.selectOption('#preset', 'custom');
+  await page.selectOption('#method', 'svd');
+  await job('#compress');
+  const p = await page.$eval('#summary', (e) => ({ c: e.dataset.compressSeconds, e: e.dataset.evalSeconds }));
+  console.log(`rank 32, every layer: compress ${p.c} s plain SVD, ${w.c} s activation-aware (calibrated on 2048 tokens); ratio ${(w.c / p.c).toFixed(1)}x`);
 } finally {
   await browser.close();
   server.close();
