@@ -3,12 +3,15 @@
 #   ./build.sh setup   install what a fresh machine lacks (idempotent, quick when all is there)
 #   ./build.sh build   native CLI (target/release/slc) + wasm package (www/pkg)
 #   ./build.sh serve   setup, build, then serve the page on http://localhost:${PORT:-8080}/
-#   ./build.sh test    setup, build, then every test: native, wasm in headless Chromium, the page end to end
+#   ./build.sh test    setup, build, then every test: native, wasm in headless Chromium and Firefox, the page end to
+#                      end, FORMAT.md's Python snippet. A missing prerequisite fails the run; nothing is skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 
 log() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+die() { printf '\nbuild.sh: %s\n' "$*" >&2; exit 1; }
+GECKODRIVER_VERSION=0.37.1
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -30,16 +33,38 @@ setup() {
     # no --locked: the registry mirror lacks one of the CLI's pinned transitive crates
     cargo install wasm-bindgen-cli --version "$want"
   fi
-  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  local pkgs=()
+  command -v chromium >/dev/null || pkgs+=(chromium)
+  command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
+  command -v firefox-esr >/dev/null || pkgs+=(firefox-esr)
+  if [ ${#pkgs[@]} -gt 0 ]; then
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
   fi
-  if [ -f tests/e2e/package.json ] && [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  if [ "$(geckodriver --version 2>/dev/null | awk 'NR==1 {print $2}')" != "$GECKODRIVER_VERSION" ]; then
+    cargo install geckodriver --version "$GECKODRIVER_VERSION"
+  fi
+  if [ ! -d tests/e2e/node_modules/playwright-core ]; then
     (cd tests/e2e && npm install --no-audit --no-fund --silent)
   fi
-  if [ -f tests/format/requirements.txt ] && command -v python3 >/dev/null; then
-    python3 -c 'import numpy, safetensors' 2>/dev/null || python3 -m pip install -q -r tests/format/requirements.txt || true
-  fi
+  command -v python3 >/dev/null || die "python3 is needed for the FORMAT.md test"
+  python3 -c 'import numpy, safetensors' 2>/dev/null || python3 -m pip install -q -r tests/format/requirements.txt
+  check_prerequisites
+}
+
+# Everything the tests need, or a loud failure naming what is missing.
+check_prerequisites() {
+  local missing=()
+  rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$' || missing+=("rust target wasm32-unknown-unknown")
+  [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" = "$(wasm_bindgen_version)" ] || missing+=("wasm-bindgen $(wasm_bindgen_version)")
+  local tool
+  for tool in chromium chromedriver firefox-esr geckodriver node; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+  done
+  [ -d tests/e2e/node_modules/playwright-core ] || missing+=("npm package playwright-core (tests/e2e)")
+  python3 -c 'import numpy, safetensors' 2>/dev/null || missing+=("python3 with numpy and safetensors")
+  [ -d ../shared/models/neo-bard-8l ] || missing+=("../shared (the test fixtures)")
+  [ ${#missing[@]} -eq 0 ] || die "missing prerequisites: ${missing[*]}"
 }
 
 build() {
@@ -60,23 +85,19 @@ serve() {
 }
 
 run_tests() {
+  check_prerequisites
   log "test: native (cargo test)"
   cargo test --release
   log "test: wasm in headless Chromium"
-  CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=600 \
+  CHROMEDRIVER=$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=600 \
     cargo test --release --target wasm32-unknown-unknown --tests
-  if [ -f tests/format/rebuild_test.py ]; then
-    log "test: FORMAT.md's Python snippet"
-    if python3 -c 'import numpy, safetensors' 2>/dev/null; then
-      python3 tests/format/rebuild_test.py
-    else
-      echo "skipped: python3 with numpy and safetensors is not available"
-    fi
-  fi
-  if [ -f tests/e2e/page.test.mjs ]; then
-    log "test: the page end to end (Playwright + Chromium)"
-    node tests/e2e/page.test.mjs
-  fi
+  log "test: wasm in headless Firefox"
+  GECKODRIVER=$(command -v geckodriver) WASM_BINDGEN_TEST_TIMEOUT=600 \
+    cargo test --release --target wasm32-unknown-unknown --tests
+  log "test: FORMAT.md's Python snippet"
+  python3 tests/format/rebuild_test.py
+  log "test: the page end to end (Playwright + Chromium)"
+  node tests/e2e/page.test.mjs
   log "all tests passed"
 }
 

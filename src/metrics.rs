@@ -19,6 +19,7 @@ use crate::model::{Block, Embeddings, GptNeo, Head, Weights};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 /// Cut the first `tokens` ids into windows of `window`.
 pub fn windows(ids: &[u32], tokens: usize, window: usize) -> Result<Vec<Vec<u32>>> {
@@ -130,10 +131,11 @@ impl Sums {
     }
 }
 
-/// What one part of a split evaluation hands back to be merged.
+/// What one part of a split evaluation hands back to be merged: each evaluated window's sums by window index, one
+/// list per compressed model.
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct PartialSums {
-    sums: Vec<Sums>,
+    sums: Vec<Vec<(usize, Sums)>>,
     compare: bool,
 }
 
@@ -168,8 +170,10 @@ pub struct Evaluator {
     next: usize,
     tokens: usize,
     window: usize,
-    /// One per compressed model (or one, unused, when none is compared).
-    sums: Vec<Sums>,
+    /// One map per compressed model (or one, unused, when none is compared): window index → that window's sums.
+    /// Reports add the windows in index order, so however the windows were split between parts, the merged figures
+    /// are bit for bit those of one evaluation.
+    sums: Vec<BTreeMap<usize, Sums>>,
     compare: bool,
     skip: usize,
 }
@@ -211,7 +215,8 @@ impl Evaluator {
     }
 
     pub fn partial(&self) -> PartialSums {
-        PartialSums { sums: self.sums.clone(), compare: self.compare }
+        let sums = self.sums.iter().map(|m| m.iter().map(|(&k, s)| (k, s.clone())).collect()).collect();
+        PartialSums { sums, compare: self.compare }
     }
 
     /// Add the sums of another part of the same evaluation.
@@ -220,14 +225,18 @@ impl Evaluator {
             return Ok(());
         }
         if self.sums.is_empty() {
-            self.sums = vec![Sums::default(); other.sums.len()];
+            self.sums = vec![BTreeMap::new(); other.sums.len()];
             self.compare = other.compare;
         }
         if self.sums.len() != other.sums.len() || self.compare != other.compare {
             return Err(Error::msg("the parts of an evaluation compared different models"));
         }
-        for (a, b) in self.sums.iter_mut().zip(&other.sums) {
-            a.add(b);
+        for (mine, theirs) in self.sums.iter_mut().zip(&other.sums) {
+            for (k, s) in theirs {
+                if *k >= self.windows.len() || mine.insert(*k, s.clone()).is_some() {
+                    return Err(Error::msg(format!("evaluation window {k} was merged twice or does not exist")));
+                }
+            }
         }
         Ok(())
     }
@@ -239,9 +248,10 @@ impl Evaluator {
 
     /// Evaluate the next window with the original and every model of `compressed` (always the same list).
     pub fn step_many(&mut self, original: &GptNeo, compressed: &[&GptNeo]) -> Result<bool> {
-        let Some(ids) = self.windows.get(self.offset + self.next * self.stride) else { return Ok(false) };
+        let index = self.offset + self.next * self.stride;
+        let Some(ids) = self.windows.get(index) else { return Ok(false) };
         if self.sums.is_empty() {
-            self.sums = vec![Sums::default(); compressed.len().max(1)];
+            self.sums = vec![BTreeMap::new(); compressed.len().max(1)];
             self.compare = !compressed.is_empty();
         }
         if self.compare && self.sums.len() != compressed.len() {
@@ -252,7 +262,9 @@ impl Evaluator {
         for (s, model) in self.sums.iter_mut().zip(compressed.iter().map(Some).chain(std::iter::repeat(None))) {
             let lc: Option<Vec<f32>> =
                 model.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
-            s.accumulate(ids, &lo, lc.as_deref(), vocab);
+            let mut one = Sums::default();
+            one.accumulate(ids, &lo, lc.as_deref(), vocab);
+            s.insert(index, one);
         }
         self.next += 1;
         Ok(true)
@@ -269,8 +281,11 @@ impl Evaluator {
     }
 
     fn report_for(&self, i: usize) -> EvalReport {
-        let empty = Sums::default();
-        self.sums.get(i).unwrap_or(&empty).report(self.compare, self.skip, self.tokens, self.window, self.windows.len())
+        let mut total = Sums::default();
+        for s in self.sums.get(i).into_iter().flat_map(|m| m.values()) {
+            total.add(s);
+        }
+        total.report(self.compare, self.skip, self.tokens, self.window, self.windows.len())
     }
 }
 
@@ -349,7 +364,10 @@ impl StreamingEvaluator {
                 let lc: Option<Vec<f32>> =
                     compressed.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
                 self.compare = lc.is_some();
-                self.sums.accumulate(ids, &lo, lc.as_deref(), cfg.vocab_size);
+                // one window's sums, then added in window order, as [`Evaluator`] does
+                let mut one = Sums::default();
+                one.accumulate(ids, &lo, lc.as_deref(), cfg.vocab_size);
+                self.sums.add(&one);
                 if k + 1 == self.windows.len() {
                     self.head = None;
                     self.hidden.clear();

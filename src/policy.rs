@@ -449,6 +449,95 @@ mod tests {
         assert!(RankRule::parse("mlp").is_err());
     }
 
+    fn ranks(plans: &[Plan]) -> Vec<usize> {
+        plans
+            .iter()
+            .map(|p| if let Plan::LowRank { rank } = p { *rank } else { panic!("{p:?} is not low-rank") })
+            .collect()
+    }
+
+    /// Matrices of different shapes and spectra, as a model has.
+    fn zoo() -> (Vec<MatrixInfo>, Vec<Option<Vec<f64>>>) {
+        let mats = vec![mat("q", 100, 100), mat("fc", 400, 100), mat("proj", 100, 400), mat("k", 100, 100)];
+        let spectra = mats
+            .iter()
+            .enumerate()
+            .map(|(k, m)| Some((0..m.out.min(m.inp)).map(|i| (-(i as f64) / (5.0 + 10.0 * k as f64)).exp()).collect()))
+            .collect();
+        (mats, spectra)
+    }
+
+    #[test]
+    fn uniform_budget_is_one_rank_the_largest_that_fits() {
+        let (mats, spectra) = zoo();
+        let p = Policy { budget: Some(0.3), budget_mode: BudgetMode::Uniform, ..Default::default() };
+        let r = ranks(&p.plan(&mats, &spectra).unwrap());
+        assert!(r.iter().all(|&x| x == r[0]), "one rank for all: {r:?}");
+        let cost = |r: usize| mats.iter().map(|m| r * (m.out + m.inp + 1)).sum::<usize>() as f64;
+        let dense = mats.iter().map(|m| m.params()).sum::<usize>() as f64;
+        assert!(cost(r[0]) <= 0.3 * dense && cost(r[0] + 1) > 0.3 * dense, "rank {} is the largest that fits", r[0]);
+    }
+
+    #[test]
+    fn proportional_budget_is_one_fraction_of_each_matrix() {
+        let (mats, spectra) = zoo();
+        let p = Policy { budget: Some(0.3), budget_mode: BudgetMode::Proportional, ..Default::default() };
+        let r = ranks(&p.plan(&mats, &spectra).unwrap());
+        for (m, &r) in mats.iter().zip(&r) {
+            let (cost, dense) = (|r: usize| (r * (m.out + m.inp + 1)) as f64, m.params() as f64);
+            assert!(
+                cost(r) <= 0.3 * dense && cost(r + 1) > 0.3 * dense,
+                "{}: rank {r} is not 30% of its params",
+                m.name
+            );
+        }
+        assert_ne!(r[0], r[1], "different shapes get different ranks");
+    }
+
+    #[test]
+    fn byte_budgets_count_stored_bytes() {
+        let (mats, spectra) = zoo();
+        let dense: usize = mats.iter().map(|m| m.dense_bytes()).sum();
+        for mode in [BudgetMode::Energy, BudgetMode::Uniform, BudgetMode::Proportional] {
+            for quant_bits in [8, 32] {
+                let p = Policy {
+                    budget: Some(0.3),
+                    budget_unit: BudgetUnit::Bytes,
+                    budget_mode: mode,
+                    quant_bits,
+                    break_even_guard: false,
+                    ..Default::default()
+                };
+                let plans = p.plan(&mats, &spectra).unwrap();
+                let bytes: usize = mats
+                    .iter()
+                    .zip(&plans)
+                    .map(|(m, pl)| match pl {
+                        Plan::LowRank { rank } => p.low_rank_bytes(m.out, m.inp, *rank),
+                        _ => m.dense_bytes(),
+                    })
+                    .sum();
+                assert!(bytes as f64 <= 0.3 * dense as f64, "{mode:?}, {quant_bits} bits: {bytes} of {dense} B");
+                assert!(
+                    bytes as f64 >= 0.2 * dense as f64,
+                    "{mode:?}, {quant_bits} bits: {bytes} B leaves budget unused"
+                );
+            }
+        }
+        // INT8 factors cost a quarter of f32 factors per parameter: a byte budget buys more rank with them
+        let with = |quant_bits| {
+            let p = Policy {
+                budget: Some(0.3),
+                budget_unit: BudgetUnit::Bytes,
+                budget_mode: BudgetMode::Uniform,
+                quant_bits,
+                ..Default::default()
+            };
+            ranks(&p.plan(&mats, &spectra).unwrap())[0]
+        };
+        assert!(with(8) > 3 * with(32), "INT8 rank {} vs f32 rank {}", with(8), with(32));
+    }
+
     #[test]
     fn int8_method_quantizes_what_is_not_excluded() {
         let mats = vec![mat("x.weight", 64, 64), mat("lm_head.weight", 64, 64)];

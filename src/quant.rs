@@ -327,6 +327,52 @@ mod tests {
     }
 
     #[test]
+    fn per_row_scale_is_the_row_amax_over_127() {
+        let mut rng = crate::generate::Rng::new(3);
+        let (rows, cols) = (7, 33);
+        let x: Vec<f32> = (0..rows * cols).map(|i| (rng.normal() as f32) * (1 + i / cols) as f32).collect();
+        let q = QMat::per_row(&x, rows, cols);
+        assert_eq!(q.scales.len(), rows);
+        assert!(q.zero_points.is_empty());
+        for r in 0..rows {
+            let row = &x[r * cols..(r + 1) * cols];
+            let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(q.scales[r], amax / 127.0, "row {r}: scale");
+            let codes = &q.codes[r * cols..(r + 1) * cols];
+            assert_eq!(
+                codes.iter().map(|c| c.unsigned_abs()).max(),
+                Some(127),
+                "row {r}: the largest value maps to ±127"
+            );
+            for (c, v) in codes.iter().zip(row) {
+                assert!((*c as f32 - v / q.scales[r]).abs() <= 0.5 + 1e-4, "row {r}: code {c} for {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_half_to_even_like_numpy() {
+        for (x, want) in [
+            (0.5, 0.0),
+            (1.5, 2.0),
+            (2.5, 2.0),
+            (3.5, 4.0),
+            (-0.5, 0.0),
+            (-1.5, -2.0),
+            (-2.5, -2.0),
+            (2.4, 2.0),
+            (2.6, 3.0),
+        ] {
+            assert_eq!(round_half_even(x), want, "round({x})");
+        }
+        // min 0, max 255 → scale 1, zp −128: 2.5 → 2 and 3.5 → 4 (half to even), not 3 and 4
+        let q = QMat::per_tensor(&[0.0, 2.5, 3.5, 126.5, 255.0], 1, 5);
+        assert_eq!(q.scales[0], 1.0);
+        assert_eq!(q.zero_points, vec![-128]);
+        assert_eq!(q.codes, vec![-128, -126, -124, -2, 127]);
+    }
+
+    #[test]
     fn fast_half_conversion_is_exact_for_every_value() {
         for h in 0..=u16::MAX {
             let want = half::f16::from_bits(h).to_f32();

@@ -114,8 +114,14 @@ fn heap_bytes() -> f64 {
         .byte_length() as f64
 }
 
+/// Bytes as GiB, or MiB below one GiB (so a small figure still says something).
 fn gib(x: f64) -> String {
-    format!("{:.2} GiB", x / (1024.0 * 1024.0 * 1024.0))
+    const MIB: f64 = 1024.0 * 1024.0;
+    if x >= 1024.0 * MIB {
+        format!("{:.2} GiB", x / (1024.0 * MIB))
+    } else {
+        format!("{:.1} MiB", x / MIB)
+    }
 }
 
 #[derive(Serialize)]

@@ -3,10 +3,13 @@
 
 use semantic_llm_compressor::bundle::ModelBundle;
 use semantic_llm_compressor::checkpoint::{MemSource, SafetensorsFile};
-use semantic_llm_compressor::compress::{compress_checkpoint, considered_matrices, factors, reader, Compressed};
+use semantic_llm_compressor::compress::{
+    compress_checkpoint, considered_matrices, factors, reader, totals, Compressed,
+};
 use semantic_llm_compressor::linear::LinearWeight;
 use semantic_llm_compressor::metrics::Evaluator;
-use semantic_llm_compressor::policy::Policy;
+use semantic_llm_compressor::model::GptNeo;
+use semantic_llm_compressor::policy::{BudgetMode, BudgetUnit, Method, Policy};
 use semantic_llm_compressor::quant::{Factor, QuantScheme};
 use semantic_llm_compressor::svd::{self, SvdMethod};
 use std::path::PathBuf;
@@ -125,47 +128,175 @@ fn seed_all_r32_logits_match_the_python_reference() {
     assert!(agree as f64 / 64.0 >= 0.984, "top-1 agreement {agree}/64");
 }
 
-/// The reference table (../shared/reference/README.md), eval-dev.txt, first 8192 tokens, windows of 512:
-/// (rank, MLP skipped, ppl, cosine per position).
-const TABLE: [(usize, bool, f64, f64); 8] = [
-    (16, false, 3.99e5, 0.2276),
-    (16, true, 81.06, 0.9595),
-    (32, false, 4.84e4, 0.4633),
-    (32, true, 53.92, 0.9785),
-    (64, false, 209.3, 0.7501),
-    (64, true, 46.95, 0.9929),
-    (128, false, 47.53, 0.9809),
-    (128, true, 44.83, 0.9992),
-];
+/// One row of the reference table (../shared/reference/README.md): the policy, and the Python figures as printed.
+struct Row {
+    name: &'static str,
+    policy: Policy,
+    kept: f64,
+    ppl: f64,
+    cosine: f64,
+    cosine_flat: f64,
+    mse: f64,
+    top1: f64,
+    kl: f64,
+    tol: Tol,
+}
 
+/// How close a row must come to the reference: the agreement the code reaches on this group of rows, plus a margin.
+#[derive(Clone, Copy, Debug)]
+struct Tol {
+    /// relative, for perplexity (rows above 1000 too) and MSE
+    ppl: f64,
+    mse: f64,
+    /// absolute, for the two cosines, top-1 and linear parameters kept
+    cosine: f64,
+    cosine_flat: f64,
+    top1: f64,
+    kept: f64,
+    /// relative plus absolute, for KL
+    kl_rel: f64,
+    kl_abs: f64,
+}
+
+/// The origin's per-tensor rows agree with the reference to the printed digit (cosine to 1e-4, perplexity to its
+/// fourth digit, KL and top-1 to the third decimal): the bound is that plus a margin.
+const ORIGIN_TOL: Tol = Tol {
+    ppl: 0.02,
+    mse: 0.03,
+    cosine: 0.002,
+    cosine_flat: 0.002,
+    top1: 0.002,
+    kept: 0.0015,
+    kl_rel: 0.01,
+    kl_abs: 0.001,
+};
+/// The reference states its per-row scheme less precisely than its per-tensor one (how S is stored, the rounding
+/// mode), and at ranks 16 and 32 every small difference in the codes is amplified by a destroyed model: the code
+/// reaches perplexity within 4.7% (rank 16: 4.175e5 vs 4.38e5), per-position cosine within 0.0024, flattened cosine
+/// within 0.0051, MSE within 2.5%, KL within 0.6%. The bound is that plus a margin.
+const PER_ROW_TOL: Tol = Tol {
+    ppl: 0.06,
+    mse: 0.04,
+    cosine: 0.004,
+    cosine_flat: 0.007,
+    top1: 0.003,
+    kept: 0.0015,
+    kl_rel: 0.01,
+    kl_abs: 0.001,
+};
+/// The budget rows allocate ranks by the same rules as the reference, within one rank here and there: perplexity
+/// within 0.4%, cosine within 0.0008, top-1 within 0.005, KL within 1.6%, parameters kept within 0.002.
+const BUDGET_TOL: Tol = Tol {
+    ppl: 0.01,
+    mse: 0.03,
+    cosine: 0.002,
+    cosine_flat: 0.002,
+    top1: 0.007,
+    kept: 0.003,
+    kl_rel: 0.02,
+    kl_abs: 0.001,
+};
+
+fn per_row(rank: usize) -> Policy {
+    Policy { rank, quant: QuantScheme::PerRow, break_even_guard: false, ..Default::default() }
+}
+
+fn budget(mode: BudgetMode) -> Policy {
+    Policy { budget: Some(0.5), budget_mode: mode, ..Default::default() }
+}
+
+#[rustfmt::skip]
+fn reference_rows() -> Vec<Row> {
+    let row = |name, policy, kept, ppl, cosine, cosine_flat, mse, top1, kl, tol| {
+        Row { name, policy, kept, ppl, cosine, cosine_flat, mse, top1, kl, tol }
+    };
+    vec![
+        row("origin rank 16, every layer", origin(16, false), 0.094, 3.99e5, 0.2276, 0.1843, 80.0, 0.016, 9.500, ORIGIN_TOL),
+        row("origin rank 16, MLP skipped", origin(16, true), 0.708, 81.06, 0.9595, 0.9689, 3.1, 0.536, 0.702, ORIGIN_TOL),
+        row("origin rank 32, every layer", origin(32, false), 0.188, 4.84e4, 0.4633, 0.2947, 69.5, 0.041, 7.380, ORIGIN_TOL),
+        row("origin rank 32, MLP skipped", origin(32, true), 0.750, 53.92, 0.9785, 0.9862, 1.35, 0.693, 0.257, ORIGIN_TOL),
+        row("origin rank 64, every layer", origin(64, false), 0.375, 209.3, 0.7501, 0.8538, 13.4, 0.313, 1.748, ORIGIN_TOL),
+        row("origin rank 64, MLP skipped", origin(64, true), 0.834, 46.95, 0.9929, 0.9956, 0.448, 0.818, 0.075, ORIGIN_TOL),
+        row("origin rank 128, every layer", origin(128, false), 0.751, 47.53, 0.9809, 0.9913, 0.841, 0.772, 0.117, ORIGIN_TOL),
+        row("origin rank 128, MLP skipped", origin(128, true), 1.001, 44.83, 0.9992, 0.9994, 0.0531, 0.927, 0.009, ORIGIN_TOL),
+        row("SVD rank 16 + per-row INT8", per_row(16), 0.094, 4.38e5, 0.1873, 0.1533, 82.0, 0.015, 9.591, PER_ROW_TOL),
+        row("SVD rank 32 + per-row INT8", per_row(32), 0.188, 4.25e4, 0.4528, 0.3064, 66.0, 0.041, 7.246, PER_ROW_TOL),
+        row("SVD rank 64 + per-row INT8", per_row(64), 0.375, 210.0, 0.7503, 0.8531, 13.4, 0.311, 1.750, PER_ROW_TOL),
+        row("SVD rank 128 + per-row INT8", per_row(128), 0.750, 47.51, 0.9805, 0.9914, 0.822, 0.772, 0.117, PER_ROW_TOL),
+        row("no SVD: dense weights in per-row INT8", Policy { method: Method::Int8, ..Default::default() }, 1.000, 44.56, 1.0000, 1.0000, 0.000492, 0.995, 0.000, ORIGIN_TOL),
+        row("50%: one rank for all", budget(BudgetMode::Uniform), 0.498, 69.24, 0.9223, 0.9650, 3.31, 0.557, 0.539, BUDGET_TOL),
+        row("50%: same fraction of each matrix", budget(BudgetMode::Proportional), 0.499, 56.73, 0.9575, 0.9788, 2.02, 0.646, 0.323, BUDGET_TOL),
+        row("50%: global allocation by energy", budget(BudgetMode::Energy), 0.500, 58.44, 0.9487, 0.9744, 2.47, 0.629, 0.346, BUDGET_TOL),
+    ]
+}
+
+/// Every row of the reference table, on every metric it has (eval-dev.txt, first 8192 tokens, windows of 512), and
+/// QUALITY.md's own row (a budget in bytes) on what QUALITY.md claims for it. The evaluation is split in two parts
+/// run on two threads and merged, as the page's helper workers do.
 #[test]
-fn origin_phenomenon_matches_the_reference_table() {
+fn every_reference_row_matches_on_every_metric() {
     let b = bard();
-    let models: Vec<Compressed> = TABLE.iter().map(|&(r, skip, _, _)| compress(&b, origin(r, skip))).collect();
-    let int8 = compress(&b, Policy { method: semantic_llm_compressor::policy::Method::Int8, ..Default::default() });
+    let rows = reference_rows();
+    let bytes_budget = Policy { budget_unit: BudgetUnit::Bytes, ..budget(BudgetMode::Energy) };
+    let models: Vec<Compressed> =
+        rows.iter().map(|r| r.policy.clone()).chain([bytes_budget]).map(|p| compress(&b, p)).collect();
     let original = b.load_model(false).unwrap();
     let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
     let ids = b.tokenizer().unwrap().encode(&text).unwrap();
-    let mut ev = Evaluator::new(&ids, 8192, 512).unwrap();
-    let refs: Vec<&semantic_llm_compressor::model::GptNeo> =
-        models.iter().map(|c| &c.model).chain([&int8.model]).collect();
-    while ev.step_many(&original, &refs).unwrap() {}
+    let refs: Vec<&GptNeo> = models.iter().map(|c| &c.model).collect();
+    let mut parts: Vec<Evaluator> = (0..2).map(|p| Evaluator::new_part(&ids, 8192, 512, p, 2).unwrap()).collect();
+    std::thread::scope(|s| {
+        for ev in parts.iter_mut() {
+            let (original, refs) = (&original, &refs);
+            s.spawn(move || while ev.step_many(original, refs).unwrap() {});
+        }
+    });
+    let other = parts.pop().unwrap().partial();
+    let mut ev = parts.pop().unwrap();
+    ev.merge(&other).unwrap();
     let reports = ev.reports();
+    assert_eq!(reports.len(), rows.len() + 1);
     assert_eq!(reports[0].predictions, 8176);
-    assert!((reports[0].ppl_original - 44.55).abs() < 0.05, "original perplexity {}", reports[0].ppl_original);
-    for (rep, &(rank, skip, ppl, cos)) in reports.iter().zip(&TABLE) {
-        let (gp, gc) = (rep.ppl_compressed.unwrap(), rep.cosine.unwrap());
-        eprintln!("rank {rank} skip_mlp {skip}: ppl {gp:.2} (ref {ppl}), cosine {gc:.4} (ref {cos})");
-        assert!((gc - cos).abs() <= 0.02, "rank {rank} skip_mlp {skip}: cosine {gc} vs {cos}");
-        if ppl < 1000.0 {
-            assert!((gp / ppl - 1.0).abs() <= 0.10, "rank {rank} skip_mlp {skip}: perplexity {gp} vs {ppl}");
-        } else {
-            assert!(gp > 1000.0, "rank {rank} skip_mlp {skip}: perplexity {gp} should be in the thousands like {ppl}");
+    assert!((reports[0].ppl_original - 44.55).abs() < 0.005, "original perplexity {}", reports[0].ppl_original);
+    let mut failures = Vec::new();
+    for ((row, rep), c) in rows.iter().zip(&reports).zip(&models) {
+        let t = totals(&c.reports);
+        let kept = t.params_after as f64 / t.params_considered as f64;
+        let got = [
+            ("kept", kept, row.kept, row.tol.kept),
+            ("ppl", rep.ppl_compressed.unwrap(), row.ppl, row.tol.ppl * row.ppl),
+            ("cosine", rep.cosine.unwrap(), row.cosine, row.tol.cosine),
+            ("cosine_flat", rep.cosine_global.unwrap(), row.cosine_flat, row.tol.cosine_flat),
+            ("mse", rep.mse.unwrap(), row.mse, row.tol.mse * row.mse),
+            ("top1", rep.top1.unwrap(), row.top1, row.tol.top1),
+            ("kl", rep.kl.unwrap(), row.kl, row.tol.kl_rel * row.kl + row.tol.kl_abs),
+        ];
+        let line: Vec<String> = got.iter().map(|(k, a, e, _)| format!("{k} {a:.5} (ref {e})")).collect();
+        eprintln!("{}: {}", row.name, line.join(", "));
+        for (k, a, e, tol) in got {
+            if !((a - e).abs() <= tol) {
+                failures.push(format!("{}: {k} {a} vs reference {e} (bound ±{tol:.3e})", row.name));
+            }
         }
     }
-    // INT8 alone (per-row, no SVD) costs almost nothing
-    let r = &reports[TABLE.len()];
-    assert!(r.cosine.unwrap() >= 0.999, "int8-only cosine {}", r.cosine.unwrap());
+    assert!(failures.is_empty(), "rows outside their bounds:\n{}", failures.join("\n"));
+    // QUALITY.md: half the bytes (INT8 factors vs f16 dense) keeps 98% of the linear parameters and cosine 0.995
+    let (rep, c) = (&reports[rows.len()], &models[rows.len()]);
+    let t = totals(&c.reports);
+    assert!(
+        t.bytes_after as f64 <= 0.5 * t.bytes_considered as f64,
+        "{} of {} bytes",
+        t.bytes_after,
+        t.bytes_considered
+    );
+    let kept = t.params_after as f64 / t.params_considered as f64;
+    assert!((kept - 0.980).abs() <= 0.002, "bytes budget keeps {kept} of the parameters");
+    assert!((rep.cosine.unwrap() - 0.9951).abs() <= 0.002, "bytes budget cosine {}", rep.cosine.unwrap());
+    assert!(
+        (rep.ppl_compressed.unwrap() / 44.93 - 1.0).abs() <= 0.01,
+        "bytes budget ppl {}",
+        rep.ppl_compressed.unwrap()
+    );
 }
 
 #[test]
@@ -303,4 +434,168 @@ fn activation_aware_svd_beats_plain_svd_on_held_out_text() {
     assert!(pa * 20.0 < pp, "activation-aware perplexity {pa} vs plain {pp}");
     assert!(r[1].cosine.unwrap() > r[0].cosine.unwrap() + 0.2);
     assert!(r[0].convention.starts_with("tokens 4096..12288"), "{}", r[0].convention);
+    assert!((r[0].ppl_original - 52.87).abs() < 0.005, "original perplexity {}", r[0].ppl_original);
+    // QUALITY.md's two rank-32 rows of its activation-aware table: (ppl, cosine, flattened cosine, top-1, KL)
+    for (rep, (name, want)) in r.iter().zip([
+        ("plain SVD", [62777.92, 0.4676, 0.2841, 0.044, 7.507]),
+        ("activation-aware", [166.72, 0.8843, 0.9335, 0.365, 1.429]),
+    ]) {
+        let got = [
+            rep.ppl_compressed.unwrap(),
+            rep.cosine.unwrap(),
+            rep.cosine_global.unwrap(),
+            rep.top1.unwrap(),
+            rep.kl.unwrap(),
+        ];
+        let tol = [0.01 * want[0], 0.001, 0.001, 0.002, 0.002 * want[4] + 0.001];
+        for (k, ((g, w), t)) in ["ppl", "cosine", "cosine_flat", "top1", "kl"].iter().zip(got.iter().zip(want).zip(tol))
+        {
+            assert!((g - w).abs() <= t, "{name}, rank 32: {k} {g} vs QUALITY.md {w}");
+        }
+    }
+}
+
+/// The whitening claim, measured directly: for every compressed layer, the activation error of the whitened factors
+/// (as stored, per-row INT8) is below that of plain SVD at the same rank (also as stored), both measured with the same
+/// Gram matrix of calibration inputs; and that Gram matrix is the XᵀX of the layer's inputs computed here
+/// independently from the model's hidden states, with the activation error equal to ‖ΔW Xᵀ‖F / ‖W Xᵀ‖F on those rows.
+#[test]
+fn whitened_factors_beat_plain_svd_on_the_same_activations() {
+    use semantic_llm_compressor::calib::Calibrator;
+    let b = bard();
+    let original = b.load_model(false).unwrap();
+    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let (tokens, window, rank) = (1024, 512, 32);
+    let mut cal = Calibrator::new(&ids, tokens, window).unwrap();
+    while cal.step(&original).unwrap() {}
+    let grams = cal.finish();
+    let policy = Policy {
+        rank,
+        method: Method::Whitened,
+        calibration_tokens: tokens,
+        calibration_window: window,
+        ..Default::default()
+    };
+    let aware = compress_checkpoint(&b.cfg, &b.ckpt, policy, Some((&original, &ids)), &mut |_| {}).unwrap();
+    let read = reader(&b.ckpt);
+    let mut compared = 0;
+    for rep in aware.reports.iter().filter(|r| r.rank.is_some()) {
+        let g = grams.get(&rep.name).unwrap_or_else(|| panic!("no Gram matrix for {}", rep.name)).mean();
+        let [out, inp] = rep.shape;
+        let w = read(&rep.name).unwrap();
+        let mut s = svd::exact(&w, out, inp).unwrap().truncate(rank);
+        s.canonicalize_signs();
+        let plain: Vec<f64> =
+            factors(&s, Some(QuantScheme::PerRow)).to_dense_f32().unwrap().iter().map(|&x| x as f64).collect();
+        let ep = svd::rel_activation_error(&w, &plain, out, inp, &g);
+        let ea = rep.err_activations.unwrap();
+        assert!(ea < ep, "{}: whitened activation error {ea} is not below plain SVD's {ep}", rep.name);
+        compared += 1;
+    }
+    assert_eq!(compared, 48, "every block matrix compared");
+
+    // The Gram matrix of a q_proj is Σ xxᵀ over ln_1 of the block's input, for every calibration token.
+    let cfg = &b.cfg;
+    let h = cfg.hidden_size;
+    for layer in [0usize, 5] {
+        let name = format!("transformer.h.{layer}.attn.attention.q_proj.weight");
+        let gamma = read(&format!("transformer.h.{layer}.ln_1.weight")).unwrap();
+        let beta = read(&format!("transformer.h.{layer}.ln_1.bias")).unwrap();
+        let mut xs: Vec<Vec<f64>> = Vec::new();
+        for win in ids[..tokens].chunks(window) {
+            let t = candle_core::Tensor::from_slice(win, (1, win.len()), &candle_core::Device::Cpu).unwrap();
+            let (_, hidden) = original.forward_with_hidden(&t).unwrap();
+            let rows: Vec<Vec<f32>> = hidden[layer].squeeze(0).unwrap().to_vec2().unwrap();
+            for r in rows {
+                let mean = r.iter().map(|&v| v as f64).sum::<f64>() / h as f64;
+                let var = r.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / h as f64;
+                let inv = 1.0 / (var + cfg.layer_norm_epsilon).sqrt();
+                xs.push((0..h).map(|j| (r[j] as f64 - mean) * inv * gamma[j] as f64 + beta[j] as f64).collect());
+            }
+        }
+        let gram = &grams[&name];
+        assert_eq!(gram.count, tokens, "{name}: rows recorded");
+        let mut want = vec![0f64; h * h];
+        for x in &xs {
+            for i in 0..h {
+                for j in 0..h {
+                    want[i * h + j] += x[i] * x[j];
+                }
+            }
+        }
+        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let d = gram.g.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+        assert!(d <= 1e-4 * scale, "{name}: Gram differs from XᵀX by {d} (largest entry {scale})");
+        // the activation error from the Gram equals the one measured on the rows themselves
+        let w = read(&name).unwrap();
+        let mut s = svd::exact(&w, h, h).unwrap().truncate(rank);
+        s.canonicalize_signs();
+        let wr = s.reconstruct();
+        let (mut num, mut den) = (0f64, 0f64);
+        for x in &xs {
+            for i in 0..h {
+                let (mut y, mut yr) = (0f64, 0f64);
+                for j in 0..h {
+                    y += w[i * h + j] as f64 * x[j];
+                    yr += wr[i * h + j] * x[j];
+                }
+                num += (y - yr).powi(2);
+                den += y * y;
+            }
+        }
+        let direct = (num / den).sqrt();
+        let via_gram = svd::rel_activation_error(&w, &wr, h, h, &gram.mean());
+        assert!((direct - via_gram).abs() <= 1e-4 * direct, "{name}: {direct} measured vs {via_gram} from the Gram");
+    }
+}
+
+/// A split evaluation merged from its parts gives exactly (bit for bit) the figures of one evaluation, for any
+/// number of parts, and a part merged twice or a missing part is noticed.
+#[test]
+fn merged_parts_equal_one_evaluation_exactly() {
+    let b = bard();
+    let c = compress(&b, Policy { rank: 32, ..Default::default() });
+    let original = b.load_model(false).unwrap();
+    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let (tokens, window) = (2000, 256);
+    let mut one = Evaluator::new(&ids, tokens, window).unwrap();
+    while one.step(&original, Some(&c.model)).unwrap() {}
+    let want = one.report();
+    let bits = |r: &semantic_llm_compressor::metrics::EvalReport| {
+        [
+            r.ppl_original,
+            r.ppl_compressed.unwrap(),
+            r.cosine.unwrap(),
+            r.cosine_global.unwrap(),
+            r.mse.unwrap(),
+            r.top1.unwrap(),
+            r.kl.unwrap(),
+        ]
+        .map(f64::to_bits)
+    };
+    for parts in [2, 3, 5] {
+        let mut evs: Vec<Evaluator> =
+            (0..parts).map(|p| Evaluator::new_part(&ids, tokens, window, p, parts).unwrap()).collect();
+        for ev in evs.iter_mut() {
+            while ev.step(&original, Some(&c.model)).unwrap() {}
+        }
+        let partials: Vec<_> = evs[1..].iter().map(|e| e.partial()).collect();
+        let mut short = Evaluator::new_part(&ids, tokens, window, 0, parts).unwrap();
+        while short.step(&original, Some(&c.model)).unwrap() {}
+        let first = &mut evs[0];
+        for p in &partials {
+            first.merge(p).unwrap();
+        }
+        let got = first.report();
+        assert_eq!(got.predictions, want.predictions, "{parts} parts: predictions");
+        assert_eq!(bits(&got), bits(&want), "{parts} parts: merged figures differ from one evaluation");
+        assert!(first.merge(&partials[0]).is_err(), "a part merged twice must be refused");
+        // one helper's sums missing: the figures are not those of the whole evaluation
+        for p in &partials[1..] {
+            short.merge(p).unwrap();
+        }
+        assert!(short.report().predictions < want.predictions, "{parts} parts: a missing part went unnoticed");
+    }
 }

@@ -17,6 +17,9 @@ fn shared(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(p)
 }
 
+/// Bytes a loaded compressed model may hold beyond its stored tensor bytes.
+const MAX_OVERHEAD: i64 = 700_000;
+
 #[test]
 fn compressed_model_resident_bytes_are_its_stored_bytes() {
     let src = shared("models/neo-bard-8l");
@@ -36,17 +39,27 @@ fn compressed_model_resident_bytes_are_its_stored_bytes() {
         let cb = ModelBundle::open_dir(&dir).unwrap();
         let stored = cb.tensor_bytes();
         let (model, resident, peak) = alloc::measure(|| cb.load_model(false).unwrap());
-        let ratio = resident as f64 / stored as f64;
-        eprintln!("stored {stored} B, resident {resident} B (ratio {ratio:.4}), peak while loading {peak} B");
-        assert!((ratio - 1.0).abs() <= 0.05, "resident {resident} vs stored {stored}");
+        let over = resident as i64 - stored as i64;
+        eprintln!("stored {stored} B, resident {resident} B ({over:+} B), peak while loading {peak} B");
+        // What a loaded model holds besides its tensors is a constant ~0.6 MB (measured: 593,492–603,476 B for these
+        // three policies): tensor headers, the layer names, candle's storage. Rank-32 factors held in f16 instead of
+        // INT8 would add ~1.2 MB; anything expanded to f32 far more.
+        assert!((0..=MAX_OVERHEAD).contains(&over), "resident {resident} B vs stored {stored} B: {over:+} B");
         // running it must not keep anything expanded: the scratch of a forward pass is freed (the first pass may
         // initialise candle's lazy statics, so measure the second)
         let _ = model.logits(&[1, 2, 3, 4]).unwrap();
         let before = alloc::live_bytes();
-        let (_, left, peak) = alloc::measure(|| model.logits(&[1, 2, 3, 4]).unwrap());
+        let (logits, left, peak) = alloc::measure(|| model.logits(&[1, 2, 3, 4]).unwrap());
         eprintln!("a forward pass of 4 tokens: peak {peak} B above the model, {left} B left (the logits)");
+        assert!(left >= 4 * 50257 * 4, "the logits ({left} B) are counted");
         assert!(left <= 4 * 50257 * 4 + 4096, "a forward pass left {left} B behind");
-        assert!(alloc::live_bytes() >= before);
+        drop(logits);
+        let after = alloc::live_bytes();
+        assert!(
+            after <= before + 4096,
+            "{} B stay allocated after the logits are dropped",
+            after as i64 - before as i64
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -86,12 +86,15 @@ worker.onmessage = (e) => {
   }
 };
 worker.onerror = (e) => showError(`the worker failed: ${e.message || 'unknown error'}`);
-async function run(msg, after) {
+// Send a command; `after` gets its result. A cancelled job leaves nothing half-done on the page: `onCancel` clears
+// what it had streamed in.
+async function run(msg, after, onCancel) {
   try {
     const result = await send(msg);
     after(result);
   } catch (err) {
     if (!err.cancelled) showError(err.message);
+    else if (onCancel) onCancel();
   }
 }
 
@@ -432,7 +435,7 @@ function compress() {
     plots.runs($('runs-plot'), app.runs);
     setBusy(false);
     setState('done', 'done');
-  });
+  }, resetResults);
 }
 
 function describePolicy(p) {
@@ -467,6 +470,10 @@ function generate() {
       $('gen-note').textContent = `Only the ${which[0]} model is loaded; compress to compare.`;
     }
     setState('done', 'done');
+  }, () => {
+    for (const w of ['original', 'compressed']) { $(`gen-${w}`).replaceChildren(); $(`rate-${w}`).textContent = ''; }
+    app.gen = { original: [], compressed: [], diverged: -1 };
+    $('gen-note').textContent = 'Generation cancelled.';
   });
 }
 

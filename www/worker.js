@@ -13,6 +13,7 @@ let busy = false;
 let evalTextCache = null;
 // what the helpers must hold: the original's files, and the compressed model as a file
 let originalFiles = null;
+// the compressed model as a File, or a function that exports it when a helper first needs it
 let compressedFile = null;
 let generation = 0; // bumps when either changes
 const HELPERS = Math.max(0, Math.min(3, (self.navigator.hardwareConcurrency || 1) - 1));
@@ -80,6 +81,7 @@ function startHelper() {
 // Bring the helpers up to date with the coordinator's models; returns the ones ready to evaluate.
 async function readyHelpers(loaded) {
   if (!HELPERS || !originalFiles || !compressedFile || !loaded || loaded.bytes > HELPER_MODEL_LIMIT) return [];
+  if (typeof compressedFile === 'function') compressedFile = compressedFile();
   while (helpers.length < HELPERS) helpers.push(startHelper());
   const ready = [];
   await Promise.all(helpers.filter((h) => h.alive).map(async (h) => {
@@ -205,7 +207,7 @@ const commands = {
     }
     const finished = ws.compress_finish();
     const compressSeconds = (performance.now() - t0) / 1000;
-    compressedFile = HELPERS ? new File(ws.export(), 'compressed.safetensors') : null;
+    compressedFile = HELPERS ? () => new File(ws.export(), 'compressed.safetensors') : null;
     generation += 1;
     const { evaluation, evalError } = evalSpec ? await evaluateIfItFits(evalSpec) : { evaluation: null };
     return { finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds, memory: ws.memory() };

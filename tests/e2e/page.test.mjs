@@ -38,8 +38,13 @@ const step = (s) => console.log(`- ${s}`);
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 }, acceptDownloads: true });
   const page = await context.newPage();
-  page.on('console', (m) => { if (m.type() === 'error') console.log('[page error]', m.text()); });
-  page.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
+  // any console error or uncaught exception, in the page or its workers, fails the test
+  const watch = (p) => {
+    p.on('console', (m) => { if (m.type() === 'error') { console.log('[page console error]', m.text()); failed = true; } });
+    p.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
+  };
+  context.on('page', watch);
+  watch(page);
   await page.addInitScript(() => {
     window.__longTasks = [];
     new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__longTasks.push({ start: e.startTime, duration: e.duration }); })
@@ -90,6 +95,22 @@ try {
   assert.equal(await waitState(['ready', 'done', 'error']), 'ready', await errorText());
   assert.match(await page.textContent('#status-text'), /cancelled/);
 
+  step('cancel during the evaluation: no partial result is left on the page');
+  await page.fill('#eval-tokens', '8192');
+  {
+    const n = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await page.click('#compress');
+    await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'evaluating', null, { timeout: 300000 });
+    await page.click('#cancel');
+    await page.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 300000 });
+    assert.match(await page.textContent('#status-text'), /cancelled/);
+    const s = await summary();
+    for (const k of METRICS) assert.equal(s[k], '–', `${k} after a cancelled evaluation`);
+    assert.equal(await page.$$eval('table#layer-errors tbody tr', (r) => r.length), 0, 'no layer rows after a cancelled run');
+    assert.equal(await page.textContent('#summary-note'), '');
+  }
+  await page.fill('#eval-tokens', String(TOKENS));
+
   step('compress and evaluate, watching main-thread long tasks');
   const t0 = await page.evaluate(() => performance.now());
   assert.equal(await clickJob('#compress', ['done', 'error']), 'done', await errorText());
@@ -111,15 +132,60 @@ try {
   }
   console.log(`  page: cosine ${got.cosine}, ppl ${got.ppl_original} → ${got.ppl_compressed}, top-1 ${got.top1}, layers ${got.layers_compressed}/${got.layers_total}; CLI: cosine ${cli.cosine.toFixed(4)}, ppl ${cli.ppl_compressed.toFixed(2)}`);
   await page.screenshot({ path: path.join(OUT, 'compressed.png') });
+  const exact = await page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.title])));
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency || 1);
+  if (cores > 1) assert.match(await page.textContent('#summary-note'), /by 2 workers/, 'the evaluation was split');
+
+  step('the same run with ?workers=1 gives exactly the same figures as with helpers');
+  {
+    const one = await context.newPage();
+    await one.goto(server.url + '?workers=1');
+    await one.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
+    const n0 = await one.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await one.click('#load-demo');
+    await one.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n0, { timeout: 300000 });
+    await one.fill('#rank', '32');
+    await one.fill('#skip', 'mlp.c_fc,mlp.c_proj');
+    await one.selectOption('#quant', 'per-row');
+    await one.selectOption('#method', 'svd');
+    await one.fill('#min-dim', '0');
+    await one.click('#eval-settings summary');
+    await one.fill('#eval-tokens', String(TOKENS));
+    await one.fill('#eval-window', String(WINDOW));
+    const n1 = await one.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await one.click('#compress');
+    await one.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n1, { timeout: 300000 });
+    assert.equal(await one.$eval('#status', (e) => e.dataset.state), 'done', await one.textContent('#error'));
+    assert.doesNotMatch(await one.textContent('#summary-note'), /workers/);
+    const single = await one.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.title])));
+    for (const k of METRICS) assert.equal(single[k], exact[k], `${k}: one worker ${single[k]} vs ${cores > 1 ? 'two' : 'one'} ${exact[k]}`);
+    await one.close();
+  }
 
   step('generate from both models side by side');
   await page.fill('#prompt', 'ROMEO. O my love,');
   assert.equal(await clickJob('#generate', ['done', 'error']), 'done', await errorText());
   assert.equal(await page.textContent('#gen-original'), ROMEO_CONTINUATION);
   const comp = await page.textContent('#gen-compressed');
-  assert.ok(comp.length > 0, 'the compressed model generated text');
+  const cliGen = JSON.parse(execFileSync(SLC, ['generate', '--model', path.join(tmp, 'c'), '--prompt', 'ROMEO. O my love,', '--max-new-tokens', '30', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+  assert.equal(comp, cliGen.text, 'the compressed continuation equals slc generate on the same compressed checkpoint');
   console.log(`  compressed: ${JSON.stringify(comp.slice(0, 80))}`);
   await page.screenshot({ path: path.join(OUT, 'page.png'), fullPage: true });
+
+  step('cancel during generation: the streamed text is withdrawn');
+  {
+    await page.fill('#max-new-tokens', '400');
+    const n = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await page.click('#generate');
+    await page.waitForFunction(() => document.querySelectorAll('#gen-original span').length >= 3, null, { timeout: 300000 });
+    await page.click('#cancel');
+    await page.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 300000 });
+    assert.match(await page.textContent('#status-text'), /cancelled/);
+    assert.equal(await page.textContent('#gen-original'), '');
+    assert.equal(await page.textContent('#gen-compressed'), '');
+    assert.equal(await page.textContent('#gen-note'), 'Generation cancelled.');
+    await page.fill('#max-new-tokens', '30');
+  }
 
   step('export, then load the export back: the same summary');
   const downloadEvent = page.waitForEvent('download');
@@ -181,7 +247,7 @@ try {
   assert.equal(await small.$eval('#status', (e) => e.dataset.state), 'done', await small.textContent('#error'));
   const sm = await small.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.textContent])));
   assert.equal(sm.cosine, '–');
-  assert.match(await small.textContent('#summary-note'), /Not evaluated: not enough memory/);
+  assert.match(await small.textContent('#summary-note'), /Not evaluated: not enough memory: evaluating with the original read from its file .* needs about [0-9.]+ [GM]i?B/);
   assert.equal(sm.layers_compressed, '48');
   const bigDownload = small.waitForEvent('download');
   await small.click('#export');
@@ -194,6 +260,37 @@ try {
   assert.equal(cli3.layers_compressed, 48);
   assert.equal(cli3.bytes_compressed, Number(sm.bytes_compressed));
   await small.close();
+
+  step('memory: the original kept in f16 when f32 does not fit (heap limited to 100 MB), and it still generates');
+  {
+    const half = await context.newPage();
+    await half.goto(server.url + '?memory=100000000');
+    await half.waitForFunction(() => /memory limited/.test(document.querySelector('#status-text').textContent));
+    const n = await half.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await half.click('#load-demo');
+    await half.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 300000 });
+    assert.equal(await half.$eval('#status', (e) => e.dataset.state), 'ready', await half.textContent('#error'));
+    assert.match(await half.textContent('#model-info'), /f16\/bf16 kept as stored: f32 would not fit/);
+    await half.fill('#prompt', 'ROMEO. O my love,');
+    const n2 = await half.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await half.click('#generate');
+    await half.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n2, { timeout: 300000 });
+    assert.equal(await half.textContent('#gen-original'), ROMEO_CONTINUATION);
+    await half.close();
+  }
+
+  step('memory: a compressed checkpoint too large for the heap (limited to 30 MB) is refused with the figures');
+  {
+    const tiny = await context.newPage();
+    await tiny.goto(server.url + '?memory=30000000');
+    await tiny.waitForFunction(() => /memory limited/.test(document.querySelector('#status-text').textContent));
+    const n = await tiny.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await tiny.setInputFiles('#files', [exported]);
+    await tiny.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 300000 });
+    assert.equal(await tiny.$eval('#status', (e) => e.dataset.state), 'error');
+    assert.match(await tiny.textContent('#error'), /not enough memory: the compressed model needs about [0-9.]+ [GM]iB, and only [0-9.]+ [GM]iB of this tab's [0-9.]+ [GM]iB is free/);
+    await tiny.close();
+  }
 
   step('large type for projectors');
   await page.click('#large-type');
