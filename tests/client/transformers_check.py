@@ -75,7 +75,7 @@ def main():
             ppl = math.exp(nll / n)
             rel = abs(ppl / ev["ppl_compressed"] - 1)
             print(f"{label}: perplexity on {n} predictions — transformers {ppl:.6g}, slc eval {ev['ppl_compressed']:.6g} (relative difference {rel:.1e})")
-            if n != ev["predictions"] or rel > 1e-4:
+            if n != ev["predictions"] or rel > 1e-5:
                 failures.append(f"{label}: perplexity {ppl} over {n} vs slc {ev['ppl_compressed']} over {ev['predictions']}")
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
     if failures:

@@ -174,6 +174,7 @@ try {
 
   step('cancel during generation: the streamed text is withdrawn');
   {
+    await page.click('#gen-settings summary');
     await page.fill('#max-new-tokens', '400');
     const n = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
     await page.click('#generate');
