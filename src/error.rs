@@ -48,7 +48,51 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What kind of fault an error is, for code that branches on it (the page does, through the wasm edge): one per
+/// variant, never the words of the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    File,
+    Tensor,
+    Config,
+    Tokenizer,
+    Setting,
+    Memory,
+    Numeric,
+    Other,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::File => "file",
+            ErrorKind::Tensor => "tensor",
+            ErrorKind::Config => "config",
+            ErrorKind::Tokenizer => "tokenizer",
+            ErrorKind::Setting => "setting",
+            ErrorKind::Memory => "memory",
+            ErrorKind::Numeric => "numeric",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
 impl Error {
+    /// The kind of fault, from the variant.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::File { .. } | Error::Io(_) => ErrorKind::File,
+            Error::Tensor { .. } => ErrorKind::Tensor,
+            Error::Config(_) => ErrorKind::Config,
+            Error::Tokenizer(_) => ErrorKind::Tokenizer,
+            Error::Policy(_) => ErrorKind::Setting,
+            Error::Memory(_) => ErrorKind::Memory,
+            Error::Numeric(_) | Error::Candle(_) => ErrorKind::Numeric,
+            Error::Msg(_) | Error::Json(_) => ErrorKind::Other,
+        }
+    }
+
     pub fn file(file: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::File { file: file.into(), msg: msg.into() }
     }

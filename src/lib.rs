@@ -1,25 +1,26 @@
 //! semantic-llm-compressor: compress GPT-Neo models by truncated SVD and INT8, and measure what it did.
 //!
-//! The core is plain Rust and is tested natively; [`wasm`] is the thin WebAssembly boundary the page's worker uses,
-//! and `src/bin/slc.rs` is the command line on the same core.
+//! The crate is laid out as the data flows, one folder a wing, and imports run one way, from the edges down:
+//!
+//! * [`model`] — reading a checkpoint (plain or compressed) and running GPT-Neo: config, safetensors by byte range,
+//!   tokenizer, the weight sources, linear-layer storages and their kernels, the model, generation.
+//! * [`compression`] — what turns a model into a smaller one: SVD, quantizers, the policy, calibration statistics,
+//!   the pipeline, the compressed format it writes. Imports [`model`].
+//! * [`evaluation`] — how far a compressed model is from its original: the metrics and the streamed evaluation.
+//!   Imports [`model`].
+//! * [`session`] — one person's work with one model as the page runs it (open, load, compress, evaluate, generate,
+//!   export; what a new model invalidates; memory checks). Imports the wings above.
+//! * [`error`] and [`alloc`] — the one error type and the counting allocator, below everything.
+//!
+//! The edges sit on top: `src/bin/` (the `slc` command line) and `wasm`, the thin WebAssembly boundary the page's
+//! worker uses (it converts and decides nothing). The core is plain Rust and is tested natively.
 
 pub mod alloc;
-pub mod bundle;
-pub mod calib;
-pub mod checkpoint;
-pub mod compress;
-pub mod config;
-mod error;
-pub mod export;
-pub mod generate;
-pub mod kernels;
-pub mod linear;
-pub mod metrics;
+pub mod compression;
+pub mod error;
+pub mod evaluation;
 pub mod model;
-pub mod policy;
-pub mod quant;
-pub mod svd;
-pub mod tokenizer;
+pub mod session;
 
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;

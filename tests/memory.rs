@@ -4,10 +4,10 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use semantic_llm_compressor::alloc::{self, CountingAlloc};
-use semantic_llm_compressor::bundle::ModelBundle;
-use semantic_llm_compressor::compress::compress_checkpoint;
-use semantic_llm_compressor::export::Export;
-use semantic_llm_compressor::policy::Policy;
+use semantic_llm_compressor::compression::format::Export;
+use semantic_llm_compressor::compression::pipeline::compress_checkpoint;
+use semantic_llm_compressor::compression::policy::Policy;
+use semantic_llm_compressor::model::bundle::ModelBundle;
 use std::path::PathBuf;
 
 #[global_allocator]
@@ -28,7 +28,7 @@ fn compressed_model_resident_bytes_are_its_stored_bytes() {
     for policy in [
         Policy { rank: 32, ..Default::default() },
         Policy { rank: 32, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() },
-        Policy { method: semantic_llm_compressor::policy::Method::Int8, ..Default::default() },
+        Policy { method: semantic_llm_compressor::compression::policy::Method::Int8, ..Default::default() },
     ] {
         let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, None, &mut |_| {}).unwrap();
         let dir = std::env::temp_dir().join(format!("slc-memory-test-{}", std::process::id()));

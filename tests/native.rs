@@ -3,7 +3,7 @@
 
 mod common;
 
-use semantic_llm_compressor::bundle::ModelBundle;
+use semantic_llm_compressor::model::bundle::ModelBundle;
 use std::path::PathBuf;
 
 fn shared(p: &str) -> PathBuf {
@@ -54,7 +54,7 @@ fn neo_bard_kept_in_f16_gives_the_same_text() {
 fn shards_buffers_untied_head_and_bf16() {
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
-    use semantic_llm_compressor::checkpoint::{Checkpoint, FileSource, SafetensorsFile};
+    use semantic_llm_compressor::model::checkpoint::{Checkpoint, FileSource, SafetensorsFile};
     let src = shared("fixtures/tiny-gpt-neo-v512");
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
     let ck = Checkpoint::open_dir(&src).unwrap();

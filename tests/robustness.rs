@@ -1,9 +1,9 @@
 //! Nothing a user's file can reach may panic: damaged checkpoints, configs and compressed files give errors.
 #![cfg(not(target_arch = "wasm32"))]
 
-use semantic_llm_compressor::bundle::ModelBundle;
-use semantic_llm_compressor::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
-use semantic_llm_compressor::generate::Rng;
+use semantic_llm_compressor::model::bundle::ModelBundle;
+use semantic_llm_compressor::model::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
+use semantic_llm_compressor::model::generate::Rng;
 use std::path::PathBuf;
 
 fn shared(p: &str) -> PathBuf {
@@ -100,7 +100,7 @@ fn damaged_checkpoints_are_refused_with_what_is_at_fault() {
             _ => {
                 let (name, a, b) = &tensors[(rng.next_u64() as usize) % tensors.len()];
                 let k = 8 + header_len + a + ((rng.next_u64() as usize) % ((b - a) / 4)) * 4;
-                let bad = if rng.next_u64() % 2 == 0 { f32::NAN } else { f32::INFINITY };
+                let bad = if rng.next_u64().is_multiple_of(2) { f32::NAN } else { f32::INFINITY };
                 bytes[k..k + 4].copy_from_slice(&bad.to_le_bytes());
                 let e = try_all(&config, bytes).expect_err(&format!("{bad} in {name}"));
                 assert!(e.contains(&format!("`{name}`")), "{bad} in {name}: {e}");

@@ -33,8 +33,15 @@ fn bard_workspace() -> (semantic_llm_compressor::wasm::Workspace, wasm_bindgen::
     files.push(&file("tokenizer.json", BARD_TOKENIZER));
     files.push(&file("model.safetensors", BARD_WEIGHTS));
     let mut ws = semantic_llm_compressor::wasm::Workspace::new();
-    let report = ws.open(files).map_err(|e| JsValueDbg(e.into())).unwrap();
+    let report = ws.open(files).map_err(JsValueDbg).unwrap();
     (ws, report)
+}
+
+/// Evaluation settings as the worker sends them: the text's first `tokens` tokens in windows of `window`, one part.
+fn spec(text: &str, tokens: usize, window: usize) -> wasm_bindgen::JsValue {
+    let spec =
+        semantic_llm_compressor::session::EvalSpec { text: text.into(), skip: 0, tokens, window, part: 0, parts: 1 };
+    serde_wasm_bindgen::to_value(&spec).unwrap()
 }
 
 #[wasm_bindgen_test]
@@ -61,13 +68,11 @@ fn workspace_reads_files_in_slices_and_generates() {
     let layers =
         js_sys::Reflect::get(&js_sys::Reflect::get(&report, &"summary".into()).unwrap(), &"num_layers".into()).unwrap();
     assert_eq!(layers.as_f64(), Some(8.0));
-    ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
-    ws.generate_start("original", common::ROMEO, wasm_bindgen::JsValue::UNDEFINED)
-        .map_err(|e| JsValueDbg(e.into()))
-        .unwrap();
+    ws.load(None).map_err(JsValueDbg).unwrap();
+    ws.generate_start("original", common::ROMEO, wasm_bindgen::JsValue::UNDEFINED).map_err(JsValueDbg).unwrap();
     let mut text = String::new();
     loop {
-        let step = ws.generate_next("original").map_err(|e| JsValueDbg(e.into())).unwrap();
+        let step = ws.generate_next("original").map_err(JsValueDbg).unwrap();
         if step.is_null() {
             break;
         }
@@ -79,7 +84,7 @@ fn workspace_reads_files_in_slices_and_generates() {
 /// Export → import → bit-identical logits, in the browser too.
 #[wasm_bindgen_test]
 fn export_then_import_gives_identical_logits() {
-    use semantic_llm_compressor::policy::{Method, Policy};
+    use semantic_llm_compressor::compression::policy::{Method, Policy};
     common::check_export_roundtrip(
         BARD_CONFIG,
         BARD_WEIGHTS,
@@ -95,28 +100,28 @@ fn export_then_import_gives_identical_logits() {
 fn workspace_compresses_exports_and_reopens() {
     let get = |v: &wasm_bindgen::JsValue, k: &str| js_sys::Reflect::get(v, &k.into()).unwrap();
     let (mut ws, _) = bard_workspace();
-    ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.load(None).map_err(JsValueDbg).unwrap();
     let policy = js_sys::JSON::parse(r#"{"rank": 16, "skip": ["mlp.c_fc", "mlp.c_proj"]}"#).unwrap();
-    ws.compress_begin(policy, None).map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.compress_begin(policy, None).map_err(JsValueDbg).unwrap();
     let mut layers = 0;
-    while !ws.compress_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {
+    while !ws.compress_step().map_err(JsValueDbg).unwrap().is_null() {
         layers += 1;
     }
     assert_eq!(layers, 49);
-    let fin = ws.compress_finish().map_err(|e| JsValueDbg(e.into())).unwrap();
+    let fin = ws.compress_finish().map_err(JsValueDbg).unwrap();
     assert_eq!(get(&fin, "layers_compressed").as_f64(), Some(32.0));
-    ws.eval_begin(&EVAL_TEXT[..4000], 0, 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
-    while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
-    let first = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
-    let parts = ws.export().map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.eval_begin(spec(&EVAL_TEXT[..4000], 256, 128)).map_err(JsValueDbg).unwrap();
+    while !ws.eval_step().map_err(JsValueDbg).unwrap().is_null() {}
+    let first = ws.eval_report().map_err(JsValueDbg).unwrap();
+    let parts = ws.export().map_err(JsValueDbg).unwrap();
     let exported = web_sys::File::new_with_u8_array_sequence(&parts, "neo-bard-8l-compressed.safetensors").unwrap();
     let again = js_sys::Array::of1(&exported);
-    let report = ws.open(again).map_err(|e| JsValueDbg(e.into())).unwrap();
+    let report = ws.open(again).map_err(JsValueDbg).unwrap();
     assert_eq!(get(&report, "kind").as_string().as_deref(), Some("compressed"));
     assert_eq!(get(&report, "matches_original").as_bool(), Some(true));
-    ws.eval_begin(&EVAL_TEXT[..4000], 0, 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
-    while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
-    let second = ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap();
+    ws.eval_begin(spec(&EVAL_TEXT[..4000], 256, 128)).map_err(JsValueDbg).unwrap();
+    while !ws.eval_step().map_err(JsValueDbg).unwrap().is_null() {}
+    let second = ws.eval_report().map_err(JsValueDbg).unwrap();
     for k in ["cosine", "ppl_compressed", "kl", "top1", "bytes_compressed", "layers_compressed"] {
         assert_eq!(get(&first, k).as_f64(), get(&second, k).as_f64(), "{k}");
     }
@@ -131,16 +136,16 @@ fn workspace_streams_the_original_when_it_is_not_loaded() {
     let run = |load: bool| {
         let (mut ws, _) = bard_workspace();
         if load {
-            ws.load(None).map_err(|e| JsValueDbg(e.into())).unwrap();
+            ws.load(None).map_err(JsValueDbg).unwrap();
         }
         let policy = js_sys::JSON::parse(r#"{"rank": 16}"#).unwrap();
-        ws.compress_begin(policy, None).map_err(|e| JsValueDbg(e.into())).unwrap();
-        while !ws.compress_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
-        ws.compress_finish().map_err(|e| JsValueDbg(e.into())).unwrap();
-        let begin = ws.eval_begin(&EVAL_TEXT[..3000], 0, 256, 128, 0, 1).map_err(|e| JsValueDbg(e.into())).unwrap();
+        ws.compress_begin(policy, None).map_err(JsValueDbg).unwrap();
+        while !ws.compress_step().map_err(JsValueDbg).unwrap().is_null() {}
+        ws.compress_finish().map_err(JsValueDbg).unwrap();
+        let begin = ws.eval_begin(spec(&EVAL_TEXT[..3000], 256, 128)).map_err(JsValueDbg).unwrap();
         assert_eq!(get(&begin, "unit").as_string().as_deref(), Some(if load { "window" } else { "stage" }));
-        while !ws.eval_step().map_err(|e| JsValueDbg(e.into())).unwrap().is_null() {}
-        ws.eval_report().map_err(|e| JsValueDbg(e.into())).unwrap()
+        while !ws.eval_step().map_err(JsValueDbg).unwrap().is_null() {}
+        ws.eval_report().map_err(JsValueDbg).unwrap()
     };
     let (memory, streamed) = (run(true), run(false));
     assert_eq!(get(&streamed, "streamed").as_bool(), Some(true));
@@ -156,7 +161,9 @@ fn workspace_names_missing_files() {
     let files = js_sys::Array::new();
     files.push(&file("model.safetensors", TINY_WEIGHTS));
     let mut ws = semantic_llm_compressor::wasm::Workspace::new();
-    let err: wasm_bindgen::JsValue = ws.open(files).err().unwrap().into();
+    let err: wasm_bindgen::JsValue = ws.open(files).err().unwrap();
+    let kind = js_sys::Reflect::get(&err, &"kind".into()).unwrap().as_string();
+    assert_eq!(kind.as_deref(), Some("file"), "the error carries its kind");
     let msg = err.unchecked_into::<js_sys::Error>().message().as_string().unwrap();
     assert!(msg.contains("config.json"), "{msg}");
 }

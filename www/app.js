@@ -1,11 +1,13 @@
 // The page's main thread: it renders what the worker reports and sends it what the user asks. All model work runs
 // in www/worker.js; nothing here computes more than a table row.
 import * as plots from './plots.js';
+import { errorFrom } from './protocol.js';
 
 const $ = (id) => document.getElementById(id);
 const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
 
 const app = {
+  defaults: null,       // the core's default Policy (the worker sends it first)
   model: null,          // the open report of the original model
   name: 'model',        // what to call it in file names
   opened: false,        // an original checkpoint is open (it can be compressed)
@@ -75,6 +77,7 @@ function settle(fn) {
 worker.onmessage = (e) => {
   const m = e.data;
   switch (m.type) {
+    case 'defaults': app.defaults = m.policy; break;
     case 'state': setState(m.state, m.message); break;
     case 'progress': showProgress(m); break;
     case 'plan': startTable(m.matrices); break;
@@ -82,7 +85,7 @@ worker.onmessage = (e) => {
     case 'token': addToken(m); break;
     case 'result': settle((p) => p.resolve(m.result)); break;
     case 'cancelled': settle((p) => p.reject(Object.assign(new Error('cancelled'), { cancelled: true }))); setState(app.loaded ? 'ready' : 'idle', 'cancelled'); break;
-    case 'error': settle((p) => p.reject(new Error(m.message))); showError(m.message); break;
+    case 'error': settle((p) => p.reject(errorFrom(m))); showError(m.message); break;
   }
 };
 worker.onerror = (e) => showError(`the worker failed: ${e.message || 'unknown error'}`);
@@ -140,7 +143,7 @@ function applyPreset(name) {
   const h = app.model ? app.model.summary.hidden_size : 256;
   const set = (o) => {
     $('method').value = o.method || 'svd';
-    $('rank').value = o.rank ?? 64;
+    $('rank').value = o.rank ?? app.defaults.rank;
     $('quant').value = o.quant || 'per-row';
     $('min-dim').value = o.minDim ?? 0;
     $('skip').value = o.skip ?? '';
@@ -173,7 +176,7 @@ function policyFromForm() {
   });
   return {
     method: $('method').value,
-    rank: num('rank') ?? 64,
+    rank: num('rank') ?? app.defaults.rank,
     rank_for: rankFor,
     skip: $('skip').value.split(',').map((s) => s.trim()).filter(Boolean),
     min_dim_for_compression: num('min-dim') ?? 0,
@@ -183,7 +186,7 @@ function policyFromForm() {
     budget: num('budget'),
     budget_mode: $('budget-mode').value,
     break_even_guard: $('guard').checked,
-    calibration_tokens: num('calibration-tokens') ?? 2048,
+    calibration_tokens: num('calibration-tokens') ?? app.defaults.calibration_tokens,
     calibration_window: Number($('eval-window').value) || 512,
   };
 }

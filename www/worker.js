@@ -1,10 +1,11 @@
-// The only file that imports the wasm package. The page posts {cmd, ...}; the worker answers with
-// {type: "state" | "progress" | "layer" | "token" | "result" | "cancelled" | "error", ...}. Long jobs run step by
+// The only file that imports the wasm package. The page posts a Command; the worker answers with Events (both
+// documented in protocol.js). Long jobs run step by
 // step and yield between steps (a macrotask), so a {cmd: "cancel"} gets through and ends the job cleanly.
 //
 // The worker the page starts coordinates; for an evaluation it starts helpers — more instances of this same file,
 // each with its own wasm instance — that load the same files and evaluate every n-th window; their sums are merged.
-import init, { Workspace } from './pkg/semantic_llm_compressor.js';
+import init, { Workspace, default_policy } from './pkg/semantic_llm_compressor.js';
+import { errorEvent, errorFrom, isMemoryError } from './protocol.js';
 
 const ready = init();
 let ws = null;
@@ -71,7 +72,7 @@ function startHelper() {
     const m = e.data;
     if (m.type === 'progress' && h.onProgress) h.onProgress(m);
     else if (m.type === 'result' && h.pending) { const p = h.pending; h.pending = null; p.resolve(m.result); }
-    else if ((m.type === 'error' || m.type === 'cancelled') && h.pending) { const p = h.pending; h.pending = null; p.reject(new Error(m.message || 'cancelled')); }
+    else if ((m.type === 'error' || m.type === 'cancelled') && h.pending) { const p = h.pending; h.pending = null; p.reject(m.type === 'error' ? errorFrom(m) : new Error('cancelled')); }
   };
   w.onerror = (e) => { h.alive = false; if (h.pending) { h.pending.reject(new Error(e.message || 'helper failed')); h.pending = null; } };
   h.call = (msg) => new Promise((resolve, reject) => { h.pending = { resolve, reject }; w.postMessage(msg); });
@@ -108,7 +109,7 @@ async function evaluate(spec) {
   const team = (spec.workers === 1 ? [] : await readyHelpers(lastLoaded)).slice(0, Math.max(0, (spec.workers || Infinity) - 1));
   const parts = 1 + team.length;
   const skip = spec.skip || 0;
-  const begin = ws.eval_begin(text, skip, spec.tokens, spec.window, 0, parts);
+  const begin = ws.eval_begin({ text, skip, tokens: spec.tokens, window: spec.window, part: 0, parts });
   const done = new Array(parts).fill(0);
   const report = () => {
     const d = done.reduce((a, b) => a + b, 0);
@@ -143,7 +144,7 @@ async function evaluateIfItFits(spec) {
   try {
     return { evaluation: await evaluate(spec) };
   } catch (err) {
-    if (err instanceof Cancelled || !String(err.message).startsWith('not enough memory')) throw err;
+    if (err instanceof Cancelled || !isMemoryError(err)) throw err;
     return { evaluation: null, evalError: err.message };
   }
 }
@@ -165,7 +166,7 @@ const commands = {
         report.loaded = ws.load((done, total, name) => progress('load', done, total, name));
       } catch (err) {
         // too large to run here: it can still be compressed and exported
-        if (!String(err.message).startsWith('not enough memory')) throw err;
+        if (!isMemoryError(err)) throw err;
         report.loaded = null;
         report.load_error = err.message;
       }
@@ -279,7 +280,7 @@ const commands = {
 
   // helper side: evaluate one part of the windows and hand back the sums
   async h_eval({ text, skip, tokens, window, part, parts }) {
-    ws.eval_begin(text, skip, tokens, window, part, parts);
+    ws.eval_begin({ text, skip, tokens, window, part, parts });
     for (;;) {
       await checkpoint();
       const step = ws.eval_step();
@@ -305,7 +306,7 @@ self.onmessage = async (e) => {
   await ready;
   const run = commands[cmd];
   if (!run) {
-    post({ type: 'error', cmd, message: `unknown command ${cmd}` });
+    post(errorEvent(cmd, new Error(`unknown command ${cmd}`)));
     return;
   }
   busy = true;
@@ -315,10 +316,10 @@ self.onmessage = async (e) => {
     post({ type: 'result', cmd, result });
   } catch (err) {
     if (err instanceof Cancelled) post({ type: 'cancelled', cmd });
-    else post({ type: 'error', cmd, message: err && err.message ? err.message : String(err) });
+    else post(errorEvent(cmd, err));
   } finally {
     busy = false;
     cancelled = false;
   }
 };
-ready.then(() => state('idle', 'ready for a model'), (err) => post({ type: 'error', cmd: 'init', message: `the WebAssembly module could not be loaded: ${err.message || err}` }));
+ready.then(() => { post({ type: 'defaults', policy: default_policy() }); state('idle', 'ready for a model'); }, (err) => post(errorEvent('init', new Error(`the WebAssembly module could not be loaded: ${err.message || err}`))));

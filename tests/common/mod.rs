@@ -3,11 +3,11 @@
 #![allow(dead_code)]
 
 use candle_core::{Device, Tensor};
-use semantic_llm_compressor::bundle::ModelBundle;
-use semantic_llm_compressor::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
-use semantic_llm_compressor::generate::{generate, greedy_no_cache, SamplingParams};
-use semantic_llm_compressor::model::GptNeo;
-use semantic_llm_compressor::tokenizer::Tokenizer;
+use semantic_llm_compressor::model::bundle::ModelBundle;
+use semantic_llm_compressor::model::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
+use semantic_llm_compressor::model::generate::{generate, greedy_no_cache, SamplingParams};
+use semantic_llm_compressor::model::gpt_neo::GptNeo;
+use semantic_llm_compressor::model::tokenizer::Tokenizer;
 
 pub fn open(name: &str, bytes: &[u8]) -> SafetensorsFile {
     SafetensorsFile::open(Box::new(MemSource::new(name, bytes.to_vec()))).expect("open safetensors")
@@ -109,12 +109,19 @@ pub fn check_neo_bard(model: &GptNeo, tok: &Tokenizer, eval_text: &str, logits_r
 
 /// Compress with `policy`, export to bytes, load the bytes back: the logits are bit-identical and every layer keeps
 /// its storage (INT8 stays INT8).
-pub fn check_export_roundtrip(config: &str, weights: &[u8], policy: semantic_llm_compressor::policy::Policy) {
-    use semantic_llm_compressor::compress::compress_checkpoint;
-    use semantic_llm_compressor::export::Export;
+pub fn check_export_roundtrip(
+    config: &str,
+    weights: &[u8],
+    policy: semantic_llm_compressor::compression::policy::Policy,
+) {
+    use semantic_llm_compressor::compression::format::Export;
+    use semantic_llm_compressor::compression::pipeline::compress_checkpoint;
     let b = bundle(config, None, weights);
     let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, None, &mut |_| {}).unwrap();
-    assert!(c.reports.iter().any(|r| r.decision != "dense"), "nothing was compressed");
+    assert!(
+        c.reports.iter().any(|r| r.decision != semantic_llm_compressor::compression::pipeline::Decision::Dense),
+        "nothing was compressed"
+    );
     let bytes =
         Export::new(&b.ckpt, config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap();
     let ck = Checkpoint::new(vec![open("exported.safetensors", &bytes)], None).unwrap();

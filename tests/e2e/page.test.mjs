@@ -57,11 +57,16 @@ try {
     return state();
   };
   const errorText = () => page.textContent('#error');
+  // run `action` on page `p`, then wait for the job it starts to end; the page's state after it
+  const jobOn = async (p, action, timeout = 300000) => {
+    const n = await p.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    await action();
+    await p.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout });
+    return p.$eval('#status', (e) => e.dataset.state);
+  };
   // give files to input#files, then wait for the job that opens them to end
   const setFiles = async (files) => {
-    const jobs = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-    await page.setInputFiles('#files', files);
-    await page.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobs, { timeout: 300000 });
+    await jobOn(page, () => page.setInputFiles('#files', files));
   };
   // click, then wait for the job it starts to end
   const clickJob = async (selector, want, timeout = 300000) => {
@@ -141,9 +146,7 @@ try {
     const one = await context.newPage();
     await one.goto(server.url + '?workers=1');
     await one.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
-    const n0 = await one.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-    await one.click('#load-demo');
-    await one.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n0, { timeout: 300000 });
+    await jobOn(one, () => one.click('#load-demo'));
     await one.fill('#rank', '32');
     await one.fill('#skip', 'mlp.c_fc,mlp.c_proj');
     await one.selectOption('#quant', 'per-row');
@@ -152,9 +155,7 @@ try {
     await one.click('#eval-settings summary');
     await one.fill('#eval-tokens', String(TOKENS));
     await one.fill('#eval-window', String(WINDOW));
-    const n1 = await one.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-    await one.click('#compress');
-    await one.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n1, { timeout: 300000 });
+    await jobOn(one, () => one.click('#compress'));
     assert.equal(await one.$eval('#status', (e) => e.dataset.state), 'done', await one.textContent('#error'));
     assert.doesNotMatch(await one.textContent('#summary-note'), /workers/);
     const single = await one.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.title])));
@@ -234,17 +235,13 @@ try {
   const small = await context.newPage();
   await small.goto(server.url + '?memory=40000000');
   await small.waitForFunction(() => /memory limited/.test(document.querySelector('#status-text').textContent));
-  const jobsSmall = await small.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-  await small.click('#load-demo');
-  await small.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobsSmall, { timeout: 300000 });
+  await jobOn(small, () => small.click('#load-demo'));
   assert.equal(await small.$eval('#status', (e) => e.dataset.state), 'ready', await small.textContent('#error'));
   assert.match(await small.textContent('#model-info'), /not enough memory/);
   assert.ok(await small.$eval('#generate', (b) => b.disabled), 'nothing to generate with');
   await small.selectOption('#preset', 'origin-all');
   await small.fill('#rank', '32');
-  const jobsSmall2 = await small.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-  await small.click('#compress');
-  await small.waitForFunction((n) => Number(document.querySelector('#status').dataset.jobs || 0) > n, jobsSmall2, { timeout: 300000 });
+  await jobOn(small, () => small.click('#compress'));
   assert.equal(await small.$eval('#status', (e) => e.dataset.state), 'done', await small.textContent('#error'));
   const sm = await small.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.textContent])));
   assert.equal(sm.cosine, '–');
@@ -267,15 +264,11 @@ try {
     const half = await context.newPage();
     await half.goto(server.url + '?memory=100000000');
     await half.waitForFunction(() => /memory limited/.test(document.querySelector('#status-text').textContent));
-    const n = await half.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-    await half.click('#load-demo');
-    await half.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 300000 });
+    await jobOn(half, () => half.click('#load-demo'));
     assert.equal(await half.$eval('#status', (e) => e.dataset.state), 'ready', await half.textContent('#error'));
     assert.match(await half.textContent('#model-info'), /f16\/bf16 kept as stored: f32 would not fit/);
     await half.fill('#prompt', 'ROMEO. O my love,');
-    const n2 = await half.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-    await half.click('#generate');
-    await half.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n2, { timeout: 300000 });
+    await jobOn(half, () => half.click('#generate'));
     assert.equal(await half.textContent('#gen-original'), ROMEO_CONTINUATION);
     await half.close();
   }
@@ -285,9 +278,7 @@ try {
     const tiny = await context.newPage();
     await tiny.goto(server.url + '?memory=30000000');
     await tiny.waitForFunction(() => /memory limited/.test(document.querySelector('#status-text').textContent));
-    const n = await tiny.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-    await tiny.setInputFiles('#files', [exported]);
-    await tiny.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 300000 });
+    await jobOn(tiny, () => tiny.setInputFiles('#files', [exported]));
     assert.equal(await tiny.$eval('#status', (e) => e.dataset.state), 'error');
     assert.match(await tiny.textContent('#error'), /not enough memory: the compressed model needs about [0-9.]+ [GM]iB, and only [0-9.]+ [GM]iB of this tab's [0-9.]+ [GM]iB is free/);
     await tiny.close();

@@ -1,12 +1,14 @@
 use clap::{Parser, Subcommand};
-use semantic_llm_compressor::bundle::ModelBundle;
-use semantic_llm_compressor::compress::{compress_checkpoint, totals};
-use semantic_llm_compressor::export::Export;
-use semantic_llm_compressor::generate::{Generation, SamplingParams};
-use semantic_llm_compressor::metrics::Evaluator;
-use semantic_llm_compressor::policy::{Policy, RankRule};
-use semantic_llm_compressor::quant::QuantScheme;
-use semantic_llm_compressor::tokenizer::TextStream;
+use semantic_llm_compressor::compression::format::Export;
+use semantic_llm_compressor::compression::pipeline::{compress_checkpoint, totals};
+use semantic_llm_compressor::compression::policy::{BudgetMode, BudgetUnit, Method, Policy, RankRule};
+use semantic_llm_compressor::compression::svd::SvdMethod;
+use semantic_llm_compressor::evaluation::metrics::Evaluator;
+use semantic_llm_compressor::model::bundle::ModelBundle;
+use semantic_llm_compressor::model::generate::{Generation, SamplingParams};
+use semantic_llm_compressor::model::storage::QuantScheme;
+use semantic_llm_compressor::model::tokenizer::TextStream;
+use semantic_llm_compressor::session::{CompressedSizes, EvalSummary};
 use semantic_llm_compressor::{alloc, Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -57,8 +59,8 @@ enum Cmd {
         #[arg(long, value_delimiter = ',', default_value = "128,512")]
         ranks: Vec<usize>,
         /// INT8 scheme for the second error column.
-        #[arg(long, default_value = "per-tensor")]
-        quant: String,
+        #[arg(long, value_enum, default_value_t = QuantScheme::PerTensor)]
+        quant: QuantScheme,
         #[arg(long)]
         json: bool,
     },
@@ -84,7 +86,7 @@ enum Cmd {
     Densify {
         #[arg(long)]
         model: PathBuf,
-        #[arg(long = "output_dir", alias = "output-dir")]
+        #[arg(long = "output-dir", alias = "output_dir")]
         output_dir: PathBuf,
     },
     /// Benchmarks that print figures (see BENCHMARKS.md).
@@ -94,18 +96,18 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct CompressArgs {
-    #[arg(long = "input_dir", alias = "input-dir")]
+    #[arg(long = "input-dir", alias = "input_dir")]
     input_dir: PathBuf,
-    #[arg(long = "output_dir", alias = "output-dir")]
+    #[arg(long = "output-dir", alias = "output_dir")]
     output_dir: PathBuf,
     /// Rank kept for every matrix no --rank-for names.
     #[arg(long, default_value_t = 128)]
     rank: usize,
     /// 8: INT8 factors; 32: f32 factors.
-    #[arg(long = "quant_bits", alias = "quant-bits", default_value_t = 8)]
+    #[arg(long = "quant-bits", alias = "quant_bits", default_value_t = 8)]
     quant_bits: u8,
     /// Matrices whose smaller side is below this stay dense.
-    #[arg(long = "min_dim_for_compression", alias = "min-dim-for-compression", default_value_t = 0)]
+    #[arg(long = "min-dim-for-compression", alias = "min_dim_for_compression", default_value_t = 0)]
     min_dim_for_compression: usize,
     /// Keep dense every matrix whose name contains PATTERN (repeatable).
     #[arg(long)]
@@ -114,25 +116,25 @@ struct CompressArgs {
     #[arg(long = "rank-for", alias = "rank_for")]
     rank_for: Vec<String>,
     /// INT8 scheme: per-row (symmetric, a scale per row) or per-tensor (the origin's asymmetric scheme).
-    #[arg(long, default_value = "per-row")]
-    quant: String,
+    #[arg(long, value_enum, default_value_t = QuantScheme::PerRow)]
+    quant: QuantScheme,
     /// svd (low rank), whitened (activation-aware SVD from --calibration-text) or int8 (dense INT8, no SVD).
-    #[arg(long, default_value = "svd")]
-    method: String,
+    #[arg(long, value_enum, default_value_t = Method::Svd)]
+    method: Method,
     /// Smallest rank keeping this fraction of each matrix's squared Frobenius norm.
     #[arg(long)]
     energy: Option<f64>,
     /// Keep this fraction of the considered matrices' parameters (or bytes, --budget-unit bytes).
     #[arg(long)]
     budget: Option<f64>,
-    #[arg(long = "budget-unit", default_value = "params")]
-    budget_unit: String,
+    #[arg(long = "budget-unit", alias = "budget_unit", value_enum, default_value_t = BudgetUnit::Params)]
+    budget_unit: BudgetUnit,
     /// energy (global, by normalised singular-value energy), uniform (one rank) or proportional.
-    #[arg(long = "budget-mode", default_value = "energy")]
-    budget_mode: String,
+    #[arg(long = "budget-mode", alias = "budget_mode", value_enum, default_value_t = BudgetMode::Energy)]
+    budget_mode: BudgetMode,
     /// auto, exact or randomized.
-    #[arg(long, default_value = "auto")]
-    svd: String,
+    #[arg(long, value_enum, default_value_t = SvdMethod::Auto)]
+    svd: SvdMethod,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Compress even where the factors would not be smaller than the dense weight.
@@ -152,16 +154,10 @@ struct CompressArgs {
     json: bool,
 }
 
-fn parse_enum<T: serde::de::DeserializeOwned>(what: &str, v: &str) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(v.to_string())).map_err(|_| {
-        semantic_llm_compressor::Error::Policy(format!("{what} \"{v}\" is not one of the accepted values"))
-    })
-}
-
 impl CompressArgs {
     fn policy(&self) -> Result<Policy> {
         Ok(Policy {
-            method: parse_enum("method", &self.method)?,
+            method: self.method,
             rank: self.rank,
             rank_for: self.rank_for.iter().map(|r| RankRule::parse(r)).collect::<Result<_>>()?,
             skip: self
@@ -173,12 +169,12 @@ impl CompressArgs {
                 .collect(),
             min_dim_for_compression: self.min_dim_for_compression,
             quant_bits: self.quant_bits,
-            quant: QuantScheme::parse(&self.quant)?,
+            quant: self.quant,
             energy: self.energy,
             budget: self.budget,
-            budget_unit: parse_enum("budget unit", &self.budget_unit)?,
-            budget_mode: parse_enum("budget mode", &self.budget_mode)?,
-            svd: parse_enum("svd", &self.svd)?,
+            budget_unit: self.budget_unit,
+            budget_mode: self.budget_mode,
+            svd: self.svd,
             seed: self.seed,
             break_even_guard: !self.no_break_even_guard,
             calibration_tokens: self.calibration_tokens,
@@ -211,7 +207,7 @@ pub fn run() -> Result<()> {
             generate(&model, &prompt, params, json)
         }
         Cmd::Compress(args) => compress(&args),
-        Cmd::Roundtrip { model, ranks, quant, json } => roundtrip(&model, &ranks, &quant, json),
+        Cmd::Roundtrip { model, ranks, quant, json } => roundtrip(&model, &ranks, quant, json),
         Cmd::Eval { original, compressed, text, tokens, window, skip_tokens, json } => {
             eval(&original, &compressed, &text, skip_tokens, tokens, window, json)
         }
@@ -269,7 +265,7 @@ fn inspect(dir: &std::path::Path, json: bool) -> Result<()> {
     let att: Vec<&str> = s
         .attention
         .iter()
-        .map(|a| if *a == semantic_llm_compressor::config::AttentionKind::Global { "global" } else { "local" })
+        .map(|a| if *a == semantic_llm_compressor::model::config::AttentionKind::Global { "global" } else { "local" })
         .collect();
     writeln!(o, "  attention {}", att.join(","))?;
     writeln!(
@@ -344,12 +340,12 @@ fn compress(a: &CompressArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     // the whitened method runs the original over calibration text
     let calibration = match (&policy.method, &a.calibration_text) {
-        (semantic_llm_compressor::policy::Method::Whitened, Some(path)) => {
+        (semantic_llm_compressor::compression::policy::Method::Whitened, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Error::file(path.display().to_string(), format!("cannot be read ({e})")))?;
             Some((b.load_model(false)?, b.tokenizer()?.encode(&text)?))
         }
-        (semantic_llm_compressor::policy::Method::Whitened, None) => {
+        (semantic_llm_compressor::compression::policy::Method::Whitened, None) => {
             return Err(Error::Policy("--method whitened needs --calibration-text FILE".into()))
         }
         _ => None,
@@ -427,10 +423,9 @@ fn compress(a: &CompressArgs) -> Result<()> {
     Ok(())
 }
 
-fn roundtrip(dir: &std::path::Path, ranks: &[usize], quant: &str, json: bool) -> Result<()> {
-    use semantic_llm_compressor::compress::{considered_matrices, factors, reader};
-    use semantic_llm_compressor::svd;
-    let scheme = QuantScheme::parse(quant)?;
+fn roundtrip(dir: &std::path::Path, ranks: &[usize], scheme: QuantScheme, json: bool) -> Result<()> {
+    use semantic_llm_compressor::compression::pipeline::{considered_matrices, factors, reader};
+    use semantic_llm_compressor::compression::svd;
     let b = ModelBundle::open_dir(dir)?;
     let read = reader(&b.ckpt);
     let mut rows = Vec::new();
@@ -454,7 +449,15 @@ fn roundtrip(dir: &std::path::Path, ranks: &[usize], quant: &str, json: bool) ->
         return Ok(());
     }
     let mut o = std::io::stdout().lock();
-    writeln!(o, "{:<48} {:>12} {:>6} {:>9} {:>9}", "matrix", "shape", "rank", "err svd", format!("+{quant}"))?;
+    writeln!(
+        o,
+        "{:<48} {:>12} {:>6} {:>9} {:>9}",
+        "matrix",
+        "shape",
+        "rank",
+        "err svd",
+        format!("+{}", scheme.as_str())
+    )?;
     for r in &rows {
         writeln!(
             o,
@@ -495,18 +498,14 @@ fn eval(
     let r = ev.report();
     let layers: Option<serde_json::Value> =
         cb.ckpt.metadata().and_then(|m| m.get("layers")).and_then(|l| serde_json::from_str(l).ok());
-    let layers_total = om.linears().len();
-    let layers_compressed = cm.compressed_layers();
-    let mut v = serde_json::to_value(&r)?;
+    let sizes = CompressedSizes { model: &cm, tensor_bytes: cb.tensor_bytes(), resident_bytes: resident };
+    let summary = EvalSummary::new(r.clone(), false, &ob, Some(&om), Some(sizes));
+    let (layers_compressed, layers_total) = (cm.compressed_layers(), summary.layers_total);
+    let mut v = serde_json::to_value(&summary)?;
     let extra = serde_json::json!({
-        "bytes_original": ob.tensor_bytes(),
-        "bytes_compressed": cb.tensor_bytes(),
         "file_bytes_original": ob.ckpt.file_bytes(),
         "file_bytes_compressed": cb.ckpt.file_bytes(),
-        "resident_bytes_compressed": resident,
         "peak_load_bytes_compressed": peak,
-        "layers_compressed": layers_compressed,
-        "layers_total": layers_total,
         "layers": layers,
     });
     if let (Some(a), Some(b)) = (v.as_object_mut(), extra.as_object()) {
@@ -538,7 +537,7 @@ fn densify(dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
     use safetensors::tensor::TensorView;
     let b = ModelBundle::open_dir(dir)?;
     let model = b.load_model(false)?;
-    let dense = semantic_llm_compressor::export::densify(&model)?;
+    let dense = semantic_llm_compressor::compression::format::densify(&model)?;
     let replaced: std::collections::HashSet<String> = dense.iter().map(|(n, _, _)| n.clone()).collect();
     let is_factor = |n: &str| replaced.iter().any(|r| n.starts_with(&format!("{r}.")));
     let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -561,10 +560,10 @@ fn densify(dir: &std::path::Path, out: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
     let bytes = safetensors::serialize(views, None).map_err(|e| Error::msg(e.to_string()))?;
     write_file(&out.join("model.safetensors"), &bytes)?;
-    let cfg = semantic_llm_compressor::export::embedded_config(&b.ckpt)
+    let cfg = semantic_llm_compressor::model::weights::embedded_config(&b.ckpt)
         .map_or_else(|| std::fs::read_to_string(dir.join("config.json")), Ok)?;
     write_file(&out.join("config.json"), cfg.as_bytes())?;
-    if let Some(t) = semantic_llm_compressor::export::embedded_tokenizer(&b.ckpt) {
+    if let Some(t) = semantic_llm_compressor::model::weights::embedded_tokenizer(&b.ckpt) {
         write_file(&out.join("tokenizer.json"), t.as_bytes())?;
     }
     println!("wrote {} ({} tensors, linear layers as dense f32)", out.display(), tensors.len());

@@ -121,11 +121,12 @@ impl RawTensor {
         let v: Vec<f32> = match self.dtype {
             Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
             Dtype::F16 => {
-                d.chunks_exact(2).map(|c| crate::quant::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+                d.chunks_exact(2).map(|c| crate::model::storage::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
             }
-            Dtype::BF16 => {
-                d.chunks_exact(2).map(|c| crate::quant::bf16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
-            }
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|c| crate::model::storage::bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
             Dtype::F64 => {
                 d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
             }
@@ -142,9 +143,9 @@ impl RawTensor {
         Ok(v)
     }
 
-    /// A 2-D F16/BF16 tensor as a [`crate::quant::Factor::Half`] (kept as stored), `None` for other dtypes, an error
+    /// A 2-D F16/BF16 tensor as a [`crate::model::storage::Factor::Half`] (kept as stored), `None` for other dtypes, an error
     /// if it holds Inf or NaN.
-    pub fn to_half_factor(&self) -> Result<Option<crate::quant::Factor>> {
+    pub fn to_half_factor(&self) -> Result<Option<crate::model::storage::Factor>> {
         let bf16 = match self.dtype {
             Dtype::F16 => false,
             Dtype::BF16 => true,
@@ -155,11 +156,11 @@ impl RawTensor {
             _ => return Ok(None),
         };
         let bits: Vec<u16> = self.data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
-        let bad = |&h: &u16| if bf16 { h & 0x7f80 == 0x7f80 } else { crate::quant::f16_is_non_finite(h) };
+        let bad = |&h: &u16| if bf16 { h & 0x7f80 == 0x7f80 } else { crate::model::storage::f16_is_non_finite(h) };
         if let Some(i) = bits.iter().position(bad) {
             return Err(Error::tensor(&self.name, format!("holds a non-finite value (Inf or NaN) at element {i}")));
         }
-        Ok(Some(crate::quant::Factor::Half { rows, cols, bits, bf16 }))
+        Ok(Some(crate::model::storage::Factor::Half { rows, cols, bits, bf16 }))
     }
 
     /// The values as i8 (I8 tensors only).
@@ -369,6 +370,27 @@ impl Checkpoint {
     pub fn file_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.file_len()).sum()
     }
+}
+
+/// A fingerprint of a checkpoint's tensor table: SHA-256 over every tensor's name, dtype, shape and byte range, and
+/// the files' sizes. Cheap (no weights are read) and changes whenever the layout does.
+pub fn fingerprint(ckpt: &Checkpoint) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for name in ckpt.names() {
+        if let Some(i) = ckpt.info(name) {
+            h.update(format!("{name}|{:?}|{:?}|{:?}\n", i.dtype, i.shape, i.data_offsets).as_bytes());
+        }
+    }
+    for f in ckpt.files() {
+        h.update(f.file_len().to_le_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token embedding's tensor name in this checkpoint (`transformer.wte.weight` or `wte.weight`).
+pub fn embedding_name(ckpt: &Checkpoint) -> String {
+    if ckpt.contains("transformer.wte.weight") { "transformer.wte.weight" } else { "wte.weight" }.to_string()
 }
 
 #[cfg(test)]

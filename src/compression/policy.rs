@@ -3,14 +3,15 @@
 //! The knobs carry the origin pipeline's names (`rank`, `quant_bits`, `min_dim_for_compression`, skip patterns)
 //! and go past them: per-pattern ranks, an energy threshold, a global size budget, and a break-even guard.
 
-use crate::quant::QuantScheme;
-use crate::svd::{rank_for_energy, SvdMethod};
+use crate::compression::svd::{rank_for_energy, SvdMethod};
+use crate::model::storage::QuantScheme;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// What happens to the chosen matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 pub enum Method {
     /// Truncated SVD, factors stored per `quant_bits` / `quant`.
     #[default]
@@ -31,6 +32,7 @@ impl Method {
 /// How a size budget spreads ranks over the matrices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 pub enum BudgetMode {
     /// Triplets taken in order of normalised energy σ_j² / Σσ² across all matrices.
     #[default]
@@ -44,6 +46,7 @@ pub enum BudgetMode {
 /// What a budget counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 pub enum BudgetUnit {
     #[default]
     Params,

@@ -14,7 +14,7 @@
 //! (the largest-magnitude entry of every column of U is positive), which matters for per-tensor quantization.
 //! Non-finite input is an error, not a panic.
 
-use crate::generate::Rng;
+use crate::model::generate::Rng;
 use crate::{Error, Result};
 use faer::Mat;
 
@@ -34,6 +34,7 @@ pub struct Svd {
 /// How to compute a truncated SVD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 pub enum SvdMethod {
     /// Exact for matrices whose smaller side is at most [`AUTO_EXACT_DIM`] or when the rank is a large share of it;
     /// randomized otherwise.
@@ -185,18 +186,39 @@ pub fn randomized(
     Ok(Svd { m, n, u: rows_of(u.as_ref()), s, vh: rows_of_t(svd.V()) }.truncate(r))
 }
 
+impl SvdMethod {
+    /// Whether a rank-`r` truncation of an `m × n` matrix by this method is computed exactly (the one place the
+    /// choice is made).
+    pub fn is_exact_for(self, m: usize, n: usize, r: usize) -> bool {
+        let k = m.min(n);
+        match self {
+            SvdMethod::Exact => true,
+            SvdMethod::Randomized => false,
+            SvdMethod::Auto => k <= AUTO_EXACT_DIM || 4 * r >= k,
+        }
+    }
+}
+
 /// The rank-`r` truncated SVD by `method`.
 pub fn truncated(w: &[f32], m: usize, n: usize, r: usize, method: SvdMethod, seed: u64) -> Result<Svd> {
-    let k = m.min(n);
-    let use_exact = match method {
-        SvdMethod::Exact => true,
-        SvdMethod::Randomized => false,
-        SvdMethod::Auto => k <= AUTO_EXACT_DIM || 4 * r >= k,
-    };
-    if use_exact {
-        Ok(exact(w, m, n)?.truncate(r))
+    Ok(truncated_with_spectrum(w, m, n, r, method, seed)?.0)
+}
+
+/// [`truncated`], with every singular value when the exact path computed them anyway.
+pub fn truncated_with_spectrum(
+    w: &[f32],
+    m: usize,
+    n: usize,
+    r: usize,
+    method: SvdMethod,
+    seed: u64,
+) -> Result<(Svd, Option<Vec<f64>>)> {
+    if method.is_exact_for(m, n, r) {
+        let full = exact(w, m, n)?;
+        let all = full.s.clone();
+        Ok((full.truncate(r), Some(all)))
     } else {
-        randomized(w, m, n, r, 10, 2, seed)
+        Ok((randomized(w, m, n, r, 10, 2, seed)?, None))
     }
 }
 

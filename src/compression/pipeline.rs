@@ -4,18 +4,31 @@
 //! [`Compressor`] works one matrix per [`Compressor::step`], reading each weight from the checkpoint by its byte
 //! range, so a page can show progress, stop between matrices, and never hold the dense model twice.
 
-use crate::checkpoint::Checkpoint;
-use crate::config::GptNeoConfig;
-use crate::linear::LinearWeight;
-use crate::model::{CheckpointWeights, GptNeo, Weights};
-use crate::policy::{MatrixInfo, Plan, Policy};
-use crate::quant::{Factor, QMat, QuantScheme};
-use crate::svd::{self, rel_fro_error, Svd};
+use crate::compression::policy::{MatrixInfo, Plan, Policy};
+use crate::compression::quant::{per_row, per_tensor};
+use crate::compression::svd::{self, rel_fro_error, Svd};
+use crate::model::checkpoint::{embedding_name, Checkpoint};
+use crate::model::config::GptNeoConfig;
+use crate::model::gpt_neo::{Block, GptNeo};
+use crate::model::linear::LinearWeight;
+use crate::model::storage::{Factor, QuantScheme};
+use crate::model::weights::{CheckpointWeights, Overlay};
 use crate::{Error, Result};
-use candle_core::Tensor;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// What was done to a weight matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decision {
+    /// Truncated SVD factors.
+    LowRank,
+    /// The dense weight in INT8.
+    Int8,
+    /// Kept as stored (`reason` says why).
+    Dense,
+}
 
 /// What happened to one weight matrix.
 #[derive(Clone, Debug, Serialize)]
@@ -23,8 +36,9 @@ pub struct LayerReport {
     pub name: String,
     /// [out, in]
     pub shape: [usize; 2],
-    /// "low-rank", "int8" or "dense"
-    pub decision: String,
+    pub decision: Decision,
+    /// The head tied to the token embedding: its bytes belong to the embedding, not to the layers' totals.
+    pub tied: bool,
     pub rank: Option<usize>,
     /// How it is stored: "rank 32, int8 per-row", "int8 per-row", "dense f16".
     pub storage: String,
@@ -48,26 +62,52 @@ pub struct LayerReport {
     pub seconds: f64,
 }
 
+impl LayerReport {
+    /// The report of a layer of a compressed checkpoint loaded from its file: its storage as loaded, and the errors
+    /// its metadata (`layers`, by weight name) recorded when it was compressed.
+    pub fn loaded(l: &crate::model::linear::Linear, layers: Option<&serde_json::Value>) -> Self {
+        let (out, inp) = l.weight.shape().unwrap_or((0, 0));
+        let meta = layers.and_then(|v| v.get(&l.name));
+        let f = |k: &str| meta.and_then(|m| m.get(k)).and_then(|x| x.as_f64());
+        let dense = l.weight.is_dense();
+        LayerReport {
+            name: l.name.clone(),
+            shape: [out, inp],
+            decision: match &l.weight {
+                w if w.is_dense() => Decision::Dense,
+                LinearWeight::LowRank { .. } => Decision::LowRank,
+                _ => Decision::Int8,
+            },
+            tied: false,
+            rank: l.weight.rank(),
+            storage: l.weight.describe(),
+            reason: dense.then(|| "kept dense when it was compressed".to_string()),
+            err_svd: f("err_svd"),
+            err_stored: f("err_stored"),
+            energy_kept: None,
+            err_activations: f("err_activations"),
+            params_before: out * inp,
+            params_after: l.weight.rank().map_or(out * inp, |r| r * (out + inp + 1)),
+            bytes_before: 0,
+            bytes_after: l.weight.bytes(),
+            singular_values: None,
+            seconds: 0.0,
+        }
+    }
+}
+
 /// The weight matrices the compressor considers, from config.json and the checkpoint's table alone (no weights are
 /// read): every linear layer of every block (q, k, v, out_proj, c_fc, c_proj), then the head.
 pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<MatrixInfo>> {
-    let p = crate::model::tensor_prefix(&CheckpointWeights { ckpt, keep_half: true })?;
-    let (h, inner) = (cfg.hidden_size, cfg.intermediate_size());
+    let p = crate::model::weights::tensor_prefix(&CheckpointWeights { ckpt, keep_half: true })?;
+    let h = cfg.hidden_size;
     let mut mats = Vec::new();
     let elem = |name: &str| {
         ckpt.info(name).map_or((4, "F32".to_string()), |i| (i.dtype.bitsize() / 8, format!("{:?}", i.dtype)))
     };
     for i in 0..cfg.num_layers {
-        let a = format!("{p}h.{i}.attn.attention");
-        let m = format!("{p}h.{i}.mlp");
-        for (name, out, inp) in [
-            (format!("{a}.q_proj.weight"), h, h),
-            (format!("{a}.k_proj.weight"), h, h),
-            (format!("{a}.v_proj.weight"), h, h),
-            (format!("{a}.out_proj.weight"), h, h),
-            (format!("{m}.c_fc.weight"), inner, h),
-            (format!("{m}.c_proj.weight"), h, inner),
-        ] {
+        for slot in Block::linear_slots(cfg, &format!("{p}h.{i}")) {
+            let (name, out, inp) = (format!("{}.weight", slot.prefix), slot.out, slot.inp);
             let (stored_elem_bytes, stored_dtype) = elem(&name);
             mats.push(MatrixInfo { name, out, inp, stored_elem_bytes, stored_dtype, tied: false });
         }
@@ -84,11 +124,6 @@ pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<
         tied,
     });
     Ok(mats)
-}
-
-/// The token embedding's tensor name in this checkpoint (`transformer.wte.weight` or `wte.weight`).
-pub fn embedding_name(ckpt: &Checkpoint) -> String {
-    if ckpt.contains("transformer.wte.weight") { "transformer.wte.weight" } else { "wte.weight" }.to_string()
 }
 
 enum Phase {
@@ -109,7 +144,7 @@ pub struct Compressor {
     pub reports: Vec<LayerReport>,
     live_at_start: usize,
     /// Input statistics per layer, for the whitened method.
-    grams: HashMap<String, crate::calib::Gram>,
+    grams: HashMap<String, crate::compression::calib::Gram>,
 }
 
 /// Progress after a step.
@@ -144,14 +179,14 @@ impl Compressor {
         Ok(c)
     }
 
-    /// Give the calibration statistics the whitened method needs (from [`crate::calib::Calibrator`]).
-    pub fn set_calibration(&mut self, grams: HashMap<String, crate::calib::Gram>) {
+    /// Give the calibration statistics the whitened method needs (from [`crate::compression::calib::Calibrator`]).
+    pub fn set_calibration(&mut self, grams: HashMap<String, crate::compression::calib::Gram>) {
         self.grams = grams;
     }
 
     /// Whether the policy needs calibration statistics that have not been given.
     pub fn needs_calibration(&self) -> bool {
-        self.policy.method == crate::policy::Method::Whitened && self.grams.is_empty()
+        self.policy.method == crate::compression::policy::Method::Whitened && self.grams.is_empty()
     }
 
     /// Matrices that need a spectrum before ranks can be allocated (not skipped, not excluded).
@@ -217,7 +252,8 @@ impl Compressor {
         let mut rep = LayerReport {
             name: m.name.clone(),
             shape: [out, inp],
-            decision: "dense".into(),
+            decision: Decision::Dense,
+            tied: m.tied,
             rank: None,
             storage: format!("dense {}", m.stored_dtype.to_lowercase()),
             reason: None,
@@ -240,9 +276,9 @@ impl Compressor {
             }
             Plan::Int8 => {
                 let w = read(&m.name)?;
-                let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(QMat::per_row(&w, out, inp))));
+                let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
                 let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
-                rep.decision = "int8".into();
+                rep.decision = Decision::Int8;
                 rep.err_stored = Some(rel_fro_error(&w, &back));
                 rep.storage = lw.describe();
                 rep.bytes_after = lw.bytes();
@@ -252,7 +288,7 @@ impl Compressor {
                 let w = read(&m.name)?;
                 let seed = self.policy.seed ^ fnv(&m.name);
                 let gram = match self.policy.method {
-                    crate::policy::Method::Whitened => {
+                    crate::compression::policy::Method::Whitened => {
                         Some(self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
                             Error::tensor(
                                 &m.name,
@@ -269,13 +305,13 @@ impl Compressor {
                             Some(svd::singular_values(&w, out, inp).map_err(tag)?.iter().map(|&x| x as f32).collect());
                         svd::whitened(&w, out, inp, g, rank, self.policy.damp).map_err(tag)?
                     }
-                    (None, policy_svd) => match policy_svd {
-                        svd::SvdMethod::Exact => full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?,
-                        svd::SvdMethod::Auto if out.min(inp) <= svd::AUTO_EXACT_DIM || 4 * rank >= out.min(inp) => {
-                            full_then_truncate(&w, out, inp, rank, &mut rep).map_err(tag)?
+                    (None, method) => {
+                        let (s, all) = svd::truncated_with_spectrum(&w, out, inp, rank, method, seed).map_err(tag)?;
+                        if let Some(all) = all {
+                            rep.singular_values = Some(all.iter().map(|&x| x as f32).collect());
                         }
-                        method => svd::truncated(&w, out, inp, rank, method, seed).map_err(tag)?,
-                    },
+                        s
+                    }
                 };
                 s.canonicalize_signs();
                 rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
@@ -291,7 +327,7 @@ impl Compressor {
                 if let Some(g) = &gram {
                     rep.err_activations = Some(svd::rel_activation_error(&w, &back, out, inp, g));
                 }
-                rep.decision = "low-rank".into();
+                rep.decision = Decision::LowRank;
                 rep.rank = Some(s.rank());
                 rep.storage = lw.describe();
                 rep.params_after = s.rank() * (out + inp + 1);
@@ -319,12 +355,6 @@ impl Compressor {
     }
 }
 
-fn full_then_truncate(w: &[f32], m: usize, n: usize, r: usize, rep: &mut LayerReport) -> Result<Svd> {
-    let full = svd::exact(w, m, n)?;
-    rep.singular_values = Some(full.s.iter().map(|&x| x as f32).collect());
-    Ok(full.truncate(r))
-}
-
 /// Factors of a truncated SVD in the policy's storage. Per-row INT8 keeps S in f32 (a per-row scale of Vh would
 /// absorb it anyway); the origin's per-tensor scheme quantizes U, S and Vh each with one scale and zero point,
 /// computed in f64 like the Python reference.
@@ -338,14 +368,14 @@ pub fn factors(s: &Svd, quant: Option<QuantScheme>) -> LinearWeight {
             Factor::F32 { rows: r, cols: n, data: f32s(&s.vh) },
         ),
         Some(QuantScheme::PerRow) => (
-            Factor::Int8(QMat::per_row(&f32s(&s.u), m, r)),
+            Factor::Int8(per_row(&f32s(&s.u), m, r)),
             Factor::F32 { rows: 1, cols: r, data: f32s(&s.s) },
-            Factor::Int8(QMat::per_row(&f32s(&s.vh), r, n)),
+            Factor::Int8(per_row(&f32s(&s.vh), r, n)),
         ),
         Some(QuantScheme::PerTensor) => (
-            Factor::Int8(QMat::per_tensor(&s.u, m, r)),
-            Factor::Int8(QMat::per_tensor(&s.s, 1, r)),
-            Factor::Int8(QMat::per_tensor(&s.vh, r, n)),
+            Factor::Int8(per_tensor(&s.u, m, r)),
+            Factor::Int8(per_tensor(&s.s, 1, r)),
+            Factor::Int8(per_tensor(&s.vh, r, n)),
         ),
     };
     LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(sv), vh: Arc::new(vh) }
@@ -366,38 +396,6 @@ pub fn now() -> f64 {
         use std::sync::OnceLock;
         static START: OnceLock<std::time::Instant> = OnceLock::new();
         START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
-    }
-}
-
-/// A checkpoint with some linear layers replaced by compressed storage. Dense tensors keep the dtype they are
-/// stored in, exactly as when an exported compressed checkpoint is loaded back.
-pub struct Overlay<'a> {
-    pub base: CheckpointWeights<'a>,
-    pub replaced: &'a HashMap<String, LinearWeight>,
-}
-
-impl Weights for Overlay<'_> {
-    fn contains(&self, name: &str) -> bool {
-        self.replaced.contains_key(name) || self.base.contains(name)
-    }
-    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.base.dense(name, shape)
-    }
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
-        match self.replaced.get(name) {
-            Some(w) => {
-                crate::model::check_shape(
-                    name,
-                    &{
-                        let (o, i) = w.shape()?;
-                        [o, i]
-                    },
-                    &[out, inp],
-                )?;
-                Ok(w.clone())
-            }
-            None => self.base.linear(name, out, inp),
-        }
     }
 }
 
@@ -459,7 +457,8 @@ pub fn compress_checkpoint(
         let (model, ids) = calibration.ok_or_else(|| {
             Error::Policy("activation-aware SVD needs calibration text and the original model".into())
         })?;
-        let mut cal = crate::calib::Calibrator::new(ids, c.policy.calibration_tokens, c.policy.calibration_window)?;
+        let mut cal =
+            crate::compression::calib::Calibrator::new(ids, c.policy.calibration_tokens, c.policy.calibration_window)?;
         while cal.step(model)? {}
         c.set_calibration(cal.finish());
     }
@@ -484,11 +483,11 @@ pub struct CompressionTotals {
 pub fn totals(reports: &[LayerReport]) -> CompressionTotals {
     let mut t = CompressionTotals { layers_total: reports.len(), ..Default::default() };
     for r in reports {
-        if r.decision != "dense" {
+        if r.decision != Decision::Dense {
             t.layers_compressed += 1;
         }
         // the tied head is counted as a layer but its bytes belong to the embedding
-        if r.reason.as_deref().is_some_and(|x| x.starts_with("tied")) {
+        if r.tied {
             continue;
         }
         t.params_considered += r.params_before;

@@ -3,62 +3,19 @@
 //! source fingerprint, config.json and tokenizer.json in `__metadata__`. Loading it back keeps the INT8 codes as
 //! INT8: a compressed model's resident bytes are its stored bytes.
 
-use crate::bundle::is_buffer;
-use crate::checkpoint::Checkpoint;
-use crate::compress::LayerReport;
-use crate::config::GptNeoConfig;
-use crate::linear::LinearWeight;
-use crate::model::{CheckpointWeights, GptNeo, Weights};
-use crate::policy::Policy;
-use crate::quant::{Factor, QMat};
+use crate::compression::pipeline::LayerReport;
+use crate::compression::policy::Policy;
+use crate::model::bundle::is_buffer;
+use crate::model::checkpoint::fingerprint;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::gpt_neo::GptNeo;
+use crate::model::linear::LinearWeight;
+use crate::model::storage::Factor;
+use crate::model::weights::FORMAT;
 use crate::{Error, Result};
-use candle_core::Tensor;
 use safetensors::Dtype;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-
-pub const FORMAT: &str = "slc-compressed-v1";
-
-pub fn is_compressed(ckpt: &Checkpoint) -> bool {
-    ckpt.metadata().and_then(|m| m.get("format")).is_some_and(|f| f.starts_with("slc-compressed"))
-}
-
-fn meta(ckpt: &Checkpoint, key: &str) -> Option<String> {
-    ckpt.metadata().and_then(|m| m.get(key)).cloned()
-}
-
-/// config.json carried inside a compressed checkpoint.
-pub fn embedded_config(ckpt: &Checkpoint) -> Option<String> {
-    meta(ckpt, "config_json")
-}
-
-/// tokenizer.json carried inside a compressed checkpoint.
-pub fn embedded_tokenizer(ckpt: &Checkpoint) -> Option<String> {
-    meta(ckpt, "tokenizer_json")
-}
-
-/// The source model's parameter count, as recorded at export.
-pub fn original_parameters(ckpt: &Checkpoint) -> Option<usize> {
-    let src: serde_json::Value = serde_json::from_str(&meta(ckpt, "source")?).ok()?;
-    src.get("parameters")?.as_u64().map(|x| x as usize)
-}
-
-/// A fingerprint of a checkpoint's tensor table: SHA-256 over every tensor's name, dtype, shape and byte range, and
-/// the files' sizes. Cheap (no weights are read) and changes whenever the layout does.
-pub fn fingerprint(ckpt: &Checkpoint) -> String {
-    let mut h = Sha256::new();
-    for name in ckpt.names() {
-        if let Some(i) = ckpt.info(name) {
-            h.update(format!("{name}|{:?}|{:?}|{:?}\n", i.dtype, i.shape, i.data_offsets).as_bytes());
-        }
-    }
-    for f in ckpt.files() {
-        h.update(f.file_len().to_le_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
 
 enum Part {
     /// Copied from the source checkpoint as stored.
@@ -254,76 +211,6 @@ impl Export {
         })?;
         Ok(out)
     }
-}
-
-/// A compressed checkpoint as [`Weights`]: factors stay INT8, dense tensors keep their stored dtype.
-pub struct CompressedWeights<'a> {
-    pub ckpt: &'a Checkpoint,
-}
-
-impl CompressedWeights<'_> {
-    fn factor(&self, base: &str, rows: Option<usize>, cols: Option<usize>) -> Result<Factor> {
-        let q_name = format!("{base}.q");
-        let (raw_shape, f) = if self.ckpt.contains(&q_name) {
-            let codes = self.ckpt.read(&q_name)?;
-            let shape = codes.shape.clone();
-            let scales = self.ckpt.read(&format!("{base}.scale"))?.to_f32_vec()?;
-            let zp_name = format!("{base}.zero_point");
-            let zero_points =
-                if self.ckpt.contains(&zp_name) { self.ckpt.read(&zp_name)?.to_i32_vec()? } else { vec![] };
-            let (r, c) = dims2(&q_name, &shape)?;
-            let q = QMat { rows: r, cols: c, codes: codes.to_i8_vec()?, scales, zero_points };
-            q.validate(&q_name)?;
-            (shape, Factor::Int8(q))
-        } else {
-            let raw = self.ckpt.read(base)?;
-            let (r, c) = dims2(base, &raw.shape)?;
-            (raw.shape.clone(), Factor::F32 { rows: r, cols: c, data: raw.to_f32_vec()? })
-        };
-        if rows.is_some_and(|r| r != f.rows()) || cols.is_some_and(|c| c != f.cols()) {
-            return Err(Error::tensor(base, format!("has shape {raw_shape:?}, which does not fit the layer")));
-        }
-        Ok(f)
-    }
-}
-
-/// A 1-D shape [n] is read as 1 × n (the singular values).
-fn dims2(name: &str, shape: &[usize]) -> Result<(usize, usize)> {
-    match shape {
-        [n] => Ok((1, *n)),
-        [r, c] => Ok((*r, *c)),
-        _ => Err(Error::tensor(name, format!("has shape {shape:?}; a factor is 1-D or 2-D"))),
-    }
-}
-
-impl Weights for CompressedWeights<'_> {
-    fn contains(&self, name: &str) -> bool {
-        self.ckpt.contains(name)
-            || self.ckpt.contains(&format!("{name}.U.q"))
-            || self.ckpt.contains(&format!("{name}.U"))
-            || self.ckpt.contains(&format!("{name}.q"))
-    }
-    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        CheckpointWeights { ckpt: self.ckpt, keep_half: true }.dense(name, shape)
-    }
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
-        let u_base = format!("{name}.U");
-        if self.ckpt.contains(&format!("{u_base}.q")) || self.ckpt.contains(&u_base) {
-            let u = self.factor(&u_base, Some(out), None)?;
-            let r = u.cols();
-            let s = self.factor(&format!("{name}.S"), Some(1), Some(r))?;
-            let vh = self.factor(&format!("{name}.Vh"), Some(r), Some(inp))?;
-            return Ok(LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(s), vh: Arc::new(vh) });
-        }
-        if self.ckpt.contains(&format!("{name}.q")) {
-            return Ok(LinearWeight::Matrix(Arc::new(self.factor(name, Some(out), Some(inp))?)));
-        }
-        CheckpointWeights { ckpt: self.ckpt, keep_half: true }.linear(name, out, inp)
-    }
-}
-
-pub fn load_compressed(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<GptNeo> {
-    GptNeo::load(cfg, &CompressedWeights { ckpt })
 }
 
 /// Every linear layer of a (compressed) model as dense f32, by tensor name: what `slc densify` writes so that

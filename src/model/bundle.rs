@@ -1,10 +1,11 @@
 //! A model as the user hands it over: `config.json`, the safetensors checkpoint (one file or shards) and
 //! `tokenizer.json`.
 
-use crate::checkpoint::{dtype_name, Checkpoint};
-use crate::config::GptNeoConfig;
-use crate::model::{CheckpointWeights, GptNeo};
-use crate::tokenizer::Tokenizer;
+use crate::model::checkpoint::{dtype_name, Checkpoint};
+use crate::model::config::GptNeoConfig;
+use crate::model::gpt_neo::GptNeo;
+use crate::model::tokenizer::Tokenizer;
+use crate::model::weights::CheckpointWeights;
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -35,7 +36,7 @@ pub struct BundleSummary {
     pub vocab_size: usize,
     pub max_position_embeddings: usize,
     pub window_size: usize,
-    pub attention: Vec<crate::config::AttentionKind>,
+    pub attention: Vec<crate::model::config::AttentionKind>,
     /// Parameters in the checkpoint's float tensors (buffers such as attention masks excluded).
     pub parameters: usize,
     /// Tensor dtypes and how many tensors have each.
@@ -64,12 +65,12 @@ impl ModelBundle {
     /// Like [`ModelBundle::from_parts`], but config.json and tokenizer.json may be absent when the checkpoint is a
     /// compressed one that carries them.
     pub fn from_checkpoint(config_json: Option<&str>, tokenizer_json: Option<&[u8]>, ckpt: Checkpoint) -> Result<Self> {
-        let embedded_cfg = crate::export::embedded_config(&ckpt);
+        let embedded_cfg = crate::model::weights::embedded_config(&ckpt);
         let config = config_json
             .map(str::to_string)
             .or(embedded_cfg)
             .ok_or_else(|| Error::file("config.json", "is missing (a plain checkpoint needs it beside the weights)"))?;
-        let embedded_tok = crate::export::embedded_tokenizer(&ckpt);
+        let embedded_tok = crate::model::weights::embedded_tokenizer(&ckpt);
         let tok: Option<Vec<u8>> = tokenizer_json.map(<[u8]>::to_vec).or(embedded_tok.map(String::into_bytes));
         Self::from_parts(&config, tok.as_deref(), ckpt)
     }
@@ -111,7 +112,7 @@ impl ModelBundle {
 
     /// Whether this is a compressed checkpoint written by [`crate::export`].
     pub fn is_compressed(&self) -> bool {
-        crate::export::is_compressed(&self.ckpt)
+        crate::model::weights::is_compressed(&self.ckpt)
     }
 
     /// Build the model. A compressed checkpoint keeps its INT8 factors and stored dtypes; a plain one is converted
@@ -125,14 +126,17 @@ impl ModelBundle {
     pub fn load_model_with_progress(&self, keep_half: bool, progress: &dyn Fn(usize, &str)) -> Result<GptNeo> {
         let compressed;
         let plain;
-        let inner: &dyn crate::model::Weights = if self.is_compressed() {
-            compressed = crate::export::CompressedWeights { ckpt: &self.ckpt };
+        let inner: &dyn crate::model::weights::Weights = if self.is_compressed() {
+            compressed = crate::model::weights::CompressedWeights { ckpt: &self.ckpt };
             &compressed
         } else {
             plain = CheckpointWeights { ckpt: &self.ckpt, keep_half };
             &plain
         };
-        GptNeo::load(&self.cfg, &crate::model::WithProgress { inner, done: std::cell::Cell::new(0), report: progress })
+        GptNeo::load(
+            &self.cfg,
+            &crate::model::weights::WithProgress { inner, done: std::cell::Cell::new(0), report: progress },
+        )
     }
 
     /// Tensors the model reads (buffers excluded; a compressed matrix's factors count once).
@@ -186,7 +190,7 @@ impl ModelBundle {
         }
         let compressed = self.is_compressed();
         if compressed {
-            parameters = crate::export::original_parameters(&self.ckpt).unwrap_or(parameters);
+            parameters = crate::model::weights::original_parameters(&self.ckpt).unwrap_or(parameters);
         }
         let c = &self.cfg;
         Ok(BundleSummary {

@@ -3,7 +3,8 @@
 //! `U · diag(S) · Vh` (f32 or INT8). Quantized and half-precision weights are turned into f32 one block of rows at a time, into a
 //! scratch buffer of at most [`SCRATCH_ELEMS`] values, so they are never held in f32 as a whole.
 
-use crate::quant::Factor;
+use crate::model::kernels::GEMV_MAX_ROWS;
+use crate::model::storage::Factor;
 use crate::Result;
 use candle_core::{DType, Device, Tensor, D};
 use std::sync::Arc;
@@ -119,13 +120,22 @@ pub struct Linear {
     pub bias: Option<Tensor>,
 }
 
+/// Watches every linear layer's input during a forward pass: called with the layer's weight name and its input as
+/// `[rows, inp]` (calibration collects input statistics this way).
+pub type Observer<'a> = &'a mut dyn FnMut(&str, &Tensor) -> Result<()>;
+
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_observed(x, &mut |_, _| Ok(()))
+    }
+
+    /// [`Linear::forward`], showing the input to `observe` first.
+    pub fn forward_observed(&self, x: &Tensor, observe: Observer) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let inp = *dims.last().unwrap_or(&0);
         let n = x.elem_count() / inp.max(1);
         let x2 = x.reshape((n, inp))?;
-        crate::calib::record(&self.name, &x2)?;
+        observe(&self.name, &x2)?;
         let y = match &self.weight {
             LinearWeight::Dense(w) if w.dtype() == DType::F32 => x2.matmul(&w.t()?)?,
             // a half tensor handed in directly (the model keeps halves as `Matrix`)
@@ -151,10 +161,6 @@ impl Linear {
     }
 }
 
-/// Up to this many rows of `x`, a product with a compact matrix reads the stored values directly (a fused
-/// dequantize-and-dot kernel, what decoding one token needs); above it, blocks of rows are expanded for a matmul.
-pub const GEMV_MAX_ROWS: usize = 4;
-
 /// `x · Fᵀ` for a factor stored f32, INT8 or f16/bf16: fused kernels for a few rows of `x`, block by block otherwise.
 fn factor_matmul_t(x: &Tensor, f: &Factor) -> Result<Tensor> {
     let (rows, cols) = (f.rows(), f.cols());
@@ -162,7 +168,7 @@ fn factor_matmul_t(x: &Tensor, f: &Factor) -> Result<Tensor> {
     if n <= GEMV_MAX_ROWS {
         let xs: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
         let mut out = vec![0f32; n * rows];
-        crate::kernels::gemv_t(&xs, n, f, &mut out);
+        crate::model::kernels::gemv_t(&xs, n, f, &mut out);
         return Ok(Tensor::from_vec(out, (n, rows), &Device::Cpu)?);
     }
     blocked_matmul_t(x, rows, cols, |a, b| {
@@ -197,7 +203,7 @@ fn blocked_matmul_t(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::QuantScheme;
+    use crate::model::storage::{test_int8, QuantScheme};
 
     fn lin(weight: LinearWeight) -> Linear {
         Linear { name: "w".into(), weight, bias: None }
@@ -224,12 +230,12 @@ mod tests {
         // low rank, exact: U = W, S = 1, Vh = I (r = inp)
         let eye: Vec<f32> = (0..r * inp).map(|i| if i / inp == i % inp { 1.0 } else { 0.0 }).collect();
         let lr = lin(LinearWeight::LowRank {
-            u: Arc::new(Factor::new(w.clone(), out, r, None)),
-            s: Arc::new(Factor::new(vec![1.0; r], 1, r, None)),
-            vh: Arc::new(Factor::new(eye, r, inp, None)),
+            u: Arc::new(Factor::f32(w.clone(), out, r)),
+            s: Arc::new(Factor::f32(vec![1.0; r], 1, r)),
+            vh: Arc::new(Factor::f32(eye, r, inp)),
         });
         let y2: Vec<f32> = lr.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let q = lin(LinearWeight::Matrix(Arc::new(Factor::new(w.clone(), out, inp, Some(QuantScheme::PerRow)))));
+        let q = lin(LinearWeight::Matrix(Arc::new(test_int8(&w, out, inp, QuantScheme::PerRow))));
         let y3: Vec<f32> = q.forward(&x).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         for i in 0..y0.len() {
             assert!((y0[i] - y1[i]).abs() < 2e-3, "f16 {i}");
@@ -246,7 +252,7 @@ mod tests {
         let w: Vec<f32> = (0..out * inp).map(|i| ((i % 13) as f32 - 6.0) * 0.01).collect();
         let x = Tensor::from_vec((0..inp).map(|i| ((i % 7) as f32) * 0.1).collect::<Vec<_>>(), (1, inp), &Device::Cpu)
             .unwrap();
-        let f = Factor::new(w.clone(), out, inp, None);
+        let f = Factor::f32(w.clone(), out, inp);
         let y = factor_matmul_t(&x, &f).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let wt = Tensor::from_vec(w, (out, inp), &Device::Cpu).unwrap();
         let y0 = x.matmul(&wt.t().unwrap()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();

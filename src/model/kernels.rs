@@ -3,7 +3,11 @@
 //! bandwidth, so reading 1 or 2 bytes per weight instead of 4 is the speed-up. Loops keep 16 independent
 //! accumulators so the compiler vectorizes them (simd128 in wasm, SSE/AVX natively) without reassociating sums.
 
-use crate::quant::{bf16_to_f32, f16_to_f32_finite, Factor};
+use crate::model::storage::{bf16_to_f32, f16_to_f32_finite, Factor};
+
+/// Up to this many rows of `x`, a product with a compact matrix reads the stored values directly (a fused
+/// dequantize-and-dot kernel, what decoding one token needs); above it, blocks of rows are expanded for a matmul.
+pub const GEMV_MAX_ROWS: usize = 4;
 
 const LANES: usize = 16;
 /// Elements of a weight row converted at a time into a stack buffer.
@@ -35,7 +39,7 @@ pub fn gemv_t(x: &[f32], n: usize, f: &Factor, out: &mut [f32]) {
     debug_assert_eq!(out.len(), n * rows);
     let mut buf = [0f32; CHUNK];
     for r in 0..rows {
-        let mut sums = [0f32; crate::linear::GEMV_MAX_ROWS];
+        let mut sums = [0f32; GEMV_MAX_ROWS];
         let mut k0 = 0;
         while k0 < cols {
             let k1 = (k0 + CHUNK).min(cols);
@@ -85,7 +89,7 @@ pub fn gemv_t(x: &[f32], n: usize, f: &Factor, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::QuantScheme;
+    use crate::model::storage::{test_int8, QuantScheme};
 
     #[test]
     fn fused_products_match_expanded_ones() {
@@ -94,9 +98,9 @@ mod tests {
         let x: Vec<f32> = (0..3 * cols).map(|i| (i as f32 * 0.37).sin()).collect();
         let halves: Vec<u16> = w.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
         let factors = [
-            Factor::new(w.clone(), rows, cols, None),
-            Factor::new(w.clone(), rows, cols, Some(QuantScheme::PerRow)),
-            Factor::new(w.clone(), rows, cols, Some(QuantScheme::PerTensor)),
+            Factor::f32(w.clone(), rows, cols),
+            test_int8(&w, rows, cols, QuantScheme::PerRow),
+            test_int8(&w, rows, cols, QuantScheme::PerTensor),
             Factor::Half { rows, cols, bits: halves, bf16: false },
         ];
         for f in &factors {

@@ -1,13 +1,13 @@
 //! Calibration for activation-aware SVD: the Gram matrix `G = Σ x xᵀ` of the inputs `x` every linear layer sees
 //! while the original model reads calibration text. Minimising `‖(W − W_r) X‖F` instead of `‖W − W_r‖F` keeps what
-//! the layer does to the activations it actually receives (see [`crate::svd::whitened`]).
+//! the layer does to the activations it actually receives (see [`crate::compression::svd::whitened`]).
 //!
-//! Recording is a switch that [`crate::linear::Linear::forward`] consults: off (the default), it costs one check.
+//! The statistics are collected by an observer handed to the forward pass ([`GptNeo::observe`]), which shows it every
+//! linear layer's input.
 
-use crate::model::GptNeo;
+use crate::model::gpt_neo::GptNeo;
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
-use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// The running `Σ x xᵀ` of one layer's inputs.
@@ -39,22 +39,14 @@ impl Gram {
     }
 }
 
-thread_local! {
-    static RECORDING: RefCell<Option<HashMap<String, Gram>>> = const { RefCell::new(None) };
-}
-
-/// Called by every linear layer with its input `[rows, n]`: adds it to the layer's Gram matrix when recording.
-pub fn record(name: &str, x: &Tensor) -> Result<()> {
-    RECORDING.with(|r| {
-        let mut r = r.borrow_mut();
-        let Some(map) = r.as_mut() else { return Ok(()) };
-        let n = x.dim(D::Minus1)?;
-        let gram = map.entry(name.to_string()).or_insert_with(|| Gram { n, g: vec![0.0; n * n], count: 0 });
-        if gram.n != n {
-            return Err(Error::tensor(name, "changed input width while calibrating"));
-        }
-        gram.add(x)
-    })
+/// Add one layer's input `[rows, n]` to its Gram matrix in `grams`.
+fn record(grams: &mut HashMap<String, Gram>, name: &str, x: &Tensor) -> Result<()> {
+    let n = x.dim(D::Minus1)?;
+    let gram = grams.entry(name.to_string()).or_insert_with(|| Gram { n, g: vec![0.0; n * n], count: 0 });
+    if gram.n != n {
+        return Err(Error::tensor(name, "changed input width while calibrating"));
+    }
+    gram.add(x)
 }
 
 /// Runs the original model over calibration windows, one per step, and collects every layer's Gram matrix.
@@ -67,7 +59,7 @@ pub struct Calibrator {
 impl Calibrator {
     /// The first `tokens` of `ids` in windows of `window`.
     pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
-        let windows = crate::metrics::windows(ids, tokens, window)?;
+        let windows = crate::model::tokenizer::windows(ids, tokens, window)?;
         Ok(Self { windows, next: 0, grams: HashMap::new() })
     }
 
@@ -86,10 +78,8 @@ impl Calibrator {
     /// Run the next window; `false` when all are done.
     pub fn step(&mut self, original: &GptNeo) -> Result<bool> {
         let Some(ids) = self.windows.get(self.next) else { return Ok(false) };
-        RECORDING.with(|r| *r.borrow_mut() = Some(std::mem::take(&mut self.grams)));
-        let out = original.logits(ids).map(|_| ());
-        self.grams = RECORDING.with(|r| r.borrow_mut().take()).unwrap_or_default();
-        out?;
+        let grams = &mut self.grams;
+        original.observe(ids, &mut |name, x| record(grams, name, x))?;
         self.next += 1;
         Ok(true)
     }

@@ -1,7 +1,7 @@
 //! Text generation: greedy decoding, or sampling with temperature, top-k, top-p and a seed, with a KV cache.
 //! Stops at the end-of-sequence token, at a token limit, or at the model's last position.
 
-use crate::model::{GptNeo, KvCache};
+use crate::model::gpt_neo::{GptNeo, KvCache};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};

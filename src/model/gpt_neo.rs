@@ -3,101 +3,11 @@
 //! attention scores are **not** scaled by 1/√d; a local query at position i sees keys i − window < j ≤ i; masked
 //! scores are set to `f32::MIN` before the softmax.
 
-use crate::checkpoint::Checkpoint;
-use crate::config::{AttentionKind, GptNeoConfig};
-use crate::linear::{Linear, LinearWeight};
+use crate::model::config::{AttentionKind, GptNeoConfig};
+use crate::model::linear::{Linear, LinearWeight, Observer};
+use crate::model::weights::{tensor_prefix, Weights};
 use crate::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
-
-/// Where the model's tensors come from: a checkpoint, or a compressed checkpoint that stores some linear layers as
-/// INT8 factors.
-pub trait Weights {
-    fn contains(&self, name: &str) -> bool;
-    /// A dense tensor with the given shape (f32, or f16/bf16 if the source keeps halves).
-    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
-    /// The weight of a linear layer, `[out, inp]`.
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
-        Ok(LinearWeight::Dense(self.dense(name, &[out, inp])?))
-    }
-}
-
-/// A plain checkpoint as [`Weights`]. `keep_half` keeps F16/BF16 tensors as stored (half the memory; each forward
-/// converts blocks of rows), otherwise everything is converted to f32 once at load.
-pub struct CheckpointWeights<'a> {
-    pub ckpt: &'a Checkpoint,
-    pub keep_half: bool,
-}
-
-impl Weights for CheckpointWeights<'_> {
-    fn contains(&self, name: &str) -> bool {
-        self.ckpt.contains(name)
-    }
-    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let info = self.ckpt.info(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
-        check_shape(name, &info.shape, shape)?;
-        self.ckpt.read(name)?.to_tensor()
-    }
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
-        let info = self.ckpt.info(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
-        check_shape(name, &info.shape, &[out, inp])?;
-        let raw = self.ckpt.read(name)?;
-        if self.keep_half {
-            if let Some(f) = raw.to_half_factor()? {
-                return Ok(LinearWeight::Matrix(std::sync::Arc::new(f)));
-            }
-        }
-        Ok(LinearWeight::Dense(raw.to_tensor()?))
-    }
-}
-
-/// [`Weights`] that report each tensor they hand out, for a progress bar while a model loads.
-pub struct WithProgress<'a> {
-    pub inner: &'a dyn Weights,
-    pub done: std::cell::Cell<usize>,
-    pub report: &'a dyn Fn(usize, &str),
-}
-
-impl WithProgress<'_> {
-    fn tick(&self, name: &str) {
-        self.done.set(self.done.get() + 1);
-        (self.report)(self.done.get(), name);
-    }
-}
-
-impl Weights for WithProgress<'_> {
-    fn contains(&self, name: &str) -> bool {
-        self.inner.contains(name)
-    }
-    fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.inner.dense(name, shape)?;
-        self.tick(name);
-        Ok(t)
-    }
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
-        let w = self.inner.linear(name, out, inp)?;
-        self.tick(name);
-        Ok(w)
-    }
-}
-
-/// An error unless `found == expected`, naming the tensor and both shapes.
-pub fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Result<()> {
-    if found != expected {
-        return Err(Error::tensor(name, format!("has shape {found:?} but config.json implies {expected:?}")));
-    }
-    Ok(())
-}
-
-/// The name prefix of a checkpoint's tensors: `transformer.` (Hugging Face) or none.
-pub fn tensor_prefix(w: &dyn Weights) -> Result<&'static str> {
-    if w.contains("transformer.wte.weight") {
-        Ok("transformer.")
-    } else if w.contains("wte.weight") {
-        Ok("")
-    } else {
-        Err(Error::tensor("transformer.wte.weight", "is missing: this does not look like a GPT-Neo checkpoint"))
-    }
-}
 
 #[derive(Clone, Debug)]
 struct LayerNorm {
@@ -146,14 +56,20 @@ struct SelfAttention {
 
 impl SelfAttention {
     /// `x`: [b, t, hidden] at absolute positions `pos0..pos0 + t`.
-    fn forward(&self, x: &Tensor, pos0: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        pos0: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        obs: Observer,
+    ) -> Result<Tensor> {
         let (b, t, hidden) = x.dims3()?;
         let split = |y: Tensor| -> Result<Tensor> {
             Ok(y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = split(self.q.forward(x)?)?;
-        let mut k = split(self.k.forward(x)?)?;
-        let mut v = split(self.v.forward(x)?)?;
+        let q = split(self.q.forward_observed(x, &mut *obs)?)?;
+        let mut k = split(self.k.forward_observed(x, &mut *obs)?)?;
+        let mut v = split(self.v.forward_observed(x, &mut *obs)?)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -172,13 +88,13 @@ impl SelfAttention {
             AttentionKind::Global => usize::MAX,
             AttentionKind::Local => self.window,
         };
-        crate::kernels::masked_softmax(&mut probs, t, tk, |i| {
+        crate::model::kernels::masked_softmax(&mut probs, t, tk, |i| {
             let qi = pos0 + i;
             (qi.saturating_sub(window.saturating_sub(1)), qi)
         });
         let probs = Tensor::from_vec(probs, scores.shape(), &Device::Cpu)?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
-        self.out.forward(&y)
+        self.out.forward_observed(&y, obs)
     }
 }
 
@@ -226,37 +142,63 @@ pub struct Block {
     mlp: Mlp,
 }
 
+/// A linear layer of a block: its name prefix (without `.weight`) and its `[out, inp]` shape.
+pub struct LinearSlot {
+    pub prefix: String,
+    pub out: usize,
+    pub inp: usize,
+}
+
 impl Block {
+    /// The six linear layers of block `prefix` (e.g. `transformer.h.3`), in the order q, k, v, out_proj, c_fc,
+    /// c_proj: the one place their names and shapes are spelled.
+    pub fn linear_slots(cfg: &GptNeoConfig, prefix: &str) -> [LinearSlot; 6] {
+        let (h, inner) = (cfg.hidden_size, cfg.intermediate_size());
+        let a = format!("{prefix}.attn.attention");
+        let m = format!("{prefix}.mlp");
+        let slot = |prefix: String, out, inp| LinearSlot { prefix, out, inp };
+        [
+            slot(format!("{a}.q_proj"), h, h),
+            slot(format!("{a}.k_proj"), h, h),
+            slot(format!("{a}.v_proj"), h, h),
+            slot(format!("{a}.out_proj"), h, h),
+            slot(format!("{m}.c_fc"), inner, h),
+            slot(format!("{m}.c_proj"), h, inner),
+        ]
+    }
+
     fn new(w: &dyn Weights, cfg: &GptNeoConfig, prefix: &str, kind: AttentionKind) -> Result<Self> {
         let h = cfg.hidden_size;
-        let inner = cfg.intermediate_size();
         let eps = cfg.layer_norm_epsilon;
-        let a = format!("{prefix}.attn.attention");
+        let [q, k, v, out, c_fc, c_proj] = Block::linear_slots(cfg, prefix).map(|s| linear(w, &s.prefix, s.out, s.inp));
         Ok(Self {
             ln_1: LayerNorm::new(w, &format!("{prefix}.ln_1"), h, eps)?,
             attn: SelfAttention {
-                q: linear(w, &format!("{a}.q_proj"), h, h)?,
-                k: linear(w, &format!("{a}.k_proj"), h, h)?,
-                v: linear(w, &format!("{a}.v_proj"), h, h)?,
-                out: linear(w, &format!("{a}.out_proj"), h, h)?,
+                q: q?,
+                k: k?,
+                v: v?,
+                out: out?,
                 heads: cfg.num_heads,
                 head_dim: cfg.head_dim(),
                 kind,
                 window: cfg.window_size,
             },
             ln_2: LayerNorm::new(w, &format!("{prefix}.ln_2"), h, eps)?,
-            mlp: Mlp {
-                c_fc: linear(w, &format!("{prefix}.mlp.c_fc"), inner, h)?,
-                c_proj: linear(w, &format!("{prefix}.mlp.c_proj"), h, inner)?,
-                act: Activation::from_name(&cfg.activation_function)?,
-            },
+            mlp: Mlp { c_fc: c_fc?, c_proj: c_proj?, act: Activation::from_name(&cfg.activation_function)? },
         })
     }
 
-    fn forward(&self, x: &Tensor, pos0: usize, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
-        let a = self.attn.forward(&self.ln_1.forward(x)?, pos0, cache)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        pos0: usize,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        obs: Observer,
+    ) -> Result<Tensor> {
+        let a = self.attn.forward(&self.ln_1.forward(x)?, pos0, cache, &mut *obs)?;
         let x = (x + a)?;
-        let m = self.mlp.c_proj.forward(&self.mlp.act.apply(&self.mlp.c_fc.forward(&self.ln_2.forward(&x)?)?)?)?;
+        let h = self.mlp.c_fc.forward_observed(&self.ln_2.forward(&x)?, &mut *obs)?;
+        let m = self.mlp.c_proj.forward_observed(&self.mlp.act.apply(&h)?, obs)?;
         Ok((x + m)?)
     }
 
@@ -388,7 +330,7 @@ impl Block {
 
     /// The block on `[b, t, hidden]` at positions from 0, without a cache.
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward(x, 0, None)
+        self.forward(x, 0, None, &mut |_, _| Ok(()))
     }
 }
 
@@ -450,7 +392,13 @@ impl GptNeo {
 
     /// Run the blocks and the final LayerNorm. With `collect`, also return the hidden states as Hugging Face does:
     /// the embeddings, each block's output but the last, and the final normed state.
-    fn trunk(&self, ids: &Tensor, mut cache: Option<&mut KvCache>, collect: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    fn trunk(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        collect: bool,
+        obs: Observer,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let pos0 = cache.as_ref().map_or(0, |c| c.seq_len);
         let t = ids.dim(1)?;
         let mut x = self.emb.forward(ids, pos0)?;
@@ -468,7 +416,7 @@ impl GptNeo {
                 }
                 None => None,
             };
-            x = block.forward(&x, pos0, slot)?;
+            x = block.forward(&x, pos0, slot, &mut *obs)?;
         }
         let x = self.head.ln_f.forward(&x)?;
         if collect {
@@ -482,20 +430,20 @@ impl GptNeo {
 
     /// Logits `[b, t, vocab]` for token ids `[b, t]` (u32). With a cache, `ids` continue the cached positions.
     pub fn forward(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (x, _) = self.trunk(ids, cache, false)?;
+        let (x, _) = self.trunk(ids, cache, false, &mut |_, _| Ok(()))?;
         self.head.head.forward(&x)
     }
 
     /// Logits of the last position only, `[b, vocab]`: what decoding needs, without the head's cost for the others.
     pub fn forward_last(&self, ids: &Tensor, cache: Option<&mut KvCache>) -> Result<Tensor> {
-        let (x, _) = self.trunk(ids, cache, false)?;
+        let (x, _) = self.trunk(ids, cache, false, &mut |_, _| Ok(()))?;
         let t = x.dim(1)?;
         self.head.head.forward(&x.narrow(1, t - 1, 1)?.squeeze(1)?)
     }
 
     /// Hidden states (see [`GptNeo::trunk`]) and logits, without a cache.
     pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
-        let (x, states) = self.trunk(ids, None, true)?;
+        let (x, states) = self.trunk(ids, None, true, &mut |_, _| Ok(()))?;
         Ok((self.head.head.forward(&x)?, states))
     }
 
@@ -503,5 +451,90 @@ impl GptNeo {
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
         Ok(self.forward(&ids, None)?.squeeze(0)?)
+    }
+
+    /// Run one sequence of ids as [`GptNeo::logits`] does, showing every linear layer's input (the head's too) to
+    /// `observe`.
+    pub fn observe(&self, ids: &[u32], observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>) -> Result<()> {
+        let ids = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
+        let (x, _) = self.trunk(&ids, None, false, &mut *observe)?;
+        self.head.head.forward_observed(&x, observe)?;
+        Ok(())
+    }
+}
+
+/// What one stage of a [`StagedRun`] produced.
+pub enum Stage {
+    /// The embeddings or a block ran over every window.
+    Ran,
+    /// The head ran over window `window`: its logits, `len × vocab`, row-major.
+    Logits { window: usize, logits: Vec<f32> },
+}
+
+/// GPT-Neo over several windows of ids, one stage at a time: the embeddings, then each block, over every window,
+/// then the head window by window. Each stage's weights are read from `weights` when it runs and dropped after, so a
+/// model larger than memory can still be run (its hidden states for the windows are all it holds).
+pub struct StagedRun {
+    windows: Vec<Vec<u32>>,
+    /// Hidden states after the stages done so far, one `[1, t, hidden]` per window.
+    hidden: Vec<Tensor>,
+    stage: usize,
+    head: Option<Head>,
+}
+
+impl StagedRun {
+    pub fn new(windows: Vec<Vec<u32>>) -> Self {
+        Self { windows, hidden: Vec::new(), stage: 0, head: None }
+    }
+
+    pub fn windows(&self) -> &[Vec<u32>] {
+        &self.windows
+    }
+
+    /// Stages in all: the embeddings, each block, then the head once per window.
+    pub fn total_steps(&self, cfg: &GptNeoConfig) -> usize {
+        1 + cfg.num_layers + self.windows.len()
+    }
+
+    pub fn done(&self) -> usize {
+        self.stage
+    }
+
+    /// Run the next stage; `None` when every stage has run.
+    pub fn step(&mut self, cfg: &GptNeoConfig, weights: &dyn Weights) -> Result<Option<Stage>> {
+        let layers = cfg.num_layers;
+        let ids_tensor = |w: &Vec<u32>| Tensor::from_slice(w, (1, w.len()), &Device::Cpu);
+        let out = match self.stage {
+            0 => {
+                let emb = Embeddings::load(cfg, weights)?;
+                self.hidden = self.windows.iter().map(|w| emb.forward(&ids_tensor(w)?, 0)).collect::<Result<_>>()?;
+                Stage::Ran
+            }
+            s if s <= layers => {
+                let block = Block::load(cfg, weights, s - 1)?;
+                for h in self.hidden.iter_mut() {
+                    *h = block.run(h)?;
+                }
+                Stage::Ran
+            }
+            s if s <= layers + self.windows.len() => {
+                let k = s - layers - 1;
+                if self.head.is_none() {
+                    self.head = Some(Head::load(cfg, weights, None)?);
+                }
+                let head = self.head.as_ref().ok_or_else(|| Error::msg("the head is not loaded"))?;
+                let logits: Vec<f32> = head.forward(&self.hidden[k])?.flatten_all()?.to_vec1()?;
+                // this window's hidden state is no longer needed
+                self.hidden[k] = Tensor::zeros(1, DType::F32, &Device::Cpu)?;
+                if k + 1 == self.windows.len() {
+                    self.head = None;
+                    self.hidden.clear();
+                }
+                Stage::Logits { window: k, logits }
+            }
+            _ => return Ok(None),
+        };
+        self.stage += 1;
+        Ok(Some(out))
     }
 }

@@ -63,3 +63,18 @@ impl TextStream {
         Ok(piece)
     }
 }
+
+/// Cut the first `tokens` ids into windows of `window`.
+pub fn windows(ids: &[u32], tokens: usize, window: usize) -> Result<Vec<Vec<u32>>> {
+    if window < 2 {
+        return Err(crate::Error::Policy(format!("the evaluation window must be at least 2 tokens, not {window}")));
+    }
+    let n = tokens.min(ids.len());
+    if n < 2 {
+        return Err(crate::Error::Policy(format!(
+            "the evaluation text has {} tokens; at least 2 are needed",
+            ids.len()
+        )));
+    }
+    Ok(ids[..n].chunks(window).filter(|w| w.len() >= 2).map(|w| w.to_vec()).collect())
+}

@@ -12,26 +12,13 @@
 //!
 //! All sums in f64.
 
-use crate::config::GptNeoConfig;
-use crate::generate::argmax;
-use crate::kernels::{compare_rows, exp_row};
-use crate::model::{Block, Embeddings, GptNeo, Head, Weights};
+use crate::model::generate::argmax;
+use crate::model::gpt_neo::GptNeo;
+use crate::model::kernels::{compare_rows, exp_row};
+use crate::model::tokenizer::windows;
 use crate::{Error, Result};
-use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// Cut the first `tokens` ids into windows of `window`.
-pub fn windows(ids: &[u32], tokens: usize, window: usize) -> Result<Vec<Vec<u32>>> {
-    if window < 2 {
-        return Err(Error::Policy(format!("the evaluation window must be at least 2 tokens, not {window}")));
-    }
-    let n = tokens.min(ids.len());
-    if n < 2 {
-        return Err(Error::Policy(format!("the evaluation text has {} tokens; at least 2 are needed", ids.len())));
-    }
-    Ok(ids[..n].chunks(window).filter(|w| w.len() >= 2).map(|w| w.to_vec()).collect())
-}
 
 /// The running sums of an evaluation; sums of parts evaluated separately (in other workers) add up.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -53,7 +40,7 @@ pub struct Sums {
 impl Sums {
     /// Add one window: `ids` and the logits of the original (`lo`) and, if compared, the compressed model (`lc`),
     /// both `ids.len() × vocab`.
-    fn accumulate(&mut self, ids: &[u32], lo: &[f32], lc: Option<&[f32]>, vocab: usize) {
+    pub(crate) fn accumulate(&mut self, ids: &[u32], lo: &[f32], lc: Option<&[f32]>, vocab: usize) {
         let (mut po, mut pc) = (Vec::new(), Vec::new());
         for (p, o) in lo.chunks_exact(vocab).enumerate() {
             // e^(o − max) once per position: its sum gives log Σ e^o, and it weighs the KL terms
@@ -86,7 +73,14 @@ impl Sums {
         }
     }
 
-    fn report(&self, compare: bool, skip: usize, tokens: usize, window: usize, windows: usize) -> EvalReport {
+    pub(crate) fn report(
+        &self,
+        compare: bool,
+        skip: usize,
+        tokens: usize,
+        window: usize,
+        windows: usize,
+    ) -> EvalReport {
         let n = self.positions.max(1) as f64;
         let cmp = |v: f64| compare.then_some(v);
         let which =
@@ -115,7 +109,7 @@ impl Sums {
         }
     }
 
-    fn add(&mut self, o: &Sums) {
+    pub(crate) fn add(&mut self, o: &Sums) {
         self.nll_orig += o.nll_orig;
         self.nll_comp += o.nll_comp;
         self.predictions += o.predictions;
@@ -286,101 +280,6 @@ impl Evaluator {
             total.add(s);
         }
         total.report(self.compare, self.skip, self.tokens, self.window, self.windows.len())
-    }
-}
-
-/// An evaluation that never holds the original model: its embeddings, each block and its head are read from the
-/// checkpoint one at a time and run over every window before the next is read, so a model larger than memory can
-/// still be compared with its (small) compressed version. Same figures and conventions as [`Evaluator`].
-pub struct StreamingEvaluator {
-    windows: Vec<Vec<u32>>,
-    tokens: usize,
-    window: usize,
-    /// The original's hidden states after the stages done so far, one `[1, t, hidden]` per window.
-    hidden: Vec<Tensor>,
-    stage: usize,
-    head: Option<Head>,
-    sums: Sums,
-    compare: bool,
-    skip: usize,
-}
-
-impl StreamingEvaluator {
-    pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
-        let windows = windows(ids, tokens, window)?;
-        let tokens = windows.iter().map(|w| w.len()).sum();
-        Ok(Self {
-            windows,
-            tokens,
-            window,
-            hidden: Vec::new(),
-            stage: 0,
-            head: None,
-            sums: Sums::default(),
-            compare: false,
-            skip: 0,
-        })
-    }
-
-    /// The same evaluation on the text's tokens after the first `skip`.
-    pub fn after(ids: &[u32], skip: usize, tokens: usize, window: usize) -> Result<Self> {
-        Ok(Self { skip, ..Self::new(ids.get(skip..).unwrap_or(&[]), tokens, window)? })
-    }
-
-    /// Steps in all: the embeddings, each block, then the head once per window.
-    pub fn total_steps(&self, cfg: &GptNeoConfig) -> usize {
-        1 + cfg.num_layers + self.windows.len()
-    }
-
-    pub fn done(&self) -> usize {
-        self.stage
-    }
-
-    /// One stage. `original` reads the original checkpoint; `compressed` is compared at the head. `false` when done.
-    pub fn step(&mut self, cfg: &GptNeoConfig, original: &dyn Weights, compressed: Option<&GptNeo>) -> Result<bool> {
-        let layers = cfg.num_layers;
-        let ids_tensor = |w: &Vec<u32>| Tensor::from_slice(w, (1, w.len()), &Device::Cpu);
-        match self.stage {
-            0 => {
-                let emb = Embeddings::load(cfg, original)?;
-                self.hidden = self.windows.iter().map(|w| emb.forward(&ids_tensor(w)?, 0)).collect::<Result<_>>()?;
-            }
-            s if s <= layers => {
-                let block = Block::load(cfg, original, s - 1)?;
-                for h in self.hidden.iter_mut() {
-                    *h = block.run(h)?;
-                }
-            }
-            s if s <= layers + self.windows.len() => {
-                let k = s - layers - 1;
-                if self.head.is_none() {
-                    self.head = Some(Head::load(cfg, original, None)?);
-                }
-                let head = self.head.as_ref().ok_or_else(|| Error::msg("the head is not loaded"))?;
-                let lo: Vec<f32> = head.forward(&self.hidden[k])?.flatten_all()?.to_vec1()?;
-                // this window's hidden state is no longer needed
-                self.hidden[k] = Tensor::zeros(1, DType::F32, &Device::Cpu)?;
-                let ids = &self.windows[k];
-                let lc: Option<Vec<f32>> =
-                    compressed.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;
-                self.compare = lc.is_some();
-                // one window's sums, then added in window order, as [`Evaluator`] does
-                let mut one = Sums::default();
-                one.accumulate(ids, &lo, lc.as_deref(), cfg.vocab_size);
-                self.sums.add(&one);
-                if k + 1 == self.windows.len() {
-                    self.head = None;
-                    self.hidden.clear();
-                }
-            }
-            _ => return Ok(false),
-        }
-        self.stage += 1;
-        Ok(true)
-    }
-
-    pub fn report(&self) -> EvalReport {
-        self.sums.report(self.compare, self.skip, self.tokens, self.window, self.windows.len())
     }
 }
 

@@ -1,0 +1,558 @@
+//! The session wing: one person's work with one model, as the page runs it — open the files, load the original,
+//! compress it step by step, evaluate the two (in parts that other workers can take, or with the original streamed
+//! from its file), generate from both, export — and what opening a new model invalidates. Plain Rust: the wasm edge
+//! only converts `File`s, JS values and errors, and `cargo test` runs every scenario natively (tests/session.rs).
+//!
+//! May import: [`crate::compression`], [`crate::evaluation`], [`crate::model`], [`crate::error`], [`crate::alloc`].
+
+pub mod memory;
+pub mod reports;
+
+use crate::compression::calib::Calibrator;
+use crate::compression::format::Export;
+use crate::compression::pipeline::{considered_matrices, reader, totals, Compressor, LayerReport, StepInfo};
+use crate::compression::policy::Policy;
+use crate::compression::svd;
+use crate::evaluation::metrics::{Evaluator, PartialSums};
+use crate::evaluation::streaming::StreamingEvaluator;
+use crate::model::bundle::ModelBundle;
+use crate::model::checkpoint::{embedding_name, fingerprint, ByteSource, Checkpoint, SafetensorsFile};
+use crate::model::generate::{Generation, SamplingParams};
+use crate::model::gpt_neo::GptNeo;
+use crate::model::linear::LinearWeight;
+use crate::model::tokenizer::{TextStream, Tokenizer};
+use crate::model::weights::{is_compressed, CheckpointWeights};
+use crate::{Error, Result};
+pub use memory::MemoryBudget;
+pub use reports::*;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Which of the session's two models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Which {
+    Original,
+    Compressed,
+}
+
+impl Which {
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Original => "original",
+            Which::Compressed => "compressed",
+        }
+    }
+}
+
+/// The model files a person handed over, picked out by name: config.json, tokenizer.json, the shard index (all read
+/// whole: they are small) and the safetensors files (read by byte range).
+#[derive(Default)]
+pub struct ModelFiles {
+    pub config: Option<Vec<u8>>,
+    pub tokenizer: Option<Vec<u8>>,
+    pub index: Option<Vec<u8>>,
+    pub weights: Vec<Box<dyn ByteSource>>,
+    /// Names of files that are none of these.
+    pub ignored: Vec<String>,
+}
+
+impl ModelFiles {
+    /// Sort one file into its place by its name; `read_all` is called only for the small JSON files.
+    pub fn add(&mut self, name: &str, source: Box<dyn ByteSource>) -> Result<()> {
+        let all = |s: Box<dyn ByteSource>| s.read_at(0, usize::try_from(s.len()).unwrap_or(usize::MAX));
+        match name {
+            "config.json" => self.config = Some(all(source)?),
+            "tokenizer.json" => self.tokenizer = Some(all(source)?),
+            "model.safetensors.index.json" => self.index = Some(all(source)?),
+            n if n.ends_with(".safetensors") => self.weights.push(source),
+            _ => self.ignored.push(name.to_string()),
+        }
+        Ok(())
+    }
+}
+
+/// What an evaluation reads: the text's tokens after the first `skip`, the next `tokens` of them in windows of
+/// `window`; this instance takes part `part` of `parts` (every `parts`-th window; 0 of 1 for all).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalSpec {
+    pub text: String,
+    #[serde(default)]
+    pub skip: usize,
+    pub tokens: usize,
+    pub window: usize,
+    #[serde(default)]
+    pub part: usize,
+    #[serde(default = "one")]
+    pub parts: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The compressed model and where it came from.
+struct CompressedSlot {
+    model: GptNeo,
+    /// Present when it was compressed here (and so can be exported).
+    weights: Option<HashMap<String, LinearWeight>>,
+    reports: Vec<LayerReport>,
+    policy: Option<Policy>,
+    /// Tensor bytes of its checkpoint (as exported or as loaded).
+    tensor_bytes: usize,
+    /// Live heap bytes it holds, measured.
+    resident_bytes: usize,
+    /// A compressed checkpoint loaded from a file keeps its bundle for reading.
+    file_bundle: Option<ModelBundle>,
+}
+
+/// An evaluation with the original in memory (split over workers if asked), or streamed from its file.
+enum Evaluation {
+    InMemory(Evaluator),
+    Streamed(StreamingEvaluator),
+}
+
+/// One model session: the original model, a compression in progress or done, an evaluation, generations.
+pub struct Session {
+    bundle: Option<ModelBundle>,
+    original: Option<GptNeo>,
+    compressor: Option<Compressor>,
+    calibrator: Option<Calibrator>,
+    compressed: Option<CompressedSlot>,
+    evaluator: Option<Evaluation>,
+    generations: Vec<(Which, Generation, TextStream)>,
+    config_json: String,
+    tokenizer_json: Option<String>,
+    memory: MemoryBudget,
+    /// The heap's size, for [`Session::memory`].
+    heap: fn() -> f64,
+}
+
+fn live_heap() -> f64 {
+    crate::alloc::live_bytes() as f64
+}
+
+impl Session {
+    /// A session that plans for `memory`; `heap` tells how large the heap has grown (for [`Session::memory`]).
+    pub fn new(memory: MemoryBudget, heap: Option<fn() -> f64>) -> Self {
+        Session {
+            bundle: None,
+            original: None,
+            compressor: None,
+            calibrator: None,
+            compressed: None,
+            evaluator: None,
+            generations: Vec::new(),
+            config_json: String::new(),
+            tokenizer_json: None,
+            memory,
+            heap: heap.unwrap_or(live_heap),
+        }
+    }
+
+    /// Cap the heap this session plans for: what would not fit is refused with a sentence before it is allocated.
+    pub fn set_memory_limit(&mut self, bytes: f64) {
+        self.memory.set_limit(bytes);
+    }
+
+    /// Take the user's files: config.json, tokenizer.json, *.safetensors and the shard index, or one compressed
+    /// checkpoint exported by this program. Reads only config, tokenizer and the safetensors headers. An original
+    /// checkpoint replaces the session; a compressed one becomes the compressed model (compared with the loaded
+    /// original when it was made from it).
+    pub fn open(&mut self, files: ModelFiles) -> Result<OpenReport> {
+        if files.weights.is_empty() {
+            return Err(Error::msg(
+                "no .safetensors file among the files: a model needs model.safetensors (or its shards)",
+            ));
+        }
+        let config = files
+            .config
+            .map(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into())))
+            .transpose()?;
+        let index = files.index.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let opened = files.weights.into_iter().map(SafetensorsFile::open).collect::<Result<Vec<_>>>()?;
+        let ckpt = Checkpoint::new(opened, index.as_deref())?;
+        let compressed = is_compressed(&ckpt);
+        if !compressed && config.is_none() {
+            return Err(Error::file(
+                "config.json",
+                "is missing: drop it together with the model's .safetensors file(s)",
+            ));
+        }
+        let tok = files.tokenizer;
+        let bundle = ModelBundle::from_checkpoint(config.as_deref(), tok.as_deref(), ckpt)?;
+        let summary = bundle.summary()?;
+        let mut missing = Vec::new();
+        if bundle.tokenizer.is_none() {
+            missing.push("tokenizer.json (needed to turn text into tokens)".to_string());
+        }
+        let meta = |k: &str| {
+            bundle
+                .ckpt
+                .metadata()
+                .and_then(|m| m.get(k))
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+        };
+        let (layers, policy) = (meta("layers"), meta("policy"));
+        if compressed {
+            let source = meta("source");
+            let matches_original =
+                match (&self.bundle, source.as_ref().and_then(|s| s.get("fingerprint")).and_then(|f| f.as_str())) {
+                    (Some(orig), Some(fp)) => fingerprint(&orig.ckpt) == fp,
+                    _ => false,
+                };
+            self.generations.retain(|(w, _, _)| *w != Which::Compressed);
+            self.compressed = None;
+            self.evaluator = None;
+            let need = bundle.estimate_model_bytes(true) as f64;
+            self.memory.check("the compressed model", need, 0.8, "the file itself is fine")?;
+            let (model, resident, _) = crate::alloc::measure(|| bundle.load_model(false));
+            let model = model?;
+            let tensor_bytes = bundle.tensor_bytes();
+            let reports = model.linears().iter().map(|l| LayerReport::loaded(l, layers.as_ref())).collect();
+            let policy_v = policy.as_ref().and_then(|p| serde_json::from_value(p.clone()).ok());
+            if !matches_original {
+                // compared with nothing: it becomes the session's only model
+                self.bundle = None;
+                self.original = None;
+                self.generations.clear();
+            }
+            self.compressed = Some(CompressedSlot {
+                model,
+                weights: None,
+                reports,
+                policy: policy_v,
+                tensor_bytes,
+                resident_bytes: resident,
+                file_bundle: Some(bundle),
+            });
+            return Ok(OpenReport {
+                summary,
+                missing,
+                ignored: files.ignored,
+                kind: OpenedKind::Compressed,
+                matches_original,
+                layers,
+                policy,
+            });
+        }
+        *self = Session::new(self.memory, Some(self.heap));
+        self.config_json = config.unwrap_or_default();
+        self.tokenizer_json = tok.map(|t| String::from_utf8_lossy(&t).into_owned());
+        self.bundle = Some(bundle);
+        Ok(OpenReport {
+            summary,
+            missing,
+            ignored: files.ignored,
+            kind: OpenedKind::Original,
+            matches_original: false,
+            layers: None,
+            policy: None,
+        })
+    }
+
+    /// Load the original model's weights (f32, or kept in f16/bf16 when f32 would not fit), calling
+    /// `progress(done, total, tensor)` after each tensor.
+    pub fn load(&mut self, progress: &dyn Fn(usize, usize, &str)) -> Result<Loaded> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let f32_bytes = b.estimate_model_bytes(false) as f64;
+        let half_bytes = b.estimate_model_bytes(true) as f64;
+        let keep_half = if self.memory.fits(f32_bytes, 0.8) {
+            false
+        } else if self.memory.fits(half_bytes, 0.8) {
+            true
+        } else {
+            return Err(self.memory.no_room(
+                "the original model (its 16-bit weights kept as stored)",
+                half_bytes,
+                "it can still be compressed and exported, but not run here",
+            ));
+        };
+        let total = b.tensor_count();
+        let report = |done: usize, name: &str| progress(done, total, name);
+        let (model, resident, _) = crate::alloc::measure(|| b.load_model_with_progress(keep_half, &report));
+        let model = model?;
+        let bytes = model.weight_bytes();
+        self.original = Some(model);
+        Ok(Loaded { bytes, keep_half, resident_bytes: resident, tensor_bytes: b.tensor_bytes() })
+    }
+
+    /// Start compressing the original with `policy`. The activation-aware method reads the first
+    /// `calibration_tokens` tokens of `calibration_text` through the original model, which must be loaded.
+    pub fn compress_begin(&mut self, policy: Policy, calibration_text: Option<&str>) -> Result<CompressBegin<'_>> {
+        let b = self
+            .bundle
+            .as_ref()
+            .ok_or_else(|| Error::msg("no original model is open: load the demo model or drop a checkpoint first"))?;
+        self.compressed = None;
+        self.evaluator = None;
+        self.generations.retain(|(w, _, _)| *w != Which::Compressed);
+        let c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
+        self.calibrator = None;
+        if c.needs_calibration() {
+            if self.original.is_none() {
+                return Err(Error::Policy(
+                    "activation-aware SVD runs the original model on calibration text, and it is not loaded here"
+                        .into(),
+                ));
+            }
+            let text = calibration_text.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
+            let ids = b.tokenizer()?.encode(text)?;
+            self.calibrator = Some(Calibrator::new(&ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
+        }
+        let cal = self.calibrator.as_ref();
+        let total_steps = c.total_steps() + cal.map_or(0, |c| c.total_windows());
+        let calibration_tokens = cal.map(|c| c.tokens());
+        let c = self.compressor.insert(c);
+        Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens })
+    }
+
+    /// One step of the compression (a calibration window, a spectrum or a matrix), or `None` when every step is done.
+    pub fn compress_step(&mut self) -> Result<Option<CompressStep<'_>>> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self.compressor.as_mut().ok_or_else(|| Error::msg("no compression was started"))?;
+        if let Some(cal) = self.calibrator.as_mut() {
+            let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+            if cal.step(o)? {
+                let info = StepInfo {
+                    phase: "calibrate",
+                    done: cal.done(),
+                    total: cal.total_windows(),
+                    name: format!("calibration window {}/{}", cal.done(), cal.total_windows()),
+                };
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+            if let Some(cal) = self.calibrator.take() {
+                c.set_calibration(cal.finish());
+            }
+        }
+        let reports_before = c.reports.len();
+        Ok(c.step(&reader(&b.ckpt))?.map(|info| CompressStep {
+            info,
+            layer: if c.reports.len() > reports_before { c.reports.last() } else { None },
+        }))
+    }
+
+    /// Build the compressed model once every step is done.
+    pub fn compress_finish(&mut self) -> Result<Finished> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self.compressor.as_ref().ok_or_else(|| Error::msg("no compression was started"))?;
+        // the compressed model holds its factors (already allocated) and the dense tensors as stored
+        let dense: usize = b.tensor_bytes()
+            - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes()).sum::<usize>();
+        self.memory.check("the compressed model's dense tensors", dense as f64, 0.9, "skip fewer layers")?;
+        let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
+        let done = c.finish(&b.cfg, &b.ckpt)?;
+        let export = Export::new(
+            &b.ckpt,
+            &self.config_json,
+            self.tokenizer_json.as_deref(),
+            &done.weights,
+            &done.reports,
+            &done.policy,
+        )?;
+        let out = Finished {
+            layers_total: done.model.linears().len(),
+            layers_compressed: done.model.compressed_layers(),
+            totals: totals(&done.reports),
+            bytes_original: b.tensor_bytes(),
+            tensor_bytes: export.data_bytes,
+            file_bytes: export.file_bytes(),
+            resident_bytes: done.resident_bytes,
+        };
+        self.compressed = Some(CompressedSlot {
+            model: done.model,
+            weights: Some(done.weights),
+            reports: done.reports,
+            policy: Some(done.policy),
+            tensor_bytes: export.data_bytes,
+            resident_bytes: done.resident_bytes,
+            file_bundle: None,
+        });
+        Ok(out)
+    }
+
+    /// The compressed model's layer reports.
+    pub fn layer_reports(&self) -> Result<&[LayerReport]> {
+        Ok(&self.compressed.as_ref().ok_or_else(|| Error::msg("there is no compressed model"))?.reports)
+    }
+
+    /// Start evaluating (see [`EvalSpec`]). When the original model is not in memory (too large), it is streamed
+    /// from its file a block at a time (one part only).
+    pub fn eval_begin(&mut self, spec: &EvalSpec) -> Result<EvalBegin> {
+        let b = self
+            .bundle
+            .as_ref()
+            .ok_or_else(|| Error::msg("the original model is needed for the comparison: open it first"))?;
+        let (skip, tokens, window) = (spec.skip, spec.tokens, spec.window);
+        let max = b.cfg.max_position_embeddings;
+        if window > max {
+            return Err(Error::Policy(format!("the window of {window} tokens is longer than the model reads ({max})")));
+        }
+        let ids = b.tokenizer()?.encode(&spec.text)?;
+        let text_tokens = ids.len();
+        let (ev, out) = if self.original.is_some() {
+            let ev = Evaluator::after(&ids, skip, tokens, window, spec.part, spec.parts)?;
+            let out = EvalBegin { steps: ev.total_windows(), all_steps: ev.all_windows(), unit: "window", text_tokens };
+            (Evaluation::InMemory(ev), out)
+        } else {
+            if spec.parts != 1 {
+                return Err(Error::msg("a streamed evaluation runs in one worker"));
+            }
+            // memory: the head (the token embedding as stored), one block, the hidden states, two windows of logits
+            let elem = b.ckpt.info(&embedding_name(&b.ckpt)).map_or(4, |i| i.dtype.bitsize() / 8);
+            let (h, v) = (b.cfg.hidden_size, b.cfg.vocab_size);
+            let block = (4 * h * h + 2 * h * b.cfg.intermediate_size()) * 4;
+            let need = v * h * elem + block + tokens.min(text_tokens) * h * 4 + 2 * window * v * 4;
+            self.memory.check(
+                "evaluating with the original read from its file (its head, a block, two windows of logits)",
+                need as f64,
+                0.9,
+                "the compressed checkpoint can still be exported",
+            )?;
+            let ev = StreamingEvaluator::after(&ids, skip, tokens, window)?;
+            let steps = ev.total_steps(&b.cfg);
+            (Evaluation::Streamed(ev), EvalBegin { steps, all_steps: steps, unit: "stage", text_tokens })
+        };
+        self.evaluator = Some(ev);
+        Ok(out)
+    }
+
+    /// The next step of the evaluation (a window, or a stage when streamed), or `None` when finished.
+    pub fn eval_step(&mut self) -> Result<Option<Progress>> {
+        let c = self.compressed.as_ref().map(|c| &c.model);
+        let (done, total) = match self.evaluator.as_mut().ok_or_else(|| Error::msg("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => {
+                let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+                if !ev.step(o, c)? {
+                    return Ok(None);
+                }
+                (ev.done(), ev.total_windows())
+            }
+            Evaluation::Streamed(ev) => {
+                let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+                let w = CheckpointWeights { ckpt: &b.ckpt, keep_half: true };
+                if !ev.step(&b.cfg, &w, c)? {
+                    return Ok(None);
+                }
+                (ev.done(), ev.total_steps(&b.cfg))
+            }
+        };
+        Ok(Some(Progress { done, total }))
+    }
+
+    /// This part's sums, for [`Session::eval_merge`] in another instance.
+    pub fn eval_partial(&self) -> Result<PartialSums> {
+        match self.evaluator.as_ref().ok_or_else(|| Error::msg("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => Ok(ev.partial()),
+            Evaluation::Streamed(_) => Err(Error::msg("a streamed evaluation is not split")),
+        }
+    }
+
+    /// Add another part's sums (from [`Session::eval_partial`]) to this evaluation.
+    pub fn eval_merge(&mut self, partial: &PartialSums) -> Result<()> {
+        match self.evaluator.as_mut().ok_or_else(|| Error::msg("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => ev.merge(partial),
+            Evaluation::Streamed(_) => Err(Error::msg("a streamed evaluation is not split")),
+        }
+    }
+
+    /// The evaluation's figures with sizes and layer counts.
+    pub fn eval_report(&self) -> Result<EvalSummary> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let (eval, streamed) = match self.evaluator.as_ref().ok_or_else(|| Error::msg("no evaluation was started"))? {
+            Evaluation::InMemory(ev) => (ev.report(), false),
+            Evaluation::Streamed(ev) => (ev.report(), true),
+        };
+        let c = self.compressed.as_ref().map(|c| CompressedSizes {
+            model: &c.model,
+            tensor_bytes: c.tensor_bytes,
+            resident_bytes: c.resident_bytes,
+        });
+        Ok(EvalSummary::new(eval, streamed, b, self.original.as_ref(), c))
+    }
+
+    /// Write the compressed checkpoint, piece by piece, with config.json and tokenizer.json inside its metadata so
+    /// the file alone loads back.
+    pub fn export(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self
+            .compressed
+            .as_ref()
+            .ok_or_else(|| Error::msg("there is no compressed model to export: compress first"))?;
+        let (Some(weights), Some(policy)) = (&c.weights, &c.policy) else {
+            return Err(Error::msg("this compressed model was loaded from a file; it is already exported"));
+        };
+        let export =
+            Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), weights, &c.reports, policy)?;
+        export.write(&b.ckpt, sink)
+    }
+
+    /// Token ids of a text.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer()?.encode(text)
+    }
+
+    /// Start generating from `prompt` with the model `which`.
+    pub fn generate_start(&mut self, which: Which, prompt: &str, params: SamplingParams) -> Result<()> {
+        let ids = self.encode(prompt)?;
+        let g = Generation::new(self.model(which)?, &ids, params)?;
+        self.generations.retain(|(w, _, _)| *w != which);
+        self.generations.push((which, g, TextStream::default()));
+        Ok(())
+    }
+
+    /// The next token of the generation `which`, or `None` when it is finished.
+    pub fn generate_next(&mut self, which: Which) -> Result<Option<GenStep>> {
+        let pos = self
+            .generations
+            .iter()
+            .position(|(w, _, _)| *w == which)
+            .ok_or_else(|| Error::msg(format!("no generation with the {} model was started", which.name())))?;
+        let (w, mut g, mut stream) = self.generations.swap_remove(pos);
+        let step = (|| -> Result<Option<GenStep>> {
+            let model = self.model(which)?;
+            let tok = self.tokenizer()?;
+            Ok(match g.step(model)? {
+                Some(id) => Some(GenStep { id, text: stream.push(tok, id)?, token: tok.token_text(id)?, done: g.done }),
+                None => None,
+            })
+        })();
+        self.generations.push((w, g, stream));
+        step
+    }
+
+    /// Singular values of one weight matrix of the original (for the spectrum plot).
+    pub fn spectrum(&self, name: &str) -> Result<Vec<f32>> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let m = considered_matrices(&b.cfg, &b.ckpt)?
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| Error::tensor(name, "is not a weight matrix of this model"))?;
+        let w = reader(&b.ckpt)(name)?;
+        Ok(svd::singular_values(&w, m.out, m.inp)?.into_iter().map(|x| x as f32).collect())
+    }
+
+    /// Heap bytes in use (measured by the counting allocator) and the size of the heap.
+    pub fn memory(&self) -> Memory {
+        Memory { live_bytes: crate::alloc::live_bytes(), wasm_memory_bytes: (self.heap)() }
+    }
+
+    fn model(&self, which: Which) -> Result<&GptNeo> {
+        match which {
+            Which::Original => self.original.as_ref(),
+            Which::Compressed => self.compressed.as_ref().map(|c| &c.model),
+        }
+        .ok_or_else(|| Error::msg(format!("the {} model is not loaded", which.name())))
+    }
+
+    fn tokenizer(&self) -> Result<&Tokenizer> {
+        if let Some(b) = &self.bundle {
+            return b.tokenizer();
+        }
+        match self.compressed.as_ref().and_then(|c| c.file_bundle.as_ref()) {
+            Some(b) => b.tokenizer(),
+            None => Err(Error::msg("no model is open")),
+        }
+    }
+}

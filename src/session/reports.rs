@@ -1,0 +1,146 @@
+//! What the session's steps return: small, serializable results (the wasm edge hands them to the page as they are).
+
+use crate::compression::pipeline::{CompressionTotals, LayerReport, StepInfo};
+use crate::compression::policy::MatrixInfo;
+use crate::evaluation::metrics::EvalReport;
+use crate::model::bundle::{BundleSummary, ModelBundle};
+use crate::model::gpt_neo::GptNeo;
+use serde::Serialize;
+
+/// What opening files found.
+#[derive(Serialize)]
+pub struct OpenReport {
+    pub summary: BundleSummary,
+    pub missing: Vec<String>,
+    pub ignored: Vec<String>,
+    /// An original checkpoint, or a compressed one this program exported.
+    pub kind: OpenedKind,
+    /// For a compressed checkpoint: whether the loaded original is the model it was made from.
+    pub matches_original: bool,
+    /// Layer reports carried by a compressed checkpoint.
+    pub layers: Option<serde_json::Value>,
+    pub policy: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpenedKind {
+    Original,
+    Compressed,
+}
+
+/// The original model once loaded.
+#[derive(Serialize)]
+pub struct Loaded {
+    pub bytes: usize,
+    /// f16/bf16 weights kept as stored because f32 would not fit.
+    pub keep_half: bool,
+    pub resident_bytes: usize,
+    pub tensor_bytes: usize,
+}
+
+/// A compression just started.
+#[derive(Serialize)]
+pub struct CompressBegin<'a> {
+    pub total_steps: usize,
+    pub matrices: &'a [MatrixInfo],
+    pub calibration_tokens: Option<usize>,
+}
+
+/// One step of a compression; `layer` is the matrix's report when one was just factored.
+#[derive(Serialize)]
+pub struct CompressStep<'a> {
+    #[serde(flatten)]
+    pub info: StepInfo,
+    pub layer: Option<&'a LayerReport>,
+}
+
+/// A compression finished.
+#[derive(Serialize)]
+pub struct Finished {
+    pub totals: CompressionTotals,
+    pub bytes_original: usize,
+    pub tensor_bytes: usize,
+    pub file_bytes: usize,
+    pub resident_bytes: usize,
+    pub layers_total: usize,
+    pub layers_compressed: usize,
+}
+
+/// An evaluation just started: its steps in this instance and in all parts, and what a step is.
+#[derive(Serialize)]
+pub struct EvalBegin {
+    pub steps: usize,
+    pub all_steps: usize,
+    /// "window", or "stage" when the original is streamed from its file.
+    pub unit: &'static str,
+    pub text_tokens: usize,
+}
+
+#[derive(Serialize)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// An evaluation's figures with the sizes and layer counts: the page's summary and `slc eval --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalSummary {
+    #[serde(flatten)]
+    pub eval: EvalReport,
+    pub streamed: bool,
+    pub bytes_original: usize,
+    pub bytes_compressed: Option<usize>,
+    pub resident_bytes_original: Option<usize>,
+    pub resident_bytes_compressed: Option<usize>,
+    pub layers_compressed: Option<usize>,
+    pub layers_total: usize,
+}
+
+/// A compressed model as the summary counts it: the model, its checkpoint's tensor bytes, the heap it holds.
+pub struct CompressedSizes<'a> {
+    pub model: &'a GptNeo,
+    pub tensor_bytes: usize,
+    pub resident_bytes: usize,
+}
+
+impl EvalSummary {
+    /// The one place the summary is assembled (the page's, and `slc eval --json`'s).
+    pub fn new(
+        eval: EvalReport,
+        streamed: bool,
+        original: &ModelBundle,
+        original_model: Option<&GptNeo>,
+        compressed: Option<CompressedSizes>,
+    ) -> Self {
+        EvalSummary {
+            eval,
+            streamed,
+            bytes_original: original.tensor_bytes(),
+            bytes_compressed: compressed.as_ref().map(|c| c.tensor_bytes),
+            resident_bytes_original: original_model.map(|o| o.weight_bytes()),
+            resident_bytes_compressed: compressed.as_ref().map(|c| c.resident_bytes),
+            layers_compressed: compressed.as_ref().map(|c| c.model.compressed_layers()),
+            // every block's six linear layers and the head
+            layers_total: 6 * original.cfg.num_layers + 1,
+        }
+    }
+}
+
+/// One generated token.
+#[derive(Serialize)]
+pub struct GenStep {
+    pub id: u32,
+    /// The text it adds (complete characters only).
+    pub text: String,
+    /// The token itself, for display.
+    pub token: String,
+    pub done: bool,
+}
+
+/// Heap bytes in use (measured) and the size of the heap.
+#[derive(Serialize)]
+pub struct Memory {
+    pub live_bytes: usize,
+    pub wasm_memory_bytes: f64,
+}

@@ -1,0 +1,216 @@
+//! The page's scenarios, natively: the session the wasm edge wraps, driven as the worker drives it — open, load,
+//! compress, evaluate, generate, export and reopen, a new model invalidating the old results, memory refusals.
+#![cfg(not(target_arch = "wasm32"))]
+
+#[path = "common/mod.rs"]
+mod common;
+
+use semantic_llm_compressor::alloc::{self, CountingAlloc};
+use semantic_llm_compressor::compression::policy::Policy;
+use semantic_llm_compressor::error::ErrorKind;
+use semantic_llm_compressor::model::checkpoint::MemSource;
+use semantic_llm_compressor::model::generate::SamplingParams;
+use semantic_llm_compressor::session::{EvalSpec, EvalSummary, MemoryBudget, ModelFiles, OpenedKind, Session, Which};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+#[global_allocator]
+static A: CountingAlloc = CountingAlloc;
+
+/// Memory figures are measured per process: the scenarios run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn shared(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(p)
+}
+
+fn files(dir: &str, names: &[&str]) -> ModelFiles {
+    let mut f = ModelFiles::default();
+    for n in names {
+        let bytes = std::fs::read(shared(dir).join(n)).unwrap();
+        f.add(n, Box::new(MemSource::new(*n, bytes))).unwrap();
+    }
+    f
+}
+
+fn bard() -> ModelFiles {
+    files("models/neo-bard-8l", &["config.json", "tokenizer.json", "model.safetensors"])
+}
+
+fn session(limit: f64) -> Session {
+    Session::new(MemoryBudget::new(limit, None), None)
+}
+
+fn text() -> String {
+    std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap()[..4000].to_string()
+}
+
+fn spec() -> EvalSpec {
+    EvalSpec { text: text(), skip: 0, tokens: 256, window: 128, part: 0, parts: 1 }
+}
+
+fn evaluate(s: &mut Session, spec: &EvalSpec) -> EvalSummary {
+    s.eval_begin(spec).unwrap();
+    while s.eval_step().unwrap().is_some() {}
+    s.eval_report().unwrap()
+}
+
+fn generate(s: &mut Session, which: Which) -> String {
+    s.generate_start(which, common::ROMEO, SamplingParams::default()).unwrap();
+    let mut out = String::new();
+    while let Some(step) = s.generate_next(which).unwrap() {
+        out.push_str(&step.text);
+    }
+    out
+}
+
+fn compress(s: &mut Session, policy: Policy) -> usize {
+    s.compress_begin(policy, None).unwrap();
+    let mut layers = 0;
+    while let Some(step) = s.compress_step().unwrap() {
+        layers += step.layer.is_some() as usize;
+    }
+    layers
+}
+
+/// The compressed checkpoint the session exports, as bytes.
+fn export(s: &Session) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    s.export(&mut |b| {
+        bytes.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    bytes
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+#[test]
+fn open_load_compress_evaluate_generate_export_reopen() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = session(4.0 * GIB);
+    let r = s.open(bard()).unwrap();
+    assert_eq!(r.kind, OpenedKind::Original);
+    assert_eq!(r.summary.num_layers, 8);
+    assert!(r.missing.is_empty());
+    let loaded = s.load(&|_, _, _| {}).unwrap();
+    assert!(!loaded.keep_half);
+    assert_eq!(generate(&mut s, Which::Original), common::ROMEO_CONTINUATION);
+    let policy = Policy { rank: 16, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() };
+    assert_eq!(compress(&mut s, policy), 49);
+    let fin = s.compress_finish().unwrap();
+    assert_eq!(fin.layers_compressed, 32);
+    assert_eq!(s.layer_reports().unwrap().len(), 49);
+    let first = evaluate(&mut s, &spec());
+    assert!(first.eval.cosine.unwrap() > 0.9);
+    assert!(!generate(&mut s, Which::Compressed).is_empty());
+    // split in two parts, as the helpers do: the same figures exactly
+    let mut part = spec();
+    part.parts = 2;
+    part.part = 1;
+    s.eval_begin(&part).unwrap();
+    while s.eval_step().unwrap().is_some() {}
+    let other = s.eval_partial().unwrap();
+    part.part = 0;
+    s.eval_begin(&part).unwrap();
+    while s.eval_step().unwrap().is_some() {}
+    s.eval_merge(&other).unwrap();
+    assert_eq!(s.eval_report().unwrap().eval.cosine.unwrap().to_bits(), first.eval.cosine.unwrap().to_bits());
+
+    let bytes = export(&s);
+    let mut f = ModelFiles::default();
+    f.add("neo-bard-8l-compressed.safetensors", Box::new(MemSource::new("neo-bard-8l-compressed.safetensors", bytes)))
+        .unwrap();
+    let r = s.open(f).unwrap();
+    assert_eq!(r.kind, OpenedKind::Compressed);
+    assert!(r.matches_original);
+    let second = evaluate(&mut s, &spec());
+    for (k, a, b) in [
+        ("cosine", first.eval.cosine, second.eval.cosine),
+        ("ppl_compressed", first.eval.ppl_compressed, second.eval.ppl_compressed),
+        ("kl", first.eval.kl, second.eval.kl),
+        ("top1", first.eval.top1, second.eval.top1),
+    ] {
+        assert_eq!(a, b, "{k} after reopening the export");
+    }
+    assert_eq!(first.bytes_compressed, second.bytes_compressed);
+    assert_eq!(first.layers_compressed, second.layers_compressed);
+    assert!(s.export(&mut |_| Ok(())).is_err(), "a compressed model loaded from its file is already exported");
+}
+
+#[test]
+fn a_new_model_invalidates_the_old_results() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    compress(&mut s, Policy { rank: 16, ..Default::default() });
+    s.compress_finish().unwrap();
+    evaluate(&mut s, &spec());
+    // another original: nothing of the first survives
+    let r = s.open(files("fixtures/tiny-gpt-neo-v512", &["config.json", "model.safetensors"])).unwrap();
+    assert_eq!(r.kind, OpenedKind::Original);
+    assert_eq!(r.missing.len(), 1, "{:?}", r.missing);
+    assert!(s.layer_reports().is_err());
+    assert!(s.eval_report().is_err());
+    assert!(s.generate_start(Which::Compressed, "x", SamplingParams::default()).is_err());
+    assert!(s.generate_start(Which::Original, "x", SamplingParams::default()).is_err(), "not loaded yet");
+    assert!(s.export(&mut |_| Ok(())).is_err());
+    // a new compression replaces the old compressed model and its evaluation
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    compress(&mut s, Policy { rank: 16, ..Default::default() });
+    s.compress_finish().unwrap();
+    evaluate(&mut s, &spec());
+    s.compress_begin(Policy { rank: 32, ..Default::default() }, None).unwrap();
+    assert!(s.eval_report().is_err(), "the evaluation belonged to the replaced model");
+    assert!(s.generate_start(Which::Compressed, "x", SamplingParams::default()).is_err());
+}
+
+#[test]
+fn memory_refusals_name_the_figures() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // f32 (78 MB) does not fit, f16 (39 MB) does: the original is kept as stored, and still generates
+    let mut s = session(0.0);
+    s.open(bard()).unwrap();
+    s.set_memory_limit(alloc::live_bytes() as f64 + 70e6);
+    let loaded = s.load(&|_, _, _| {}).unwrap();
+    assert!(loaded.keep_half);
+    assert_eq!(generate(&mut s, Which::Original), common::ROMEO_CONTINUATION);
+    drop(s);
+
+    // nothing fits: the original is refused with the figures, yet it can be compressed and exported
+    let mut s = session(0.0);
+    s.open(bard()).unwrap();
+    s.set_memory_limit(alloc::live_bytes() as f64 + 30e6);
+    let e = s.load(&|_, _, _| {}).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Memory);
+    let msg = e.to_string();
+    assert!(msg.starts_with("not enough memory: the original model"), "{msg}");
+    assert!(msg.contains("MiB") && msg.contains("can still be compressed"), "{msg}");
+    // compressing reads one matrix at a time: it needs room for the factors and the dense tensors, not the model
+    s.set_memory_limit(alloc::live_bytes() as f64 + 60e6);
+    compress(&mut s, Policy { rank: 16, ..Default::default() });
+    let fin = s.compress_finish().unwrap();
+    assert_eq!(fin.layers_compressed, 48);
+    // the streamed evaluation does not fit either
+    s.set_memory_limit(alloc::live_bytes() as f64 + 10e6);
+    let e = s.eval_begin(&spec()).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Memory);
+    assert!(e.to_string().contains("evaluating with the original read from its file"), "{e}");
+    // with room, it streams
+    s.set_memory_limit(4.0 * GIB);
+    let begin = s.eval_begin(&spec()).unwrap();
+    assert_eq!(begin.unit, "stage");
+    let bytes = export(&s);
+    // a compressed checkpoint larger than the room left is refused, naming it
+    let mut small = session(0.0);
+    small.set_memory_limit(alloc::live_bytes() as f64 + 10e6);
+    let mut f = ModelFiles::default();
+    f.add("c.safetensors", Box::new(MemSource::new("c.safetensors", bytes))).unwrap();
+    let e = small.open(f).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Memory);
+    assert!(e.to_string().starts_with("not enough memory: the compressed model needs about"), "{e}");
+}

@@ -1,0 +1,66 @@
+// The messages between the page (app.js), the coordinating worker (worker.js) and its helpers (more instances of
+// worker.js), documented once. Both sides import this module.
+//
+// Page → worker: a Command. Worker → page: Events, ending each job with exactly one of "result", "cancelled" or
+// "error". A helper speaks the same protocol with the coordinator (the h_* commands).
+
+/**
+ * @typedef {{tokens: number, window: number, workers?: number, text?: string, skip?: number}} EvalSettings
+ *   What the page asks to evaluate: the text's first `tokens` tokens (after `skip`) in windows of `window`; `text`
+ *   absent means the built-in evaluation text; `workers` caps the workers used.
+ * @typedef {{text: string, skip: number, tokens: number, window: number, part: number, parts: number}} EvalSpec
+ *   What the wasm Workspace evaluates (Rust: session::EvalSpec): this instance takes part `part` of `parts`.
+ * @typedef {{max_new_tokens: number, temperature: number, top_k: number, top_p: number, seed: number,
+ *   stop_at_eos: boolean}} SamplingParams  (Rust: model::generate::SamplingParams)
+ *
+ * @typedef {{cmd: 'open', files?: File[], demo?: boolean, evalSpec?: EvalSettings}} OpenCommand
+ *   Result: the Rust OpenReport, plus `loaded` (or `load_error`), `layers_reports`, `evaluation`/`eval_error`.
+ * @typedef {{cmd: 'compress', policy: object, evalSpec?: EvalSettings}} CompressCommand
+ *   `policy` is a Rust compression::policy::Policy as JSON. Result: {finished, evaluation, eval_error,
+ *   compress_seconds, memory}.
+ * @typedef {{cmd: 'evaluate', evalSpec: EvalSettings}} EvaluateCommand   Result: the Rust EvalSummary + seconds.
+ * @typedef {{cmd: 'generate', prompt: string, params: SamplingParams, which: ('original'|'compressed')[]}} GenerateCommand
+ *   Streams "token" events. Result: {[which]: {tokens, tokens_per_s}}.
+ * @typedef {{cmd: 'export', name: string}} ExportCommand   Result: {blob, name}.
+ * @typedef {{cmd: 'spectrum', name: string}} SpectrumCommand   Result: {name, values}.
+ * @typedef {{cmd: 'memory_limit', bytes: number}} MemoryLimitCommand   Result: true.
+ * @typedef {{cmd: 'cancel'}} CancelCommand   Ends the running job with a "cancelled" event.
+ * @typedef {{cmd: 'h_models', original: File[], compressed: File}} HelperModelsCommand
+ *   Coordinator → helper: hold the same two models. Result: true.
+ * @typedef {{cmd: 'h_eval'} & EvalSpec} HelperEvalCommand
+ *   Coordinator → helper: evaluate one part. Result: the part's sums (Rust evaluation::metrics::PartialSums).
+ * @typedef {OpenCommand|CompressCommand|EvaluateCommand|GenerateCommand|ExportCommand|SpectrumCommand|
+ *   MemoryLimitCommand|CancelCommand|HelperModelsCommand|HelperEvalCommand} Command
+ *
+ * @typedef {{type: 'defaults', policy: object}} DefaultsEvent   Once, at start: the core's default Policy.
+ * @typedef {{type: 'state', state: string, message: string}} StateEvent
+ * @typedef {{type: 'progress', task: string, done: number, total: number, label?: string}} ProgressEvent
+ * @typedef {{type: 'plan', total_steps: number, matrices: object[], calibration_tokens?: number}} PlanEvent
+ * @typedef {{type: 'layer', layer: object}} LayerEvent   A matrix's LayerReport, as soon as it is compressed.
+ * @typedef {{type: 'token', which: 'original'|'compressed', id: number, text: string, token: string, n: number,
+ *   tokens_per_s: number}} TokenEvent
+ * @typedef {{type: 'result', cmd: string, result: any}} ResultEvent
+ * @typedef {{type: 'cancelled', cmd: string}} CancelledEvent
+ * @typedef {{type: 'error', cmd: string, kind: ErrorKind, message: string}} ErrorEvent
+ * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TokenEvent|ResultEvent|CancelledEvent|ErrorEvent} Event
+ *
+ * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'other'} ErrorKind
+ *   From the Rust error's variant (error::ErrorKind); code branches on it, never on the message's words.
+ */
+
+/** The kinds an error can have. @type {readonly ErrorKind[]} */
+export const ERROR_KINDS = Object.freeze(['file', 'tensor', 'config', 'tokenizer', 'setting', 'memory', 'numeric', 'other']);
+
+/** An "error" event for `err` (a wasm error carries its kind; anything else is "other"). @returns {ErrorEvent} */
+export function errorEvent(cmd, err) {
+  const kind = err && ERROR_KINDS.includes(err.kind) ? err.kind : 'other';
+  return { type: 'error', cmd, kind, message: err && err.message ? err.message : String(err) };
+}
+
+/** The Error an "error" event stands for, its kind kept. @param {ErrorEvent} m */
+export function errorFrom(m) {
+  return Object.assign(new Error(m.message), { kind: m.kind || 'other' });
+}
+
+/** Whether an error says that something did not fit in memory. */
+export const isMemoryError = (err) => !!err && err.kind === 'memory';
