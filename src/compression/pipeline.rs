@@ -63,6 +63,29 @@ pub struct LayerReport {
 }
 
 impl LayerReport {
+    /// A matrix as stored, nothing done to it yet (what a compression step starts from and fills in).
+    pub fn stored(m: &MatrixInfo, singular_values: Option<Vec<f32>>) -> Self {
+        LayerReport {
+            name: m.name.clone(),
+            shape: [m.out, m.inp],
+            decision: Decision::Dense,
+            tied: m.tied,
+            rank: None,
+            storage: format!("dense {}", m.stored_dtype.to_lowercase()),
+            reason: None,
+            err_svd: None,
+            err_stored: None,
+            energy_kept: None,
+            err_activations: None,
+            params_before: m.params(),
+            params_after: m.params(),
+            bytes_before: m.dense_bytes(),
+            bytes_after: m.dense_bytes(),
+            singular_values,
+            seconds: 0.0,
+        }
+    }
+
     /// The report of a layer of a compressed checkpoint loaded from its file: its storage as loaded, and the errors
     /// its metadata (`layers`, by weight name) recorded when it was compressed.
     pub fn loaded(l: &crate::model::linear::Linear, layers: Option<&serde_json::Value>) -> Self {
@@ -249,25 +272,8 @@ impl Compressor {
         let m = self.mats[i].clone();
         let plan = self.plans[i].clone();
         let (out, inp) = (m.out, m.inp);
-        let mut rep = LayerReport {
-            name: m.name.clone(),
-            shape: [out, inp],
-            decision: Decision::Dense,
-            tied: m.tied,
-            rank: None,
-            storage: format!("dense {}", m.stored_dtype.to_lowercase()),
-            reason: None,
-            err_svd: None,
-            err_stored: None,
-            energy_kept: None,
-            err_activations: None,
-            params_before: m.params(),
-            params_after: m.params(),
-            bytes_before: m.dense_bytes(),
-            bytes_after: m.dense_bytes(),
-            singular_values: self.spectra[i].as_ref().map(|s| s.iter().map(|&x| x as f32).collect()),
-            seconds: 0.0,
-        };
+        let spectrum = self.spectra[i].as_ref().map(|s| s.iter().map(|&x| x as f32).collect());
+        let mut rep = LayerReport::stored(&m, spectrum);
         let tag = |e: Error| Error::tensor(&m.name, e.to_string());
         match plan {
             Plan::Dense { reason } => {

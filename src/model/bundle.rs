@@ -110,7 +110,7 @@ impl ModelBundle {
             .ok_or_else(|| Error::file("tokenizer.json", "was not given; it is needed to turn text into tokens"))
     }
 
-    /// Whether this is a compressed checkpoint written by [`crate::export`].
+    /// Whether this is a compressed checkpoint this program wrote (FORMAT.md).
     pub fn is_compressed(&self) -> bool {
         crate::model::weights::is_compressed(&self.ckpt)
     }

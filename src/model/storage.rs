@@ -1,6 +1,6 @@
 //! How a linear layer's matrices are stored: f32, INT8 codes with their scales, or 16-bit floats as a checkpoint
 //! stores them, and how blocks of rows are read back as f32 on the fly. (The quantizers that make INT8 codes are in
-//! [`crate::compression::quant`].)
+//! the compression wing's `quant` module.)
 //!
 //! Two INT8 schemes:
 //! * **per-row symmetric** (the default): row i keeps `scale_i = max_j |x_ij| / 127` and codes

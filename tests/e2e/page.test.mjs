@@ -138,6 +138,10 @@ try {
   console.log(`  page: cosine ${got.cosine}, ppl ${got.ppl_original} → ${got.ppl_compressed}, top-1 ${got.top1}, layers ${got.layers_compressed}/${got.layers_total}; CLI: cosine ${cli.cosine.toFixed(4)}, ppl ${cli.ppl_compressed.toFixed(2)}`);
   await page.screenshot({ path: path.join(OUT, 'compressed.png') });
   const exact = await page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.title])));
+  // the plots: the spectrum and error curve of a layer with its cut, and this session's run beside the original
+  assert.ok(await page.$$eval('#spectrum-plot *', (n) => n.length) > 0, 'spectrum plot drawn');
+  assert.ok(await page.$$eval('#error-plot circle', (n) => n.length) >= 1, 'error-vs-rank plot marks the stored error');
+  assert.equal(await page.$$eval('#runs-plot circle.pt:not(.orig)', (n) => n.length), 1, 'one run in the session plot');
   const cores = await page.evaluate(() => navigator.hardwareConcurrency || 1);
   if (cores > 1) assert.match(await page.textContent('#summary-note'), /by 2 workers/, 'the evaluation was split');
 
@@ -170,6 +174,9 @@ try {
   const comp = await page.textContent('#gen-compressed');
   const cliGen = JSON.parse(execFileSync(SLC, ['generate', '--model', path.join(tmp, 'c'), '--prompt', 'ROMEO. O my love,', '--max-new-tokens', '30', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
   assert.equal(comp, cliGen.text, 'the compressed continuation equals slc generate on the same compressed checkpoint');
+  // the first token where the two part is marked, and named in the note
+  assert.equal(await page.$$eval('#gen-compressed mark.diverge', (m) => m.length), 1, 'one divergence mark');
+  assert.match(await page.textContent('#gen-note'), /The continuations part at token \d+/);
   console.log(`  compressed: ${JSON.stringify(comp.slice(0, 80))}`);
   await page.screenshot({ path: path.join(OUT, 'page.png'), fullPage: true });
 
