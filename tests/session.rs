@@ -84,6 +84,17 @@ fn export(s: &Session) -> Vec<u8> {
     bytes
 }
 
+/// neo-bard-8l opened and loaded, compressed at rank 16 and evaluated.
+fn compressed_and_evaluated() -> Session {
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    compress(&mut s, Policy { rank: 16, ..Default::default() });
+    s.compress_finish().unwrap();
+    evaluate(&mut s, &spec());
+    s
+}
+
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 #[test]
@@ -142,12 +153,7 @@ fn open_load_compress_evaluate_generate_export_reopen() {
 #[test]
 fn a_new_model_invalidates_the_old_results() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
-    compress(&mut s, Policy { rank: 16, ..Default::default() });
-    s.compress_finish().unwrap();
-    evaluate(&mut s, &spec());
+    let mut s = compressed_and_evaluated();
     // another original: nothing of the first survives
     let r = s.open(files("fixtures/tiny-gpt-neo-v512", &["config.json", "model.safetensors"])).unwrap();
     assert_eq!(r.kind, OpenedKind::Original);
@@ -158,12 +164,7 @@ fn a_new_model_invalidates_the_old_results() {
     assert!(s.generate_start(Which::Original, "x", SamplingParams::default()).is_err(), "not loaded yet");
     assert!(s.export(&mut |_| Ok(())).is_err());
     // a new compression replaces the old compressed model and its evaluation
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
-    compress(&mut s, Policy { rank: 16, ..Default::default() });
-    s.compress_finish().unwrap();
-    evaluate(&mut s, &spec());
+    let mut s = compressed_and_evaluated();
     s.compress_begin(Policy { rank: 32, ..Default::default() }, None).unwrap();
     assert!(s.eval_report().is_err(), "the evaluation belonged to the replaced model");
     assert!(s.generate_start(Which::Compressed, "x", SamplingParams::default()).is_err());
