@@ -29,13 +29,6 @@ pub enum QuantScheme {
 }
 
 impl QuantScheme {
-    pub fn parse(s: &str) -> Result<Self> {
-        match s {
-            "per-row" | "per_row" | "perrow" => Ok(Self::PerRow),
-            "per-tensor" | "per_tensor" | "pertensor" => Ok(Self::PerTensor),
-            other => Err(Error::Policy(format!("quantization scheme \"{other}\" is unknown (per-row or per-tensor)"))),
-        }
-    }
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::PerRow => "per-row",

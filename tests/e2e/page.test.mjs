@@ -57,6 +57,18 @@ try {
     return state();
   };
   const errorText = () => page.textContent('#error');
+  // the run this test compares with the CLI (and with itself in one worker): rank 32, MLP skipped, per-row INT8,
+  // evaluation on TOKENS tokens in windows of WINDOW
+  const runSettings = async (p) => {
+    await p.fill('#rank', '32');
+    await p.fill('#skip', 'mlp.c_fc,mlp.c_proj');
+    await p.selectOption('#quant', 'per-row');
+    await p.selectOption('#method', 'svd');
+    await p.fill('#min-dim', '0');
+    await p.click('#eval-settings summary');
+    await p.fill('#eval-tokens', String(TOKENS));
+    await p.fill('#eval-window', String(WINDOW));
+  };
   // run `action` on page `p`, then wait for the job it starts to end; the page's state after it
   const jobOn = async (p, action, timeout = 300000) => {
     const n = await p.$eval('#status', (e) => Number(e.dataset.jobs || 0));
@@ -83,14 +95,7 @@ try {
   assert.match(await page.textContent('#model-info'), /gpt_neo/);
 
   step('settings: rank 32, MLP skipped, per-row INT8; evaluation on 1024 tokens in windows of 512');
-  await page.fill('#rank', '32');
-  await page.fill('#skip', 'mlp.c_fc,mlp.c_proj');
-  await page.selectOption('#quant', 'per-row');
-  await page.selectOption('#method', 'svd');
-  await page.fill('#min-dim', '0');
-  await page.click('#eval-settings summary');
-  await page.fill('#eval-tokens', String(TOKENS));
-  await page.fill('#eval-window', String(WINDOW));
+  await runSettings(page);
 
   step('cancel a compression: the page stays usable');
   const jobs = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
@@ -151,14 +156,7 @@ try {
     await one.goto(server.url + '?workers=1');
     await one.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
     await jobOn(one, () => one.click('#load-demo'));
-    await one.fill('#rank', '32');
-    await one.fill('#skip', 'mlp.c_fc,mlp.c_proj');
-    await one.selectOption('#quant', 'per-row');
-    await one.selectOption('#method', 'svd');
-    await one.fill('#min-dim', '0');
-    await one.click('#eval-settings summary');
-    await one.fill('#eval-tokens', String(TOKENS));
-    await one.fill('#eval-window', String(WINDOW));
+    await runSettings(one);
     await jobOn(one, () => one.click('#compress'));
     assert.equal(await one.$eval('#status', (e) => e.dataset.state), 'done', await one.textContent('#error'));
     assert.doesNotMatch(await one.textContent('#summary-note'), /workers/);
