@@ -10,12 +10,13 @@
 //!   Imports [`model`].
 //! * [`session`] — one person's work with one model as the page runs it (open, load, compress, evaluate, generate,
 //!   export; what a new model invalidates; memory checks). Imports the wings above.
-//! * [`error`] and [`alloc`] — the one error type and the counting allocator, below everything.
+//! * [`error`], [`alloc`] and [`clock`] — the one error type, the counting allocator and the clock, below everything.
 //!
 //! The edges sit on top: `src/bin/` (the `slc` command line) and `wasm`, the thin WebAssembly boundary the page's
 //! worker uses (it converts and decides nothing). The core is plain Rust and is tested natively.
 
 pub mod alloc;
+pub mod clock;
 pub mod compression;
 pub mod error;
 pub mod evaluation;

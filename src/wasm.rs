@@ -64,7 +64,7 @@ impl ByteSource for BlobSource {
         self.blob.size() as u64
     }
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let end = offset + len as u64;
+        let end = offset.saturating_add(len as u64);
         if end > self.len() {
             return Err(Error::file(
                 &self.name,
@@ -115,6 +115,23 @@ pub fn default_policy() -> JsResult<JsValue> {
     to_js(&crate::compression::policy::Policy::default())
 }
 
+/// The randomized SVD profiled on a synthetic trained-like `m × n` matrix (see [`crate::compression::svd::profile`]):
+/// what `./build.sh bench` runs in the browser.
+#[wasm_bindgen]
+#[allow(clippy::too_many_arguments)]
+pub fn profile_svd(
+    m: usize,
+    n: usize,
+    rank: usize,
+    oversample: usize,
+    power_iters: usize,
+    runs: usize,
+    exact: bool,
+) -> JsResult<JsValue> {
+    let w = crate::model::synth::matrix(m, n, 1).map_err(js_err)?;
+    to_js(&crate::compression::svd::profile(&w, m, n, rank, oversample, power_iters, runs, exact).map_err(js_err)?)
+}
+
 /// One model session in a worker (see [`Session`]).
 #[wasm_bindgen]
 pub struct Workspace(Session);
@@ -160,6 +177,16 @@ impl Workspace {
             Some(step) => to_js(&step),
             None => Ok(JsValue::NULL),
         }
+    }
+
+    /// Factor matrix `index` for the coordinating worker: its factors as bytes (see [`Session::compress_factor_out`]).
+    pub fn compress_factor_out(&self, index: usize) -> JsResult<Vec<u8>> {
+        self.0.compress_factor_out(index).map_err(js_err)
+    }
+
+    /// Keep a matrix a helper factored; the step, as `compress_step` gives it.
+    pub fn compress_accept(&mut self, bytes: Vec<u8>) -> JsResult<JsValue> {
+        to_js(&self.0.compress_accept(bytes).map_err(js_err)?)
     }
 
     pub fn compress_finish(&mut self) -> JsResult<JsValue> {

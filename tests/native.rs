@@ -142,3 +142,37 @@ fn shards_buffers_untied_head_and_bf16() {
     assert!(e.contains("model-00002-of-00002.safetensors"), "{e}");
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// A checkpoint whose weights lie past byte 4 GiB (behind an ignored 4.4 GB buffer; a sparse file, so it costs
+/// almost no disk) reads like the same weights without the buffer: the same offsets shifted, the same logits.
+#[test]
+fn weights_past_4_gib_read_like_the_same_weights_before_it() {
+    use semantic_llm_compressor::model::synth::{Synth, PAD_TENSOR};
+    let cfg_text = String::from_utf8(read("models/neo-bard-8l/config.json")).unwrap();
+    let cfg = semantic_llm_compressor::model::config::GptNeoConfig::from_json(&cfg_text).unwrap();
+    let dir = std::env::temp_dir().join(format!("slc-past-4gib-{}", std::process::id()));
+    let pad = 4_400_000_000u64;
+    let mut models = Vec::new();
+    for (sub, pad) in [("near", 0), ("far", pad)] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("config.json"), &cfg_text).unwrap();
+        Synth::new(&cfg, safetensors::Dtype::F32, 3, pad).unwrap().write(&d.join("model.safetensors")).unwrap();
+        models.push(ModelBundle::open_dir(&d).unwrap());
+    }
+    let (near, far) = (&models[0], &models[1]);
+    assert!(far.ckpt.file_bytes() > pad);
+    assert_eq!(far.ckpt.info(PAD_TENSOR).unwrap().bytes(), pad);
+    let q = "transformer.h.7.mlp.c_proj.weight";
+    let (a, b) = (near.ckpt.info(q).unwrap(), far.ckpt.info(q).unwrap());
+    assert!(b.start > 1 << 32 && b.start - a.start == pad && b.end - a.end == pad);
+    assert_eq!(near.ckpt.read(q).unwrap().data, far.ckpt.read(q).unwrap().data);
+    let ids: Vec<u32> = vec![464, 3290, 286, 262, 1110];
+    let logits = |b: &ModelBundle| {
+        let m = b.load_model(false).unwrap();
+        let t = candle_core::Tensor::new(ids.as_slice(), &candle_core::Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        m.forward(&t, None).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    };
+    assert_eq!(logits(near), logits(far));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

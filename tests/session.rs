@@ -215,3 +215,50 @@ fn memory_refusals_name_the_figures() {
     assert_eq!(e.kind(), ErrorKind::Memory);
     assert!(e.to_string().starts_with("not enough memory: the compressed model needs about"), "{e}");
 }
+
+/// The page's compression on several workers: helpers that only open the files factor matrices in any order, the
+/// coordinator accepts them, and the compressed checkpoint is the one a single worker makes, byte for byte.
+#[test]
+fn matrices_shared_among_workers_give_the_same_checkpoint() {
+    let _g = SERIAL.lock().unwrap();
+    let policy = Policy { rank: 24, ..Default::default() };
+    let mut one = session(4.0 * GIB);
+    one.open(bard()).unwrap();
+    compress(&mut one, policy.clone());
+    one.compress_finish().unwrap();
+
+    let mut owner = session(4.0 * GIB);
+    owner.open(bard()).unwrap();
+    let begin = owner.compress_begin(policy.clone(), None).unwrap();
+    assert!(begin.can_split);
+    let n = begin.matrices.len();
+    let mut helpers: Vec<Session> = (0..2).map(|_| session(4.0 * GIB)).collect();
+    for h in &mut helpers {
+        h.open(bard()).unwrap();
+        h.compress_begin(policy.clone(), None).unwrap();
+    }
+    // the matrices in reverse, alternating between the helpers
+    let mut reports = 0;
+    for (k, i) in (0..n).rev().enumerate() {
+        let bytes = helpers[k % 2].compress_factor_out(i).unwrap();
+        if k == 0 {
+            // a result accepted twice is refused, naming the matrix
+            let again = bytes.clone();
+            owner.compress_accept(bytes).unwrap();
+            let e = owner.compress_accept(again).err().unwrap().to_string();
+            assert!(e.contains("twice"), "{e}");
+            reports += 1;
+            continue;
+        }
+        let step = owner.compress_accept(bytes).unwrap();
+        assert_eq!(step.info.done, k + 1);
+        reports += step.layer.is_some() as usize;
+    }
+    assert_eq!(reports, n);
+    owner.compress_finish().unwrap();
+    assert_eq!(export(&owner), export(&one));
+    // a policy with a spectrum pass is not shared
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    assert!(!s.compress_begin(Policy { energy: Some(0.5), ..Default::default() }, None).unwrap().can_split);
+}

@@ -417,12 +417,18 @@ function compress() {
     const ev = r.evaluation;
     const seconds = (performance.now() - t0) / 1000;
     $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
+    $('summary').dataset.compressWorkers = String(r.workers.count);
+    $('summary').dataset.workerHeaps = r.workers.heaps.join(',');
+    // the coordinator's heap, then each helper's: what the compression took per worker
+    const by = r.workers.count > 1
+      ? ` on ${r.workers.count} workers (heap per worker up to ${fmtBytes(Math.max(...r.workers.heaps.slice(1)))})`
+      : '';
     if (!ev) {
       // the original is not in memory: sizes only
       const f = r.finished;
       renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
         resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
-      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s. Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
+      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}. Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
       setBusy(false);
       setState('done', 'compressed (not evaluated)');
       return;
@@ -430,7 +436,7 @@ function compress() {
     renderSummary(ev, { seconds });
     $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
     const how = ev.workers > 1 ? ` by ${ev.workers} workers` : ev.streamed ? ', the original read from its file a block at a time' : '';
-    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
+    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
     app.runs.push({
       bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
       label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,

@@ -17,7 +17,8 @@
  *   Result: the Rust OpenReport, plus `loaded` (or `load_error`), `layers_reports`, `evaluation`/`eval_error`.
  * @typedef {{cmd: 'compress', policy: object, evalSpec?: EvalSettings}} CompressCommand
  *   `policy` is a Rust compression::policy::Policy as JSON. Result: {finished, evaluation, eval_error,
- *   compress_seconds, memory}.
+ *   compress_seconds, workers: {count, heaps}, memory}; `heaps` is each worker's wasm memory in bytes (this worker,
+ *   then each helper at its largest).
  * @typedef {{cmd: 'evaluate', evalSpec: EvalSettings}} EvaluateCommand   Result: the Rust EvalSummary + seconds.
  * @typedef {{cmd: 'generate', prompt: string, params: SamplingParams, which: ('original'|'compressed')[]}} GenerateCommand
  *   Streams "token" events. Result: {[which]: {tokens, tokens_per_s}}.
@@ -29,13 +30,19 @@
  *   Coordinator → helper: hold the same two models. Result: true.
  * @typedef {{cmd: 'h_eval'} & EvalSpec} HelperEvalCommand
  *   Coordinator → helper: evaluate one part. Result: the part's sums (Rust evaluation::metrics::PartialSums).
+ * @typedef {{cmd: 'h_compress', original: File[], policy: object}} HelperCompressCommand
+ *   Coordinator → helper: open the original's files (nothing loaded) and begin the same compression. Result: true.
+ * @typedef {{cmd: 'h_factor', index: number}} HelperFactorCommand
+ *   Coordinator → helper: factor matrix `index`. Result: its factors and report as bytes (Uint8Array) for the
+ *   coordinator's Workspace.compress_accept.
  * @typedef {OpenCommand|CompressCommand|EvaluateCommand|GenerateCommand|ExportCommand|SpectrumCommand|
- *   MemoryLimitCommand|CancelCommand|HelperModelsCommand|HelperEvalCommand} Command
+ *   MemoryLimitCommand|CancelCommand|HelperModelsCommand|HelperEvalCommand|HelperCompressCommand|
+ *   HelperFactorCommand} Command
  *
  * @typedef {{type: 'defaults', policy: object}} DefaultsEvent   Once, at start: the core's default Policy.
  * @typedef {{type: 'state', state: string, message: string}} StateEvent
  * @typedef {{type: 'progress', task: string, done: number, total: number, label?: string}} ProgressEvent
- * @typedef {{type: 'plan', total_steps: number, matrices: object[], calibration_tokens?: number}} PlanEvent
+ * @typedef {{type: 'plan', total_steps: number, matrices: object[], calibration_tokens?: number, can_split: boolean}} PlanEvent
  * @typedef {{type: 'layer', layer: object}} LayerEvent   A matrix's LayerReport, as soon as it is compressed.
  * @typedef {{type: 'token', which: 'original'|'compressed', id: number, text: string, token: string, n: number,
  *   tokens_per_s: number}} TokenEvent

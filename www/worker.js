@@ -18,6 +18,8 @@ let originalFiles = null;
 let compressedFile = null;
 let generation = 0; // bumps when either changes
 const HELPERS = Math.max(0, Math.min(3, (self.navigator.hardwareConcurrency || 1) - 1));
+// a compression shares its matrices among this many helpers (one per core; this worker only coordinates)
+const COMPRESS_HELPERS = Math.min(4, self.navigator.hardwareConcurrency || 1);
 // models above this size (f32 bytes) are evaluated in one worker: each helper holds its own copy
 const HELPER_MODEL_LIMIT = 1.2e9;
 const helpers = [];
@@ -85,7 +87,7 @@ async function readyHelpers(loaded) {
   if (typeof compressedFile === 'function') compressedFile = compressedFile();
   while (helpers.length < HELPERS) helpers.push(startHelper());
   const ready = [];
-  await Promise.all(helpers.filter((h) => h.alive).map(async (h) => {
+  await Promise.all(helpers.slice(0, HELPERS).filter((h) => h.alive).map(async (h) => {
     try {
       if (h.generation !== generation) {
         await h.call({ cmd: 'h_models', original: originalFiles, compressed: compressedFile });
@@ -138,6 +140,58 @@ async function evaluate(spec) {
   return { ...ws.eval_report(), seconds: (performance.now() - t0) / 1000, workers: parts, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)' };
 }
 let lastLoaded = null;
+
+// Helpers that open the original's files and begin the same compression; [] when there is none to have.
+async function compressionTeam(policy, workers) {
+  if (COMPRESS_HELPERS < 2 || workers === 1 || !originalFiles) return [];
+  while (helpers.length < COMPRESS_HELPERS) helpers.push(startHelper());
+  const team = [];
+  await Promise.all(helpers.slice(0, COMPRESS_HELPERS).filter((h) => h.alive).map(async (h) => {
+    h.generation = -1; // it will hold the compression's files, not the evaluation's models
+    try {
+      await h.call({ cmd: 'h_compress', original: originalFiles, policy });
+      team.push(h);
+    } catch (err) {
+      console.warn(`compression helper unavailable: ${err.message}`);
+    }
+  }));
+  return team;
+}
+
+// This instance's wasm memory: what it has grown to (it never shrinks).
+const heapBytes = async () => (await ready).memory.buffer.byteLength;
+
+// Every matrix factored by the team, whole matrices taken from one queue; this worker keeps the results. Returns
+// the largest heap each helper reached.
+async function factorOnTeam(team, begin) {
+  const heaps = team.map(() => 0);
+  const n = begin.matrices.length;
+  let next = 0;
+  let done = 0;
+  let stop = false;
+  const feed = async (h, k) => {
+    while (next < n && !stop) {
+      if (cancelled) throw new Cancelled('cancelled');
+      const { bytes, heap } = await h.call({ cmd: 'h_factor', index: next++ });
+      heaps[k] = Math.max(heaps[k], heap);
+      if (stop) return;
+      const step = ws.compress_accept(bytes);
+      done += 1;
+      progress('compress', done, begin.total_steps, `factor: ${step.name} (${team.length} workers)`);
+      if (step.layer) post({ type: 'layer', layer: step.layer });
+    }
+  };
+  const feeds = team.map(feed);
+  try {
+    await Promise.all(feeds);
+  } catch (err) {
+    stop = true;
+    for (const h of team) h.w.postMessage({ cmd: 'cancel' });
+    await Promise.allSettled(feeds);
+    throw err;
+  }
+  return heaps;
+}
 
 // An evaluation that does not fit in memory is reported, not fatal: the compression is still there to export.
 async function evaluateIfItFits(spec) {
@@ -197,6 +251,8 @@ const commands = {
     const begin = ws.compress_begin(policy, calibration);
     if (evalSpec && begin.calibration_tokens) evalSpec = { ...evalSpec, skip: begin.calibration_tokens };
     post({ type: 'plan', ...begin });
+    const team = begin.can_split ? await compressionTeam(policy, evalSpec && evalSpec.workers) : [];
+    const helperHeaps = team.length ? await factorOnTeam(team, begin) : [];
     let done = 0;
     for (;;) {
       await checkpoint();
@@ -208,10 +264,11 @@ const commands = {
     }
     const finished = ws.compress_finish();
     const compressSeconds = (performance.now() - t0) / 1000;
+    const workers = { count: Math.max(1, team.length), heaps: [await heapBytes(), ...helperHeaps] };
     compressedFile = HELPERS ? () => new File(ws.export(), 'compressed.safetensors') : null;
     generation += 1;
     const { evaluation, evalError } = evalSpec ? await evaluateIfItFits(evalSpec) : { evaluation: null };
-    return { finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds, memory: ws.memory() };
+    return { finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds, workers, memory: ws.memory() };
   },
 
   async memory_limit({ bytes }) {
@@ -276,6 +333,20 @@ const commands = {
     const r = ws.open([compressed]);
     if (!r.matches_original) throw new Error('the compressed model does not belong to the original');
     return true;
+  },
+
+  // helper side: open the original's files (nothing is loaded) and begin the coordinator's compression
+  async h_compress({ original, policy }) {
+    ws = new Workspace();
+    ws.open(original);
+    ws.compress_begin(policy, undefined);
+    return true;
+  },
+
+  // helper side: factor one matrix and hand back its factors as bytes
+  async h_factor({ index }) {
+    const bytes = ws.compress_factor_out(index);
+    return { bytes, heap: await heapBytes() };
   },
 
   // helper side: evaluate one part of the windows and hand back the sums

@@ -3,7 +3,7 @@
 //! source fingerprint, config.json and tokenizer.json in `__metadata__`. Loading it back keeps the INT8 codes as
 //! INT8: a compressed model's resident bytes are its stored bytes.
 
-use crate::compression::pipeline::LayerReport;
+use crate::compression::pipeline::{Decision, Factored, LayerReport};
 use crate::compression::policy::Policy;
 use crate::model::bundle::is_buffer;
 use crate::model::checkpoint::fingerprint;
@@ -11,7 +11,7 @@ use crate::model::checkpoint::Checkpoint;
 use crate::model::gpt_neo::GptNeo;
 use crate::model::linear::LinearWeight;
 use crate::model::storage::Factor;
-use crate::model::weights::FORMAT;
+use crate::model::weights::{CompressedWeights, Weights, FORMAT};
 use crate::{Error, Result};
 use safetensors::Dtype;
 use serde::Serialize;
@@ -27,7 +27,7 @@ struct Entry {
     name: String,
     dtype: Dtype,
     shape: Vec<usize>,
-    len: usize,
+    len: u64,
     part: Part,
 }
 
@@ -37,7 +37,7 @@ pub struct Export {
     header: Vec<u8>,
     entries: Vec<Entry>,
     /// Bytes of tensor data (the file is `8 + header + data`).
-    pub data_bytes: usize,
+    pub data_bytes: u64,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -45,7 +45,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 fn push(entries: &mut Vec<Entry>, name: String, dtype: Dtype, shape: Vec<usize>, bytes: Vec<u8>) {
-    entries.push(Entry { name, dtype, shape, len: bytes.len(), part: Part::Owned(bytes) });
+    entries.push(Entry { name, dtype, shape, len: bytes.len() as u64, part: Part::Owned(bytes) });
 }
 
 /// Tensors for one factor called `base`: `{base}` (f32), or `{base}.q` (i8) + `{base}.scale` (f32, per row or one)
@@ -66,6 +66,82 @@ fn push_factor(entries: &mut Vec<Entry>, base: &str, f: &Factor, shape: Vec<usiz
             }
         }
     }
+}
+
+/// The tensors of one replaced weight `name` (see [`push_factor`]).
+fn push_weight(entries: &mut Vec<Entry>, name: &str, w: &LinearWeight) -> Result<()> {
+    match w {
+        LinearWeight::LowRank { u, s, vh } => {
+            let r = s.cols();
+            push_factor(entries, &format!("{name}.U"), u, vec![u.rows(), r]);
+            push_factor(entries, &format!("{name}.S"), s, vec![r]);
+            push_factor(entries, &format!("{name}.Vh"), vh, vec![r, vh.cols()]);
+        }
+        LinearWeight::Matrix(f) => push_factor(entries, name, f, vec![f.rows(), f.cols()]),
+        LinearWeight::Dense(_) => {
+            return Err(Error::tensor(name, "a dense replacement cannot be exported; keep the source tensor"))
+        }
+    }
+    Ok(())
+}
+
+/// The header (padded to 8 bytes) for `entries` laid out in order, and the bytes of data they take.
+fn header(metadata: &BTreeMap<String, String>, entries: &[Entry]) -> Result<(Vec<u8>, u64)> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::to_value(metadata)?);
+    let mut offset = 0u64;
+    for e in entries {
+        header.insert(
+            e.name.clone(),
+            serde_json::json!({"dtype": format!("{:?}", e.dtype), "shape": e.shape, "data_offsets": [offset, offset + e.len]}),
+        );
+        offset += e.len;
+    }
+    let mut header = serde_json::to_vec(&header)?;
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    Ok((header, offset))
+}
+
+/// A matrix factored in one worker, as bytes for another ([`decode_factored`]): a safetensors file whose tensors
+/// are its factors under the compressed format's own names, with its index and report in `__metadata__`. Reading it
+/// back goes through the same reader as a compressed checkpoint, so INT8 stays INT8 on the way.
+pub fn encode_factored(f: &Factored) -> Result<Vec<u8>> {
+    let mut entries = Vec::new();
+    if let Some(w) = &f.weight {
+        push_weight(&mut entries, &f.report.name, w)?;
+    }
+    let mut metadata = BTreeMap::new();
+    metadata.insert("index".to_string(), f.index.to_string());
+    metadata.insert("report".to_string(), serde_json::to_string(&f.report)?);
+    let (header, data_bytes) = header(&metadata, &entries)?;
+    let mut out = Vec::with_capacity(8 + header.len() + data_bytes as usize);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    for e in &entries {
+        if let Part::Owned(b) = &e.part {
+            out.extend_from_slice(b);
+        }
+    }
+    Ok(out)
+}
+
+/// The matrix [`encode_factored`] wrote.
+pub fn decode_factored(bytes: Vec<u8>) -> Result<Factored> {
+    const NAME: &str = "a factored matrix from another worker";
+    let file = crate::model::checkpoint::SafetensorsFile::open(Box::new(crate::model::checkpoint::MemSource::new(
+        NAME, bytes,
+    )))?;
+    let ckpt = Checkpoint::new(vec![file], None)?;
+    let meta = |k: &str| ckpt.metadata().and_then(|m| m.get(k)).ok_or_else(|| Error::file(NAME, format!("has no {k}")));
+    let index = meta("index")?.parse().map_err(|_| Error::file(NAME, "has a bad index"))?;
+    let report: LayerReport = serde_json::from_str(meta("report")?)?;
+    let weight = match report.decision {
+        Decision::Dense => None,
+        _ => Some(CompressedWeights { ckpt: &ckpt }.linear(&report.name, report.shape[0], report.shape[1])?),
+    };
+    Ok(Factored { index, report, weight })
 }
 
 #[derive(Serialize)]
@@ -104,25 +180,16 @@ impl Export {
                 continue;
             }
             let info = ckpt.info(name).ok_or_else(|| Error::tensor(name, "vanished from the checkpoint"))?;
-            parameters += info.shape.iter().product::<usize>();
+            parameters += info.numel() as usize;
             match weights.get(name) {
                 None => entries.push(Entry {
                     name: name.clone(),
                     dtype: info.dtype,
                     shape: info.shape.clone(),
-                    len: info.data_offsets.1 - info.data_offsets.0,
+                    len: info.bytes(),
                     part: Part::Source(name.clone()),
                 }),
-                Some(LinearWeight::LowRank { u, s, vh }) => {
-                    let r = s.cols();
-                    push_factor(&mut entries, &format!("{name}.U"), u, vec![u.rows(), r]);
-                    push_factor(&mut entries, &format!("{name}.S"), s, vec![r]);
-                    push_factor(&mut entries, &format!("{name}.Vh"), vh, vec![r, vh.cols()]);
-                }
-                Some(LinearWeight::Matrix(f)) => push_factor(&mut entries, name, f, vec![f.rows(), f.cols()]),
-                Some(LinearWeight::Dense(_)) => {
-                    return Err(Error::tensor(name, "a dense replacement cannot be exported; keep the source tensor"))
-                }
+                Some(w) => push_weight(&mut entries, name, w)?,
             }
         }
         let layers: BTreeMap<&str, LayerMeta> = reports
@@ -160,26 +227,13 @@ impl Export {
         if let Some(t) = tokenizer_json {
             metadata.insert("tokenizer_json".to_string(), t.to_string());
         }
-        let mut header = serde_json::Map::new();
-        header.insert("__metadata__".into(), serde_json::to_value(&metadata)?);
-        let mut offset = 0usize;
-        for e in &entries {
-            header.insert(
-                e.name.clone(),
-                serde_json::json!({"dtype": format!("{:?}", e.dtype), "shape": e.shape, "data_offsets": [offset, offset + e.len]}),
-            );
-            offset += e.len;
-        }
-        let mut header = serde_json::to_vec(&header)?;
-        while header.len() % 8 != 0 {
-            header.push(b' ');
-        }
-        Ok(Self { header, entries, data_bytes: offset })
+        let (header, data_bytes) = header(&metadata, &entries)?;
+        Ok(Self { header, entries, data_bytes })
     }
 
     /// Total file size.
-    pub fn file_bytes(&self) -> usize {
-        8 + self.header.len() + self.data_bytes
+    pub fn file_bytes(&self) -> u64 {
+        8 + self.header.len() as u64 + self.data_bytes
     }
 
     /// Hand the file to `sink` in pieces: the length, the header, then every tensor (source tensors read one at a
@@ -192,7 +246,7 @@ impl Export {
                 Part::Owned(b) => sink(b)?,
                 Part::Source(n) => {
                     let raw = ckpt.read(n)?;
-                    if raw.data.len() != e.len {
+                    if raw.data.len() as u64 != e.len {
                         return Err(Error::tensor(n, "changed size while being exported"));
                     }
                     sink(&raw.data)?
@@ -204,7 +258,10 @@ impl Export {
 
     /// The whole file in memory.
     pub fn to_bytes(&self, ckpt: &Checkpoint) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.file_bytes());
+        let size = usize::try_from(self.file_bytes()).map_err(|_| {
+            Error::Memory(format!("the compressed file of {} bytes cannot be held in memory", self.file_bytes()))
+        })?;
+        let mut out = Vec::with_capacity(size);
         self.write(ckpt, &mut |b| {
             out.extend_from_slice(b);
             Ok(())

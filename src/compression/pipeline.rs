@@ -4,6 +4,7 @@
 //! [`Compressor`] works one matrix per [`Compressor::step`], reading each weight from the checkpoint by its byte
 //! range, so a page can show progress, stop between matrices, and never hold the dense model twice.
 
+use crate::clock::now;
 use crate::compression::policy::{MatrixInfo, Plan, Policy};
 use crate::compression::quant::{per_row, per_tensor};
 use crate::compression::svd::{self, rel_fro_error, Svd};
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 /// What was done to a weight matrix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Decision {
     /// Truncated SVD factors.
@@ -31,7 +32,7 @@ pub enum Decision {
 }
 
 /// What happened to one weight matrix.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct LayerReport {
     pub name: String,
     /// [out, in]
@@ -164,7 +165,8 @@ pub struct Compressor {
     phase: Phase,
     next: usize,
     weights: HashMap<String, LinearWeight>,
-    pub reports: Vec<LayerReport>,
+    /// Each matrix's report once it is factored (here or elsewhere), by index.
+    done: Vec<Option<LayerReport>>,
     live_at_start: usize,
     /// Input statistics per layer, for the whitened method.
     grams: HashMap<String, crate::compression::calib::Gram>,
@@ -178,6 +180,8 @@ pub struct StepInfo {
     pub done: usize,
     pub total: usize,
     pub name: String,
+    /// The matrix's index among the considered ones (spectrum and factor steps).
+    pub index: Option<usize>,
 }
 
 impl Compressor {
@@ -192,7 +196,7 @@ impl Compressor {
             phase: Phase::Spectra,
             next: 0,
             weights: HashMap::new(),
-            reports: Vec::new(),
+            done: vec![None; n],
             live_at_start: crate::alloc::live_bytes(),
             grams: HashMap::new(),
         };
@@ -245,104 +249,100 @@ impl Compressor {
                 let s = svd::singular_values(&w, m.out, m.inp).map_err(|e| Error::tensor(&m.name, e.to_string()))?;
                 self.spectra[i] = Some(s);
                 self.next += 1;
-                Ok(Some(StepInfo { phase: "spectrum", done: self.next, total: targets.len(), name: m.name.clone() }))
+                Ok(Some(StepInfo {
+                    phase: "spectrum",
+                    done: self.next,
+                    total: targets.len(),
+                    name: m.name.clone(),
+                    index: Some(i),
+                }))
             }
             Phase::Factor => {
+                while self.next < self.mats.len() && self.done[self.next].is_some() {
+                    self.next += 1;
+                }
                 if self.next >= self.mats.len() {
                     self.phase = Phase::Done;
                     return Ok(None);
                 }
                 let i = self.next;
-                let report = self.factor_one(i, read)?;
-                self.reports.push(report);
-                self.next += 1;
+                let f = self.job(i)?.run(read)?;
+                self.accept(f)?;
                 Ok(Some(StepInfo {
                     phase: "factor",
-                    done: self.next,
+                    done: self.accepted(),
                     total: self.mats.len(),
                     name: self.mats[i].name.clone(),
+                    index: Some(i),
                 }))
             }
             Phase::Done => Ok(None),
         }
     }
 
-    fn factor_one(&mut self, i: usize, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<LayerReport> {
-        let t0 = now();
-        let m = self.mats[i].clone();
-        let plan = self.plans[i].clone();
-        let (out, inp) = (m.out, m.inp);
-        let spectrum = self.spectra[i].as_ref().map(|s| s.iter().map(|&x| x as f32).collect());
-        let mut rep = LayerReport::stored(&m, spectrum);
-        let tag = |e: Error| Error::tensor(&m.name, e.to_string());
-        match plan {
-            Plan::Dense { reason } => {
-                rep.reason = Some(reason);
-                rep.err_stored = Some(0.0);
-            }
-            Plan::Int8 => {
-                let w = read(&m.name)?;
-                let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
-                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
-                rep.decision = Decision::Int8;
-                rep.err_stored = Some(rel_fro_error(&w, &back));
-                rep.storage = lw.describe();
-                rep.bytes_after = lw.bytes();
-                self.weights.insert(m.name.clone(), lw);
-            }
-            Plan::LowRank { rank } => {
-                let w = read(&m.name)?;
-                let seed = self.policy.seed ^ fnv(&m.name);
-                let gram = match self.policy.method {
-                    crate::compression::policy::Method::Whitened => {
-                        Some(self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
-                            Error::tensor(
-                                &m.name,
-                                "has no calibration statistics: calibrate before an activation-aware SVD",
-                            )
-                        })?)
-                    }
-                    _ => None,
-                };
-                // The exact path yields every singular value for free; keep them for the report.
-                let mut s: Svd = match (&gram, self.policy.svd) {
-                    (Some(g), _) => {
-                        rep.singular_values =
-                            Some(svd::singular_values(&w, out, inp).map_err(tag)?.iter().map(|&x| x as f32).collect());
-                        svd::whitened(&w, out, inp, g, rank, self.policy.damp).map_err(tag)?
-                    }
-                    (None, method) => {
-                        let (s, all) = svd::truncated_with_spectrum(&w, out, inp, rank, method, seed).map_err(tag)?;
-                        if let Some(all) = all {
-                            rep.singular_values = Some(all.iter().map(|&x| x as f32).collect());
-                        }
-                        s
-                    }
-                };
-                s.canonicalize_signs();
-                rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
-                if let Some(sv) = &rep.singular_values {
-                    let all: Vec<f64> = sv.iter().map(|&x| x as f64).collect();
-                    let total: f64 = all.iter().map(|x| x * x).sum();
-                    let kept: f64 = all.iter().take(rank).map(|x| x * x).sum();
-                    rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
-                }
-                let lw = factors(&s, self.policy.factor_quant());
-                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
-                rep.err_stored = Some(rel_fro_error(&w, &back));
-                if let Some(g) = &gram {
-                    rep.err_activations = Some(svd::rel_activation_error(&w, &back, out, inp, g));
-                }
-                rep.decision = Decision::LowRank;
-                rep.rank = Some(s.rank());
-                rep.storage = lw.describe();
-                rep.params_after = s.rank() * (out + inp + 1);
-                rep.bytes_after = lw.bytes();
-                self.weights.insert(m.name.clone(), lw);
-            }
+    /// Whether the factoring can be shared among workers: every plan is made up front (no spectrum pass) and no
+    /// calibration statistics are needed, so each worker needs only the files and the policy.
+    pub fn can_split(&self) -> bool {
+        !self.policy.needs_spectra() && self.policy.method != crate::compression::policy::Method::Whitened
+    }
+
+    /// Matrix `i`'s work, to run here or elsewhere (once the plans are made).
+    pub fn job(&self, i: usize) -> Result<FactorJob> {
+        if !matches!(self.phase, Phase::Factor | Phase::Done) {
+            return Err(Error::msg("the compression's plans are not made yet"));
         }
-        rep.seconds = now() - t0;
-        Ok(rep)
+        let (m, plan) = self.mats.get(i).zip(self.plans.get(i)).ok_or_else(|| {
+            Error::msg(format!("matrix {i} is not among the {} this compression considers", self.mats.len()))
+        })?;
+        let gram = match (plan, self.policy.method) {
+            (Plan::LowRank { .. }, crate::compression::policy::Method::Whitened) => {
+                Some(self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
+                    Error::tensor(&m.name, "has no calibration statistics: calibrate before an activation-aware SVD")
+                })?)
+            }
+            _ => None,
+        };
+        Ok(FactorJob {
+            index: i,
+            matrix: m.clone(),
+            plan: plan.clone(),
+            policy: self.policy.clone(),
+            spectrum: self.spectra[i].clone(),
+            gram,
+        })
+    }
+
+    /// Keep a matrix factored by [`FactorJob::run`], here or in another worker. Each matrix is accepted once.
+    pub fn accept(&mut self, f: Factored) -> Result<()> {
+        let m =
+            self.mats.get(f.index).ok_or_else(|| Error::msg(format!("no matrix {} in this compression", f.index)))?;
+        if m.name != f.report.name {
+            return Err(Error::tensor(
+                &f.report.name,
+                format!("was factored as matrix {}, which is {}", f.index, m.name),
+            ));
+        }
+        if self.done[f.index].is_some() {
+            return Err(Error::tensor(&m.name, "was factored twice"));
+        }
+        if let Some(w) = f.weight {
+            self.weights.insert(m.name.clone(), w);
+        }
+        self.done[f.index] = Some(f.report);
+        if self.done.iter().all(Option::is_some) {
+            self.phase = Phase::Done;
+        }
+        Ok(())
+    }
+
+    /// Matrices factored so far.
+    pub fn accepted(&self) -> usize {
+        self.done.iter().filter(|d| d.is_some()).count()
+    }
+
+    /// Matrix `i`'s report, once accepted.
+    pub fn report(&self, i: usize) -> Option<&LayerReport> {
+        self.done.get(i).and_then(Option::as_ref)
     }
 
     /// The compressed weights by tensor name (matrices kept dense are absent).
@@ -358,6 +358,96 @@ impl Compressor {
     pub fn run(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<()> {
         while self.step(read)?.is_some() {}
         Ok(())
+    }
+}
+
+/// One matrix's work cut loose from its [`Compressor`] ([`Compressor::job`]), so that another thread or worker can do
+/// it with its own reader of the same files.
+#[derive(Clone, Debug)]
+pub struct FactorJob {
+    pub index: usize,
+    matrix: MatrixInfo,
+    plan: Plan,
+    policy: Policy,
+    spectrum: Option<Vec<f64>>,
+    gram: Option<Vec<f64>>,
+}
+
+/// A matrix factored: its report and what is stored (none when it stays dense).
+pub struct Factored {
+    pub index: usize,
+    pub report: LayerReport,
+    pub weight: Option<LinearWeight>,
+}
+
+impl FactorJob {
+    /// Factor the matrix as planned and measure what is stored; `read(name)` returns it as f32, row-major.
+    pub fn run(self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Factored> {
+        let t0 = now();
+        let FactorJob { index, matrix: m, plan, policy, spectrum, gram } = self;
+        let mut weight = None;
+        let (out, inp) = (m.out, m.inp);
+        let spectrum = spectrum.as_ref().map(|s| s.iter().map(|&x| x as f32).collect());
+        let mut rep = LayerReport::stored(&m, spectrum);
+        let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+        match plan {
+            Plan::Dense { reason } => {
+                rep.reason = Some(reason);
+                rep.err_stored = Some(0.0);
+            }
+            Plan::Int8 => {
+                let w = read(&m.name)?;
+                let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
+                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
+                rep.decision = Decision::Int8;
+                rep.err_stored = Some(rel_fro_error(&w, &back));
+                rep.storage = lw.describe();
+                rep.bytes_after = lw.bytes();
+                weight = Some(lw);
+            }
+            Plan::LowRank { rank } => {
+                let w = read(&m.name)?;
+                let seed = policy.seed ^ fnv(&m.name);
+                // The exact path yields every singular value for free; keep them for the report.
+                let mut s: Svd = match (&gram, policy.svd) {
+                    (Some(g), _) => {
+                        rep.singular_values =
+                            Some(svd::singular_values(&w, out, inp).map_err(tag)?.iter().map(|&x| x as f32).collect());
+                        svd::whitened(&w, out, inp, g, rank, policy.damp).map_err(tag)?
+                    }
+                    (None, method) => {
+                        let (s, all) = svd::truncated_with_spectrum(&w, out, inp, rank, method, seed).map_err(tag)?;
+                        if let Some(all) = all {
+                            rep.singular_values = Some(all.iter().map(|&x| x as f32).collect());
+                        }
+                        s
+                    }
+                };
+                s.canonicalize_signs();
+                rep.err_svd =
+                    Some(if gram.is_some() { rel_fro_error(&w, &s.reconstruct()) } else { s.projection_error(&w) });
+                if let Some(sv) = &rep.singular_values {
+                    let all: Vec<f64> = sv.iter().map(|&x| x as f64).collect();
+                    let total: f64 = all.iter().map(|x| x * x).sum();
+                    let kept: f64 = all.iter().take(rank).map(|x| x * x).sum();
+                    rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
+                }
+                let lw = factors(&s, policy.factor_quant());
+                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
+                rep.err_stored = Some(rel_fro_error(&w, &back));
+                if let Some(g) = &gram {
+                    rep.err_activations = Some(svd::rel_activation_error(&w, &back, out, inp, g));
+                }
+                rep.decision = Decision::LowRank;
+                rep.rank = Some(s.rank());
+                rep.storage = lw.describe();
+                rep.params_after = s.rank() * (out + inp + 1);
+                rep.bytes_after = lw.bytes();
+                weight = Some(lw);
+            }
+        }
+        rep.seconds = now() - t0;
+        Ok(Factored { index, report: rep, weight })
     }
 }
 
@@ -389,20 +479,6 @@ pub fn factors(s: &Svd, quant: Option<QuantScheme>) -> LinearWeight {
 
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
-}
-
-/// Seconds from a monotonic clock (performance.now() in the browser).
-pub fn now() -> f64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        js_sys::Date::now() / 1000.0
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use std::sync::OnceLock;
-        static START: OnceLock<std::time::Instant> = OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64()
-    }
 }
 
 /// The compressed model: the checkpoint's dense tensors as stored, the compressed layers as factors.
@@ -441,11 +517,15 @@ impl Compressor {
         }
         // the calibration statistics are not part of the model
         drop(std::mem::take(&mut self.grams));
+        let reports = std::mem::take(&mut self.done)
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::msg("the compression has not finished"))?;
         let model = build_compressed(cfg, ckpt, &self.weights)?;
         // Everything allocated since the compressor started and still alive: the factors, the dense tensors the
         // compressed model holds as stored, and the (small) layer reports.
         let resident_bytes = crate::alloc::live_bytes().saturating_sub(self.live_at_start);
-        Ok(Compressed { model, weights: self.weights, reports: self.reports, policy: self.policy, resident_bytes })
+        Ok(Compressed { model, weights: self.weights, reports, policy: self.policy, resident_bytes })
     }
 }
 
@@ -458,6 +538,27 @@ pub fn compress_checkpoint(
     calibration: Option<(&GptNeo, &[u32])>,
     progress: &mut dyn FnMut(&StepInfo),
 ) -> Result<Compressed> {
+    compress_checkpoint_with(cfg, ckpt, policy, calibration, None, progress)
+}
+
+/// Threads that share a compression's matrices: how many, and how each opens its own reader of the same files
+/// (native only: a wasm instance has one thread, and the page shares matrices among workers instead).
+pub struct Threads<'a> {
+    pub count: usize,
+    pub open: &'a (dyn Fn() -> Result<Checkpoint> + Sync),
+}
+
+/// [`compress_checkpoint`], with the factoring shared among `threads` when the policy allows it
+/// ([`Compressor::can_split`]): each thread takes whole matrices from a queue and reads them through its own
+/// checkpoint; the results are accepted in whatever order they finish and reported in matrix order.
+pub fn compress_checkpoint_with(
+    cfg: &GptNeoConfig,
+    ckpt: &Checkpoint,
+    policy: Policy,
+    calibration: Option<(&GptNeo, &[u32])>,
+    threads: Option<Threads>,
+    progress: &mut dyn FnMut(&StepInfo),
+) -> Result<Compressed> {
     let mut c = Compressor::new(policy, considered_matrices(cfg, ckpt)?)?;
     if c.needs_calibration() {
         let (model, ids) = calibration.ok_or_else(|| {
@@ -468,11 +569,61 @@ pub fn compress_checkpoint(
         while cal.step(model)? {}
         c.set_calibration(cal.finish());
     }
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(t) = threads.filter(|t| t.count > 1 && c.can_split()) {
+        factor_on_threads(&mut c, &t, progress)?;
+        return c.finish(cfg, ckpt);
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = threads;
     let read = reader(ckpt);
     while let Some(info) = c.step(&read)? {
         progress(&info);
     }
     c.finish(cfg, ckpt)
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn factor_on_threads(c: &mut Compressor, t: &Threads, progress: &mut dyn FnMut(&StepInfo)) -> Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = c.mats.len();
+    let jobs = (0..n).map(|i| c.job(i)).collect::<Result<Vec<_>>>()?;
+    let next = AtomicUsize::new(0);
+    let (tx, rx) = std::sync::mpsc::channel::<Result<Factored>>();
+    std::thread::scope(|scope| {
+        for _ in 0..t.count.min(n) {
+            let (tx, jobs, next) = (tx.clone(), &jobs, &next);
+            scope.spawn(move || {
+                let ckpt = match (t.open)() {
+                    Ok(c) => c,
+                    Err(e) => return tx.send(Err(e)).unwrap_or(()),
+                };
+                let read = reader(&ckpt);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n || tx.send(jobs[i].clone().run(&read)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for _ in 0..n {
+            let done = rx.recv().map_err(|_| Error::msg("a compression thread stopped without its result"));
+            let f = match done.and_then(|r| r) {
+                Ok(f) => f,
+                Err(e) => {
+                    // stop handing out matrices; the threads finish the one they hold
+                    next.store(n, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            let (i, name) = (f.index, f.report.name.clone());
+            c.accept(f)?;
+            progress(&StepInfo { phase: "factor", done: c.accepted(), total: n, name, index: Some(i) });
+        }
+        Ok(())
+    })
 }
 
 /// Totals over the layer reports.

@@ -22,7 +22,7 @@ pub struct TensorSummary {
     pub name: String,
     pub dtype: String,
     pub shape: Vec<usize>,
-    pub bytes: usize,
+    pub bytes: u64,
 }
 
 /// What was found in a checkpoint.
@@ -95,13 +95,8 @@ impl ModelBundle {
     }
 
     /// Bytes of the checkpoint's tensor data, buffers excluded: the size figure the reports compare.
-    pub fn tensor_bytes(&self) -> usize {
-        self.ckpt
-            .names()
-            .filter(|n| !is_buffer(n))
-            .filter_map(|n| self.ckpt.info(n))
-            .map(|i| i.data_offsets.1 - i.data_offsets.0)
-            .sum()
+    pub fn tensor_bytes(&self) -> u64 {
+        self.ckpt.names().filter(|n| !is_buffer(n)).filter_map(|n| self.ckpt.info(n)).map(|i| i.bytes()).sum()
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
@@ -151,14 +146,14 @@ impl ModelBundle {
     }
 
     /// Bytes the model takes once loaded, from the tensors' shapes and stored dtypes (f32 unless `keep_half`).
-    pub fn estimate_model_bytes(&self, keep_half: bool) -> usize {
-        let mut total = 0usize;
+    pub fn estimate_model_bytes(&self, keep_half: bool) -> u64 {
+        let mut total = 0u64;
         for name in self.ckpt.names() {
             if is_buffer(name) {
                 continue;
             }
             if let Some(info) = self.ckpt.info(name) {
-                let n: usize = info.shape.iter().product();
+                let n = info.numel();
                 let size = match info.dtype {
                     safetensors::Dtype::F16 | safetensors::Dtype::BF16 if keep_half || self.is_compressed() => 2,
                     safetensors::Dtype::I8 | safetensors::Dtype::U8 => 1,
@@ -176,16 +171,15 @@ impl ModelBundle {
         let mut tensors = Vec::new();
         for name in self.ckpt.names() {
             let Some(info) = self.ckpt.info(name) else { continue };
-            let numel: usize = info.shape.iter().product();
             *dtypes.entry(dtype_name(info.dtype)).or_insert(0) += 1;
             if !is_buffer(name) {
-                parameters += numel;
+                parameters += info.numel() as usize;
             }
             tensors.push(TensorSummary {
                 name: name.clone(),
                 dtype: dtype_name(info.dtype),
                 shape: info.shape.clone(),
-                bytes: info.data_offsets.1 - info.data_offsets.0,
+                bytes: info.bytes(),
             });
         }
         let compressed = self.is_compressed();

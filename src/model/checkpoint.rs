@@ -7,7 +7,7 @@
 
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
-use safetensors::tensor::{Dtype, Metadata, TensorInfo};
+use safetensors::tensor::Dtype;
 use std::collections::{BTreeMap, HashMap};
 
 /// Random-access bytes: a file on disk, a `Blob` in a worker, or a buffer in memory.
@@ -188,10 +188,121 @@ impl RawTensor {
 /// The largest header we accept (safetensors' own limit is 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
 
+/// Where one tensor lies in its file, as the header says: dtype, shape and byte range (relative to the end of the
+/// header). Offsets are `u64` on every target, so a file past 4 GiB reads the same in wasm32 as natively.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl TensorInfo {
+    /// Bytes of data.
+    pub fn bytes(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Elements (u64: a buffer of bytes past 4 GiB counts more than a wasm32 `usize` holds).
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
+
+/// A parsed header: the tensors in file order and the free-form `__metadata__`.
+#[derive(Debug)]
+pub struct Header {
+    tensors: Vec<(String, TensorInfo)>,
+    by_name: HashMap<String, usize>,
+    metadata: Option<HashMap<String, String>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawInfo {
+    dtype: Dtype,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+impl Header {
+    /// Parse the header JSON of `file` and check it with the safetensors crate's own rules, in u64: every entry is
+    /// a dtype, a shape and two offsets; sorted by offset the tensors start at 0 and each begins where the one before
+    /// ends (no gap, no overlap); each range holds exactly dtype × shape bytes. Returns the header and the bytes of
+    /// data it describes.
+    pub fn parse(file: &str, json: &[u8]) -> Result<(Self, u64)> {
+        let bad = |what: String| Error::file(file, format!("is not a valid safetensors file: bad header ({what})"));
+        let text = std::str::from_utf8(json).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+        let map: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut metadata = None;
+        let mut tensors = Vec::with_capacity(map.len());
+        for (name, value) in map {
+            if name == "__metadata__" {
+                metadata = Some(serde_json::from_value(value).map_err(|e| bad(format!("__metadata__: {e}")))?);
+                continue;
+            }
+            let raw: RawInfo = serde_json::from_value(value).map_err(|e| bad(format!("`{name}`: {e}")))?;
+            let shape = raw
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d))
+                .collect::<std::result::Result<Vec<usize>, _>>()
+                .map_err(|_| Error::tensor(&name, format!("in {file} has a dimension too large to address")))?;
+            let (start, end) = raw.data_offsets;
+            tensors.push((name, TensorInfo { dtype: raw.dtype, shape, start, end }));
+        }
+        tensors.sort_by_key(|(_, t)| (t.start, t.end));
+        let mut at = 0u64;
+        for (name, t) in &tensors {
+            if t.start != at || t.end < t.start {
+                let why = if t.start > at {
+                    format!("a gap before it: data from byte {at} to {} belongs to no tensor", t.start)
+                } else if t.end < t.start {
+                    format!("its range {}..{} ends before it starts", t.start, t.end)
+                } else {
+                    format!("its range {}..{} overlaps the tensor before it, which ends at {at}", t.start, t.end)
+                };
+                return Err(Error::tensor(name, format!("in {file}: invalid data offsets ({why})")));
+            }
+            let bits = t
+                .shape
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                .and_then(|n| n.checked_mul(t.dtype.bitsize() as u64))
+                .ok_or_else(|| Error::tensor(name, format!("in {file}: shape {:?} overflows", t.shape)))?;
+            if bits % 8 != 0 || bits / 8 != t.bytes() {
+                return Err(Error::tensor(
+                    name,
+                    format!(
+                        "in {file}: {:?} × {:?} is {} bytes, but its data offsets hold {}",
+                        t.dtype,
+                        t.shape,
+                        bits as f64 / 8.0,
+                        t.bytes()
+                    ),
+                ));
+            }
+            at = t.end;
+        }
+        let by_name = tensors.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        Ok((Self { tensors, by_name, metadata }, at))
+    }
+
+    pub fn info(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i].1)
+    }
+
+    /// Tensor names in file order.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.tensors.iter().map(|(n, _)| n)
+    }
+}
+
 /// One `.safetensors` file, its header parsed, its tensors read on demand.
 pub struct SafetensorsFile {
     source: Box<dyn ByteSource>,
-    meta: Metadata,
+    header: Header,
     data_start: u64,
 }
 
@@ -212,10 +323,7 @@ impl SafetensorsFile {
                 format!("is not a safetensors file (header length {n} for a file of {len} bytes)"),
             ));
         }
-        let header = source.read_at(8, n as usize)?;
-        let meta: Metadata = serde_json::from_slice(&header)
-            .map_err(|e| Error::file(&name, format!("is not a valid safetensors file: bad header ({e})")))?;
-        let data_len = meta.data_len() as u64;
+        let (header, data_len) = Header::parse(&name, &source.read_at(8, n as usize)?)?;
         if 8 + n + data_len != len {
             return Err(Error::file(
                 &name,
@@ -226,7 +334,7 @@ impl SafetensorsFile {
                 ),
             ));
         }
-        Ok(Self { source, meta, data_start: 8 + n })
+        Ok(Self { source, header, data_start: 8 + n })
     }
 
     pub fn file_name(&self) -> &str {
@@ -239,23 +347,28 @@ impl SafetensorsFile {
 
     /// Tensor names in file order.
     pub fn names(&self) -> Vec<String> {
-        self.meta.offset_keys()
+        self.header.names().cloned().collect()
     }
 
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.meta.info(name)
+        self.header.info(name)
     }
 
     /// The free-form `__metadata__` map.
     pub fn metadata(&self) -> Option<&HashMap<String, String>> {
-        self.meta.metadata().as_ref()
+        self.header.metadata.as_ref()
     }
 
     /// Read one tensor from its byte range.
     pub fn read(&self, name: &str) -> Result<RawTensor> {
         let info = self.info(name).ok_or_else(|| Error::tensor(name, format!("not found in {}", self.file_name())))?;
-        let (s, e) = info.data_offsets;
-        let data = self.source.read_at(self.data_start + s as u64, e - s)?;
+        let len = usize::try_from(info.bytes()).map_err(|_| {
+            Error::tensor(
+                name,
+                format!("in {} holds {} bytes, more than this build can address", self.file_name(), info.bytes()),
+            )
+        })?;
+        let data = self.source.read_at(self.data_start + info.start, len)?;
         Ok(RawTensor { name: name.to_string(), dtype: info.dtype, shape: info.shape.clone(), data })
     }
 }
@@ -379,7 +492,7 @@ pub fn fingerprint(ckpt: &Checkpoint) -> String {
     let mut h = sha2::Sha256::new();
     for name in ckpt.names() {
         if let Some(i) = ckpt.info(name) {
-            h.update(format!("{name}|{:?}|{:?}|{:?}\n", i.dtype, i.shape, i.data_offsets).as_bytes());
+            h.update(format!("{name}|{:?}|{:?}|({}, {})\n", i.dtype, i.shape, i.start, i.end).as_bytes());
         }
     }
     for f in ckpt.files() {
@@ -457,5 +570,62 @@ mod tests {
         assert!(e.contains("model-00002-of-00002.safetensors") && e.contains("not given"), "{e}");
         let e = Checkpoint::new(vec![open("x1", "a"), open("x2", "a")], None).err().unwrap().to_string();
         assert!(e.contains("`a`") && e.contains("both"), "{e}");
+    }
+
+    #[test]
+    fn header_offsets_are_u64_and_checked_like_the_crate() {
+        // a 4.3 GB buffer before the weights: offsets past 4 GiB, as in a 5.3 GB f32 checkpoint
+        let big = 4_303_360_000u64;
+        let json = format!(
+            r#"{{"__metadata__":{{"format":"pt"}},"w":{{"dtype":"F32","shape":[2,3],"data_offsets":[{big},{}]}},"h.0.attn.attention.bias":{{"dtype":"BOOL","shape":[1,1,65600,65600],"data_offsets":[0,{big}]}}}}"#,
+            big + 24
+        );
+        let (h, data) = Header::parse("m.safetensors", json.as_bytes()).unwrap();
+        assert_eq!(data, big + 24);
+        assert_eq!(h.names().cloned().collect::<Vec<_>>(), vec!["h.0.attn.attention.bias", "w"]);
+        assert_eq!(
+            h.info("w").unwrap(),
+            &TensorInfo { dtype: Dtype::F32, shape: vec![2, 3], start: big, end: big + 24 }
+        );
+        assert_eq!(h.info("h.0.attn.attention.bias").unwrap().numel(), big);
+        assert_eq!(h.metadata.as_ref().unwrap()["format"], "pt");
+
+        let check = |json: &str, needles: &[&str]| {
+            let e = Header::parse("m.safetensors", json.as_bytes()).unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "{e} lacks {n}");
+            }
+        };
+        // a gap, an overlap, a range ending before it starts, a size that is not dtype × shape
+        check(r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, &["`a`", "gap"]);
+        check(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            &["`b`", "overlaps"],
+        );
+        check(
+            r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"c":{"dtype":"F32","shape":[1],"data_offsets":[8,4]}}"#,
+            &["`c`"],
+        );
+        check(r#"{"a":{"dtype":"F16","shape":[3],"data_offsets":[0,8]}}"#, &["`a`", "F16", "6 bytes", "hold 8"]);
+        check(
+            r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,8]}}"#,
+            &["`a`", "overflows"],
+        );
+        check(r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#, &["m.safetensors", "`a`"]);
+        check(r#"{"a":{"dtype":"F32","shape":[1]}}"#, &["m.safetensors", "`a`", "data_offsets"]);
+        check("[1,2]", &["m.safetensors", "bad header"]);
+        let e = Header::parse("m.safetensors", b"{\"a\xff").unwrap_err().to_string();
+        assert!(e.contains("m.safetensors") && e.contains("UTF-8"), "{e}");
+        // every file the crate accepts reads the same here
+        let f: Vec<u8> = [3.0f32, 4.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let bytes = file_with(vec![("z", Dtype::F32, vec![2], f.clone()), ("a", Dtype::I8, vec![3], vec![1, 2, 3])]);
+        let (_, crate_meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let st = SafetensorsFile::open(Box::new(MemSource::new("m", bytes.clone()))).unwrap();
+        assert_eq!(st.names(), crate_meta.offset_keys());
+        for n in st.names() {
+            let (ours, theirs) = (st.info(&n).unwrap(), crate_meta.info(&n).unwrap());
+            assert_eq!((ours.dtype, &ours.shape), (theirs.dtype, &theirs.shape));
+            assert_eq!((ours.start, ours.end), (theirs.data_offsets.0 as u64, theirs.data_offsets.1 as u64));
+        }
     }
 }

@@ -59,6 +59,13 @@ impl Rng {
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+    /// Approximately standard normal, fast (no transcendental functions): the Irwin–Hall sum of four 16-bit uniforms,
+    /// centred and scaled to unit variance. For random test matrices and synthetic weights, not for sampling.
+    pub fn approx_normal(&mut self) -> f32 {
+        let u = self.next_u64();
+        let s = (u & 0xffff) + ((u >> 16) & 0xffff) + ((u >> 32) & 0xffff) + (u >> 48);
+        (s as f32 / 65536.0 - 2.0) * 3f32.sqrt()
+    }
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
         let u1 = self.next_f64().max(f64::MIN_POSITIVE);

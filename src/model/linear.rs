@@ -81,21 +81,20 @@ impl LinearWeight {
             LinearWeight::Dense(t) => t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
             LinearWeight::Matrix(f) => f.to_f32(),
             LinearWeight::LowRank { u, s, vh } => {
+                // (U diag(S)) · Vh by candle's blocked matmul
                 let r = s.cols();
-                let (u, s, vh) = (u.to_f32(), s.to_f32(), vh.to_f32());
-                let mut w = vec![0f32; out * inp];
-                for i in 0..out {
-                    let row = &mut w[i * inp..(i + 1) * inp];
-                    for k in 0..r {
-                        let c = u[i * r + k] * s[k];
-                        if c != 0.0 {
-                            for (o, v) in row.iter_mut().zip(&vh[k * inp..(k + 1) * inp]) {
-                                *o += c * v;
-                            }
-                        }
+                if r == 0 {
+                    return Ok(vec![0f32; out * inp]);
+                }
+                let (mut us, s, vh) = (u.to_f32(), s.to_f32(), vh.to_f32());
+                for row in us.chunks_exact_mut(r) {
+                    for (x, k) in row.iter_mut().zip(&s) {
+                        *x *= k;
                     }
                 }
-                w
+                let us = Tensor::from_vec(us, (out, r), &Device::Cpu)?;
+                let vh = Tensor::from_vec(vh, (r, inp), &Device::Cpu)?;
+                us.matmul(&vh)?.flatten_all()?.to_vec1()?
             }
         })
     }

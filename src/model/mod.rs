@@ -7,6 +7,7 @@
 //! * [`storage`] — how a matrix is stored (f32, INT8 codes with scales, 16-bit halves) and read back by row blocks;
 //!   [`linear`] — one `Linear` over every storage; [`kernels`] — fused dequantize-and-dot and vectorizable exp.
 //! * [`gpt_neo`] — the model in candle, its stages loadable alone; [`generate`] — sampling and generation.
+//! * [`synth`] — random-weight checkpoints of any shape with trained-like spectra, for benchmarks and large files.
 //!
 //! May import: [`crate::error`], [`crate::alloc`]. Nothing here imports compression, evaluation or the edges.
 
@@ -18,5 +19,6 @@ pub mod gpt_neo;
 pub mod kernels;
 pub mod linear;
 pub mod storage;
+pub mod synth;
 pub mod tokenizer;
 pub mod weights;

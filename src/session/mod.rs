@@ -9,7 +9,7 @@ pub mod memory;
 pub mod reports;
 
 use crate::compression::calib::Calibrator;
-use crate::compression::format::Export;
+use crate::compression::format::{decode_factored, encode_factored, Export};
 use crate::compression::pipeline::{considered_matrices, reader, totals, Compressor, LayerReport, StepInfo};
 use crate::compression::policy::Policy;
 use crate::compression::svd;
@@ -99,7 +99,7 @@ struct CompressedSlot {
     reports: Vec<LayerReport>,
     policy: Option<Policy>,
     /// Tensor bytes of its checkpoint (as exported or as loaded).
-    tensor_bytes: usize,
+    tensor_bytes: u64,
     /// Live heap bytes it holds, measured.
     resident_bytes: usize,
     /// A compressed checkpoint loaded from a file keeps its bundle for reading.
@@ -304,7 +304,26 @@ impl Session {
         let total_steps = c.total_steps() + cal.map_or(0, |c| c.total_windows());
         let calibration_tokens = cal.map(|c| c.tokens());
         let c = self.compressor.insert(c);
-        Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens })
+        Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens, can_split: c.can_split() })
+    }
+
+    /// Factor matrix `index` of the compression begun here, for the worker that coordinates it: the result as bytes
+    /// for [`Session::compress_accept`] (a helper opens the same files, begins the same policy, and holds nothing but
+    /// the matrix it works on).
+    pub fn compress_factor_out(&self, index: usize) -> Result<Vec<u8>> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self.compressor.as_ref().ok_or_else(|| Error::msg("no compression was started"))?;
+        encode_factored(&c.job(index)?.run(&reader(&b.ckpt))?)
+    }
+
+    /// Keep a matrix another worker factored ([`Session::compress_factor_out`]).
+    pub fn compress_accept(&mut self, bytes: Vec<u8>) -> Result<CompressStep<'_>> {
+        let c = self.compressor.as_mut().ok_or_else(|| Error::msg("no compression was started"))?;
+        let f = decode_factored(bytes)?;
+        let (index, name) = (f.index, f.report.name.clone());
+        c.accept(f)?;
+        let info = StepInfo { phase: "factor", done: c.accepted(), total: c.mats.len(), name, index: Some(index) };
+        Ok(CompressStep { info, layer: c.report(index) })
     }
 
     /// One step of the compression (a calibration window, a spectrum or a matrix), or `None` when every step is done.
@@ -319,6 +338,7 @@ impl Session {
                     done: cal.done(),
                     total: cal.total_windows(),
                     name: format!("calibration window {}/{}", cal.done(), cal.total_windows()),
+                    index: None,
                 };
                 return Ok(Some(CompressStep { info, layer: None }));
             }
@@ -326,11 +346,9 @@ impl Session {
                 c.set_calibration(cal.finish());
             }
         }
-        let reports_before = c.reports.len();
-        Ok(c.step(&reader(&b.ckpt))?.map(|info| CompressStep {
-            info,
-            layer: if c.reports.len() > reports_before { c.reports.last() } else { None },
-        }))
+        let Some(info) = c.step(&reader(&b.ckpt))? else { return Ok(None) };
+        let layer = if info.phase == "factor" { info.index.and_then(|i| c.report(i)) } else { None };
+        Ok(Some(CompressStep { info, layer }))
     }
 
     /// Build the compressed model once every step is done.
@@ -338,8 +356,8 @@ impl Session {
         let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
         let c = self.compressor.as_ref().ok_or_else(|| Error::msg("no compression was started"))?;
         // the compressed model holds its factors (already allocated) and the dense tensors as stored
-        let dense: usize = b.tensor_bytes()
-            - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes()).sum::<usize>();
+        let dense = b.tensor_bytes()
+            - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes() as u64).sum::<u64>();
         self.memory.check("the compressed model's dense tensors", dense as f64, 0.9, "skip fewer layers")?;
         let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
         let done = c.finish(&b.cfg, &b.ckpt)?;

@@ -36,7 +36,7 @@ pub struct Loaded {
     /// f16/bf16 weights kept as stored because f32 would not fit.
     pub keep_half: bool,
     pub resident_bytes: usize,
-    pub tensor_bytes: usize,
+    pub tensor_bytes: u64,
 }
 
 /// A compression just started.
@@ -45,6 +45,8 @@ pub struct CompressBegin<'a> {
     pub total_steps: usize,
     pub matrices: &'a [MatrixInfo],
     pub calibration_tokens: Option<usize>,
+    /// Whether the matrices can be shared among workers (no spectrum pass, no calibration).
+    pub can_split: bool,
 }
 
 /// One step of a compression; `layer` is the matrix's report when one was just factored.
@@ -59,9 +61,9 @@ pub struct CompressStep<'a> {
 #[derive(Serialize)]
 pub struct Finished {
     pub totals: CompressionTotals,
-    pub bytes_original: usize,
-    pub tensor_bytes: usize,
-    pub file_bytes: usize,
+    pub bytes_original: u64,
+    pub tensor_bytes: u64,
+    pub file_bytes: u64,
     pub resident_bytes: usize,
     pub layers_total: usize,
     pub layers_compressed: usize,
@@ -89,8 +91,8 @@ pub struct EvalSummary {
     #[serde(flatten)]
     pub eval: EvalReport,
     pub streamed: bool,
-    pub bytes_original: usize,
-    pub bytes_compressed: Option<usize>,
+    pub bytes_original: u64,
+    pub bytes_compressed: Option<u64>,
     pub resident_bytes_original: Option<usize>,
     pub resident_bytes_compressed: Option<usize>,
     pub layers_compressed: Option<usize>,
@@ -100,7 +102,7 @@ pub struct EvalSummary {
 /// A compressed model as the summary counts it: the model, its checkpoint's tensor bytes, the heap it holds.
 pub struct CompressedSizes<'a> {
     pub model: &'a GptNeo,
-    pub tensor_bytes: usize,
+    pub tensor_bytes: u64,
     pub resident_bytes: usize,
 }
 

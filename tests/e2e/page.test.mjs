@@ -231,6 +231,22 @@ try {
   assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
   assert.match(await page.textContent('#model-info'), /19\.44 M/);
 
+  step('a checkpoint whose weights lie past byte 4 GiB (a 4.4 GB sparse file) opens from input#files and generates like slc');
+  {
+    // a random-weight model of the demo's shape behind an ignored 4.4 GB buffer: every offset passes 2^32
+    const big = path.join(tmp, 'big');
+    execFileSync(SLC, ['synth', '--config', path.join(DEMO, 'config.json'), '--out', big, '--pad-bytes', '4400000000'], { stdio: 'ignore' });
+    assert.ok(fs.statSync(path.join(big, 'model.safetensors')).size > 2 ** 32 + 75e6);
+    const want = JSON.parse(execFileSync(SLC, ['generate', '--model', big, '--prompt', 'ROMEO. O my love,', '--max-new-tokens', '30', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+    await setFiles(['config.json', 'tokenizer.json', 'model.safetensors'].map((f) => path.join(big, f)));
+    assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
+    assert.match(await page.textContent('#model-info'), /19\.44 M/);
+    await page.fill('#prompt', 'ROMEO. O my love,');
+    await jobOn(page, () => page.click('#generate'));
+    assert.equal(await page.textContent('#gen-original'), want.text, 'the original read past 4 GiB continues as slc generate does');
+    fs.rmSync(big, { recursive: true, force: true });
+  }
+
   step('a weight file without config.json is refused with a sentence naming it');
   await setFiles([path.join(DEMO, 'model.safetensors')]);
   assert.equal(await waitState(['error', 'ready']), 'error');

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 use semantic_llm_compressor::compression::format::Export;
-use semantic_llm_compressor::compression::pipeline::{compress_checkpoint, totals};
+use semantic_llm_compressor::compression::pipeline::{compress_checkpoint_with, totals, Threads};
 use semantic_llm_compressor::compression::policy::{BudgetMode, BudgetUnit, Method, Policy, RankRule};
 use semantic_llm_compressor::compression::svd::SvdMethod;
 use semantic_llm_compressor::evaluation::metrics::Evaluator;
@@ -89,10 +89,37 @@ enum Cmd {
         #[arg(long = "output-dir", alias = "output_dir")]
         output_dir: PathBuf,
     },
+    /// Write a random-weight GPT-Neo checkpoint of any shape (trained-like decaying spectra), with the GPT-2
+    /// tokenizer: what benchmarks and large-file tests use instead of a download.
+    Synth {
+        /// A config.json (e.g. tests/configs/gpt-neo-1.3B.json).
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = SynthDtype::F32)]
+        dtype: SynthDtype,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Put an ignored buffer tensor of this many zero bytes (a hole in the file) before the weights, so that
+        /// every weight lies past that offset (e.g. 4400000000 for a test past 4 GiB).
+        #[arg(long = "pad-bytes", default_value_t = 0)]
+        pad_bytes: u64,
+    },
     /// Benchmarks that print figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
 }
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SynthDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+/// The GPT-2 tokenizer every GPT-Neo checkpoint uses (the demo model's copy).
+const GPT2_TOKENIZER: &[u8] = include_bytes!("../../../www/models/neo-bard-8l/tokenizer.json");
 
 #[derive(clap::Args)]
 struct CompressArgs {
@@ -150,6 +177,10 @@ struct CompressArgs {
     /// Method whitened: damping λ = DAMP · mean diagonal of each layer's input Gram matrix.
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
+    /// Threads that factor matrices side by side, each reading its own slices of the files (default: every core;
+    /// policies with a spectrum pass or calibration run on one).
+    #[arg(long)]
+    threads: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -197,6 +228,26 @@ enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Randomized SVD stage by stage on synthetic trained-like matrices (`slc synth`'s), beside a plain f32 product
+    /// of the same shape, with its error against the exact truncation.
+    Svd {
+        /// Shapes as MxN, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "2048x8192")]
+        shapes: Vec<String>,
+        #[arg(long, default_value_t = 128)]
+        rank: usize,
+        #[arg(long = "power-iters", default_value_t = semantic_llm_compressor::compression::svd::POWER_ITERS)]
+        power_iters: usize,
+        #[arg(long, default_value_t = semantic_llm_compressor::compression::svd::OVERSAMPLE)]
+        oversample: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Also time the exact singular values and report the exact truncation's error.
+        #[arg(long)]
+        exact: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run() -> Result<()> {
@@ -212,7 +263,11 @@ pub fn run() -> Result<()> {
             eval(&original, &compressed, &text, skip_tokens, tokens, window, json)
         }
         Cmd::Densify { model, output_dir } => densify(&model, &output_dir),
+        Cmd::Synth { config, out, dtype, seed, pad_bytes } => synth(&config, &out, dtype, seed, pad_bytes),
         Cmd::Bench(BenchCmd::Decode { model, prompt, tokens, runs }) => bench_decode(&model, &prompt, tokens, runs),
+        Cmd::Bench(BenchCmd::Svd { shapes, rank, power_iters, oversample, runs, exact, json }) => {
+            bench_svd(&shapes, rank, oversample, power_iters, runs, exact, json)
+        }
     }
 }
 
@@ -239,6 +294,49 @@ fn bench_decode(dir: &std::path::Path, prompt: &str, tokens: usize, runs: usize)
         dir.display(),
         ids.len()
     );
+    Ok(())
+}
+
+fn bench_svd(
+    shapes: &[String],
+    rank: usize,
+    oversample: usize,
+    power_iters: usize,
+    runs: usize,
+    exact: bool,
+    json: bool,
+) -> Result<()> {
+    use semantic_llm_compressor::compression::svd::profile;
+    for shape in shapes {
+        let (m, n) = shape
+            .split_once('x')
+            .and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)))
+            .ok_or_else(|| Error::Policy(format!("--shapes: `{shape}` is not MxN")))?;
+        let w = semantic_llm_compressor::model::synth::matrix(m, n, 1)?;
+        let p = profile(&w, m, n, rank, oversample, power_iters, runs, exact)?;
+        if json {
+            println!("{}", serde_json::to_string(&p)?);
+            continue;
+        }
+        let stages: Vec<String> = p.stages.iter().map(|(s, t)| format!("{s} {:.3}", t)).collect();
+        println!(
+            "svd {m}x{n} rank {rank} (native, 1 thread): randomized {:.3} s [{}] = {:.2} f32 products of {:.3} s ({} units, {} block Krylov iterations, oversampling {oversample}); error {:.4}{}",
+            p.randomized_seconds,
+            stages.join(", "),
+            p.randomized_seconds / p.matmul_seconds,
+            p.matmul_seconds,
+            p.products,
+            power_iters,
+            p.err_randomized,
+            match (p.err_exact, p.exact_seconds) {
+                (Some(e), Some(t)) => format!(
+                    " vs exact {e:.4} ({:+.2}%; exact singular values {t:.2} s)",
+                    100.0 * (p.err_randomized / e - 1.0)
+                ),
+                _ => String::new(),
+            }
+        );
+    }
     Ok(())
 }
 
@@ -350,11 +448,13 @@ fn compress(a: &CompressArgs) -> Result<()> {
         }
         _ => None,
     };
-    let c = compress_checkpoint(
+    let open = || Ok(ModelBundle::open_dir(&a.input_dir)?.ckpt);
+    let c = compress_checkpoint_with(
         &b.cfg,
         &b.ckpt,
         policy,
         calibration.as_ref().map(|(m, ids)| (m, ids.as_slice())),
+        Some(Threads { count: a.threads.unwrap_or_else(cores), open: &open }),
         &mut |s| progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name)),
     )?;
     progress_end();
@@ -529,6 +629,46 @@ fn eval(
     println!(
         "bytes original {}  compressed {} (resident, measured: {})  layers compressed {}/{}",
         v["bytes_original"], v["bytes_compressed"], resident, layers_compressed, layers_total
+    );
+    Ok(())
+}
+
+/// The machine's cores.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn synth(config: &std::path::Path, out: &std::path::Path, dtype: SynthDtype, seed: u64, pad: u64) -> Result<()> {
+    use semantic_llm_compressor::model::config::GptNeoConfig;
+    use semantic_llm_compressor::model::synth::Synth;
+    let text = std::fs::read_to_string(config).map_err(|e| Error::file(config.display().to_string(), e.to_string()))?;
+    let cfg = GptNeoConfig::from_json(&text)?;
+    if cfg.vocab_size < 50257 {
+        return Err(Error::Config(format!(
+            "{}: vocab_size {} is smaller than the GPT-2 tokenizer's 50257 tokens that `slc synth` writes",
+            config.display(),
+            cfg.vocab_size
+        )));
+    }
+    let (dt, name) = match dtype {
+        SynthDtype::F32 => (safetensors::Dtype::F32, "float32"),
+        SynthDtype::F16 => (safetensors::Dtype::F16, "float16"),
+        SynthDtype::Bf16 => (safetensors::Dtype::BF16, "bfloat16"),
+    };
+    let plan = Synth::new(&cfg, dt, seed, pad)?;
+    std::fs::create_dir_all(out)?;
+    let t = std::time::Instant::now();
+    plan.write(&out.join("model.safetensors"))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)?;
+    json["torch_dtype"] = serde_json::json!(name);
+    write_file(&out.join("config.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    write_file(&out.join("tokenizer.json"), GPT2_TOKENIZER)?;
+    println!(
+        "wrote {} ({:.2} GB of {name} weights{}, seed {seed}) in {:.1} s",
+        out.display(),
+        plan.weight_bytes() as f64 / 1e9,
+        if pad > 0 { format!(" after a {pad}-byte buffer") } else { String::new() },
+        t.elapsed().as_secs_f64()
     );
     Ok(())
 }

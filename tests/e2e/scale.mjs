@@ -1,0 +1,85 @@
+// Benchmarks at the published GPT-Neo shapes in headless Chromium (wasm + simd128). Prints figures only; the
+// numbers go to BENCHMARKS.md with the command that printed them (`./build.sh bench` runs them all).
+//   node tests/e2e/scale.mjs svd [MxN ...]            randomized SVD at rank 128 in a worker, stage by stage,
+//                                                      beside a plain f32 product of the same shape
+//   node tests/e2e/scale.mjs model DIR [tokens=512]   DIR's files through input#files: compress at rank 128 on
+//                                                      every layer, evaluate on `tokens`, generate side by side
+import { chromium } from 'playwright-core';
+import path from 'node:path';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const [what, ...args] = process.argv.slice(2);
+const server = await serve(ROOT);
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run'] });
+const mib = (b) => `${(b / 2 ** 20).toFixed(0)} MiB`;
+let failed = false;
+try {
+  const page = await browser.newPage();
+  if (what === 'svd') {
+    await page.goto(server.url);
+    const shapes = args.length ? args : ['768x768', '768x3072', '2048x2048', '2048x8192'];
+    for (const shape of shapes) {
+      const [m, n] = shape.split('x').map(Number);
+      // one worker of its own, importing the page's wasm package
+      const p = await page.evaluate(async ([m, n, pkg]) => {
+        const src = `import init, { profile_svd } from '${pkg}';
+          self.onmessage = async (e) => { await init(); const [m, n] = e.data;
+            try { self.postMessage(profile_svd(m, n, 128, 10, 1, 3, false)); } catch (err) { self.postMessage({ error: String(err) }); } };`;
+        const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
+        const out = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.postMessage([m, n]); });
+        w.terminate();
+        return out;
+      }, [m, n, new URL('www/pkg/semantic_llm_compressor.js', server.url).href]);
+      if (p.error) throw new Error(p.error);
+      const stages = p.stages.map(([s, t]) => `${s} ${t.toFixed(3)}`).join(', ');
+      console.log(`svd ${shape} rank 128 (wasm, headless Chromium, 1 worker): randomized ${p.randomized_seconds.toFixed(3)} s [${stages}] = ${(p.randomized_seconds / p.matmul_seconds).toFixed(2)} f32 products of ${p.matmul_seconds.toFixed(3)} s (faer; candle's ${p.candle_seconds.toFixed(3)} s), ${p.products} units; error ${p.err_randomized.toFixed(4)}`);
+    }
+  } else if (what === 'model') {
+    const dir = path.resolve(args[0]);
+    const tokens = Number(args[1] || 512);
+    const jobs = () => page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+    const job = async (action, timeout = 3600000) => {
+      const n = await jobs();
+      const t = Date.now();
+      await action();
+      await page.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout });
+      const state = await page.$eval('#status', (e) => e.dataset.state);
+      if (state === 'error') throw new Error(await page.textContent('#error'));
+      return (Date.now() - t) / 1000;
+    };
+    await page.goto(server.url);
+    await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
+    const files = fs.readdirSync(dir).filter((f) => /^(config\.json|tokenizer\.json|.*\.safetensors|.*\.index\.json)$/.test(f));
+    const open = await job(() => page.setInputFiles('#files', files.map((f) => path.join(dir, f))));
+    console.log(`${dir}: opened in ${open.toFixed(1)} s — ${(await page.textContent('#model-info')).replace(/\s+/g, ' ').slice(0, 300)}`);
+    await page.fill('#rank', '128');
+    await page.fill('#skip', '');
+    await page.fill('#min-dim', '0');
+    await page.click('#eval-settings summary');
+    await page.fill('#eval-tokens', String(tokens));
+    await page.fill('#eval-window', String(Math.min(tokens, 512)));
+    const all = await job(() => page.click('#compress'));
+    const d = await page.$eval('#summary', (e) => ({ ...e.dataset }));
+    const heaps = (d.workerHeaps || '').split(',').map(Number);
+    console.log(`compress (rank 128, every layer) ${d.compressSeconds} s on ${d.compressWorkers} worker(s); heap: coordinator ${mib(heaps[0])}, helpers ${heaps.slice(1).map(mib).join(', ') || '–'}; evaluate ${tokens} tokens ${d.evalSeconds || '–'} s; whole job ${all.toFixed(1)} s`);
+    console.log(`  ${(await page.textContent('#summary-note')).trim()}`);
+    await page.fill('#prompt', 'The meaning of life is');
+    const gen = await job(() => page.click('#generate'));
+    const rate = async (w) => (await page.textContent(`#rate-${w}`)).trim();
+    console.log(`generate side by side in ${gen.toFixed(1)} s: original ${await rate('original')}, compressed ${await rate('compressed')}`);
+  } else {
+    throw new Error('usage: node tests/e2e/scale.mjs svd [MxN ...] | model DIR [tokens]');
+  }
+} catch (e) {
+  failed = true;
+  console.error(e);
+} finally {
+  await browser.close();
+  server.close();
+}
+process.exit(failed ? 1 : 0);
