@@ -101,10 +101,39 @@ run_tests() {
   log "all tests passed"
 }
 
+# Benchmarks (figures only, no assertions; record them in BENCHMARKS.md with these commands). Checkpoints of the
+# published shapes are made by `slc synth` under $BENCH_DIR (default /tmp/slc-bench): 0.5 GB for 125M, 5.3 GB for
+# 1.3B. BENCH=quick skips the 1.3B runs.
+run_bench() {
+  check_prerequisites
+  local dir=${BENCH_DIR:-/tmp/slc-bench} slc=target/release/slc
+  mkdir -p "$dir"
+  for shape in 125M 1.3B; do
+    [ "$shape" = 1.3B ] && [ "${BENCH:-}" = quick ] && continue
+    [ -f "$dir/$shape/model.safetensors" ] || $slc synth --config "tests/configs/gpt-neo-$shape.json" --out "$dir/$shape"
+  done
+  log "bench: randomized SVD, native (one thread) and wasm (headless Chromium, one worker)"
+  $slc bench svd --shapes 768x768,768x3072,2048x2048,2048x8192 --exact
+  node tests/e2e/scale.mjs svd 768x768 768x3072 2048x2048 2048x8192
+  log "bench: compression of the 125M shape at rank 128, every layer: CLI on 1 thread and on every core"
+  $slc compress --input-dir "$dir/125M" --output-dir "$dir/125M-r128" --rank 128 --threads 1 | tail -2 | head -1
+  $slc compress --input-dir "$dir/125M" --output-dir "$dir/125M-r128" --rank 128 | tail -2 | head -1
+  log "bench: decode, original vs compressed (native)"
+  $slc bench decode --model "$dir/125M" --tokens 64 --runs 2 | tail -1
+  $slc bench decode --model "$dir/125M-r128" --tokens 64 --runs 2 | tail -1
+  log "bench: the page on the 125M shape: compress, evaluate 2048 tokens, generate side by side"
+  node tests/e2e/scale.mjs model "$dir/125M" 2048
+  if [ "${BENCH:-}" != quick ]; then
+    log "bench: the page on the 1.3B shape (5.3 GB f32, one file): compress, evaluate 512 tokens, generate"
+    node tests/e2e/scale.mjs model "$dir/1.3B" 512
+  fi
+}
+
 case "${1:-}" in
   setup) setup ;;
+  bench) build; run_bench ;;
   build) build ;;
   serve) setup; build; serve ;;
   test) setup; build; run_tests ;;
-  *) echo "usage: $0 setup|build|serve|test" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|build|serve|test|bench" >&2; exit 2 ;;
 esac

@@ -115,21 +115,13 @@ pub fn default_policy() -> JsResult<JsValue> {
     to_js(&crate::compression::policy::Policy::default())
 }
 
-/// The randomized SVD profiled on a synthetic trained-like `m × n` matrix (see [`crate::compression::svd::profile`]):
-/// what `./build.sh bench` runs in the browser.
+/// The randomized SVD as the pipeline runs it, profiled on a synthetic trained-like `m × n` matrix (see
+/// [`crate::compression::svd::profile`]): what `./build.sh bench` runs in the browser.
 #[wasm_bindgen]
-#[allow(clippy::too_many_arguments)]
-pub fn profile_svd(
-    m: usize,
-    n: usize,
-    rank: usize,
-    oversample: usize,
-    power_iters: usize,
-    runs: usize,
-    exact: bool,
-) -> JsResult<JsValue> {
+pub fn profile_svd(m: usize, n: usize, rank: usize, runs: usize) -> JsResult<JsValue> {
+    use crate::compression::svd::{profile, OVERSAMPLE, POWER_ITERS};
     let w = crate::model::synth::matrix(m, n, 1).map_err(js_err)?;
-    to_js(&crate::compression::svd::profile(&w, m, n, rank, oversample, power_iters, runs, exact).map_err(js_err)?)
+    to_js(&profile(&w, m, n, rank, OVERSAMPLE, POWER_ITERS, runs, false).map_err(js_err)?)
 }
 
 /// One model session in a worker (see [`Session`]).

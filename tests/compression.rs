@@ -384,7 +384,7 @@ fn bad_policies_and_files_are_sentences() {
 #[test]
 fn streaming_evaluation_matches_the_ordinary_one() {
     use semantic_llm_compressor::evaluation::streaming::StreamingEvaluator;
-    use semantic_llm_compressor::model::weights::CheckpointWeights;
+    use semantic_llm_compressor::model::weights::{CheckpointWeights, Precision};
     let b = bard();
     let c = compress(&b, Policy { rank: 32, skip: MLP.iter().map(|s| s.to_string()).collect(), ..Default::default() });
     let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
@@ -394,7 +394,8 @@ fn streaming_evaluation_matches_the_ordinary_one() {
     while ev.step(&original, Some(&c.model)).unwrap() {}
     let want = ev.report();
     for keep_half in [false, true] {
-        let w = CheckpointWeights { ckpt: &b.ckpt, keep_half };
+        let precision = if keep_half { Precision::AsStored } else { Precision::F32 };
+        let w = CheckpointWeights { ckpt: &b.ckpt, precision };
         let mut st = StreamingEvaluator::new(&ids, 1024, 256).unwrap();
         let mut steps = 0;
         while st.step(&b.cfg, &w, Some(&c.model)).unwrap() {

@@ -262,3 +262,48 @@ fn matrices_shared_among_workers_give_the_same_checkpoint() {
     s.open(bard()).unwrap();
     assert!(!s.compress_begin(Policy { energy: Some(0.5), ..Default::default() }, None).unwrap().can_split);
 }
+
+/// An f32 checkpoint whose f32 weights do not fit (as GPT-Neo-1.3B's 5.3 GB do not fit a 4 GiB tab): the original is
+/// held with every matrix converted to f16, says so, and still generates.
+#[test]
+fn an_f32_original_that_does_not_fit_is_held_in_f16() {
+    use semantic_llm_compressor::model::synth::Synth;
+    use semantic_llm_compressor::model::weights::Precision;
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cfg_text = std::fs::read_to_string(shared("models/neo-bard-8l/config.json")).unwrap();
+    let cfg = semantic_llm_compressor::model::config::GptNeoConfig::from_json(&cfg_text).unwrap();
+    let plan = Synth::new(&cfg, safetensors::Dtype::F32, 5, 0).unwrap();
+    let header = plan.header().unwrap();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header);
+    plan.tensors(&mut |_, b| {
+        bytes.extend_from_slice(b);
+        Ok(())
+    })
+    .unwrap();
+    let model_files = |bytes: Vec<u8>| {
+        let mut f = ModelFiles::default();
+        f.add("config.json", Box::new(MemSource::new("config.json", cfg_text.clone().into_bytes()))).unwrap();
+        let tok = std::fs::read(shared("models/neo-bard-8l/tokenizer.json")).unwrap();
+        f.add("tokenizer.json", Box::new(MemSource::new("tokenizer.json", tok))).unwrap();
+        f.add("model.safetensors", Box::new(MemSource::new("model.safetensors", bytes))).unwrap();
+        f
+    };
+    // with room: f32
+    let mut full = session(4.0 * GIB);
+    full.open(model_files(bytes.clone())).unwrap();
+    let loaded = full.load(&|_, _, _| {}).unwrap();
+    assert_eq!(loaded.precision, Precision::F32);
+    let f32_bytes = loaded.resident_bytes;
+    // f32 (78 MB) does not fit, neither does anything kept as stored (all of it is f32); f16 (40 MB) does
+    let mut s = session(0.0);
+    s.open(model_files(bytes)).unwrap();
+    s.set_memory_limit(alloc::live_bytes() as f64 + 60e6);
+    let loaded = s.load(&|_, _, _| {}).unwrap();
+    assert_eq!(loaded.precision, Precision::F16);
+    assert!(loaded.keep_half);
+    assert!((loaded.resident_bytes as f64) < 0.55 * f32_bytes as f64, "{} vs {f32_bytes}", loaded.resident_bytes);
+    let text = generate(&mut s, Which::Original);
+    assert!(!text.is_empty());
+    assert!(serde_json::to_string(&loaded).unwrap().contains("\"precision\":\"f16\""), "the page is told");
+}

@@ -128,7 +128,8 @@ function describeModel(report) {
   ];
   if (report.summary.compressed && report.policy) facts.push(['policy', describePolicy(report.policy)]);
   if (report.load_error) facts.push(['not loaded', report.load_error]);
-  if (report.loaded) facts.push(['in memory', `${fmtBytes(report.loaded.resident_bytes)} measured${report.loaded.keep_half ? ' (f16/bf16 kept as stored: f32 would not fit)' : ' (f32)'}`]);
+  const held = { 'f32': ' (f32)', 'as-stored': ' (f16/bf16 kept as stored: f32 would not fit)', 'f16': ' (converted to f16: f32 would not fit)' };
+  if (report.loaded) facts.push(['in memory', `${fmtBytes(report.loaded.resident_bytes)} measured${held[report.loaded.precision]}`]);
   const dl = $('model-info');
   dl.replaceChildren();
   for (const [k, v] of facts) {
@@ -367,6 +368,7 @@ function open(msg, name) {
       app.name = name || 'model';
       app.opened = true;
       app.loaded = !!report.loaded;
+      app.precision = report.loaded ? report.loaded.precision : null;
       resetResults();
       app.runs = [];
       plots.runs($('runs-plot'), app.runs);
@@ -477,6 +479,9 @@ function generate() {
       $('gen-note').textContent = `Both models produced the same ${Math.min(r.original.tokens, r.compressed.tokens)} tokens.`;
     } else if (which.length === 1) {
       $('gen-note').textContent = `Only the ${which[0]} model is loaded; compress to compare.`;
+    }
+    if (which.includes('original') && app.precision === 'f16') {
+      $('gen-note').textContent += ' The original ran with its f32 weights converted to f16: f32 does not fit in this tab.';
     }
     setState('done', 'done');
   }, () => {

@@ -5,7 +5,7 @@ use crate::model::checkpoint::{dtype_name, Checkpoint};
 use crate::model::config::GptNeoConfig;
 use crate::model::gpt_neo::GptNeo;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::weights::CheckpointWeights;
+use crate::model::weights::{CheckpointWeights, Precision};
 use crate::{Error, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -111,21 +111,22 @@ impl ModelBundle {
     }
 
     /// Build the model. A compressed checkpoint keeps its INT8 factors and stored dtypes; a plain one is converted
-    /// to f32 unless `keep_half`.
+    /// to f32 unless `keep_half` (16-bit matrices kept as stored).
     pub fn load_model(&self, keep_half: bool) -> Result<GptNeo> {
-        self.load_model_with_progress(keep_half, &|_, _| {})
+        let precision = if keep_half { Precision::AsStored } else { Precision::F32 };
+        self.load_model_with_progress(precision, &|_, _| {})
     }
 
     /// [`ModelBundle::load_model`], calling `progress(done, name)` after every tensor (about
     /// [`ModelBundle::tensor_count`] calls in all).
-    pub fn load_model_with_progress(&self, keep_half: bool, progress: &dyn Fn(usize, &str)) -> Result<GptNeo> {
+    pub fn load_model_with_progress(&self, precision: Precision, progress: &dyn Fn(usize, &str)) -> Result<GptNeo> {
         let compressed;
         let plain;
         let inner: &dyn crate::model::weights::Weights = if self.is_compressed() {
             compressed = crate::model::weights::CompressedWeights { ckpt: &self.ckpt };
             &compressed
         } else {
-            plain = CheckpointWeights { ckpt: &self.ckpt, keep_half };
+            plain = CheckpointWeights { ckpt: &self.ckpt, precision };
             &plain
         };
         GptNeo::load(
@@ -147,6 +148,18 @@ impl ModelBundle {
 
     /// Bytes the model takes once loaded, from the tensors' shapes and stored dtypes (f32 unless `keep_half`).
     pub fn estimate_model_bytes(&self, keep_half: bool) -> u64 {
+        self.estimate_bytes_at(if keep_half { Precision::AsStored } else { Precision::F32 })
+    }
+
+    /// Bytes the model takes once loaded at `precision` (a compressed checkpoint: as stored).
+    pub fn estimate_bytes_at(&self, precision: Precision) -> u64 {
+        let half = |name: &str, dtype: safetensors::Dtype, dims: usize| match precision {
+            _ if self.is_compressed() => matches!(dtype, safetensors::Dtype::F16 | safetensors::Dtype::BF16),
+            Precision::F32 => false,
+            Precision::AsStored => matches!(dtype, safetensors::Dtype::F16 | safetensors::Dtype::BF16),
+            // every matrix read as a linear weight (the token embedding with its tied head too); not the positions
+            Precision::F16 => dims == 2 && !name.contains("wpe"),
+        };
         let mut total = 0u64;
         for name in self.ckpt.names() {
             if is_buffer(name) {
@@ -155,8 +168,8 @@ impl ModelBundle {
             if let Some(info) = self.ckpt.info(name) {
                 let n = info.numel();
                 let size = match info.dtype {
-                    safetensors::Dtype::F16 | safetensors::Dtype::BF16 if keep_half || self.is_compressed() => 2,
                     safetensors::Dtype::I8 | safetensors::Dtype::U8 => 1,
+                    d if half(name, d, info.shape.len()) => 2,
                     _ => 4,
                 };
                 total = total.saturating_add(n.saturating_mul(size));

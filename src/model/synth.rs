@@ -147,9 +147,14 @@ impl Synth {
         );
         let mut at = 0u64;
         if self.pad > 0 {
+            // two dimensions, each addressable by a 32-bit build (a wasm32 reader refuses a larger one)
+            let cols = 1u64 << self.pad.trailing_zeros().min(20);
+            if self.pad / cols > u32::MAX as u64 {
+                return Err(Error::Policy(format!("--pad-bytes {}: use a multiple of 4096", self.pad)));
+            }
             map.insert(
                 PAD_TENSOR.into(),
-                serde_json::json!({"dtype": "U8", "shape": [self.pad], "data_offsets": [0, self.pad]}),
+                serde_json::json!({"dtype": "U8", "shape": [self.pad / cols, cols], "data_offsets": [0, self.pad]}),
             );
             at = self.pad;
         }

@@ -23,11 +23,23 @@ pub trait Weights {
     }
 }
 
-/// A plain checkpoint as [`Weights`]. `keep_half` keeps F16/BF16 tensors as stored (half the memory; each forward
-/// converts blocks of rows), otherwise everything is converted to f32 once at load.
+/// How a plain checkpoint's linear layers are held in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Everything converted to f32 once at load.
+    F32,
+    /// F16/BF16 matrices kept as stored (half the memory; each forward converts blocks of rows), the rest f32.
+    AsStored,
+    /// Every linear matrix in 16 bits: F16/BF16 as stored, F32 converted to f16 (the original of a model whose f32
+    /// weights do not fit, e.g. GPT-Neo-1.3B's 5.3 GB in a 4 GiB tab). The position embedding stays f32.
+    F16,
+}
+
+/// A plain checkpoint as [`Weights`], its linear layers held at `precision`.
 pub struct CheckpointWeights<'a> {
     pub ckpt: &'a Checkpoint,
-    pub keep_half: bool,
+    pub precision: Precision,
 }
 
 impl Weights for CheckpointWeights<'_> {
@@ -43,10 +55,18 @@ impl Weights for CheckpointWeights<'_> {
         let info = self.ckpt.info(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
         check_shape(name, &info.shape, &[out, inp])?;
         let raw = self.ckpt.read(name)?;
-        if self.keep_half {
+        if self.precision != Precision::F32 {
             if let Some(f) = raw.to_half_factor()? {
                 return Ok(LinearWeight::Matrix(std::sync::Arc::new(f)));
             }
+        }
+        if self.precision == Precision::F16 {
+            let bits: Vec<u16> = raw.to_f32_vec()?.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect();
+            if let Some(i) = bits.iter().position(|&h| crate::model::storage::f16_is_non_finite(h)) {
+                return Err(Error::tensor(name, format!("element {i} is too large for f16")));
+            }
+            let f = Factor::Half { rows: out, cols: inp, bits, bf16: false };
+            return Ok(LinearWeight::Matrix(std::sync::Arc::new(f)));
         }
         Ok(LinearWeight::Dense(raw.to_tensor()?))
     }
@@ -208,7 +228,7 @@ impl Weights for CompressedWeights<'_> {
             || self.ckpt.contains(&format!("{name}.q"))
     }
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        CheckpointWeights { ckpt: self.ckpt, keep_half: true }.dense(name, shape)
+        CheckpointWeights { ckpt: self.ckpt, precision: Precision::AsStored }.dense(name, shape)
     }
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
         let u_base = format!("{name}.U");
@@ -222,6 +242,6 @@ impl Weights for CompressedWeights<'_> {
         if self.ckpt.contains(&format!("{name}.q")) {
             return Ok(LinearWeight::Matrix(Arc::new(self.factor(name, Some(out), Some(inp))?)));
         }
-        CheckpointWeights { ckpt: self.ckpt, keep_half: true }.linear(name, out, inp)
+        CheckpointWeights { ckpt: self.ckpt, precision: Precision::AsStored }.linear(name, out, inp)
     }
 }

@@ -21,7 +21,7 @@ use crate::model::generate::{Generation, SamplingParams};
 use crate::model::gpt_neo::GptNeo;
 use crate::model::linear::LinearWeight;
 use crate::model::tokenizer::{TextStream, Tokenizer};
-use crate::model::weights::{is_compressed, CheckpointWeights};
+use crate::model::weights::{is_compressed, CheckpointWeights, Precision};
 use crate::{Error, Result};
 pub use memory::MemoryBudget;
 pub use reports::*;
@@ -255,26 +255,24 @@ impl Session {
     /// `progress(done, total, tensor)` after each tensor.
     pub fn load(&mut self, progress: &dyn Fn(usize, usize, &str)) -> Result<Loaded> {
         let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
-        let f32_bytes = b.estimate_model_bytes(false) as f64;
-        let half_bytes = b.estimate_model_bytes(true) as f64;
-        let keep_half = if self.memory.fits(f32_bytes, 0.8) {
-            false
-        } else if self.memory.fits(half_bytes, 0.8) {
-            true
-        } else {
+        // f32 if it fits; else 16-bit matrices as stored; else every matrix in f16
+        let at = |p: Precision| (p, b.estimate_bytes_at(p) as f64);
+        let tries = [at(Precision::F32), at(Precision::AsStored), at(Precision::F16)];
+        let Some(&(precision, _)) = tries.iter().find(|(_, bytes)| self.memory.fits(*bytes, 0.8)) else {
             return Err(self.memory.no_room(
-                "the original model (its 16-bit weights kept as stored)",
-                half_bytes,
+                "the original model (every matrix in f16)",
+                tries[2].1,
                 "it can still be compressed and exported, but not run here",
             ));
         };
+        let keep_half = precision != Precision::F32;
         let total = b.tensor_count();
         let report = |done: usize, name: &str| progress(done, total, name);
-        let (model, resident, _) = crate::alloc::measure(|| b.load_model_with_progress(keep_half, &report));
+        let (model, resident, _) = crate::alloc::measure(|| b.load_model_with_progress(precision, &report));
         let model = model?;
         let bytes = model.weight_bytes();
         self.original = Some(model);
-        Ok(Loaded { bytes, keep_half, resident_bytes: resident, tensor_bytes: b.tensor_bytes() })
+        Ok(Loaded { bytes, keep_half, precision, resident_bytes: resident, tensor_bytes: b.tensor_bytes() })
     }
 
     /// Start compressing the original with `policy`. The activation-aware method reads the first
@@ -449,7 +447,7 @@ impl Session {
             }
             Evaluation::Streamed(ev) => {
                 let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
-                let w = CheckpointWeights { ckpt: &b.ckpt, keep_half: true };
+                let w = CheckpointWeights { ckpt: &b.ckpt, precision: Precision::AsStored };
                 if !ev.step(&b.cfg, &w, c)? {
                     return Ok(None);
                 }

@@ -33,8 +33,10 @@ pub enum OpenedKind {
 #[derive(Serialize)]
 pub struct Loaded {
     pub bytes: usize,
-    /// f16/bf16 weights kept as stored because f32 would not fit.
+    /// 16-bit weights (kept as stored, or converted to f16) because f32 would not fit.
     pub keep_half: bool,
+    /// How the linear layers are held: f32, as-stored (f16/bf16 kept), f16 (f32 converted).
+    pub precision: crate::model::weights::Precision,
     pub resident_bytes: usize,
     pub tensor_bytes: u64,
 }

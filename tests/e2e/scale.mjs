@@ -29,7 +29,7 @@ try {
       const p = await page.evaluate(async ([m, n, pkg]) => {
         const src = `import init, { profile_svd } from '${pkg}';
           self.onmessage = async (e) => { await init(); const [m, n] = e.data;
-            try { self.postMessage(profile_svd(m, n, 128, 10, 1, 3, false)); } catch (err) { self.postMessage({ error: String(err) }); } };`;
+            try { self.postMessage(profile_svd(m, n, 128, 3)); } catch (err) { self.postMessage({ error: String(err) }); } };`;
         const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
         const out = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.postMessage([m, n]); });
         w.terminate();
@@ -56,7 +56,7 @@ try {
     await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
     const files = fs.readdirSync(dir).filter((f) => /^(config\.json|tokenizer\.json|.*\.safetensors|.*\.index\.json)$/.test(f));
     const open = await job(() => page.setInputFiles('#files', files.map((f) => path.join(dir, f))));
-    console.log(`${dir}: opened in ${open.toFixed(1)} s — ${(await page.textContent('#model-info')).replace(/\s+/g, ' ').slice(0, 300)}`);
+    console.log(`${dir}: opened in ${open.toFixed(1)} s — ${(await page.$$eval('#model-info dd, #model-info dt', (ns) => ns.map((n) => n.textContent.trim()).join(' | ')))}`);
     await page.fill('#rank', '128');
     await page.fill('#skip', '');
     await page.fill('#min-dim', '0');
@@ -69,9 +69,19 @@ try {
     console.log(`compress (rank 128, every layer) ${d.compressSeconds} s on ${d.compressWorkers} worker(s); heap: coordinator ${mib(heaps[0])}, helpers ${heaps.slice(1).map(mib).join(', ') || '–'}; evaluate ${tokens} tokens ${d.evalSeconds || '–'} s; whole job ${all.toFixed(1)} s`);
     console.log(`  ${(await page.textContent('#summary-note')).trim()}`);
     await page.fill('#prompt', 'The meaning of life is');
-    const gen = await job(() => page.click('#generate'));
+    await page.click('#gen-settings summary');
+    await page.fill('#max-new-tokens', '32');
+    await page.uncheck('#stop-at-eos');
+    // the run starts generating and ends done (other jobs, e.g. a plot's spectrum, may end meanwhile)
+    const t = Date.now();
+    await page.click('#generate');
+    const state = () => page.$eval('#status', (e) => e.dataset.state);
+    while (await state() !== 'generating' && Date.now() - t < 10000) await new Promise((r) => setTimeout(r, 100));
+    while (await state() === 'generating') await new Promise((r) => setTimeout(r, 500));
+    if (await page.$eval('#status', (e) => e.dataset.state) === 'error') throw new Error(await page.textContent('#error'));
+    const gen = (Date.now() - t) / 1000;
     const rate = async (w) => (await page.textContent(`#rate-${w}`)).trim();
-    console.log(`generate side by side in ${gen.toFixed(1)} s: original ${await rate('original')}, compressed ${await rate('compressed')}`);
+    console.log(`generate 32 tokens side by side in ${gen.toFixed(1)} s: original ${await rate('original')}, compressed ${await rate('compressed')}; ${(await page.textContent('#gen-note')).trim()}`);
   } else {
     throw new Error('usage: node tests/e2e/scale.mjs svd [MxN ...] | model DIR [tokens]');
   }
