@@ -70,18 +70,20 @@ try {
     console.log(`  ${(await page.textContent('#summary-note')).trim()}`);
     await page.fill('#prompt', 'The meaning of life is');
     await page.click('#gen-settings summary');
-    await page.fill('#max-new-tokens', '32');
+    await page.fill('#max-new-tokens', '12');
     await page.uncheck('#stop-at-eos');
     // the run starts generating and ends done (other jobs, e.g. a plot's spectrum, may end meanwhile)
     const t = Date.now();
     await page.click('#generate');
     const state = () => page.$eval('#status', (e) => e.dataset.state);
     while (await state() !== 'generating' && Date.now() - t < 10000) await new Promise((r) => setTimeout(r, 100));
-    while (await state() === 'generating') await new Promise((r) => setTimeout(r, 500));
+    // at most two minutes: the rates are read as the tokens stream
+    while (await state() === 'generating' && Date.now() - t < 120000) await new Promise((r) => setTimeout(r, 500));
+    if (await state() === 'generating') console.log('  (generation still running after 120 s: rates as streamed so far)');
     if (await page.$eval('#status', (e) => e.dataset.state) === 'error') throw new Error(await page.textContent('#error'));
     const gen = (Date.now() - t) / 1000;
     const rate = async (w) => (await page.textContent(`#rate-${w}`)).trim();
-    console.log(`generate 32 tokens side by side in ${gen.toFixed(1)} s: original ${await rate('original')}, compressed ${await rate('compressed')}; ${(await page.textContent('#gen-note')).trim()}`);
+    console.log(`generate 12 tokens side by side in ${gen.toFixed(1)} s: original ${await rate('original')}, compressed ${await rate('compressed')}; ${(await page.textContent('#gen-note')).trim()}`);
   } else {
     throw new Error('usage: node tests/e2e/scale.mjs svd [MxN ...] | model DIR [tokens]');
   }
