@@ -123,7 +123,10 @@ impl LayerReport {
 /// The weight matrices the compressor considers, from config.json and the checkpoint's table alone (no weights are
 /// read): every linear layer of every block (q, k, v, out_proj, c_fc, c_proj), then the head.
 pub fn considered_matrices(cfg: &GptNeoConfig, ckpt: &Checkpoint) -> Result<Vec<MatrixInfo>> {
-    let p = crate::model::weights::tensor_prefix(&CheckpointWeights { ckpt, precision: crate::model::weights::Precision::AsStored })?;
+    let p = crate::model::weights::tensor_prefix(&CheckpointWeights {
+        ckpt,
+        precision: crate::model::weights::Precision::AsStored,
+    })?;
     let h = cfg.hidden_size;
     let mut mats = Vec::new();
     let elem = |name: &str| {
@@ -487,7 +490,10 @@ pub fn build_compressed(
     ckpt: &Checkpoint,
     replaced: &HashMap<String, LinearWeight>,
 ) -> Result<GptNeo> {
-    GptNeo::load(cfg, &Overlay { base: CheckpointWeights { ckpt, precision: crate::model::weights::Precision::AsStored }, replaced })
+    GptNeo::load(
+        cfg,
+        &Overlay { base: CheckpointWeights { ckpt, precision: crate::model::weights::Precision::AsStored }, replaced },
+    )
 }
 
 /// Read a weight from the checkpoint as f32 (the tied head reads the token embedding).
