@@ -116,12 +116,21 @@ pub fn default_policy() -> JsResult<JsValue> {
 }
 
 /// The randomized SVD as the pipeline runs it, profiled on a synthetic trained-like `m × n` matrix (see
-/// [`crate::compression::svd::profile`]): what `./build.sh bench` runs in the browser.
+/// [`crate::compression::svd::profile`]): what `./build.sh bench` runs in the browser. `oversample` and
+/// `power_iters` default to the pipeline's.
 #[wasm_bindgen]
-pub fn profile_svd(m: usize, n: usize, rank: usize, runs: usize) -> JsResult<JsValue> {
+pub fn profile_svd(
+    m: usize,
+    n: usize,
+    rank: usize,
+    runs: usize,
+    oversample: Option<usize>,
+    power_iters: Option<usize>,
+) -> JsResult<JsValue> {
     use crate::compression::svd::{profile, OVERSAMPLE, POWER_ITERS};
     let w = crate::model::synth::matrix(m, n, 1).map_err(js_err)?;
-    to_js(&profile(&w, m, n, rank, OVERSAMPLE, POWER_ITERS, runs, false).map_err(js_err)?)
+    let (o, q) = (oversample.unwrap_or(OVERSAMPLE), power_iters.unwrap_or(POWER_ITERS));
+    to_js(&profile(&w, m, n, rank, o, q, runs, false).map_err(js_err)?)
 }
 
 /// One model session in a worker (see [`Session`]).

@@ -1,7 +1,8 @@
 // Benchmarks at the published GPT-Neo shapes in headless Chromium (wasm + simd128). Prints figures only; the
 // numbers go to BENCHMARKS.md with the command that printed them (`./build.sh bench` runs them all).
 //   node tests/e2e/scale.mjs svd [MxN ...]            randomized SVD at rank 128 in a worker, stage by stage,
-//                                                      beside a plain f32 product of the same shape
+//                                                      beside a plain f32 product of the same shape (SVD_OVERSAMPLE,
+//                                                      SVD_ITERS override the pipeline's settings)
 //   node tests/e2e/scale.mjs model DIR [tokens=512]   DIR's files through input#files: compress at rank 128 on
 //                                                      every layer, evaluate on `tokens`, generate side by side
 import { chromium } from 'playwright-core';
@@ -26,18 +27,20 @@ try {
     for (const shape of shapes) {
       const [m, n] = shape.split('x').map(Number);
       // one worker of its own, importing the page's wasm package
-      const p = await page.evaluate(async ([m, n, pkg]) => {
+      const setting = (v) => (v === undefined ? undefined : Number(v));
+      const [os, q] = [setting(process.env.SVD_OVERSAMPLE), setting(process.env.SVD_ITERS)];
+      const p = await page.evaluate(async ([m, n, os, q, pkg]) => {
         const src = `import init, { profile_svd } from '${pkg}';
-          self.onmessage = async (e) => { await init(); const [m, n] = e.data;
-            try { self.postMessage(profile_svd(m, n, 128, 3)); } catch (err) { self.postMessage({ error: String(err) }); } };`;
+          self.onmessage = async (e) => { await init(); const [m, n, os, q] = e.data;
+            try { self.postMessage(profile_svd(m, n, 128, 3, os, q)); } catch (err) { self.postMessage({ error: String(err) }); } };`;
         const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
-        const out = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.postMessage([m, n]); });
+        const out = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.postMessage([m, n, os, q]); });
         w.terminate();
         return out;
-      }, [m, n, new URL('www/pkg/semantic_llm_compressor.js', server.url).href]);
+      }, [m, n, os, q, new URL('www/pkg/semantic_llm_compressor.js', server.url).href]);
       if (p.error) throw new Error(p.error);
       const stages = p.stages.map(([s, t]) => `${s} ${t.toFixed(3)}`).join(', ');
-      console.log(`svd ${shape} rank 128 (wasm, headless Chromium, 1 worker): randomized ${p.randomized_seconds.toFixed(3)} s [${stages}] = ${(p.randomized_seconds / p.matmul_seconds).toFixed(2)} f32 products of ${p.matmul_seconds.toFixed(3)} s (faer; candle's ${p.candle_seconds.toFixed(3)} s), ${p.products} units; error ${p.err_randomized.toFixed(4)}`);
+      console.log(`svd ${shape} rank 128 (wasm, headless Chromium, 1 worker): randomized ${p.randomized_seconds.toFixed(3)} s [${stages}] = ${(p.randomized_seconds / p.matmul_seconds).toFixed(2)} f32 products of ${p.matmul_seconds.toFixed(3)} s (faer; candle's ${p.candle_seconds.toFixed(3)} s), ${p.products} units (oversampling ${p.oversample}, ${p.power_iters} iterations); error ${p.err_randomized.toFixed(4)}`);
     }
   } else if (what === 'model') {
     const dir = path.resolve(args[0]);
