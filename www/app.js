@@ -19,7 +19,8 @@ const app = {
   sort: { key: null, dir: 1 },
   runs: [],             // {bytes, cosine, label, bytes_original}
   gen: { original: [], compressed: [], diverged: -1 },
-  pending: null,
+  pending: new Map(), // request id → {resolve, reject}: jobs may overlap (a plot's spectrum, a user's command)
+  nextId: 0,
   task: null,           // {name, start}
 };
 
@@ -62,16 +63,17 @@ function send(msg) {
   clearError();
   setBusy(true);
   return new Promise((resolve, reject) => {
-    app.pending = { resolve, reject };
-    worker.postMessage(msg);
+    const id = ++app.nextId;
+    app.pending.set(id, { resolve, reject });
+    worker.postMessage({ ...msg, id });
   });
 }
 // #status[data-jobs] counts finished jobs, so a test can wait for the end of the job it started
-function settle(fn) {
-  const p = app.pending;
-  app.pending = null;
+function settle(m, fn) {
+  const p = app.pending.get(m.id);
+  app.pending.delete(m.id);
   $('status').dataset.jobs = String(Number($('status').dataset.jobs || 0) + 1);
-  setBusy(false);
+  setBusy(app.pending.size > 0);
   if (p) fn(p);
 }
 worker.onmessage = (e) => {
@@ -83,9 +85,9 @@ worker.onmessage = (e) => {
     case 'plan': startTable(m.matrices); break;
     case 'layer': addLayer(m.layer); break;
     case 'token': addToken(m); break;
-    case 'result': settle((p) => p.resolve(m.result)); break;
-    case 'cancelled': settle((p) => p.reject(Object.assign(new Error('cancelled'), { cancelled: true }))); setState(app.loaded ? 'ready' : 'idle', 'cancelled'); break;
-    case 'error': settle((p) => p.reject(errorFrom(m))); showError(m.message); break;
+    case 'result': settle(m, (p) => p.resolve(m.result)); break;
+    case 'cancelled': settle(m, (p) => p.reject(Object.assign(new Error('cancelled'), { cancelled: true }))); setState(app.loaded ? 'ready' : 'idle', 'cancelled'); break;
+    case 'error': settle(m, (p) => p.reject(errorFrom(m))); showError(m.message); break;
   }
 };
 worker.onerror = (e) => showError(`the worker failed: ${e.message || 'unknown error'}`);
@@ -281,7 +283,7 @@ async function drawLayerPlots() {
   const l = app.layers.find((x) => x.name === name);
   if (!l) { plots.spectrum($('spectrum-plot'), null); plots.errorCurve($('error-plot'), null); return; }
   let values = l.singular_values || spectra.get(name);
-  if (!values && app.loaded && !app.pending) {
+  if (!values && app.loaded && !app.pending.size) {
     try {
       values = (await send({ cmd: 'spectrum', name })).values;
       spectra.set(name, values);
@@ -544,7 +546,7 @@ dz.addEventListener('dragleave', () => dz.classList.remove('over'));
 dz.addEventListener('drop', async (e) => {
   e.preventDefault();
   dz.classList.remove('over');
-  if (app.pending) return;
+  if (app.pending.size) return;
   openFiles(await filesFromDrop(e.dataTransfer));
 });
 dz.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('files').click(); } });

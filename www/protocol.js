@@ -2,7 +2,8 @@
 // worker.js), documented once. Both sides import this module.
 //
 // Page → worker: a Command. Worker → page: Events, ending each job with exactly one of "result", "cancelled" or
-// "error". A helper speaks the same protocol with the coordinator (the h_* commands).
+// "error", which carries the command's `id` (the page numbers its commands; two jobs may overlap, e.g. a plot's
+// spectrum and a user's command, and each answer settles its own request). A helper speaks the same protocol with the coordinator (the h_* commands).
 
 /**
  * @typedef {{tokens: number, window: number, workers?: number, text?: string, skip?: number}} EvalSettings
@@ -46,9 +47,9 @@
  * @typedef {{type: 'layer', layer: object}} LayerEvent   A matrix's LayerReport, as soon as it is compressed.
  * @typedef {{type: 'token', which: 'original'|'compressed', id: number, text: string, token: string, n: number,
  *   tokens_per_s: number}} TokenEvent
- * @typedef {{type: 'result', cmd: string, result: any}} ResultEvent
- * @typedef {{type: 'cancelled', cmd: string}} CancelledEvent
- * @typedef {{type: 'error', cmd: string, kind: ErrorKind, message: string}} ErrorEvent
+ * @typedef {{type: 'result', cmd: string, id?: number, result: any}} ResultEvent
+ * @typedef {{type: 'cancelled', cmd: string, id?: number}} CancelledEvent
+ * @typedef {{type: 'error', cmd: string, id?: number, kind: ErrorKind, message: string}} ErrorEvent
  * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TokenEvent|ResultEvent|CancelledEvent|ErrorEvent} Event
  *
  * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'other'} ErrorKind

@@ -368,7 +368,7 @@ const commands = {
 };
 
 self.onmessage = async (e) => {
-  const { cmd, ...args } = e.data;
+  const { cmd, id, ...args } = e.data;
   if (cmd === 'cancel') {
     cancelled = busy;
     for (const h of helpers) h.w.postMessage({ cmd: 'cancel' });
@@ -377,17 +377,17 @@ self.onmessage = async (e) => {
   await ready;
   const run = commands[cmd];
   if (!run) {
-    post(errorEvent(cmd, new Error(`unknown command ${cmd}`)));
+    post({ ...errorEvent(cmd, new Error(`unknown command ${cmd}`)), id });
     return;
   }
   busy = true;
   cancelled = false;
   try {
     const result = await run(args);
-    post({ type: 'result', cmd, result });
+    post({ type: 'result', cmd, id, result });
   } catch (err) {
-    if (err instanceof Cancelled) post({ type: 'cancelled', cmd });
-    else post(errorEvent(cmd, err));
+    if (err instanceof Cancelled) post({ type: 'cancelled', cmd, id });
+    else post({ ...errorEvent(cmd, err), id });
   } finally {
     busy = false;
     cancelled = false;
