@@ -3,7 +3,8 @@
 //
 // Page → worker: a Command. Worker → page: Events, ending each job with exactly one of "result", "cancelled" or
 // "error", which carries the command's `id` (the page numbers its commands; two jobs may overlap, e.g. a plot's
-// spectrum and a user's command, and each answer settles its own request). A helper speaks the same protocol with the coordinator (the h_* commands).
+// spectrum and a user's command, and each answer settles its own request). A helper speaks the same protocol with
+// the coordinator (the h_* commands).
 
 /**
  * @typedef {{tokens: number, window: number, workers?: number, text?: string, skip?: number}} EvalSettings
