@@ -3,6 +3,8 @@
 //! * [`policy`] — which matrices are factored, at which rank, how the factors are stored (budgets, energy, the
 //!   break-even guard); [`svd`] — exact, randomized and activation-aware ("whitened") truncated SVD;
 //!   [`quant`] — the INT8 quantizers; [`calib`] — the input statistics activation-aware SVD needs.
+//! * [`sensitivity`] — the damage of compressing one matrix alone (what the loss allocation weighs by);
+//!   [`refit`] — the sequential closed-form refit, block by block, against the original's outputs.
 //! * [`pipeline`] — one matrix per step: plan, factor, quantize, measure; the compressed model.
 //! * [`format`] — the compressed checkpoint written to a file (FORMAT.md), and dense weights again (`densify`).
 //!
@@ -13,4 +15,6 @@ pub mod format;
 pub mod pipeline;
 pub mod policy;
 pub mod quant;
+pub mod refit;
+pub mod sensitivity;
 pub mod svd;

@@ -5,8 +5,9 @@
 //! range, so a page can show progress, stop between matrices, and never hold the dense model twice.
 
 use crate::clock::now;
-use crate::compression::policy::{MatrixInfo, Plan, Policy};
+use crate::compression::policy::{MatrixInfo, Method, Plan, Policy};
 use crate::compression::quant::{per_row, per_tensor};
+use crate::compression::sensitivity::{Damage, Probe};
 use crate::compression::svd::{self, rel_fro_error, Svd};
 use crate::model::checkpoint::{embedding_name, Checkpoint};
 use crate::model::config::GptNeoConfig;
@@ -52,8 +53,12 @@ pub struct LayerReport {
     /// Fraction of ‖W‖F² kept by the rank (from the spectrum).
     pub energy_kept: Option<f64>,
     /// Activation-aware SVD: the relative error on the calibration inputs, sqrt(tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)), of
-    /// what is stored.
+    /// what is stored. Refit: the relative error of the stored layer's outputs, on the inputs the compressed blocks
+    /// before it give it, against the original layer's outputs on the original's inputs.
     pub err_activations: Option<f64>,
+    /// Loss allocation: what compressing this matrix alone at the probe rank did to the logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeReport>,
     pub params_before: usize,
     pub params_after: usize,
     pub bytes_before: usize,
@@ -78,6 +83,7 @@ impl LayerReport {
             err_stored: None,
             energy_kept: None,
             err_activations: None,
+            probe: None,
             params_before: m.params(),
             params_after: m.params(),
             bytes_before: m.dense_bytes(),
@@ -110,6 +116,7 @@ impl LayerReport {
             err_stored: f("err_stored"),
             energy_kept: None,
             err_activations: f("err_activations"),
+            probe: None,
             params_before: out * inp,
             params_after: l.weight.rank().map_or(out * inp, |r| r * (out + inp + 1)),
             bytes_before: 0,
@@ -118,6 +125,18 @@ impl LayerReport {
             seconds: 0.0,
         }
     }
+}
+
+/// A matrix's sensitivity probe ([`crate::compression::sensitivity`]).
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+pub struct ProbeReport {
+    /// The rank it was probed at (activation-aware factors, f32).
+    pub rank: usize,
+    pub damage: Damage,
+    /// The whitened spectrum's tail beyond that rank: the squared output error per calibration input.
+    pub error: f64,
+    /// KL per unit of that error: the weight of its components in the loss allocation.
+    pub sensitivity: f64,
 }
 
 /// The weight matrices the compressor considers, from config.json and the checkpoint's table alone (no weights are
@@ -171,8 +190,13 @@ pub struct Compressor {
     /// Each matrix's report once it is factored (here or elsewhere), by index.
     done: Vec<Option<LayerReport>>,
     live_at_start: usize,
-    /// Input statistics per layer, for the whitened method.
+    /// Input statistics per layer, for the activation-aware methods.
     grams: HashMap<String, crate::compression::calib::Gram>,
+    /// The loss allocation's single-matrix probe, and what it measured per matrix.
+    probe: Option<Probe>,
+    probes: Vec<Option<ProbeReport>>,
+    /// Method refit: the block matrices have been refitted (by [`crate::compression::refit`]).
+    pub(crate) refitted: bool,
 }
 
 /// Progress after a step.
@@ -202,6 +226,9 @@ impl Compressor {
             done: vec![None; n],
             live_at_start: crate::alloc::live_bytes(),
             grams: HashMap::new(),
+            probe: None,
+            probes: vec![None; n],
+            refitted: false,
         };
         if !c.policy.needs_spectra() {
             c.start_factoring()?;
@@ -216,7 +243,33 @@ impl Compressor {
 
     /// Whether the policy needs calibration statistics that have not been given.
     pub fn needs_calibration(&self) -> bool {
-        self.policy.method == crate::compression::policy::Method::Whitened && self.grams.is_empty()
+        self.policy.method.is_activation_aware() && self.grams.is_empty()
+    }
+
+    /// The calibration statistics given.
+    pub fn grams(&self) -> &HashMap<String, crate::compression::calib::Gram> {
+        &self.grams
+    }
+
+    /// Whether the loss allocation still needs its probe ([`Compressor::set_probe`]).
+    pub fn needs_probe(&self) -> bool {
+        self.policy.needs_sensitivity() && self.probe.is_none()
+    }
+
+    /// Give the loss allocation its probe: the original model run over the first `sensitivity_tokens` calibration
+    /// tokens.
+    pub fn set_probe(&mut self, probe: Probe) {
+        self.probe = Some(probe);
+    }
+
+    /// Matrix `i`'s plan, once the plans are made.
+    pub fn plan(&self, i: usize) -> Option<&Plan> {
+        self.plans.get(i)
+    }
+
+    /// The index of the matrix named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.mats.iter().position(|m| m.name == name)
     }
 
     /// Matrices that need a spectrum before ranks can be allocated (not skipped, not excluded).
@@ -231,36 +284,77 @@ impl Compressor {
     }
 
     fn start_factoring(&mut self) -> Result<()> {
-        self.plans = self.policy.plan(&self.mats, &self.spectra)?;
+        let mut sensitivity: Vec<Option<f64>> = self.probes.iter().map(|p| p.map(|p| p.sensitivity)).collect();
+        if self.policy.needs_sensitivity() {
+            // a matrix outside the blocks (an untied head) is not probed: weigh it as the most sensitive one
+            let most = sensitivity.iter().flatten().fold(0f64, |a, &b| a.max(b));
+            for (i, s) in sensitivity.iter_mut().enumerate() {
+                if s.is_none() && self.spectra[i].is_some() {
+                    *s = Some(most);
+                }
+            }
+        }
+        self.plans = self.policy.plan_weighted(&self.mats, &self.spectra, &sensitivity)?;
         self.phase = Phase::Factor;
         self.next = 0;
+        Ok(())
+    }
+
+    /// One matrix of the spectrum pass; `None` (with the plans made) when the pass is over.
+    fn spectrum_step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
+        let targets = self.spectrum_targets();
+        if self.next >= targets.len() {
+            self.start_factoring()?;
+            return Ok(None);
+        }
+        let i = targets[self.next];
+        let m = &self.mats[i];
+        let w = read(&m.name)?;
+        let s = if self.policy.needs_sensitivity() {
+            let (s, probe) = self.probe_matrix(i, &w)?;
+            self.probes[i] = probe;
+            s
+        } else {
+            svd::singular_values(&w, m.out, m.inp).map_err(|e| Error::tensor(&m.name, e.to_string()))?
+        };
+        self.spectra[i] = Some(s);
+        self.next += 1;
+        Ok(Some(StepInfo {
+            phase: "spectrum",
+            done: self.next,
+            total: targets.len(),
+            name: m.name.clone(),
+            index: Some(i),
+        }))
+    }
+
+    /// Run the spectrum pass (and the loss allocation's probes) to its end and make the plans.
+    pub fn analyse(
+        &mut self,
+        read: &dyn Fn(&str) -> Result<Vec<f32>>,
+        progress: &mut dyn FnMut(&StepInfo),
+    ) -> Result<()> {
+        while matches!(self.phase, Phase::Spectra) {
+            if let Some(info) = self.spectrum_step(read)? {
+                progress(&info);
+            }
+        }
         Ok(())
     }
 
     /// Do one unit of work; `read(name)` returns a weight as f32, row-major. `None` when everything is done.
     pub fn step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
         match self.phase {
-            Phase::Spectra => {
-                let targets = self.spectrum_targets();
-                if self.next >= targets.len() {
-                    self.start_factoring()?;
-                    return self.step(read);
-                }
-                let i = targets[self.next];
-                let m = &self.mats[i];
-                let w = read(&m.name)?;
-                let s = svd::singular_values(&w, m.out, m.inp).map_err(|e| Error::tensor(&m.name, e.to_string()))?;
-                self.spectra[i] = Some(s);
-                self.next += 1;
-                Ok(Some(StepInfo {
-                    phase: "spectrum",
-                    done: self.next,
-                    total: targets.len(),
-                    name: m.name.clone(),
-                    index: Some(i),
-                }))
-            }
+            Phase::Spectra => match self.spectrum_step(read)? {
+                Some(info) => Ok(Some(info)),
+                None => self.step(read),
+            },
             Phase::Factor => {
+                if self.policy.method == crate::compression::policy::Method::Refit && !self.refitted {
+                    return Err(Error::Policy(
+                        "method refit compresses block by block: run the refit before the remaining matrices".into(),
+                    ));
+                }
                 while self.next < self.mats.len() && self.done[self.next].is_some() {
                     self.next += 1;
                 }
@@ -283,10 +377,31 @@ impl Compressor {
         }
     }
 
+    /// The loss allocation's look at matrix `i` (weight `w`): its whitened spectrum, and, for a block's matrix, the
+    /// damage of its activation-aware factors at the probe rank per unit of the output error they leave.
+    fn probe_matrix(&self, i: usize, w: &[f32]) -> Result<(Vec<f64>, Option<ProbeReport>)> {
+        let m = &self.mats[i];
+        let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+        let gram = self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
+            Error::tensor(&m.name, "has no calibration statistics: calibrate before a loss allocation")
+        })?;
+        let probe = self.probe.as_ref().ok_or_else(|| Error::msg("the loss allocation's probe has not been set"))?;
+        let rank = Policy::rank_for_fraction(m.out, m.inp, self.policy.probe_fraction());
+        let (s, all) = svd::whitened_f64(&svd::to_mat(w, m.out, m.inp), &gram, rank, self.policy.damp).map_err(tag)?;
+        if probe.block_of(&m.name).is_none() {
+            // not in a block (an untied head): the allocation gives it the largest sensitivity measured
+            return Ok((all, None));
+        }
+        let damage = probe.damage(&m.name, factors(&s, None)).map_err(tag)?;
+        let error: f64 = all.iter().skip(rank).map(|x| x * x).sum();
+        let sensitivity = if error > 0.0 { damage.kl / error } else { 0.0 };
+        Ok((all, Some(ProbeReport { rank, damage, error, sensitivity })))
+    }
+
     /// Whether the factoring can be shared among workers: every plan is made up front (no spectrum pass) and no
     /// calibration statistics are needed, so each worker needs only the files and the policy.
     pub fn can_split(&self) -> bool {
-        !self.policy.needs_spectra() && self.policy.method != crate::compression::policy::Method::Whitened
+        !self.policy.needs_spectra() && !self.policy.method.is_activation_aware()
     }
 
     /// Matrix `i`'s work, to run here or elsewhere (once the plans are made).
@@ -298,7 +413,7 @@ impl Compressor {
             Error::msg(format!("matrix {i} is not among the {} this compression considers", self.mats.len()))
         })?;
         let gram = match (plan, self.policy.method) {
-            (Plan::LowRank { .. }, crate::compression::policy::Method::Whitened) => {
+            (Plan::LowRank { .. }, method) if method.is_activation_aware() => {
                 Some(self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
                     Error::tensor(&m.name, "has no calibration statistics: calibrate before an activation-aware SVD")
                 })?)
@@ -331,7 +446,9 @@ impl Compressor {
         if let Some(w) = f.weight {
             self.weights.insert(m.name.clone(), w);
         }
-        self.done[f.index] = Some(f.report);
+        let mut report = f.report;
+        report.probe = self.probes[f.index];
+        self.done[f.index] = Some(report);
         if self.done.iter().all(Option::is_some) {
             self.phase = Phase::Done;
         }
@@ -566,14 +683,29 @@ pub fn compress_checkpoint_with(
     progress: &mut dyn FnMut(&StepInfo),
 ) -> Result<Compressed> {
     let mut c = Compressor::new(policy, considered_matrices(cfg, ckpt)?)?;
-    if c.needs_calibration() {
-        let (model, ids) = calibration.ok_or_else(|| {
-            Error::Policy("activation-aware SVD needs calibration text and the original model".into())
-        })?;
+    let needs_model = c.needs_calibration() || c.needs_probe() || c.policy.method == Method::Refit;
+    let calibration = match calibration {
+        Some(x) => Some(x),
+        None if needs_model => {
+            return Err(Error::Policy("activation-aware SVD needs calibration text and the original model".into()))
+        }
+        None => None,
+    };
+    if let (true, Some((model, ids))) = (c.needs_calibration(), calibration) {
         let mut cal =
             crate::compression::calib::Calibrator::new(ids, c.policy.calibration_tokens, c.policy.calibration_window)?;
         while cal.step(model)? {}
         c.set_calibration(cal.finish());
+    }
+    if let (true, Some((model, ids))) = (c.needs_probe(), calibration) {
+        let p = &c.policy;
+        let tokens = p.sensitivity_tokens.min(p.calibration_tokens);
+        c.set_probe(Probe::new(model, ids, tokens, p.calibration_window)?);
+    }
+    if let (Method::Refit, Some((model, ids))) = (c.policy.method, calibration) {
+        // the spectrum pass (and probes) first, then the blocks one by one
+        c.analyse(&reader(ckpt), progress)?;
+        crate::compression::refit::refit_all(&mut c, model, ids, progress)?;
     }
     #[cfg(not(target_arch = "wasm32"))]
     if let Some(t) = threads.filter(|t| t.count > 1 && c.can_split()) {

@@ -20,12 +20,20 @@ pub enum Method {
     Int8,
     /// Activation-aware ("whitened") SVD: truncation weighted by the inputs each layer sees on calibration text.
     Whitened,
+    /// Activation-aware SVD with the sequential refit: block by block, each matrix's factors are solved in closed
+    /// form to reproduce the original layer's outputs from the inputs the already-compressed blocks give it.
+    Refit,
 }
 
 impl Method {
     /// Whether the method factors matrices by an SVD (plain or whitened).
     pub fn is_svd(&self) -> bool {
-        matches!(self, Method::Svd | Method::Whitened)
+        matches!(self, Method::Svd | Method::Whitened | Method::Refit)
+    }
+
+    /// Whether the method reads calibration text (activation-aware factors).
+    pub fn is_activation_aware(&self) -> bool {
+        matches!(self, Method::Whitened | Method::Refit)
     }
 }
 
@@ -41,6 +49,10 @@ pub enum BudgetMode {
     Uniform,
     /// The same fraction of each matrix's parameters.
     Proportional,
+    /// Components taken in order of model loss saved per unit of budget: each component's exact cost in output
+    /// error on the calibration activations (the whitened spectrum), weighted by how much that matrix's output
+    /// error moves the model's loss (its measured sensitivity).
+    Loss,
 }
 
 /// What a budget counts.
@@ -101,6 +113,11 @@ pub struct Policy {
     pub calibration_window: usize,
     /// Whitened method: λ = damp · mean diagonal of the input Gram matrix, added before the Cholesky factorisation.
     pub damp: f64,
+    /// Loss allocation: calibration tokens (the first ones) on which each matrix's sensitivity is measured.
+    pub sensitivity_tokens: usize,
+    /// Loss allocation: each matrix is probed alone at the rank keeping this fraction of its parameters (by default
+    /// the budget's fraction).
+    pub probe: Option<f64>,
 }
 
 impl Default for Policy {
@@ -123,6 +140,8 @@ impl Default for Policy {
             calibration_tokens: 2048,
             calibration_window: 512,
             damp: 0.01,
+            sensitivity_tokens: 1024,
+            probe: None,
         }
     }
 }
@@ -180,7 +199,17 @@ impl Policy {
                 return Err(Error::Policy(format!("budget {b} must be in (0, 1]")));
             }
         }
-        if self.method == Method::Whitened {
+        if self.budget_mode == BudgetMode::Loss && self.budget.is_some() && !self.method.is_activation_aware() {
+            return Err(Error::Policy(
+                "budget mode loss weighs activation errors: use method whitened or refit (calibration text)".into(),
+            ));
+        }
+        if let Some(p) = self.probe {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(Error::Policy(format!("probe {p} must be in (0, 1]")));
+            }
+        }
+        if self.method.is_activation_aware() {
             if self.calibration_tokens < 2 || self.calibration_window < 2 {
                 return Err(Error::Policy(
                     "activation-aware SVD needs at least 2 calibration tokens and a window of 2".into(),
@@ -210,6 +239,21 @@ impl Policy {
     /// Whether the spectra of all matrices are needed before ranks can be chosen.
     pub fn needs_spectra(&self) -> bool {
         self.method.is_svd() && (self.energy.is_some() || self.budget.is_some())
+    }
+
+    /// Whether ranks are chosen by loss: the spectra are the whitened ones and each matrix's sensitivity is measured.
+    pub fn needs_sensitivity(&self) -> bool {
+        self.method.is_activation_aware() && self.budget.is_some() && self.budget_mode == BudgetMode::Loss
+    }
+
+    /// The fraction of its parameters each matrix keeps when its sensitivity is probed.
+    pub fn probe_fraction(&self) -> f64 {
+        self.probe.or(self.budget).unwrap_or(0.25)
+    }
+
+    /// The rank keeping `fraction` of an `m × n` matrix's parameters (at least 1).
+    pub fn rank_for_fraction(m: usize, n: usize, fraction: f64) -> usize {
+        ((fraction * (m * n) as f64 / (m + n + 1) as f64).floor() as usize).clamp(1, m.min(n))
     }
 
     /// The reason a matrix is not compressed at all, if any (skip patterns, minimum dimension, tied head).
@@ -250,6 +294,17 @@ impl Policy {
 
     /// Decide every matrix. `spectra[i]` (descending singular values) is required when [`Policy::needs_spectra`].
     pub fn plan(&self, mats: &[MatrixInfo], spectra: &[Option<Vec<f64>>]) -> Result<Vec<Plan>> {
+        self.plan_weighted(mats, spectra, &[])
+    }
+
+    /// [`Policy::plan`] with each matrix's sensitivity (loss per unit of whitened squared error), which the loss
+    /// allocation needs.
+    pub fn plan_weighted(
+        &self,
+        mats: &[MatrixInfo],
+        spectra: &[Option<Vec<f64>>],
+        sensitivity: &[Option<f64>],
+    ) -> Result<Vec<Plan>> {
         self.validate()?;
         let mut plans: Vec<Option<Plan>> =
             mats.iter().map(|m| self.exclusion(m).map(|reason| Plan::Dense { reason })).collect();
@@ -265,11 +320,12 @@ impl Policy {
         let mut ranks: Vec<usize> = vec![0; mats.len()];
         let candidates: Vec<usize> = (0..mats.len()).filter(|&i| plans[i].is_none()).collect();
         if let Some(fraction) = self.budget {
-            let alloc = self.allocate_budget(mats, &candidates, fraction, spectra)?;
+            let alloc = self.allocate_budget(mats, &candidates, fraction, spectra, sensitivity)?;
             for (&i, r) in candidates.iter().zip(alloc) {
                 match r {
-                    Some(r) => ranks[i] = r,
-                    None => plans[i] = Some(Plan::Dense { reason: "budget allocation keeps it dense".into() }),
+                    Alloc::Rank(r) => ranks[i] = r,
+                    Alloc::Dense => plans[i] = Some(Plan::Dense { reason: "budget allocation keeps it dense".into() }),
+                    Alloc::Int8 => plans[i] = Some(Plan::Int8),
                 }
             }
         } else {
@@ -315,14 +371,15 @@ impl Policy {
         }
     }
 
-    /// Ranks (None = keep dense) for `candidates` so that their total cost is at most `fraction` of their dense cost.
+    /// What each of `candidates` becomes so that their total cost is at most `fraction` of their dense cost.
     fn allocate_budget(
         &self,
         mats: &[MatrixInfo],
         candidates: &[usize],
         fraction: f64,
         spectra: &[Option<Vec<f64>>],
-    ) -> Result<Vec<Option<usize>>> {
+        sensitivity: &[Option<f64>],
+    ) -> Result<Vec<Alloc>> {
         let total: f64 = candidates.iter().map(|&i| self.dense_cost(&mats[i])).sum();
         let budget = fraction * total;
         let kmax = |i: usize| mats[i].out.min(mats[i].inp);
@@ -333,54 +390,113 @@ impl Policy {
                     |r: usize| candidates.iter().map(|&i| self.cost(&mats[i], r.min(kmax(i)))).sum::<f64>() <= budget;
                 let maxk = candidates.iter().map(|&i| kmax(i)).max().unwrap_or(0);
                 let r = (1..=maxk).take_while(|&r| fits(r)).last().unwrap_or(1);
-                Ok(candidates.iter().map(|&i| Some(r.min(kmax(i)))).collect())
+                Ok(candidates.iter().map(|&i| Alloc::Rank(r.min(kmax(i)))).collect())
             }
             BudgetMode::Proportional => Ok(candidates
                 .iter()
                 .map(|&i| {
                     let m = &mats[i];
-                    let target = fraction * self.dense_cost(m);
-                    let r = (1..=kmax(i)).take_while(|&r| self.cost(m, r) <= target).last().unwrap_or(1);
-                    Some(r)
+                    Alloc::Rank(self.rank_within(m, fraction))
                 })
                 .collect()),
-            BudgetMode::Energy => {
-                // every matrix starts at rank 1; then triplets in order of normalised energy while they fit
-                let mut ranks: Vec<usize> = candidates.iter().map(|_| 1).collect();
-                let mut dense = vec![false; candidates.len()];
-                let mut spent: f64 = candidates.iter().map(|&i| self.cost(&mats[i], 1)).sum();
-                let mut triplets: Vec<(f64, usize, usize)> = Vec::new();
-                for (c, &i) in candidates.iter().enumerate() {
+            BudgetMode::Energy | BudgetMode::Loss => {
+                // The value of component j of candidate c: its normalised energy σ_j² / Σσ², or (loss) the model
+                // loss it saves, sensitivity · σ_j² of the whitened spectrum, per unit of budget it costs.
+                let loss = self.budget_mode == BudgetMode::Loss;
+                let mut values: Vec<Vec<f64>> = Vec::with_capacity(candidates.len());
+                for &i in candidates {
                     let s = spectra
                         .get(i)
                         .and_then(|s| s.as_ref())
                         .ok_or_else(|| Error::msg(format!("no spectrum for {}", mats[i].name)))?;
-                    let e: f64 = s.iter().map(|x| x * x).sum();
-                    for (j, x) in s.iter().enumerate().skip(1) {
-                        triplets.push((if e > 0.0 { x * x / e } else { 0.0 }, c, j));
-                    }
-                }
-                triplets.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-                for (_, c, j) in triplets {
-                    let m = &mats[candidates[c]];
-                    if dense[c] || ranks[c] != j {
-                        continue; // already dense, or an earlier triplet of this matrix did not fit
-                    }
-                    let (now, next) = (self.cost(m, j), self.cost(m, j + 1));
-                    let (delta, to_dense) =
-                        if next >= self.dense_cost(m) { (self.dense_cost(m) - now, true) } else { (next - now, false) };
-                    if spent + delta <= budget {
-                        spent += delta;
-                        if to_dense {
-                            dense[c] = true;
+                    let weight = if loss {
+                        sensitivity.get(i).copied().flatten().ok_or_else(|| {
+                            Error::msg(format!(
+                                "no sensitivity for {}: measure it before a loss allocation",
+                                mats[i].name
+                            ))
+                        })?
+                    } else {
+                        let e: f64 = s.iter().map(|x| x * x).sum();
+                        if e > 0.0 {
+                            1.0 / e
                         } else {
-                            ranks[c] = j + 1;
+                            0.0
                         }
-                    }
+                    };
+                    let step = if loss { self.cost(&mats[i], 2) - self.cost(&mats[i], 1) } else { 1.0 };
+                    values.push(s.iter().map(|x| weight * x * x / step.max(f64::MIN_POSITIVE)).collect());
                 }
-                Ok(ranks.into_iter().zip(dense).map(|(r, d)| if d { None } else { Some(r) }).collect())
+                let start = vec![1; candidates.len()];
+                Ok(self.greedy(mats, candidates, budget, &values, &start))
             }
         }
+    }
+}
+
+/// What a budget allocation makes of a matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Alloc {
+    Rank(usize),
+    /// Kept as stored.
+    Dense,
+    /// The dense weight in INT8 (byte budgets with INT8 storage, where that is cheaper than the next rank).
+    Int8,
+}
+
+impl Policy {
+    /// The largest rank of `m` costing at most `fraction` of its dense cost (at least 1).
+    fn rank_within(&self, m: &MatrixInfo, fraction: f64) -> usize {
+        let target = fraction * self.dense_cost(m);
+        (1..=m.out.min(m.inp)).take_while(|&r| self.cost(m, r) <= target).last().unwrap_or(1)
+    }
+
+    /// Greedy allocation: every candidate starts at rank `start[c]`; then components are taken in order of `values[c][j]`
+    /// (the value of growing candidate c from rank j to j + 1) while they fit in `budget`. A matrix whose next rank
+    /// would cost as much as its ceiling takes the ceiling instead: dense as stored, or, in a byte budget with INT8
+    /// storage and the loss allocation, the dense weight in INT8 when that is cheaper.
+    fn greedy(
+        &self,
+        mats: &[MatrixInfo],
+        candidates: &[usize],
+        budget: f64,
+        values: &[Vec<f64>],
+        start: &[usize],
+    ) -> Vec<Alloc> {
+        let int8_ceiling =
+            self.budget_mode == BudgetMode::Loss && self.budget_unit == BudgetUnit::Bytes && self.quant_bits == 8;
+        let ceiling = |m: &MatrixInfo| -> (f64, Alloc) {
+            let dense = self.dense_cost(m);
+            let int8 = self.int8_bytes(m.out, m.inp) as f64;
+            if int8_ceiling && int8 < dense {
+                (int8, Alloc::Int8)
+            } else {
+                (dense, Alloc::Dense)
+            }
+        };
+        let mut out: Vec<Alloc> = start.iter().map(|&r| Alloc::Rank(r)).collect();
+        let mut spent: f64 = candidates.iter().zip(start).map(|(&i, &r)| self.cost(&mats[i], r)).sum();
+        let mut order: Vec<(f64, usize, usize)> = Vec::new();
+        for (c, v) in values.iter().enumerate() {
+            for (j, &x) in v.iter().enumerate().skip(1) {
+                order.push((x, c, j));
+            }
+        }
+        order.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        for (_, c, j) in order {
+            let m = &mats[candidates[c]];
+            if out[c] != Alloc::Rank(j) {
+                continue; // at its ceiling already, or an earlier component of this matrix did not fit
+            }
+            let (now, next) = (self.cost(m, j), self.cost(m, j + 1));
+            let (top, top_alloc) = ceiling(m);
+            let (delta, to) = if next >= top { (top - now, top_alloc) } else { (next - now, Alloc::Rank(j + 1)) };
+            if spent + delta <= budget {
+                spent += delta;
+                out[c] = to;
+            }
+        }
+        out
     }
 }
 
@@ -539,6 +655,42 @@ mod tests {
             ranks(&p.plan(&mats, &spectra).unwrap())[0]
         };
         assert!(with(8) > 3 * with(32), "INT8 rank {} vs f32 rank {}", with(8), with(32));
+    }
+
+    #[test]
+    fn loss_allocation_spends_the_budget_where_the_loss_is() {
+        let (mats, spectra) = zoo();
+        let base = Policy {
+            method: Method::Whitened,
+            budget: Some(0.3),
+            budget_mode: BudgetMode::Loss,
+            ..Default::default()
+        };
+        assert!(base.plan(&mats, &spectra).unwrap_err().to_string().contains("sensitivity"));
+        let params = |plans: &[Plan]| -> f64 {
+            mats.iter()
+                .zip(plans)
+                .map(|(m, p)| match p {
+                    Plan::LowRank { rank } => rank * (m.out + m.inp + 1),
+                    _ => m.params(),
+                })
+                .sum::<usize>() as f64
+        };
+        let dense: f64 = mats.iter().map(|m| m.params() as f64).sum();
+        let even = ranks(&base.plan_weighted(&mats, &spectra, &[Some(1.0); 4]).unwrap());
+        // "q" (index 0) a thousand times as sensitive: it takes rank from the others
+        let skewed = base.plan_weighted(&mats, &spectra, &[Some(1000.0), Some(1.0), Some(1.0), Some(1.0)]).unwrap();
+        assert!(params(&skewed) <= 0.3 * dense && params(&skewed) >= 0.25 * dense, "{skewed:?}");
+        let skewed = ranks(&skewed);
+        assert!(skewed[0] > even[0] && skewed[3] < even[3], "even {even:?}, skewed {skewed:?}");
+        // equal weights on equal costs take the components with the largest σ² first: the slower decay gets more
+        assert!(even[3] > even[0], "{even:?}");
+        // a byte budget may keep a matrix dense in INT8 where that is cheaper than its next rank
+        let bytes = Policy { budget_unit: BudgetUnit::Bytes, budget: Some(0.45), ..base.clone() };
+        let plans = bytes.plan_weighted(&mats, &spectra, &[Some(1e9), Some(1.0), Some(1.0), Some(1.0)]).unwrap();
+        assert_eq!(plans[0], Plan::Int8, "{plans:?}");
+        // not with plain SVD factors: the loss is measured on activations
+        assert!(Policy { method: Method::Svd, ..base }.validate().is_err());
     }
 
     #[test]

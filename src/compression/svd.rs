@@ -62,7 +62,7 @@ fn check_finite(w: &[f32], what: &str) -> Result<()> {
     Ok(())
 }
 
-fn to_mat(w: &[f32], m: usize, n: usize) -> Mat<f64> {
+pub(crate) fn to_mat(w: &[f32], m: usize, n: usize) -> Mat<f64> {
     Mat::from_fn(m, n, |i, j| w[i * n + j] as f64)
 }
 
@@ -506,8 +506,18 @@ pub fn truncated_with_spectrum(
 /// `‖(W − W_r) X‖F` over the calibration inputs X. Returned as an [`Svd`] whose `vh` is `Vᵀ L⁻¹` (not orthonormal).
 pub fn whitened(w: &[f32], m: usize, n: usize, gram: &[f64], r: usize, damp: f64) -> Result<Svd> {
     check_finite(w, "whitened SVD")?;
+    Ok(whitened_f64(&to_mat(w, m, n), gram, r, damp)?.0)
+}
+
+/// [`whitened`] of an f64 matrix `a` (m × n), also returning every singular value of `A L` (the whitened spectrum:
+/// `Σ_{j>r} σ_j²` is the error `tr(ΔW G ΔWᵀ)` of rank r on the damped statistics).
+pub fn whitened_f64(a: &Mat<f64>, gram: &[f64], r: usize, damp: f64) -> Result<(Svd, Vec<f64>)> {
+    let (m, n) = (a.nrows(), a.ncols());
     if gram.len() != n * n || gram.iter().any(|x| !x.is_finite()) {
         return Err(Error::Numeric(format!("whitened SVD: the calibration statistics do not fit a {m}×{n} weight")));
+    }
+    if a.col_iter().any(|c| c.iter().any(|x| !x.is_finite())) {
+        return Err(Error::Numeric("whitened SVD: the matrix has non-finite values".into()));
     }
     let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
     let lambda = damp * mean_diag.max(f64::MIN_POSITIVE);
@@ -516,16 +526,16 @@ pub fn whitened(w: &[f32], m: usize, n: usize, gram: &[f64], r: usize, damp: f64
         Error::Numeric(format!("whitened SVD: the calibration statistics are not positive definite ({e:?})"))
     })?;
     let l = llt.L();
-    let a = to_mat(w, m, n);
-    let al = &a * l;
+    let al = a * l;
     let svd = al.thin_svd().map_err(|e| Error::Numeric(format!("SVD did not converge ({e:?})")))?;
+    let all: Vec<f64> = svd.S().column_vector().iter().copied().collect();
     let r = r.min(m.min(n));
-    let s: Vec<f64> = svd.S().column_vector().iter().copied().take(r).collect();
+    let s: Vec<f64> = all.iter().copied().take(r).collect();
     let u = svd.U().subcols(0, r).to_owned();
     // Vh = Vᵀ L⁻¹, i.e. Vhᵀ = L⁻ᵀ V: solve Lᵀ X = V
     let mut x = svd.V().subcols(0, r).to_owned();
     faer::linalg::triangular_solve::solve_upper_triangular_in_place(l.transpose(), x.as_mut(), faer::Par::Seq);
-    Ok(Svd { m, n, u: rows_of(u.as_ref()), s, vh: rows_of_t(x.as_ref()) })
+    Ok((Svd { m, n, u: rows_of(u.as_ref()), s, vh: rows_of_t(x.as_ref()) }, all))
 }
 
 /// sqrt(tr((W − W_r) G (W − W_r)ᵀ) / tr(W G Wᵀ)): the relative error on the calibration activations.

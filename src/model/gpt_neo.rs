@@ -202,7 +202,8 @@ impl Block {
         Ok((x + m)?)
     }
 
-    fn linears(&self) -> [&Linear; 6] {
+    /// The six linear layers, in the order q, k, v, out_proj, c_fc, c_proj.
+    pub fn linears(&self) -> [&Linear; 6] {
         [&self.attn.q, &self.attn.k, &self.attn.v, &self.attn.out, &self.mlp.c_fc, &self.mlp.c_proj]
     }
 }
@@ -332,6 +333,36 @@ impl Block {
     pub fn run(&self, x: &Tensor) -> Result<Tensor> {
         self.forward(x, 0, None, &mut |_, _| Ok(()))
     }
+
+    /// [`Block::run`], showing every linear layer's input to `observe`.
+    pub fn run_observed(&self, x: &Tensor, observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>) -> Result<Tensor> {
+        self.forward(x, 0, None, observe)
+    }
+
+    /// The linear layer whose weight is named `name`, if it is one of this block's.
+    pub fn linear(&self, name: &str) -> Option<&Linear> {
+        self.linears().into_iter().find(|l| l.name == name)
+    }
+
+    /// Store `weight` as the weight named `name` (one of this block's six); its bias stays.
+    pub fn set_weight(&mut self, name: &str, weight: LinearWeight) -> Result<()> {
+        let l = [
+            &mut self.attn.q,
+            &mut self.attn.k,
+            &mut self.attn.v,
+            &mut self.attn.out,
+            &mut self.mlp.c_fc,
+            &mut self.mlp.c_proj,
+        ]
+        .into_iter()
+        .find(|l| l.name == name)
+        .ok_or_else(|| Error::tensor(name, "is not a linear layer of this block"))?;
+        if weight.shape()? != l.weight.shape()? {
+            return Err(Error::tensor(name, format!("cannot take a weight of shape {:?}", weight.shape()?)));
+        }
+        l.weight = weight;
+        Ok(())
+    }
 }
 
 /// A GPT-Neo causal language model.
@@ -445,6 +476,21 @@ impl GptNeo {
     pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
         let (x, states) = self.trunk(ids, None, true, &mut |_, _| Ok(()))?;
         Ok((self.head.head.forward(&x)?, states))
+    }
+
+    /// The token and position embeddings of one sequence of ids, `[1, t, hidden]` (what block 0 reads).
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        self.emb.forward(&Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?, 0)
+    }
+
+    /// The blocks, in order.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// Logits `[1, t, vocab]` for the last block's output `[1, t, hidden]` (the final LayerNorm and the head).
+    pub fn head_logits(&self, x: &Tensor) -> Result<Tensor> {
+        self.head.forward(x)
     }
 
     /// Logits for one sequence of ids, `[t, vocab]`.

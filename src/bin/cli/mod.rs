@@ -177,6 +177,13 @@ struct CompressArgs {
     /// Method whitened: damping λ = DAMP · mean diagonal of each layer's input Gram matrix.
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
+    /// Budget mode loss: calibration tokens (the first) on which each matrix's sensitivity is measured.
+    #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
+    sensitivity_tokens: usize,
+    /// Budget mode loss: probe each matrix alone at the rank keeping this fraction of its parameters (default: the
+    /// budget).
+    #[arg(long)]
+    probe: Option<f64>,
     /// Threads that factor matrices side by side, each reading its own slices of the files (default: every core;
     /// policies with a spectrum pass or calibration run on one).
     #[arg(long)]
@@ -211,6 +218,8 @@ impl CompressArgs {
             calibration_tokens: self.calibration_tokens,
             calibration_window: self.calibration_window,
             damp: self.damp,
+            sensitivity_tokens: self.sensitivity_tokens,
+            probe: self.probe,
         })
     }
 }
@@ -437,14 +446,17 @@ fn compress(a: &CompressArgs) -> Result<()> {
     }
     let t0 = std::time::Instant::now();
     // the whitened method runs the original over calibration text
-    let calibration = match (&policy.method, &a.calibration_text) {
-        (semantic_llm_compressor::compression::policy::Method::Whitened, Some(path)) => {
+    let calibration = match (policy.method.is_activation_aware(), &a.calibration_text) {
+        (true, Some(path)) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Error::file(path.display().to_string(), format!("cannot be read ({e})")))?;
             Some((b.load_model(false)?, b.tokenizer()?.encode(&text)?))
         }
-        (semantic_llm_compressor::compression::policy::Method::Whitened, None) => {
-            return Err(Error::Policy("--method whitened needs --calibration-text FILE".into()))
+        (true, None) => {
+            return Err(Error::Policy(format!(
+                "--method {} needs --calibration-text FILE",
+                serde_json::to_value(policy.method)?.as_str().unwrap_or("whitened")
+            )))
         }
         _ => None,
     };

@@ -1,0 +1,260 @@
+//! The sequential refit (SVD-LLM's closed-form update, AdaSVD, AA-SVD): compress block by block, each matrix fitted
+//! to what the model around it has already become.
+//!
+//! The calibration windows run through the original model and through the partly compressed one side by side. In
+//! block b, for each group of matrices that read the same input (q, k, v; out_proj; c_fc; c_proj), the compressed
+//! path's inputs `X̂` (after every compressed matrix before it) and the original's inputs `X` give the rank-r `W'`
+//! minimising `‖X̂ W'ᵀ − X Wᵀ‖F`:
+//!
+//! * the unconstrained least-squares solution is `W* = W Cᵀ Ĝ⁻¹` with `Ĝ = X̂ᵀX̂ + λI`, `C = X̂ᵀX`;
+//! * `‖X̂ W'ᵀ − X Wᵀ‖² = ‖(W' − W*) L‖² + const` with `Ĝ = L Lᵀ`, so the best rank r is the whitened truncation of
+//!   `W*` ([`svd::whitened_f64`]): `W' = U Σ (Vᵀ L⁻¹)`.
+//!
+//! The factors are stored (INT8 by the policy) before the next group runs, so later matrices fit what is actually
+//! stored. Each layer's report gives the relative error of its stored outputs against the original layer's outputs.
+//! Memory: one block's inputs on the calibration windows, and two n × n statistics at a time.
+
+use crate::compression::pipeline::{factors, Compressor, Factored, StepInfo};
+use crate::compression::policy::{Method, Plan};
+use crate::compression::quant::per_row;
+use crate::compression::svd::{self, rel_fro_error};
+use crate::model::gpt_neo::GptNeo;
+use crate::model::linear::LinearWeight;
+use crate::model::storage::Factor;
+use crate::{Error, Result};
+use candle_core::Tensor;
+use faer::linalg::solvers::Solve;
+use faer::Mat;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The matrices of a block that read the same input, in the order they run (indices into [`crate::model::gpt_neo::Block::linears`]).
+const GROUPS: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4], &[5]];
+
+/// The refit of a model's blocks, one block per [`Refit::step`].
+pub struct Refit {
+    original: GptNeo,
+    /// Hidden states entering the next block, per window: the original's and the compressed model's.
+    orig: Vec<Tensor>,
+    comp: Vec<Tensor>,
+    next: usize,
+}
+
+impl Refit {
+    /// Start on the first `tokens` of `ids` in windows of `window` (the calibration text).
+    pub fn new(original: &GptNeo, ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
+        let windows = crate::model::tokenizer::windows(ids, tokens, window)?;
+        let orig = windows.iter().map(|w| original.embed(w)).collect::<Result<Vec<_>>>()?;
+        Ok(Self { original: original.clone(), comp: orig.clone(), orig, next: 0 })
+    }
+
+    pub fn total_blocks(&self) -> usize {
+        self.original.blocks().len()
+    }
+
+    pub fn done(&self) -> usize {
+        self.next
+    }
+
+    /// Refit the next block's matrices and hand them to `c` (accepted as if factored); `false` when every block is
+    /// done. `c` must have made its plans (activation-aware method, calibration given).
+    pub fn step(&mut self, c: &mut Compressor, progress: &mut dyn FnMut(&StepInfo)) -> Result<bool> {
+        let Some(ob) = self.original.blocks().get(self.next) else {
+            c.refitted = true;
+            return Ok(false);
+        };
+        let names: Vec<String> = ob.linears().iter().map(|l| l.name.clone()).collect();
+        // the original path: each layer's input, per window
+        let mut xs: HashMap<String, Vec<Tensor>> = HashMap::new();
+        let orig_in: Vec<Tensor> = self.orig.iter().map(rows).collect::<Result<_>>()?;
+        for h in self.orig.iter_mut() {
+            *h = ob.run_observed(h, &mut |name, x| {
+                xs.entry(name.to_string()).or_default().push(x.clone());
+                Ok(())
+            })?;
+        }
+        let orig_out: Vec<Tensor> = self.orig.iter().map(rows).collect::<Result<_>>()?;
+        let comp_in: Vec<Tensor> = self.comp.iter().map(rows).collect::<Result<_>>()?;
+        let mut cb = ob.clone();
+        for group in GROUPS {
+            let wanted: Vec<&str> = group.iter().map(|&k| names[k].as_str()).collect();
+            let mut xh: HashMap<String, Vec<Tensor>> = HashMap::new();
+            let mut comp_out = Vec::with_capacity(self.comp.len());
+            for h in &self.comp {
+                comp_out.push(rows(&cb.run_observed(h, &mut |name, x| {
+                    if wanted.contains(&name) {
+                        xh.entry(name.to_string()).or_default().push(x.clone());
+                    }
+                    Ok(())
+                })?)?);
+            }
+            for name in wanted {
+                let i = c.index_of(name).ok_or_else(|| Error::tensor(name, "is not among the compressed matrices"))?;
+                let plan = c.plan(i).cloned().ok_or_else(|| Error::msg("the compression's plans are not made yet"))?;
+                let original = ob.linear(name).ok_or_else(|| Error::tensor(name, "is not in its block"))?;
+                let (x, x_hat) = match (xs.get(name), xh.get(name)) {
+                    (Some(x), Some(x_hat)) => (x, x_hat),
+                    _ => return Err(Error::tensor(name, "saw no calibration input")),
+                };
+                // What the layer's outputs should be: the original layer's on the original's inputs; for the two
+                // layers that write into the residual stream, also what the stream has drifted by (so the block's
+                // output, not only the layer's, comes back to the original's).
+                let plain = |xs: &[Tensor]| -> Result<Vec<Tensor>> {
+                    let lin = crate::model::linear::Linear {
+                        name: String::new(),
+                        weight: original.weight.clone(),
+                        bias: None,
+                    };
+                    xs.iter().map(|x| lin.forward(x)).collect()
+                };
+                let target: Vec<Tensor> = match group {
+                    [3] => plain(x)?
+                        .iter()
+                        .zip(orig_in.iter().zip(&comp_in))
+                        .map(|(y, (a, b))| Ok((y + (a - b)?)?))
+                        .collect::<Result<_>>()?,
+                    [5] => plain(x_hat)?
+                        .iter()
+                        .zip(orig_out.iter().zip(&comp_out))
+                        .map(|(y, (a, b))| Ok((y + (a - b)?)?))
+                        .collect::<Result<_>>()?,
+                    _ => plain(x)?,
+                };
+                let f = refit_one(c, i, &plan, &original.weight, &target, x_hat)?;
+                if let Some(w) = &f.weight {
+                    cb.set_weight(name, w.clone())?;
+                }
+                c.accept(f)?;
+                progress(&StepInfo {
+                    phase: "refit",
+                    done: c.accepted(),
+                    total: c.mats.len(),
+                    name: name.to_string(),
+                    index: Some(i),
+                });
+            }
+        }
+        for h in self.comp.iter_mut() {
+            *h = cb.run(h)?;
+        }
+        self.next += 1;
+        if self.next == self.total_blocks() {
+            c.refitted = true;
+        }
+        Ok(true)
+    }
+}
+
+/// Run every block's refit on the compressor's calibration text.
+pub fn refit_all(
+    c: &mut Compressor,
+    original: &GptNeo,
+    ids: &[u32],
+    progress: &mut dyn FnMut(&StepInfo),
+) -> Result<()> {
+    if c.policy.method != Method::Refit {
+        return Err(Error::Policy("the refit is the method refit's".into()));
+    }
+    let mut r = Refit::new(original, ids, c.policy.calibration_tokens, c.policy.calibration_window)?;
+    while r.step(c, progress)? {}
+    Ok(())
+}
+
+/// `[1, t, h]` as `[t, h]`.
+fn rows(x: &Tensor) -> Result<Tensor> {
+    let h = x.dim(candle_core::D::Minus1)?;
+    Ok(x.reshape(((), h))?)
+}
+
+/// `Σ aᵀ b` over the windows, n × n in f64 (`a`, `b`: `[rows, n]` per window).
+fn cross(a: &[Tensor], b: &[Tensor]) -> Result<(Vec<f64>, usize)> {
+    let n = a.first().map(|t| t.dim(1)).transpose()?.unwrap_or(0);
+    let k = b.first().map(|t| t.dim(1)).transpose()?.unwrap_or(0);
+    let mut acc = vec![0f64; n * k];
+    let mut rows = 0;
+    for (x, y) in a.iter().zip(b) {
+        let p: Vec<f32> = x.t()?.contiguous()?.matmul(y)?.flatten_all()?.to_vec1()?;
+        for (s, v) in acc.iter_mut().zip(p) {
+            *s += v as f64;
+        }
+        rows += x.dim(0)?;
+    }
+    Ok((acc, rows))
+}
+
+/// Matrix `i` refitted as `plan` says: the rank-r `W'` whose outputs on the compressed path's inputs `x_hat` come
+/// closest to `target` (`[rows, out]` per window).
+fn refit_one(
+    c: &Compressor,
+    i: usize,
+    plan: &Plan,
+    weight: &LinearWeight,
+    target: &[Tensor],
+    x_hat: &[Tensor],
+) -> Result<Factored> {
+    let t0 = crate::clock::now();
+    let m = c.mats[i].clone();
+    let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+    let (out, inp) = (m.out, m.inp);
+    let w = weight.to_dense_f32()?;
+    let mut rep = crate::compression::pipeline::LayerReport::stored(&m, None);
+    let stored = match plan {
+        Plan::Dense { reason } => {
+            rep.reason = Some(reason.clone());
+            rep.err_stored = Some(0.0);
+            None
+        }
+        Plan::Int8 => {
+            let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
+            rep.decision = crate::compression::pipeline::Decision::Int8;
+            Some(lw)
+        }
+        Plan::LowRank { rank } => {
+            let (g, rows) = cross(x_hat, x_hat)?;
+            let (cy, _) = cross(x_hat, target)?;
+            let rows = rows.max(1) as f64;
+            let g: Vec<f64> = g.iter().map(|v| v / rows).collect();
+            // W* = Yᵀ X̂ (Ĝ + λI)⁻¹, i.e. (Ĝ + λI) W*ᵀ = X̂ᵀ Y
+            let n = inp;
+            let mean_diag = (0..n).map(|k| g[k * n + k]).sum::<f64>() / n.max(1) as f64;
+            let lambda = c.policy.damp * mean_diag.max(f64::MIN_POSITIVE);
+            let gd = Mat::from_fn(n, n, |a, b| g[a * n + b] + if a == b { lambda } else { 0.0 });
+            let rhs = Mat::from_fn(n, out, |a, b| cy[a * out + b] / rows);
+            let llt = gd.llt(faer::Side::Lower).map_err(|e| {
+                tag(Error::Numeric(format!("the compressed path's input statistics are not positive definite ({e:?})")))
+            })?;
+            let target = llt.solve(&rhs).transpose().to_owned();
+            let (mut s, all) = svd::whitened_f64(&target, &g, *rank, c.policy.damp).map_err(tag)?;
+            s.canonicalize_signs();
+            rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
+            let total: f64 = all.iter().map(|v| v * v).sum();
+            let kept: f64 = all.iter().take(*rank).map(|v| v * v).sum();
+            rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
+            rep.decision = crate::compression::pipeline::Decision::LowRank;
+            rep.rank = Some(s.rank());
+            rep.params_after = s.rank() * (out + inp + 1);
+            Some(factors(&s, c.policy.factor_quant()))
+        }
+    };
+    if let Some(lw) = &stored {
+        let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&v| v as f64).collect();
+        rep.err_stored = Some(rel_fro_error(&w, &back));
+        rep.err_activations = Some(output_error(lw, target, x_hat)?);
+        rep.storage = lw.describe();
+        rep.bytes_after = lw.bytes();
+    }
+    rep.seconds = crate::clock::now() - t0;
+    Ok(Factored { index: i, report: rep, weight: stored })
+}
+
+/// `‖X̂ W'ᵀ − Y‖F / ‖Y‖F` over the windows (biases cancel: the layer keeps the original's).
+fn output_error(stored: &LinearWeight, target: &[Tensor], x_hat: &[Tensor]) -> Result<f64> {
+    let b = crate::model::linear::Linear { name: String::new(), weight: stored.clone(), bias: None };
+    let (mut num, mut den) = (0f64, 0f64);
+    for (yo, xc) in target.iter().zip(x_hat) {
+        let yc = b.forward(xc)?;
+        num += (yo - &yc)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        den += yo.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    }
+    Ok(if den > 0.0 { (num / den).sqrt() } else { 0.0 })
+}
