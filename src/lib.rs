@@ -8,6 +8,8 @@
 //!   the pipeline, the compressed format it writes. Imports [`model`].
 //! * [`evaluation`] — how far a compressed model is from its original: the metrics and the streamed evaluation.
 //!   Imports [`model`].
+//! * [`explore`] — many compressions of one model, each measured: sweeps of methods × budgets, the smallest model
+//!   meeting a quality target, the per-matrix sensitivity table. Imports [`compression`], [`evaluation`], [`model`].
 //! * [`session`] — one person's work with one model as the page runs it (open, load, compress, evaluate, generate,
 //!   export; what a new model invalidates; memory checks). Imports the wings above.
 //! * [`error`], [`alloc`] and [`clock`] — the one error type, the counting allocator and the clock, below everything.
@@ -20,6 +22,7 @@ pub mod clock;
 pub mod compression;
 pub mod error;
 pub mod evaluation;
+pub mod explore;
 pub mod model;
 pub mod session;
 

@@ -260,6 +260,20 @@ impl Workspace {
         }
     }
 
+    /// Each block matrix compressed alone with `policy`: `[{name, shape, rank, err_stored, err_activations,
+    /// damage: {kl, cosine, top1, positions}}]` on the first `sensitivity_tokens` of `text`.
+    pub fn sensitivity(&self, policy: JsValue, text: &str) -> JsResult<JsValue> {
+        let policy = from_js(policy, "compression policy")?;
+        to_js(&self.0.sensitivity(&policy, text).map_err(js_err)?)
+    }
+
+    /// Recipes × budgets measured (`spec`: `{text, recipes, budgets, base, eval_tokens}`): quality against stored
+    /// bytes per point.
+    pub fn sweep(&self, spec: JsValue) -> JsResult<JsValue> {
+        let spec = from_js(spec, "sweep settings")?;
+        to_js(&self.0.sweep(&spec).map_err(js_err)?)
+    }
+
     pub fn spectrum(&self, name: &str) -> JsResult<Vec<f32>> {
         self.0.spectrum(name).map_err(js_err)
     }

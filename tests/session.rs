@@ -307,3 +307,54 @@ fn an_f32_original_that_does_not_fit_is_held_in_f16() {
     assert!(!text.is_empty());
     assert!(serde_json::to_string(&loaded).unwrap().contains("\"precision\":\"f16\""), "the page is told");
 }
+
+/// The page's step-by-step compression (calibration windows, probes, spectra, a block of refit per step) gives the
+/// same checkpoint as the command line's one call, for the loss allocation with the sequential refit.
+#[test]
+fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
+    use semantic_llm_compressor::compression::policy::{BudgetMode, Method};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let policy = Policy {
+        method: Method::Refit,
+        budget: Some(0.2),
+        budget_mode: BudgetMode::Loss,
+        calibration_tokens: 512,
+        calibration_window: 256,
+        sensitivity_tokens: 256,
+        ..Default::default()
+    };
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    s.compress_begin(policy.clone(), Some(&text())).unwrap();
+    let mut phases = std::collections::BTreeSet::new();
+    while let Some(step) = s.compress_step().unwrap() {
+        phases.insert(step.info.phase);
+    }
+    assert_eq!(phases.into_iter().collect::<Vec<_>>(), ["calibrate", "factor", "refit", "spectrum"]);
+    s.compress_finish().unwrap();
+    let page = export(&s);
+    let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
+    let original = b.load_model(false).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text()).unwrap();
+    let cli = semantic_llm_compressor::compression::pipeline::compress_checkpoint(
+        &b.cfg,
+        &b.ckpt,
+        policy,
+        Some((&original, &ids)),
+        &mut |_| {},
+    )
+    .unwrap();
+    let reports = s.layer_reports().unwrap();
+    for (p, c) in reports.iter().zip(&cli.reports) {
+        assert_eq!((&p.name, p.rank, p.err_activations), (&c.name, c.rank, c.err_activations));
+        if p.rank.is_some() {
+            assert!(c.probe.is_some_and(|x| x.damage.positions == 256), "{} was probed", c.name);
+        }
+    }
+    // a budget of 20%: what the allocation kept
+    let kept: usize = cli.reports.iter().filter(|r| !r.tied).map(|r| r.params_after).sum();
+    let all: usize = cli.reports.iter().filter(|r| !r.tied).map(|r| r.params_before).sum();
+    assert!(kept as f64 <= 0.2 * all as f64 && kept as f64 > 0.15 * all as f64, "{kept} of {all}");
+    assert!(page.len() > 1_000_000);
+}

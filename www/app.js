@@ -162,6 +162,7 @@ function applyPreset(name) {
     'origin-mlp': { rank: 128, quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
     int8: { method: 'int8' },
     whitened: { method: 'whitened', rank: 32 },
+    refit: { method: 'refit', budget: 0.2, budgetMode: 'proportional' },
     budget: { budget: 0.5, budgetMode: 'energy' },
   };
   if (presets[name]) set(presets[name]);
@@ -453,7 +454,7 @@ function compress() {
 
 function describePolicy(p) {
   if (p.method === 'int8') return 'INT8 only';
-  const aware = p.method === 'whitened' ? 'activation-aware, ' : '';
+  const aware = { whitened: 'activation-aware, ', refit: 'activation-aware + refit, ' }[p.method] || '';
   p = { rank_for: [], skip: [], ...p };
   const parts = [p.budget ? `budget ${p.budget} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
   if (p.rank_for.length) parts.push(p.rank_for.map((r) => `${r.pattern}=${r.rank}`).join(' '));

@@ -247,7 +247,8 @@ const commands = {
     state('compressing', 'compressing');
     const t0 = performance.now();
     // the activation-aware method calibrates on the evaluation text's first tokens; the evaluation skips them
-    const calibration = policy.method === 'whitened' ? await evalText(evalSpec || {}) : undefined;
+    const calibrated = policy.method === 'whitened' || policy.method === 'refit';
+    const calibration = calibrated ? await evalText(evalSpec || {}) : undefined;
     const begin = ws.compress_begin(policy, calibration);
     if (evalSpec && begin.calibration_tokens) evalSpec = { ...evalSpec, skip: begin.calibration_tokens };
     post({ type: 'plan', ...begin });

@@ -267,6 +267,16 @@ impl Compressor {
         self.plans.get(i)
     }
 
+    /// Whether every matrix's plan is made (the spectrum pass, if any, is over).
+    pub fn plans_made(&self) -> bool {
+        matches!(self.phase, Phase::Factor | Phase::Done)
+    }
+
+    /// Method refit: whether the blocks have been refitted.
+    pub fn refitted(&self) -> bool {
+        self.refitted
+    }
+
     /// The index of the matrix named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.mats.iter().position(|m| m.name == name)
@@ -300,8 +310,9 @@ impl Compressor {
         Ok(())
     }
 
-    /// One matrix of the spectrum pass; `None` (with the plans made) when the pass is over.
-    fn spectrum_step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
+    /// One matrix of the spectrum pass (with its probe in a loss allocation); `None`, with the plans made, when the
+    /// pass is over.
+    pub fn spectrum_step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
         let targets = self.spectrum_targets();
         if self.next >= targets.len() {
             self.start_factoring()?;

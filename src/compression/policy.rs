@@ -660,12 +660,8 @@ mod tests {
     #[test]
     fn loss_allocation_spends_the_budget_where_the_loss_is() {
         let (mats, spectra) = zoo();
-        let base = Policy {
-            method: Method::Whitened,
-            budget: Some(0.3),
-            budget_mode: BudgetMode::Loss,
-            ..Default::default()
-        };
+        let base =
+            Policy { method: Method::Whitened, budget: Some(0.3), budget_mode: BudgetMode::Loss, ..Default::default() };
         assert!(base.plan(&mats, &spectra).unwrap_err().to_string().contains("sensitivity"));
         let params = |plans: &[Plan]| -> f64 {
             mats.iter()

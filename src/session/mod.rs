@@ -11,7 +11,9 @@ pub mod reports;
 use crate::compression::calib::Calibrator;
 use crate::compression::format::{decode_factored, encode_factored, Export};
 use crate::compression::pipeline::{considered_matrices, reader, totals, Compressor, LayerReport, StepInfo};
-use crate::compression::policy::Policy;
+use crate::compression::policy::{Method, Policy};
+use crate::compression::refit::Refit;
+use crate::compression::sensitivity::Probe;
 use crate::compression::svd;
 use crate::evaluation::metrics::{Evaluator, PartialSums};
 use crate::evaluation::streaming::StreamingEvaluator;
@@ -118,6 +120,9 @@ pub struct Session {
     original: Option<GptNeo>,
     compressor: Option<Compressor>,
     calibrator: Option<Calibrator>,
+    /// The calibration text's tokens, while a compression that probes or refits needs them.
+    calibration_ids: Option<Vec<u32>>,
+    refit: Option<Refit>,
     compressed: Option<CompressedSlot>,
     evaluator: Option<Evaluation>,
     generations: Vec<(Which, Generation, TextStream)>,
@@ -140,6 +145,8 @@ impl Session {
             original: None,
             compressor: None,
             calibrator: None,
+            calibration_ids: None,
+            refit: None,
             compressed: None,
             evaluator: None,
             generations: Vec::new(),
@@ -287,6 +294,8 @@ impl Session {
         self.generations.retain(|(w, _, _)| *w != Which::Compressed);
         let c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
         self.calibrator = None;
+        self.calibration_ids = None;
+        self.refit = None;
         if c.needs_calibration() {
             if self.original.is_none() {
                 return Err(Error::Policy(
@@ -297,6 +306,7 @@ impl Session {
             let text = calibration_text.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
             let ids = b.tokenizer()?.encode(text)?;
             self.calibrator = Some(Calibrator::new(&ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
+            self.calibration_ids = Some(ids);
         }
         let cal = self.calibrator.as_ref();
         let total_steps = c.total_steps() + cal.map_or(0, |c| c.total_windows());
@@ -344,6 +354,32 @@ impl Session {
                 c.set_calibration(cal.finish());
             }
         }
+        if let (true, Some(ids)) = (c.needs_probe(), self.calibration_ids.as_ref()) {
+            let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+            let p = &c.policy;
+            c.set_probe(Probe::new(o, ids, p.sensitivity_tokens.min(p.calibration_tokens), p.calibration_window)?);
+        }
+        // the refit: once the plans are made, one block per step, then the matrices outside the blocks
+        if c.policy.method == Method::Refit && !c.plans_made() {
+            if let Some(info) = c.spectrum_step(&reader(&b.ckpt))? {
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+        }
+        if c.policy.method == Method::Refit && !c.refitted() {
+            let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+            if self.refit.is_none() {
+                let ids =
+                    self.calibration_ids.as_ref().ok_or_else(|| Error::msg("the refit needs calibration text"))?;
+                self.refit = Some(Refit::new(o, ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
+            }
+            let r = self.refit.as_mut().ok_or_else(|| Error::msg("the refit has not started"))?;
+            let mut last = None;
+            r.step(c, &mut |i| last = Some(i.clone()))?;
+            if let Some(mut info) = last {
+                info.name = format!("block {}/{} refitted ({})", r.done(), r.total_blocks(), info.name);
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+        }
         let Some(info) = c.step(&reader(&b.ckpt))? else { return Ok(None) };
         let layer = if info.phase == "factor" { info.index.and_then(|i| c.report(i)) } else { None };
         Ok(Some(CompressStep { info, layer }))
@@ -386,6 +422,33 @@ impl Session {
             file_bundle: None,
         });
         Ok(out)
+    }
+
+    /// Each block matrix compressed alone with `policy` (its method, rank or probe fraction, storage), and what that
+    /// did to the logits on the first `sensitivity_tokens` of `text` ([`crate::explore::sensitivity`]).
+    pub fn sensitivity(&self, policy: &Policy, text: &str) -> Result<Vec<crate::explore::SensitivityRow>> {
+        let (b, o) = self.bundle_and_original()?;
+        let ids = b.tokenizer()?.encode(text)?;
+        crate::explore::sensitivity(&b.cfg, &b.ckpt, o, &ids, policy, &mut |_| {})
+    }
+
+    /// Recipes × budgets, each compressed and measured ([`crate::explore::sweep`]); what a page's explorer draws.
+    pub fn sweep(&self, spec: &SweepSpec) -> Result<Vec<crate::explore::Point>> {
+        let (b, o) = self.bundle_and_original()?;
+        let ids = b.tokenizer()?.encode(&spec.text)?;
+        let recipes = spec.recipes.iter().map(|r| crate::explore::Recipe::parse(r)).collect::<Result<Vec<_>>>()?;
+        let split = crate::explore::Split {
+            skip: spec.base.calibration_tokens,
+            tokens: spec.eval_tokens,
+            window: spec.base.calibration_window,
+        };
+        crate::explore::sweep(&b.cfg, &b.ckpt, o, &ids, &spec.base, &recipes, &spec.budgets, split, &mut |_| {})
+    }
+
+    fn bundle_and_original(&self) -> Result<(&ModelBundle, &GptNeo)> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+        Ok((b, o))
     }
 
     /// The compressed model's layer reports.

@@ -148,3 +148,15 @@ pub struct Memory {
     pub live_bytes: usize,
     pub wasm_memory_bytes: f64,
 }
+
+/// A sweep the page asks for ([`crate::session::Session::sweep`]): `recipes` (`METHOD-MODE` or `int8`) × `budgets` on
+/// `text`, calibrated on its first `base.calibration_tokens` tokens and measured on the `eval_tokens` after them.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct SweepSpec {
+    pub text: String,
+    pub recipes: Vec<String>,
+    pub budgets: Vec<f64>,
+    #[serde(default)]
+    pub base: crate::compression::policy::Policy,
+    pub eval_tokens: usize,
+}

@@ -4,8 +4,10 @@ use semantic_llm_compressor::compression::pipeline::{compress_checkpoint_with, t
 use semantic_llm_compressor::compression::policy::{BudgetMode, BudgetUnit, Method, Policy, RankRule};
 use semantic_llm_compressor::compression::svd::SvdMethod;
 use semantic_llm_compressor::evaluation::metrics::Evaluator;
+use semantic_llm_compressor::explore;
 use semantic_llm_compressor::model::bundle::ModelBundle;
 use semantic_llm_compressor::model::generate::{Generation, SamplingParams};
+use semantic_llm_compressor::model::gpt_neo::GptNeo;
 use semantic_llm_compressor::model::storage::QuantScheme;
 use semantic_llm_compressor::model::tokenizer::TextStream;
 use semantic_llm_compressor::session::{CompressedSizes, EvalSummary};
@@ -106,9 +108,77 @@ enum Cmd {
         #[arg(long = "pad-bytes", default_value_t = 0)]
         pad_bytes: u64,
     },
+    /// Which matrices can be compressed: each block matrix compressed alone at the chosen setting, and what that did
+    /// to the logits on the calibration text (KL, cosine, top-1).
+    Sensitivity(Box<SensitivityArgs>),
+    /// Methods × budgets on one model and text: quality against stored bytes per point (held-out tokens).
+    Sweep(Box<SweepArgs>),
     /// Benchmarks that print figures (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct SensitivityArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// The calibration text (its first --calibration-tokens tokens).
+    #[arg(long)]
+    text: PathBuf,
+    /// svd or whitened.
+    #[arg(long, value_enum, default_value_t = Method::Whitened)]
+    method: Method,
+    #[arg(long, default_value_t = 32)]
+    rank: usize,
+    /// Probe each matrix at the rank keeping this fraction of its parameters instead of --rank.
+    #[arg(long)]
+    probe: Option<f64>,
+    #[arg(long = "quant-bits", default_value_t = 8)]
+    quant_bits: u8,
+    #[arg(long, value_enum, default_value_t = QuantScheme::PerRow)]
+    quant: QuantScheme,
+    #[arg(long = "calibration-tokens", default_value_t = 4096)]
+    calibration_tokens: usize,
+    #[arg(long = "calibration-window", default_value_t = 512)]
+    calibration_window: usize,
+    /// Calibration tokens (the first) the damage is measured on.
+    #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
+    sensitivity_tokens: usize,
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration (the first --calibration-tokens tokens) and evaluation (the --eval-tokens after them) text.
+    #[arg(long)]
+    text: PathBuf,
+    /// METHOD-MODE recipes (methods svd, whitened, refit; modes energy, uniform, proportional, loss) or int8.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "svd-energy,whitened-energy,whitened-proportional,whitened-loss,refit-proportional,refit-loss,int8"
+    )]
+    recipes: Vec<String>,
+    /// Fractions of the linear parameters (or bytes, --budget-unit bytes) kept.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.35,0.5")]
+    budgets: Vec<f64>,
+    #[arg(long = "budget-unit", value_enum, default_value_t = BudgetUnit::Params)]
+    budget_unit: BudgetUnit,
+    #[arg(long = "calibration-tokens", default_value_t = 4096)]
+    calibration_tokens: usize,
+    #[arg(long = "eval-tokens", default_value_t = 8192)]
+    eval_tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
+    sensitivity_tokens: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -184,6 +254,15 @@ struct CompressArgs {
     /// budget).
     #[arg(long)]
     probe: Option<f64>,
+    /// Instead of a size: the smallest budget whose logits cosine on the calibration text is at least T.
+    #[arg(long = "target-cosine")]
+    target_cosine: Option<f64>,
+    /// Instead of a size: the smallest budget whose perplexity on the calibration text is at most R × the original's.
+    #[arg(long = "target-ppl-ratio")]
+    target_ppl_ratio: Option<f64>,
+    /// Target search: stop when the budget is known to within this fraction.
+    #[arg(long = "target-tolerance", default_value_t = 0.01)]
+    target_tolerance: f64,
     /// Threads that factor matrices side by side, each reading its own slices of the files (default: every core;
     /// policies with a spectrum pass or calibration run on one).
     #[arg(long)]
@@ -267,6 +346,8 @@ pub fn run() -> Result<()> {
             generate(&model, &prompt, params, json)
         }
         Cmd::Compress(args) => compress(&args),
+        Cmd::Sensitivity(args) => sensitivity(&args),
+        Cmd::Sweep(args) => sweep(&args),
         Cmd::Roundtrip { model, ranks, quant, json } => roundtrip(&model, &ranks, quant, json),
         Cmd::Eval { original, compressed, text, tokens, window, skip_tokens, json } => {
             eval(&original, &compressed, &text, skip_tokens, tokens, window, json)
@@ -461,14 +542,37 @@ fn compress(a: &CompressArgs) -> Result<()> {
         _ => None,
     };
     let open = || Ok(ModelBundle::open_dir(&a.input_dir)?.ckpt);
-    let c = compress_checkpoint_with(
-        &b.cfg,
-        &b.ckpt,
-        policy,
-        calibration.as_ref().map(|(m, ids)| (m, ids.as_slice())),
-        Some(Threads { count: a.threads.unwrap_or_else(cores), open: &open }),
-        &mut |s| progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name)),
-    )?;
+    let target = match (a.target_cosine, a.target_ppl_ratio) {
+        (Some(_), Some(_)) => return Err(Error::Policy("give --target-cosine or --target-ppl-ratio, not both".into())),
+        (Some(t), None) => Some(explore::Target::Cosine(t)),
+        (None, Some(r)) => Some(explore::Target::PplRatio(r)),
+        (None, None) => None,
+    };
+    let mut path = Vec::new();
+    let c = match (target, &calibration) {
+        (Some(t), Some((model, ids))) => {
+            let (c, p) =
+                explore::search_target(&b.cfg, &b.ckpt, model, ids, &policy, t, a.target_tolerance, &mut |p| {
+                    progress(&format!("budget {:.4}: cosine {:.4}, perplexity ×{:.3}", p.budget.unwrap_or(1.0), p.cosine, p.ppl_ratio))
+                })?;
+            path = p;
+            c
+        }
+        (Some(_), None) => {
+            return Err(Error::Policy(
+                "a quality target is measured on calibration text: use --method whitened or refit with                  --calibration-text FILE"
+                    .into(),
+            ))
+        }
+        (None, _) => compress_checkpoint_with(
+            &b.cfg,
+            &b.ckpt,
+            policy,
+            calibration.as_ref().map(|(m, ids)| (m, ids.as_slice())),
+            Some(Threads { count: a.threads.unwrap_or_else(cores), open: &open }),
+            &mut |s| progress(&format!("{} {}/{} {}", s.phase, s.done, s.total, s.name)),
+        )?,
+    };
     progress_end();
     let seconds = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.output_dir)
@@ -488,10 +592,13 @@ fn compress(a: &CompressArgs) -> Result<()> {
         write_file(&a.output_dir.join("tokenizer.json"), t.as_bytes())?;
     }
     let t = totals(&c.reports);
-    let report = serde_json::json!({
+    let mut report = serde_json::json!({
         "policy": c.policy, "totals": t, "layers": c.reports, "seconds": seconds,
         "file_bytes": export.file_bytes(), "tensor_bytes": export.data_bytes,
     });
+    if !path.is_empty() {
+        report["target_path"] = serde_json::to_value(&path)?;
+    }
     write_file(&a.output_dir.join("compression_report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -531,7 +638,130 @@ fn compress(a: &CompressArgs) -> Result<()> {
         export.file_bytes(),
         seconds
     )?;
+    for p in &path {
+        writeln!(
+            o,
+            "target search: budget {:.4} -> cosine {:.4}, perplexity {:.2} (x{:.3}) on the calibration text{}",
+            p.budget.unwrap_or(1.0),
+            p.cosine,
+            p.ppl,
+            p.ppl_ratio,
+            if p.budget == c.policy.budget { "  <- kept" } else { "" }
+        )?;
+    }
     writeln!(o, "wrote {}", a.output_dir.display())?;
+    Ok(())
+}
+
+/// The original model and the tokens of a text.
+fn model_and_text(model: &std::path::Path, text: &std::path::Path) -> Result<(ModelBundle, GptNeo, Vec<u32>)> {
+    let b = ModelBundle::open_dir(model)?;
+    let text = std::fs::read_to_string(text)
+        .map_err(|e| Error::file(text.display().to_string(), format!("cannot be read ({e})")))?;
+    let m = b.load_model(false)?;
+    let ids = b.tokenizer()?.encode(&text)?;
+    Ok((b, m, ids))
+}
+
+fn sensitivity(a: &SensitivityArgs) -> Result<()> {
+    let (b, model, ids) = model_and_text(&a.model, &a.text)?;
+    let policy = Policy {
+        method: a.method,
+        rank: a.rank,
+        probe: a.probe,
+        quant_bits: a.quant_bits,
+        quant: a.quant,
+        calibration_tokens: a.calibration_tokens,
+        calibration_window: a.calibration_window,
+        sensitivity_tokens: a.sensitivity_tokens,
+        damp: a.damp,
+        break_even_guard: false,
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let rows = explore::sensitivity(&b.cfg, &b.ckpt, &model, &ids, &policy, &mut |r| {
+        progress(&format!("{} kl {:.4}", r.name, r.damage.kl))
+    })?;
+    progress_end();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"policy": policy, "rows": rows, "seconds": t0.elapsed().as_secs_f64()})
+            )?
+        );
+        return Ok(());
+    }
+    let mut o = std::io::stdout().lock();
+    writeln!(
+        o,
+        "{:<48} {:>10} {:>5} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "matrix", "shape", "rank", "err", "err act", "KL", "cosine", "top-1"
+    )?;
+    for r in &rows {
+        writeln!(
+            o,
+            "{:<48} {:>10} {:>5} {:>8.2}% {:>9} {:>9.5} {:>8.5} {:>7.4}",
+            r.name,
+            format!("{}x{}", r.shape[0], r.shape[1]),
+            r.rank,
+            100.0 * r.err_stored,
+            r.err_activations.map_or("-".into(), |e| format!("{:.2}%", 100.0 * e)),
+            r.damage.kl,
+            r.damage.cosine,
+            r.damage.top1
+        )?;
+    }
+    writeln!(
+        o,
+        "each matrix compressed alone; KL(original || compressed) and cosine per position over the first {} tokens of the calibration text; {:.1} s",
+        rows.first().map_or(0, |r| r.damage.positions),
+        t0.elapsed().as_secs_f64()
+    )?;
+    Ok(())
+}
+
+fn sweep(a: &SweepArgs) -> Result<()> {
+    let (b, model, ids) = model_and_text(&a.model, &a.text)?;
+    let recipes = a.recipes.iter().map(|r| explore::Recipe::parse(r)).collect::<Result<Vec<_>>>()?;
+    let base = Policy {
+        budget_unit: a.budget_unit,
+        calibration_tokens: a.calibration_tokens,
+        calibration_window: a.window,
+        sensitivity_tokens: a.sensitivity_tokens,
+        ..Default::default()
+    };
+    let split = explore::Split { skip: a.calibration_tokens, tokens: a.eval_tokens, window: a.window };
+    let mut first = true;
+    let points = explore::sweep(&b.cfg, &b.ckpt, &model, &ids, &base, &recipes, &a.budgets, split, &mut |p| {
+        if a.json {
+            return;
+        }
+        if first {
+            println!("{}", p.convention);
+            println!(
+                "{:<24} {:>6} {:>7} {:>12} {:>9} {:>8} {:>7} {:>7} {:>6} {:>8}",
+                "recipe", "budget", "params", "layer bytes", "ppl", "ratio", "cosine", "top-1", "KL", "seconds"
+            );
+            first = false;
+        }
+        println!(
+            "{:<24} {:>6} {:>7.3} {:>12} {:>9.2} {:>8.3} {:>7.4} {:>7.3} {:>6.3} {:>8.1}",
+            p.recipe,
+            p.budget.map_or("-".into(), |b| format!("{b}")),
+            p.params_kept,
+            p.layer_bytes,
+            p.ppl,
+            p.ppl_ratio,
+            p.cosine,
+            p.top1,
+            p.kl,
+            p.seconds
+        );
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&points)?);
+    }
     Ok(())
 }
 
