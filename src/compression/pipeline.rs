@@ -53,8 +53,9 @@ pub struct LayerReport {
     /// Fraction of ‖W‖F² kept by the rank (from the spectrum).
     pub energy_kept: Option<f64>,
     /// Activation-aware SVD: the relative error on the calibration inputs, sqrt(tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)), of
-    /// what is stored. Refit: the relative error of the stored layer's outputs, on the inputs the compressed blocks
-    /// before it give it, against the original layer's outputs on the original's inputs.
+    /// what is stored. Refit: the relative error of the stored layer's outputs, on the inputs the compressed model
+    /// gives it, against its target (the original layer's outputs on the original's inputs; for out_proj and c_proj
+    /// plus the residual stream's drift, see [`crate::compression::refit`]).
     pub err_activations: Option<f64>,
     /// Loss allocation: what compressing this matrix alone at the probe rank did to the logits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,11 +245,6 @@ impl Compressor {
     /// Whether the policy needs calibration statistics that have not been given.
     pub fn needs_calibration(&self) -> bool {
         self.policy.method.is_activation_aware() && self.grams.is_empty()
-    }
-
-    /// The calibration statistics given.
-    pub fn grams(&self) -> &HashMap<String, crate::compression::calib::Gram> {
-        &self.grams
     }
 
     /// Whether the loss allocation still needs its probe ([`Compressor::set_probe`]).

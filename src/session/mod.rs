@@ -357,7 +357,12 @@ impl Session {
         if let (true, Some(ids)) = (c.needs_probe(), self.calibration_ids.as_ref()) {
             let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
             let p = &c.policy;
-            c.set_probe(Probe::new(o, ids, p.sensitivity_tokens.min(p.calibration_tokens), p.calibration_window)?);
+            let tokens = p.sensitivity_tokens.min(p.calibration_tokens).min(ids.len());
+            // the original's logits and every block's input on those tokens, in f32
+            let cfg = &b.cfg;
+            let bytes = 4.0 * tokens as f64 * (cfg.vocab_size + (cfg.num_layers + 1) * cfg.hidden_size) as f64;
+            self.memory.check("the loss allocation's probes", bytes, 0.9, "use fewer sensitivity tokens")?;
+            c.set_probe(Probe::new(o, ids, tokens, p.calibration_window)?);
         }
         // the refit: once the plans are made, one block per step, then the matrices outside the blocks
         if c.policy.method == Method::Refit && !c.plans_made() {
@@ -370,6 +375,11 @@ impl Session {
             if self.refit.is_none() {
                 let ids =
                     self.calibration_ids.as_ref().ok_or_else(|| Error::msg("the refit needs calibration text"))?;
+                // both paths' hidden states, and one block's inputs on both paths (q/k/v, out_proj, c_fc, c_proj)
+                let (cfg, tokens) = (&b.cfg, c.policy.calibration_tokens.min(ids.len()) as f64);
+                let per_token = (2 * cfg.hidden_size + 2 * (5 * cfg.hidden_size + cfg.intermediate_size())) as f64;
+                let bytes = 4.0 * tokens * per_token;
+                self.memory.check("the refit's calibration states", bytes, 0.9, "use fewer calibration tokens")?;
                 self.refit = Some(Refit::new(o, ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
             }
             let r = self.refit.as_mut().ok_or_else(|| Error::msg("the refit has not started"))?;
