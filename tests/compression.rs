@@ -658,3 +658,40 @@ fn refit_and_loss_allocation_beat_activation_aware_svd_alone() {
     assert!(ppl[1] < 0.95 * ppl[0], "loss allocation {} vs activation-aware {}", ppl[1], ppl[0]);
     assert!(ppl[2] < 0.9 * ppl[0], "refit {} vs activation-aware {}", ppl[2], ppl[0]);
 }
+
+/// `slc sensitivity`'s damage of one matrix compressed alone equals an ordinary compression that skips every other
+/// matrix, evaluated by the evaluator on the same tokens (KL and cosine per position, top-1).
+#[test]
+fn sensitivity_equals_compressing_one_matrix_alone() {
+    use semantic_llm_compressor::explore;
+    let b = bard();
+    let original = b.load_model(false).unwrap();
+    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let policy = Policy {
+        method: Method::Whitened,
+        rank: 16,
+        calibration_tokens: 512,
+        calibration_window: 256,
+        sensitivity_tokens: 256,
+        ..Default::default()
+    };
+    let rows = explore::sensitivity(&b.cfg, &b.ckpt, &original, &ids, &policy, &mut |_| {}).unwrap();
+    assert_eq!(rows.len(), 48);
+    assert!(rows.iter().all(|r| r.rank == 16 && r.damage.positions == 256 && r.damage.kl >= 0.0));
+    let worst = rows.iter().max_by(|a, b| a.damage.kl.total_cmp(&b.damage.kl)).unwrap();
+    let alone = Policy {
+        skip: rows.iter().filter(|r| r.name != worst.name).map(|r| r.name.clone()).collect(),
+        break_even_guard: false,
+        ..policy.clone()
+    };
+    let c = compress_checkpoint(&b.cfg, &b.ckpt, alone, Some((&original, &ids)), &mut |_| {}).unwrap();
+    assert_eq!(c.model.compressed_layers(), 1);
+    let mut ev = Evaluator::new(&ids, 256, 256).unwrap();
+    while ev.step(&original, Some(&c.model)).unwrap() {}
+    let r = ev.report();
+    eprintln!("{}: kl {} vs {}", worst.name, worst.damage.kl, r.kl.unwrap());
+    assert!((r.kl.unwrap() - worst.damage.kl).abs() <= 1e-4 * worst.damage.kl.max(1e-3), "kl {r:?} vs {worst:?}");
+    assert!((r.cosine.unwrap() - worst.damage.cosine).abs() < 1e-6);
+    assert!((r.top1.unwrap() - worst.damage.top1).abs() < 1e-9);
+}

@@ -7,10 +7,11 @@
 //!
 //! May import: [`crate::compression`], [`crate::evaluation`], [`crate::model`], [`crate::error`].
 
-use crate::compression::pipeline::{compress_checkpoint, considered_matrices, reader, totals, Compressed, StepInfo};
-use crate::compression::policy::{BudgetMode, Method, Policy};
+use crate::compression::pipeline::{
+    compress_checkpoint, considered_matrices, reader, totals, Compressed, Compressor, StepInfo,
+};
+use crate::compression::policy::{BudgetMode, Method, Policy, RankRule};
 use crate::compression::sensitivity::{Damage, Probe};
-use crate::compression::svd;
 use crate::evaluation::metrics::{EvalReport, Evaluator};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::GptNeoConfig;
@@ -265,47 +266,46 @@ pub fn sensitivity(
     policy: &Policy,
     on_row: &mut dyn FnMut(&SensitivityRow),
 ) -> Result<Vec<SensitivityRow>> {
-    policy.validate()?;
-    if !policy.method.is_svd() {
+    if !matches!(policy.method, Method::Svd | Method::Whitened) {
         return Err(Error::Policy("sensitivity compresses by SVD: choose method svd or whitened".into()));
     }
-    let grams = if policy.method.is_activation_aware() {
+    let mats = considered_matrices(cfg, ckpt)?;
+    // every matrix at its own rank (the probe fraction of its parameters, when one is set), factored as a
+    // compression would factor it, never kept dense by the break-even guard
+    let rank_for = match policy.probe {
+        Some(f) => mats
+            .iter()
+            .map(|m| RankRule { pattern: m.name.clone(), rank: Policy::rank_for_fraction(m.out, m.inp, f) })
+            .collect(),
+        None => policy.rank_for.clone(),
+    };
+    let single = Policy { rank_for, energy: None, budget: None, break_even_guard: false, ..policy.clone() };
+    let mut c = Compressor::new(single, mats)?;
+    if c.needs_calibration() {
         let mut cal =
             crate::compression::calib::Calibrator::new(ids, policy.calibration_tokens, policy.calibration_window)?;
         while cal.step(original)? {}
-        Some(cal.finish())
-    } else {
-        None
-    };
+        c.set_calibration(cal.finish());
+    }
     let probe =
         Probe::new(original, ids, policy.sensitivity_tokens.min(policy.calibration_tokens), policy.calibration_window)?;
     let read = reader(ckpt);
     let mut rows = Vec::new();
-    for m in considered_matrices(cfg, ckpt)? {
-        if probe.block_of(&m.name).is_none() || policy.exclusion(&m).is_some() {
+    for i in 0..c.mats.len() {
+        let name = c.mats[i].name.clone();
+        if probe.block_of(&name).is_none() {
             continue;
         }
-        let tag = |e: Error| Error::tensor(&m.name, e.to_string());
-        let w = read(&m.name)?;
-        let rank = match policy.probe {
-            Some(f) => Policy::rank_for_fraction(m.out, m.inp, f),
-            None => policy.requested_rank(&m.name).min(m.out.min(m.inp)),
-        };
-        let gram = grams.as_ref().and_then(|g| g.get(&m.name)).map(|g| g.mean());
-        let mut s = match &gram {
-            Some(g) => svd::whitened(&w, m.out, m.inp, g, rank, policy.damp).map_err(tag)?,
-            None => svd::truncated(&w, m.out, m.inp, rank, policy.svd, policy.seed).map_err(tag)?,
-        };
-        s.canonicalize_signs();
-        let stored = crate::compression::pipeline::factors(&s, policy.factor_quant());
-        let back: Vec<f64> = stored.to_dense_f32()?.iter().map(|&x| x as f64).collect();
+        let f = c.job(i)?.run(&read)?;
+        let Some(stored) = f.weight else { continue }; // skipped by the policy
+        let r = f.report;
         let row = SensitivityRow {
-            name: m.name.clone(),
-            shape: [m.out, m.inp],
-            rank: s.rank(),
-            err_stored: svd::rel_fro_error(&w, &back),
-            err_activations: gram.as_ref().map(|g| svd::rel_activation_error(&w, &back, m.out, m.inp, g)),
-            damage: probe.damage(&m.name, stored).map_err(tag)?,
+            name: r.name,
+            shape: r.shape,
+            rank: r.rank.unwrap_or(0),
+            err_stored: r.err_stored.unwrap_or(f64::NAN),
+            err_activations: r.err_activations,
+            damage: probe.damage(&name, stored).map_err(|e| Error::tensor(&name, e.to_string()))?,
         };
         on_row(&row);
         rows.push(row);
