@@ -1,9 +1,8 @@
 //! The compression engine against the Python reference (../shared/reference) and its own invariants, natively.
 #![cfg(not(target_arch = "wasm32"))]
 
-use semantic_llm_compressor::compression::pipeline::{
-    compress_checkpoint, considered_matrices, factors, reader, totals, Compressed,
-};
+use semantic_llm_compressor::compression::driver::compress_checkpoint;
+use semantic_llm_compressor::compression::pipeline::{considered_matrices, factors, reader, totals, Compressed};
 use semantic_llm_compressor::compression::policy::{BudgetMode, BudgetUnit, Method, Policy};
 use semantic_llm_compressor::compression::svd::{self, SvdMethod};
 use semantic_llm_compressor::evaluation::metrics::Evaluator;

@@ -4,8 +4,8 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use semantic_llm_compressor::alloc::{self, CountingAlloc};
+use semantic_llm_compressor::compression::driver::compress_checkpoint;
 use semantic_llm_compressor::compression::format::Export;
-use semantic_llm_compressor::compression::pipeline::compress_checkpoint;
 use semantic_llm_compressor::compression::policy::Policy;
 use semantic_llm_compressor::model::bundle::ModelBundle;
 use std::path::PathBuf;

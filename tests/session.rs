@@ -337,7 +337,7 @@ fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
     let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
     let original = b.load_model(false).unwrap();
     let ids = b.tokenizer().unwrap().encode(&text()).unwrap();
-    let cli = semantic_llm_compressor::compression::pipeline::compress_checkpoint(
+    let cli = semantic_llm_compressor::compression::driver::compress_checkpoint(
         &b.cfg,
         &b.ckpt,
         policy,

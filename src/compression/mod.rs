@@ -5,12 +5,14 @@
 //!   [`quant`] — the INT8 quantizers; [`calib`] — the input statistics activation-aware SVD needs.
 //! * [`sensitivity`] — the damage of compressing one matrix alone (what the loss allocation weighs by);
 //!   [`refit`] — the sequential closed-form refit, block by block, against the original's outputs.
+//! * [`driver`] — a whole checkpoint in one call (calibration, probes, refit, factoring on threads).
 //! * [`pipeline`] — one matrix per step: plan, factor, quantize, measure; the compressed model.
 //! * [`format`] — the compressed checkpoint written to a file (FORMAT.md), and dense weights again (`densify`).
 //!
 //! May import: [`crate::model`], [`crate::error`], [`crate::alloc`].
 
 pub mod calib;
+pub mod driver;
 pub mod format;
 pub mod pipeline;
 pub mod policy;

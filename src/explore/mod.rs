@@ -7,9 +7,8 @@
 //!
 //! May import: [`crate::compression`], [`crate::evaluation`], [`crate::model`], [`crate::error`].
 
-use crate::compression::pipeline::{
-    compress_checkpoint, considered_matrices, reader, totals, Compressed, Compressor, StepInfo,
-};
+use crate::compression::driver::compress_checkpoint;
+use crate::compression::pipeline::{considered_matrices, reader, totals, Compressed, Compressor, StepInfo};
 use crate::compression::policy::{BudgetMode, Method, Policy, RankRule};
 use crate::compression::sensitivity::{Damage, Probe};
 use crate::evaluation::metrics::{EvalReport, Evaluator};

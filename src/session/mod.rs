@@ -3,7 +3,8 @@
 //! from its file), generate from both, export — and what opening a new model invalidates. Plain Rust: the wasm edge
 //! only converts `File`s, JS values and errors, and `cargo test` runs every scenario natively (tests/session.rs).
 //!
-//! May import: [`crate::compression`], [`crate::evaluation`], [`crate::model`], [`crate::error`], [`crate::alloc`].
+//! May import: [`crate::explore`], [`crate::compression`], [`crate::evaluation`], [`crate::model`], [`crate::error`],
+//! [`crate::alloc`].
 
 pub mod memory;
 pub mod reports;

@@ -114,8 +114,8 @@ pub fn check_export_roundtrip(
     weights: &[u8],
     policy: semantic_llm_compressor::compression::policy::Policy,
 ) {
+    use semantic_llm_compressor::compression::driver::compress_checkpoint;
     use semantic_llm_compressor::compression::format::Export;
-    use semantic_llm_compressor::compression::pipeline::compress_checkpoint;
     let b = bundle(config, None, weights);
     let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, None, &mut |_| {}).unwrap();
     assert!(

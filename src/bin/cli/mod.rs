@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
+use semantic_llm_compressor::compression::driver::{compress_checkpoint_with, Threads};
 use semantic_llm_compressor::compression::format::Export;
-use semantic_llm_compressor::compression::pipeline::{compress_checkpoint_with, totals, Threads};
+use semantic_llm_compressor::compression::pipeline::totals;
 use semantic_llm_compressor::compression::policy::{BudgetMode, BudgetUnit, Method, Policy, RankRule};
 use semantic_llm_compressor::compression::svd::SvdMethod;
 use semantic_llm_compressor::evaluation::metrics::Evaluator;
