@@ -274,6 +274,19 @@ impl Workspace {
         to_js(&self.0.sweep(&spec).map_err(js_err)?)
     }
 
+    /// Start a quality-target search (`spec`: `{target: {cosine: T} | {"ppl-ratio": R}, tolerance}`) with `policy`'s
+    /// method and allocation: `{next_budget, split, best, met, path}`.
+    pub fn target_begin(&mut self, policy: JsValue, spec: JsValue) -> JsResult<JsValue> {
+        let policy = from_js(policy, "compression policy")?;
+        let spec = from_js(spec, "quality target")?;
+        to_js(&self.0.target_begin(&policy, &spec).map_err(js_err)?)
+    }
+
+    /// Record the compression just made at the search's budget and the evaluation just run on its split.
+    pub fn target_record(&mut self) -> JsResult<JsValue> {
+        to_js(&self.0.target_record().map_err(js_err)?)
+    }
+
     pub fn spectrum(&self, name: &str) -> JsResult<Vec<f32>> {
         self.0.spectrum(name).map_err(js_err)
     }

@@ -358,3 +358,77 @@ fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
     assert!(kept as f64 <= 0.2 * all as f64 && kept as f64 > 0.15 * all as f64, "{kept} of {all}");
     assert!(page.len() > 1_000_000);
 }
+
+/// A quality target searched the page's way (a compression, then an evaluation on the calibration tokens, a point
+/// recorded, per budget) walks the same path as the command line's one call and keeps the same budget.
+#[test]
+fn a_target_searched_step_by_step_walks_the_cli_path() {
+    use semantic_llm_compressor::compression::policy::{BudgetMode, Method};
+    use semantic_llm_compressor::explore::{search_target, Target};
+    use semantic_llm_compressor::session::TargetSpec;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let policy = Policy {
+        method: Method::Whitened,
+        budget_mode: BudgetMode::Proportional,
+        calibration_tokens: 512,
+        calibration_window: 256,
+        ..Default::default()
+    };
+    let spec: TargetSpec = serde_json::from_str(r#"{"target": {"cosine": 0.97}, "tolerance": 0.1}"#).unwrap();
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    let text = text();
+    let mut state = serde_json::to_value(s.target_begin(&policy, &spec).unwrap()).unwrap();
+    let mut budgets = Vec::new();
+    while let Some(b) = state["next_budget"].as_f64() {
+        budgets.push(b);
+        s.compress_begin(Policy { budget: Some(b), ..policy.clone() }, Some(&text)).unwrap();
+        while s.compress_step().unwrap().is_some() {}
+        s.compress_finish().unwrap();
+        let split = &state["split"];
+        let n = |k: &str| split[k].as_u64().unwrap() as usize;
+        evaluate(
+            &mut s,
+            &EvalSpec {
+                text: text.clone(),
+                skip: n("skip"),
+                tokens: n("tokens"),
+                window: n("window"),
+                part: 0,
+                parts: 1,
+            },
+        );
+        state = serde_json::to_value(s.target_record().unwrap()).unwrap();
+        assert!(budgets.len() < 10, "the search ends");
+    }
+    // an evaluation on other tokens than the split, or a compression at another budget, is not recorded
+    assert!(s.target_record().is_err());
+
+    let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
+    let original = b.load_model(false).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let (_, path) =
+        search_target(&b.cfg, &b.ckpt, &original, &ids, &policy, Target::Cosine(0.97), 0.1, &mut |_| {}).unwrap();
+    let page: Vec<(f64, f64)> = state["path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["budget"].as_f64().unwrap(), p["cosine"].as_f64().unwrap()))
+        .collect();
+    let cli: Vec<(f64, f64)> = path.iter().map(|p| (p.budget.unwrap(), p.cosine)).collect();
+    assert_eq!(page.len(), cli.len());
+    for ((bp, cp), (bc, cc)) in page.iter().zip(&cli) {
+        assert_eq!(bp, bc);
+        assert!((cp - cc).abs() < 1e-9, "cosine {cp} vs {cc} at budget {bp}");
+    }
+    assert!(page.len() >= 3, "a search, not one point: {page:?}");
+    let best = state["best"].as_f64().unwrap();
+    let met: Vec<bool> = state["path_met"].as_array().unwrap().iter().map(|m| m.as_bool().unwrap()).collect();
+    // the kept budget is the smallest that met the target, and every point below it missed
+    for ((b, c), m) in page.iter().zip(&met) {
+        assert_eq!(*m, *c >= 0.97);
+        assert!(*b >= best || !m, "{b} met the target below the kept {best}");
+    }
+    assert!(met.iter().any(|&m| m) && best < 1.0);
+}

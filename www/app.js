@@ -84,6 +84,7 @@ worker.onmessage = (e) => {
     case 'progress': showProgress(m); break;
     case 'plan': startTable(m.matrices); break;
     case 'layer': addLayer(m.layer); break;
+    case 'target': renderTarget(m.search); break;
     case 'token': addToken(m); break;
     case 'result': settle(m, (p) => p.resolve(m.result)); break;
     case 'cancelled': settle(m, (p) => p.reject(Object.assign(new Error('cancelled'), { cancelled: true }))); setState(app.loaded ? 'ready' : 'idle', 'cancelled'); break;
@@ -155,6 +156,8 @@ function applyPreset(name) {
     $('budget').value = o.budget ?? '';
     $('budget-mode').value = o.budgetMode || 'energy';
     $('guard').checked = o.guard ?? true;
+    $('target-metric').value = '';
+    $('target-value').value = '';
   };
   const presets = {
     default: { rank: Math.max(1, Math.round(h / 4)), skip: 'mlp.c_fc, mlp.c_proj' },
@@ -193,6 +196,36 @@ function policyFromForm() {
     calibration_tokens: num('calibration-tokens') ?? app.defaults.calibration_tokens,
     calibration_window: Number($('eval-window').value) || 512,
   };
+}
+
+// The quality target, or undefined when the form asks for none.
+function targetFromForm() {
+  const metric = $('target-metric').value;
+  if (!metric) return undefined;
+  const value = Number($('target-value').value);
+  if ($('target-value').value.trim() === '' || !Number.isFinite(value)) {
+    throw new Error(`the quality target needs a value (${metric === 'cosine' ? 'a cosine in (0, 1]' : 'a perplexity ratio ≥ 1'})`);
+  }
+  return { target: { [metric]: value }, tolerance: 0.02 };
+}
+
+// The target search's path: every budget tried, the kept one marked.
+function renderTarget(search) {
+  $('target-result').hidden = !search;
+  const body = $('target-path').querySelector('tbody');
+  body.replaceChildren();
+  if (!search) return;
+  const over = search.next_budget === null || search.next_budget === undefined;
+  search.path.forEach((p, i) => {
+    const tr = document.createElement('tr');
+    const kept = over && p.budget === search.best;
+    if (kept) tr.className = 'kept';
+    for (const text of [p.budget.toFixed(4), pct(p.params_kept), p.cosine.toFixed(4), p.ppl.toFixed(2),
+      p.ppl_ratio.toFixed(3), (search.path_met[i] ? 'yes' : 'no') + (kept ? ' (kept)' : '')]) {
+      tr.append(Object.assign(document.createElement('td'), { textContent: text }));
+    }
+    body.append(tr);
+  });
 }
 
 // ?workers=N caps the workers an evaluation uses (the benchmark compares 1 with the default)
@@ -362,6 +395,8 @@ function resetResults() {
   $('spectrum-layer').replaceChildren();
   plots.spectrum($('spectrum-plot'), null);
   plots.errorCurve($('error-plot'), null);
+  renderTarget(null);
+  delete $('summary').dataset.targetBudget;
 }
 
 function open(msg, name) {
@@ -411,11 +446,17 @@ function reveal(id) {
 
 function compress() {
   let policy;
-  try { policy = policyFromForm(); } catch (err) { showError(err.message); return; }
+  let target;
+  try { policy = policyFromForm(); target = targetFromForm(); } catch (err) { showError(err.message); return; }
   resetResults();
   reveal('results-panel');
   const t0 = performance.now();
-  run({ cmd: 'compress', policy, evalSpec: evalSpec() }, (r) => {
+  run({ cmd: 'compress', policy, evalSpec: evalSpec(), target }, (r) => {
+    if (r.target) {
+      renderTarget(r.target);
+      policy = { ...policy, budget: r.target.best };
+      $('summary').dataset.targetBudget = String(r.target.best);
+    }
     app.compressed = true;
     app.canExport = true;
     renderLayers(app.layers);
@@ -556,7 +597,7 @@ $('compress').addEventListener('click', compress);
 $('generate').addEventListener('click', generate);
 $('export').addEventListener('click', exportCheckpoint);
 $('preset').addEventListener('change', (e) => applyPreset(e.target.value));
-for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard']) {
+for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard', 'target-metric', 'target-value']) {
   $(id).addEventListener('input', () => { $('preset').value = 'custom'; });
 }
 $('large-type').addEventListener('click', (e) => {

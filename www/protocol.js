@@ -17,10 +17,18 @@
  *
  * @typedef {{cmd: 'open', files?: File[], demo?: boolean, evalSpec?: EvalSettings}} OpenCommand
  *   Result: the Rust OpenReport, plus `loaded` (or `load_error`), `layers_reports`, `evaluation`/`eval_error`.
- * @typedef {{cmd: 'compress', policy: object, evalSpec?: EvalSettings}} CompressCommand
- *   `policy` is a Rust compression::policy::Policy as JSON. Result: {finished, evaluation, eval_error,
- *   compress_seconds, workers: {count, heaps}, memory}; `heaps` is each worker's wasm memory in bytes (this worker,
- *   then each helper at its largest).
+ * @typedef {{target: ({cosine: number}|{'ppl-ratio': number}), tolerance?: number}} TargetSpec
+ *   A quality target (Rust: session::TargetSpec): the smallest budget whose compression meets it on the calibration
+ *   tokens, bisected to `tolerance` (default 0.02).
+ * @typedef {{next_budget: ?number, split: {skip: number, tokens: number, window: number}, best: number,
+ *   met: ?boolean, path: object[]}} TargetState   Where a search stands (Rust: session::TargetState); `path` holds
+ *   explore::Point objects, one per compression tried.
+ * @typedef {{cmd: 'compress', policy: object, evalSpec?: EvalSettings, target?: TargetSpec}} CompressCommand
+ *   `policy` is a Rust compression::policy::Policy as JSON. With `target`, the worker compresses at each budget the
+ *   search asks for, evaluates it on the calibration tokens, and keeps the smallest that met the target (streaming
+ *   "target" events). Result: {finished, evaluation, eval_error, compress_seconds, workers: {count, heaps}, memory,
+ *   target: TargetState|null}; `heaps` is each worker's wasm memory in bytes (this worker, then each helper at its
+ *   largest).
  * @typedef {{cmd: 'evaluate', evalSpec: EvalSettings}} EvaluateCommand   Result: the Rust EvalSummary + seconds.
  * @typedef {{cmd: 'generate', prompt: string, params: SamplingParams, which: ('original'|'compressed')[]}} GenerateCommand
  *   Streams "token" events. Result: {[which]: {tokens, tokens_per_s}}.
@@ -46,12 +54,14 @@
  * @typedef {{type: 'progress', task: string, done: number, total: number, label?: string}} ProgressEvent
  * @typedef {{type: 'plan', total_steps: number, matrices: object[], calibration_tokens?: number, can_split: boolean}} PlanEvent
  * @typedef {{type: 'layer', layer: object}} LayerEvent   A matrix's LayerReport, as soon as it is compressed.
+ * @typedef {{type: 'target', search: TargetState}} TargetEvent   Before each compression of a target search, and at
+ *   its end.
  * @typedef {{type: 'token', which: 'original'|'compressed', id: number, text: string, token: string, n: number,
  *   tokens_per_s: number}} TokenEvent
  * @typedef {{type: 'result', cmd: string, id?: number, result: any}} ResultEvent
  * @typedef {{type: 'cancelled', cmd: string, id?: number}} CancelledEvent
  * @typedef {{type: 'error', cmd: string, id?: number, kind: ErrorKind, message: string}} ErrorEvent
- * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TokenEvent|ResultEvent|CancelledEvent|ErrorEvent} Event
+ * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|ResultEvent|CancelledEvent|ErrorEvent} Event
  *
  * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'other'} ErrorKind
  *   From the Rust error's variant (error::ErrorKind); code branches on it, never on the message's words.

@@ -203,6 +203,30 @@ async function evaluateIfItFits(spec) {
   }
 }
 
+// One compression with `policy`, its matrices shared among helpers where it can be; the compressed model replaces
+// the last one.
+async function compressOnce(policy, calibration, evalSpec) {
+  state('compressing', 'compressing');
+  const begin = ws.compress_begin(policy, calibration);
+  post({ type: 'plan', ...begin });
+  const team = begin.can_split ? await compressionTeam(policy, evalSpec && evalSpec.workers) : [];
+  const helperHeaps = team.length ? await factorOnTeam(team, begin) : [];
+  let done = 0;
+  for (;;) {
+    await checkpoint();
+    const step = ws.compress_step();
+    if (step === null || step === undefined) break;
+    done += 1;
+    progress('compress', done, begin.total_steps, `${step.phase}: ${step.name}`);
+    if (step.layer) post({ type: 'layer', layer: step.layer });
+  }
+  const finished = ws.compress_finish();
+  const workers = { count: Math.max(1, team.length), heaps: [await heapBytes(), ...helperHeaps] };
+  compressedFile = HELPERS ? () => new File(ws.export(), 'compressed.safetensors') : null;
+  generation += 1;
+  return { begin, finished, workers };
+}
+
 const commands = {
   async open({ files, demo, evalSpec }) {
     state('loading', 'loading');
@@ -242,34 +266,41 @@ const commands = {
     return report;
   },
 
-  async compress({ policy, evalSpec }) {
+  // A compression (with `target`: the smallest budget meeting it on the calibration text, searched one
+  // compression at a time), then its evaluation after the calibration tokens.
+  async compress({ policy, evalSpec, target }) {
     need();
     state('compressing', 'compressing');
     const t0 = performance.now();
     // the activation-aware method calibrates on the evaluation text's first tokens; the evaluation skips them
     const calibrated = policy.method === 'whitened' || policy.method === 'refit';
     const calibration = calibrated ? await evalText(evalSpec || {}) : undefined;
-    const begin = ws.compress_begin(policy, calibration);
-    if (evalSpec && begin.calibration_tokens) evalSpec = { ...evalSpec, skip: begin.calibration_tokens };
-    post({ type: 'plan', ...begin });
-    const team = begin.can_split ? await compressionTeam(policy, evalSpec && evalSpec.workers) : [];
-    const helperHeaps = team.length ? await factorOnTeam(team, begin) : [];
-    let done = 0;
-    for (;;) {
-      await checkpoint();
-      const step = ws.compress_step();
-      if (step === null || step === undefined) break;
-      done += 1;
-      progress('compress', done, begin.total_steps, `${step.phase}: ${step.name}`);
-      if (step.layer) post({ type: 'layer', layer: step.layer });
+    let run;
+    let search = null;
+    if (target) {
+      search = ws.target_begin(policy, target);
+      let last = null;
+      while (search.next_budget !== null && search.next_budget !== undefined) {
+        last = search.next_budget;
+        post({ type: 'target', search });
+        run = await compressOnce({ ...policy, budget: last }, calibration, evalSpec);
+        const split = search.split;
+        await evaluate({ ...(evalSpec || {}), skip: 0, tokens: split.tokens, window: split.window });
+        search = ws.target_record();
+      }
+      post({ type: 'target', search });
+      // the last candidate is not always the smallest that met the target
+      if (last !== search.best) run = await compressOnce({ ...policy, budget: search.best }, calibration, evalSpec);
+    } else {
+      run = await compressOnce(policy, calibration, evalSpec);
     }
-    const finished = ws.compress_finish();
     const compressSeconds = (performance.now() - t0) / 1000;
-    const workers = { count: Math.max(1, team.length), heaps: [await heapBytes(), ...helperHeaps] };
-    compressedFile = HELPERS ? () => new File(ws.export(), 'compressed.safetensors') : null;
-    generation += 1;
+    if (evalSpec && run.begin.calibration_tokens) evalSpec = { ...evalSpec, skip: run.begin.calibration_tokens };
     const { evaluation, evalError } = evalSpec ? await evaluateIfItFits(evalSpec) : { evaluation: null };
-    return { finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds, workers, memory: ws.memory() };
+    return {
+      finished: run.finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds,
+      workers: run.workers, memory: ws.memory(), target: search,
+    };
   },
 
   async memory_limit({ bytes }) {

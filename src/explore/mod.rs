@@ -8,7 +8,9 @@
 //! May import: [`crate::compression`], [`crate::evaluation`], [`crate::model`], [`crate::error`].
 
 use crate::compression::driver::compress_checkpoint;
-use crate::compression::pipeline::{considered_matrices, reader, totals, Compressed, Compressor, StepInfo};
+use crate::compression::pipeline::{
+    considered_matrices, reader, totals, Compressed, CompressionTotals, Compressor, StepInfo,
+};
 use crate::compression::policy::{BudgetMode, Method, Policy, RankRule};
 use crate::compression::sensitivity::{Damage, Probe};
 use crate::evaluation::metrics::{EvalReport, Evaluator};
@@ -115,30 +117,47 @@ pub fn measure(
     split: Split,
     progress: &mut dyn FnMut(&StepInfo),
 ) -> Result<(Compressed, Point)> {
-    let recipe = Recipe { method: policy.method, mode: policy.budget_mode }.label();
     let budget = policy.budget;
     let t0 = crate::clock::now();
     let c = compress_checkpoint(cfg, ckpt, policy, Some((original, ids)), progress)?;
     let seconds = crate::clock::now() - t0;
     let r = evaluate(original, &c.model, ids, split)?;
-    let t = totals(&c.reports);
-    let ppl = r.ppl_compressed.unwrap_or(f64::NAN);
-    let point = Point {
-        recipe,
-        budget,
-        params_kept: t.params_after as f64 / t.params_considered.max(1) as f64,
-        layer_bytes: t.bytes_after,
-        model_bytes: c.model.weight_bytes(),
-        ppl_original: r.ppl_original,
-        ppl,
-        ppl_ratio: ppl / r.ppl_original,
-        cosine: r.cosine.unwrap_or(f64::NAN),
-        top1: r.top1.unwrap_or(f64::NAN),
-        kl: r.kl.unwrap_or(f64::NAN),
-        seconds,
-        convention: r.convention.clone(),
-    };
+    let point = Point::new(&policy_label(&c.policy), budget, &totals(&c.reports), c.model.weight_bytes(), &r, seconds);
     Ok((c, point))
+}
+
+/// The recipe's label of a policy (`whitened-loss`, `int8`).
+pub fn policy_label(p: &Policy) -> String {
+    Recipe { method: p.method, mode: p.budget_mode }.label()
+}
+
+impl Point {
+    /// A compression at `budget` (its layers' `totals`, the whole model's `model_bytes`) measured as `r`.
+    pub fn new(
+        recipe: &str,
+        budget: Option<f64>,
+        t: &CompressionTotals,
+        model_bytes: usize,
+        r: &EvalReport,
+        seconds: f64,
+    ) -> Self {
+        let ppl = r.ppl_compressed.unwrap_or(f64::NAN);
+        Point {
+            recipe: recipe.to_string(),
+            budget,
+            params_kept: t.params_after as f64 / t.params_considered.max(1) as f64,
+            layer_bytes: t.bytes_after,
+            model_bytes,
+            ppl_original: r.ppl_original,
+            ppl,
+            ppl_ratio: ppl / r.ppl_original,
+            cosine: r.cosine.unwrap_or(f64::NAN),
+            top1: r.top1.unwrap_or(f64::NAN),
+            kl: r.kl.unwrap_or(f64::NAN),
+            seconds,
+            convention: r.convention.clone(),
+        }
+    }
 }
 
 fn evaluate(original: &GptNeo, compressed: &GptNeo, ids: &[u32], s: Split) -> Result<EvalReport> {
@@ -174,6 +193,7 @@ pub fn sweep(
 
 /// What a target search asks for, on the calibration text.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// Logits cosine (per position, mean) at least this.
     Cosine(f64),
@@ -190,9 +210,92 @@ impl Target {
     }
 }
 
+/// A target search as a sequence of budgets, so that whoever compresses and measures (this module's
+/// [`search_target`], or the page a compression at a time) follows the same path: ask [`TargetSearch::next_budget`],
+/// compress at it, measure on [`TargetSearch::split`], [`TargetSearch::record`] the point; when no budget is left,
+/// [`TargetSearch::best`] is the smallest that met the target (the budget 1 when none below did, and the path says
+/// whether even that met it). The budget is bisected between 2% and 100% until it is known to `tolerance`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetSearch {
+    pub target: Target,
+    pub tolerance: f64,
+    lo: f64,
+    hi: f64,
+    /// The smallest budget recorded as meeting the target.
+    best: Option<f64>,
+    next: Option<f64>,
+    pub path: Vec<Point>,
+    /// Whether each point of the path met the target.
+    pub met: Vec<bool>,
+}
+
+impl TargetSearch {
+    /// A search for `target` with `base`'s method and allocation (the budget is what is searched).
+    pub fn new(base: &Policy, target: Target, tolerance: f64) -> Result<Self> {
+        if !base.method.is_svd() {
+            return Err(Error::Policy("a quality target searches a budget: choose an SVD method, not int8".into()));
+        }
+        match target {
+            Target::Cosine(t) if !(t > 0.0 && t <= 1.0) => {
+                return Err(Error::Policy(format!("target cosine {t} must be in (0, 1]")))
+            }
+            Target::PplRatio(r) if !(r >= 1.0 && r.is_finite()) => {
+                return Err(Error::Policy(format!("target perplexity ratio {r} must be a number ≥ 1")))
+            }
+            _ => {}
+        }
+        if !(tolerance > 0.0 && tolerance < 1.0) {
+            return Err(Error::Policy(format!("target tolerance {tolerance} must be in (0, 1)")));
+        }
+        Ok(Self {
+            target,
+            tolerance,
+            lo: 0.02,
+            hi: 1.0,
+            best: None,
+            next: Some(1.0),
+            path: Vec::new(),
+            met: Vec::new(),
+        })
+    }
+
+    /// Where every candidate is measured: the calibration tokens (the definition of the target).
+    pub fn split(base: &Policy) -> Split {
+        Split { skip: 0, tokens: base.calibration_tokens, window: base.calibration_window }
+    }
+
+    /// The budget to compress at next; `None` when the search is over.
+    pub fn next_budget(&self) -> Option<f64> {
+        self.next
+    }
+
+    /// Record the compression at [`TargetSearch::next_budget`], measured; true when it met the target.
+    pub fn record(&mut self, p: Point) -> Result<bool> {
+        let b = self.next.ok_or_else(|| Error::msg("the target search is over: nothing more to record"))?;
+        let ok = self.target.met(&p);
+        self.path.push(p);
+        self.met.push(ok);
+        if ok {
+            self.hi = b;
+            self.best = Some(b);
+        } else {
+            self.lo = b;
+        }
+        // the whole model missing the target ends the search: nothing smaller will meet it
+        self.next =
+            (self.best.is_some() && self.hi - self.lo > self.tolerance.max(1e-3)).then_some(0.5 * (self.lo + self.hi));
+        Ok(ok)
+    }
+
+    /// The smallest budget that met the target, or 1 when none did.
+    pub fn best(&self) -> f64 {
+        self.best.unwrap_or(1.0)
+    }
+}
+
 /// The smallest budget (to `tolerance`) whose compression meets `target` on the first `calibration_tokens` of
-/// `ids` (the calibration text), found by bisection between `lo` and 1; every compression tried is on the path, in
-/// order. The compression returned is the smallest that met the target (the budget 1 when none below did).
+/// `ids` (the calibration text), by [`TargetSearch`]; every compression tried is on the path, in order. The
+/// compression returned is the smallest that met the target (the budget 1 when none below did).
 #[allow(clippy::too_many_arguments)]
 pub fn search_target(
     cfg: &GptNeoConfig,
@@ -204,43 +307,18 @@ pub fn search_target(
     tolerance: f64,
     on_point: &mut dyn FnMut(&Point),
 ) -> Result<(Compressed, Vec<Point>)> {
-    if base.method == Method::Int8 {
-        return Err(Error::Policy("a quality target searches a budget: choose an SVD method, not int8".into()));
-    }
-    match target {
-        Target::Cosine(t) if !(t > 0.0 && t <= 1.0) => {
-            return Err(Error::Policy(format!("target cosine {t} must be in (0, 1]")))
-        }
-        Target::PplRatio(r) if !(r >= 1.0 && r.is_finite()) => {
-            return Err(Error::Policy(format!("target perplexity ratio {r} must be a number ≥ 1")))
-        }
-        _ => {}
-    }
-    let split = Split { skip: 0, tokens: base.calibration_tokens, window: base.calibration_window };
-    let mut path = Vec::new();
-    let mut run = |b: f64, path: &mut Vec<Point>| -> Result<(Compressed, bool)> {
+    let mut search = TargetSearch::new(base, target, tolerance)?;
+    let split = TargetSearch::split(base);
+    let mut best = None;
+    while let Some(b) = search.next_budget() {
         let (c, p) = measure(cfg, ckpt, original, ids, Policy { budget: Some(b), ..base.clone() }, split, &mut |_| {})?;
-        let ok = target.met(&p);
         on_point(&p);
-        path.push(p);
-        Ok((c, ok))
-    };
-    let (mut lo, mut hi) = (0.02f64, 1.0f64);
-    let (mut best, ok) = run(hi, &mut path)?;
-    if !ok {
-        return Ok((best, path)); // not even every matrix at its largest budget meets it: the path says so
-    }
-    while hi - lo > tolerance.max(1e-3) {
-        let mid = 0.5 * (lo + hi);
-        let (c, ok) = run(mid, &mut path)?;
-        if ok {
-            hi = mid;
-            best = c;
-        } else {
-            lo = mid;
+        if search.record(p)? || best.is_none() {
+            best = Some(c);
         }
     }
-    Ok((best, path))
+    let best = best.ok_or_else(|| Error::msg("the target search compressed nothing"))?;
+    Ok((best, search.path))
 }
 
 /// One matrix compressed alone at the chosen setting: what it did to the logits on the calibration text.

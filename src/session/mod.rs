@@ -18,6 +18,7 @@ use crate::compression::sensitivity::Probe;
 use crate::compression::svd;
 use crate::evaluation::metrics::{Evaluator, PartialSums};
 use crate::evaluation::streaming::StreamingEvaluator;
+use crate::explore::{policy_label, Point, TargetSearch};
 use crate::model::bundle::ModelBundle;
 use crate::model::checkpoint::{embedding_name, fingerprint, ByteSource, Checkpoint, SafetensorsFile};
 use crate::model::generate::{Generation, SamplingParams};
@@ -107,6 +108,8 @@ struct CompressedSlot {
     resident_bytes: usize,
     /// A compressed checkpoint loaded from a file keeps its bundle for reading.
     file_bundle: Option<ModelBundle>,
+    /// Seconds the compression took here (calibration, probes, refit, factoring); 0 when loaded from a file.
+    seconds: f64,
 }
 
 /// An evaluation with the original in memory (split over workers if asked), or streamed from its file.
@@ -126,6 +129,10 @@ pub struct Session {
     refit: Option<Refit>,
     compressed: Option<CompressedSlot>,
     evaluator: Option<Evaluation>,
+    /// A quality target searched one compression at a time ([`Session::target_begin`]).
+    target: Option<TargetSearch>,
+    /// When the compression in progress began ([`crate::clock::now`]).
+    compress_started: f64,
     generations: Vec<(Which, Generation, TextStream)>,
     config_json: String,
     tokenizer_json: Option<String>,
@@ -150,6 +157,8 @@ impl Session {
             refit: None,
             compressed: None,
             evaluator: None,
+            target: None,
+            compress_started: 0.0,
             generations: Vec::new(),
             config_json: String::new(),
             tokenizer_json: None,
@@ -233,6 +242,7 @@ impl Session {
                 tensor_bytes,
                 resident_bytes: resident,
                 file_bundle: Some(bundle),
+                seconds: 0.0,
             });
             return Ok(OpenReport {
                 summary,
@@ -293,6 +303,7 @@ impl Session {
         self.compressed = None;
         self.evaluator = None;
         self.generations.retain(|(w, _, _)| *w != Which::Compressed);
+        self.compress_started = crate::clock::now();
         let c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
         self.calibrator = None;
         self.calibration_ids = None;
@@ -431,8 +442,51 @@ impl Session {
             tensor_bytes: export.data_bytes,
             resident_bytes: done.resident_bytes,
             file_bundle: None,
+            seconds: crate::clock::now() - self.compress_started,
         });
         Ok(out)
+    }
+
+    /// Start searching the smallest budget whose compression with `base` meets `spec`'s target on the calibration
+    /// text ([`TargetSearch`]). The page then compresses at each [`TargetState::next_budget`], evaluates on
+    /// [`TargetState::split`] of the calibration text, and calls [`Session::target_record`], until no budget is left.
+    pub fn target_begin(&mut self, base: &Policy, spec: &TargetSpec) -> Result<TargetState<'_>> {
+        if !base.method.is_activation_aware() {
+            return Err(Error::Policy(
+                "a quality target is measured on the calibration text: choose an activation-aware method".into(),
+            ));
+        }
+        let search = self.target.insert(TargetSearch::new(base, spec.target, spec.tolerance)?);
+        Ok(TargetState::of(search, TargetSearch::split(base), None))
+    }
+
+    /// Record the compression just made at the search's budget, with the evaluation just run on its split.
+    pub fn target_record(&mut self) -> Result<TargetState<'_>> {
+        let c = self.compressed.as_ref().ok_or_else(|| Error::msg("there is no compressed model to record"))?;
+        let policy = c.policy.as_ref().ok_or_else(|| Error::msg("the compressed model was not made here"))?;
+        let report = match self.evaluator.as_ref().ok_or_else(|| Error::msg("no evaluation was run"))? {
+            Evaluation::InMemory(ev) => ev.report(),
+            Evaluation::Streamed(ev) => ev.report(),
+        };
+        let search = self.target.as_mut().ok_or_else(|| Error::msg("no target search was started"))?;
+        if search.next_budget() != policy.budget {
+            return Err(Error::msg(format!(
+                "the compression at budget {:?} is not the one the target search asked for ({:?})",
+                policy.budget,
+                search.next_budget()
+            )));
+        }
+        let point = Point::new(
+            &policy_label(policy),
+            policy.budget,
+            &totals(&c.reports),
+            c.model.weight_bytes(),
+            &report,
+            c.seconds,
+        );
+        let met = search.record(point)?;
+        let split = TargetSearch::split(policy);
+        Ok(TargetState::of(search, split, Some(met)))
     }
 
     /// Each block matrix compressed alone with `policy` (its method, rank or probe fraction, storage), and what that

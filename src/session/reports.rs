@@ -5,7 +5,7 @@ use crate::compression::policy::MatrixInfo;
 use crate::evaluation::metrics::EvalReport;
 use crate::model::bundle::{BundleSummary, ModelBundle};
 use crate::model::gpt_neo::GptNeo;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What opening files found.
 #[derive(Serialize)]
@@ -159,4 +159,37 @@ pub struct SweepSpec {
     #[serde(default)]
     pub base: crate::compression::policy::Policy,
     pub eval_tokens: usize,
+}
+
+/// A quality target for [`crate::session::Session::target_begin`]: `{"target": {"cosine": 0.95}, "tolerance": 0.02}`
+/// or `{"target": {"ppl-ratio": 1.5}}`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TargetSpec {
+    pub target: crate::explore::Target,
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_tolerance() -> f64 {
+    0.02
+}
+
+/// Where a target search stands: the budget to compress at next (none when it is over), the split of the
+/// calibration text to measure it on, the smallest budget that met the target so far (1 when none did), whether the
+/// point just recorded met it, and every point so far.
+#[derive(Serialize)]
+pub struct TargetState<'a> {
+    pub next_budget: Option<f64>,
+    pub split: crate::explore::Split,
+    pub best: f64,
+    pub met: Option<bool>,
+    pub path: &'a [crate::explore::Point],
+    /// Whether each point of `path` met the target.
+    pub path_met: &'a [bool],
+}
+
+impl<'a> TargetState<'a> {
+    pub fn of(s: &'a crate::explore::TargetSearch, split: crate::explore::Split, met: Option<bool>) -> Self {
+        TargetState { next_budget: s.next_budget(), split, best: s.best(), met, path: &s.path, path_met: &s.met }
+    }
 }
