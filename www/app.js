@@ -143,6 +143,21 @@ function describeModel(report) {
   }
 }
 
+// The origin's rank 128 was 1/16 of GPT-Neo-1.3B's hidden size: the same ratio on any model.
+const originRank = (h) => Math.max(1, Math.round(h / 16));
+// The presets that name a rank say which one on the model loaded.
+function labelPresets() {
+  const h = app.model.summary.hidden_size;
+  const r = originRank(h);
+  const label = {
+    default: `Balanced for this model (attention rank ${Math.max(1, Math.round(h / 4))} = h/4, MLP dense)`,
+    'origin-all': `The origin's setting: rank ${r} (= hidden ${h} / 16, as 128 of 2048) on every linear layer, per-tensor INT8`,
+    'origin-mlp': `The origin's fix: rank ${r} with the MLP dense, per-tensor INT8`,
+    'aware-same': `Activation-aware at the same size: rank ${r} on every linear layer, calibrated`,
+  };
+  for (const o of $('preset').options) if (label[o.value]) o.textContent = label[o.value];
+}
+
 function applyPreset(name) {
   const h = app.model ? app.model.summary.hidden_size : 256;
   const set = (o) => {
@@ -161,8 +176,9 @@ function applyPreset(name) {
   };
   const presets = {
     default: { rank: Math.max(1, Math.round(h / 4)), skip: 'mlp.c_fc, mlp.c_proj' },
-    'origin-all': { rank: 128, quant: 'per-tensor', guard: false },
-    'origin-mlp': { rank: 128, quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
+    'origin-all': { rank: originRank(h), quant: 'per-tensor', guard: false },
+    'origin-mlp': { rank: originRank(h), quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
+    'aware-same': { method: 'whitened', rank: originRank(h), quant: 'per-tensor', guard: false },
     int8: { method: 'int8' },
     whitened: { method: 'whitened', rank: 32 },
     refit: { method: 'refit', budget: 0.2, budgetMode: 'proportional' },
@@ -206,7 +222,7 @@ function targetFromForm() {
   if ($('target-value').value.trim() === '' || !Number.isFinite(value)) {
     throw new Error(`the quality target needs a value (${metric === 'cosine' ? 'a cosine in (0, 1]' : 'a perplexity ratio ≥ 1'})`);
   }
-  return { target: { [metric]: value }, tolerance: 0.02 };
+  return { target: { [metric]: value }, tolerance: Number($('target-tolerance').value) || 0.02 };
 }
 
 // The target search's path: every budget tried, the kept one marked.
@@ -411,6 +427,7 @@ function open(msg, name) {
       app.runs = [];
       plots.runs($('runs-plot'), app.runs);
       describeModel(report);
+      labelPresets();
       if ($('preset').value !== 'custom') applyPreset($('preset').value);
       setBusy(false);
       setState('ready', 'ready');
@@ -459,7 +476,8 @@ function compress() {
     }
     app.compressed = true;
     app.canExport = true;
-    renderLayers(app.layers);
+    // every matrix's report (a refit's matrices are reported when their block is done, not one by one)
+    renderLayers(r.layers);
     const ev = r.evaluation;
     const seconds = (performance.now() - t0) / 1000;
     $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
@@ -597,7 +615,7 @@ $('compress').addEventListener('click', compress);
 $('generate').addEventListener('click', generate);
 $('export').addEventListener('click', exportCheckpoint);
 $('preset').addEventListener('change', (e) => applyPreset(e.target.value));
-for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard', 'target-metric', 'target-value']) {
+for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard', 'target-metric', 'target-value', 'target-tolerance']) {
   $(id).addEventListener('input', () => { $('preset').value = 'custom'; });
 }
 $('large-type').addEventListener('click', (e) => {

@@ -21,14 +21,15 @@
  *   A quality target (Rust: session::TargetSpec): the smallest budget whose compression meets it on the calibration
  *   tokens, bisected to `tolerance` (default 0.02).
  * @typedef {{next_budget: ?number, split: {skip: number, tokens: number, window: number}, best: number,
- *   met: ?boolean, path: object[]}} TargetState   Where a search stands (Rust: session::TargetState); `path` holds
- *   explore::Point objects, one per compression tried.
+ *   met: ?boolean, path: object[], path_met: boolean[]}} TargetState   Where a search stands (Rust:
+ *   session::TargetState); `path` holds explore::Point objects, one per compression tried, `path_met` whether each
+ *   met the target.
  * @typedef {{cmd: 'compress', policy: object, evalSpec?: EvalSettings, target?: TargetSpec}} CompressCommand
  *   `policy` is a Rust compression::policy::Policy as JSON. With `target`, the worker compresses at each budget the
  *   search asks for, evaluates it on the calibration tokens, and keeps the smallest that met the target (streaming
  *   "target" events). Result: {finished, evaluation, eval_error, compress_seconds, workers: {count, heaps}, memory,
- *   target: TargetState|null}; `heaps` is each worker's wasm memory in bytes (this worker, then each helper at its
- *   largest).
+ *   target: TargetState|null, layers}; `heaps` is each worker's wasm memory in bytes (this worker, then each helper
+ *   at its largest); `layers` is every matrix's Rust LayerReport.
  * @typedef {{cmd: 'evaluate', evalSpec: EvalSettings}} EvaluateCommand   Result: the Rust EvalSummary + seconds.
  * @typedef {{cmd: 'generate', prompt: string, params: SamplingParams, which: ('original'|'compressed')[]}} GenerateCommand
  *   Streams "token" events. Result: {[which]: {tokens, tokens_per_s}}.

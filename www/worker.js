@@ -299,7 +299,7 @@ const commands = {
     const { evaluation, evalError } = evalSpec ? await evaluateIfItFits(evalSpec) : { evaluation: null };
     return {
       finished: run.finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds,
-      workers: run.workers, memory: ws.memory(), target: search,
+      workers: run.workers, memory: ws.memory(), target: search, layers: ws.layer_reports(),
     };
   },
 

@@ -217,6 +217,90 @@ try {
   assert.ok(Number(aware.cosine) > 0.8, `activation-aware rank-32 cosine ${aware.cosine}`);
   assert.match(await page.textContent('table#layer-errors'), /error on calibration activations/);
   console.log(`  activation-aware, rank 32, every layer: cosine ${aware.cosine}, ppl ${aware.ppl_original} → ${aware.ppl_compressed}`);
+  step("the origin's setting on the demo: rank hidden/16 = 16 on every linear layer breaks it, as rank 128 broke GPT-Neo-1.3B");
+  {
+    await page.selectOption('#preset', 'origin-all');
+    assert.equal(await page.inputValue('#rank'), '16');
+    assert.match(await page.$eval('#preset option[value="origin-all"]', (o) => o.textContent), /rank 16 \(= hidden 256 \/ 16/);
+    assert.equal(await clickJob('#compress', ['done', 'error']), 'done', await errorText());
+    const origin = await summary();
+    assert.ok(Number(origin.cosine) < 0.5, `the origin's setting: cosine ${origin.cosine}`);
+    assert.equal(origin.layers_compressed, '48');
+    console.log(`  the origin's setting (rank 16, every layer): cosine ${origin.cosine}, ppl ${origin.ppl_compressed}`);
+  }
+
+  // the methods past activation-aware SVD, on the page and the CLI with the same settings: calibrated on the first
+  // 256 tokens (windows of 256), evaluated on the 1024 after them
+  const CAL = 256, CAL_WINDOW = 256;
+  const cliEval = (dir) => JSON.parse(execFileSync(SLC, ['eval', '--original', DEMO, '--compressed', dir, '--text', TEXT,
+    '--skip-tokens', String(CAL), '--tokens', String(TOKENS), '--window', String(CAL_WINDOW), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+  const cliCompress = (dir, args) => JSON.parse(execFileSync(SLC, ['compress', '--input-dir', DEMO, '--output-dir', dir,
+    '--calibration-text', TEXT, '--calibration-tokens', String(CAL), '--calibration-window', String(CAL_WINDOW), ...args, '--json'],
+  { stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 28 }).toString());
+  const sameAsCli = (got, want, what) => {
+    for (const k of METRICS) {
+      const a = Number(got[k]), b = want[k];
+      assert.ok(Number.isFinite(a), `${what}: summary ${k} is "${got[k]}"`);
+      const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, 2e-3 * Math.abs(b));
+      assert.ok(Math.abs(a - b) <= tol, `${what}: ${k}: page ${a} vs CLI ${b}`);
+    }
+  };
+  const newMethod = async (method, budget, mode) => {
+    await page.selectOption('#preset', 'custom');
+    await page.selectOption('#method', method);
+    await page.fill('#skip', '');
+    await page.fill('#rank-for', '');
+    await page.fill('#energy', '');
+    await page.fill('#budget', budget);
+    await page.selectOption('#budget-mode', mode);
+    await page.selectOption('#quant', 'per-row');
+    await page.check('#guard');
+    await page.fill('#calibration-tokens', String(CAL));
+    await page.fill('#eval-window', String(CAL_WINDOW));
+  };
+
+  step('sequential refit with the loss allocation (20% of linear parameters): the summary equals the CLI\'s');
+  {
+    await newMethod('refit', '0.2', 'loss');
+    assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
+    assert.match(await page.textContent('#summary-note'), /tokens 256\.\.1280/);
+    const dir = path.join(tmp, 'refit-loss');
+    cliCompress(dir, ['--method', 'refit', '--budget', '0.2', '--budget-mode', 'loss']);
+    const want = cliEval(dir);
+    const ranks = await page.$$eval('table#layer-errors tbody tr', (rs) => Object.fromEntries(rs.map((r) => [r.dataset.name, r.children[2].textContent])));
+    const report = JSON.parse(fs.readFileSync(path.join(dir, 'compression_report.json'), 'utf8'));
+    const differ = report.layers.filter((l) => ranks[l.name] !== String(l.rank ?? '–')).map((l) => `${l.name}: page ${ranks[l.name]}, CLI ${l.rank}`);
+    assert.deepEqual(differ, [], 'the same rank for every matrix');
+    const got = await summary();
+    sameAsCli(got, want, 'refit-loss');
+    console.log(`  refit, loss allocation, 20%: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed}`);
+  }
+
+  step('a quality target (cosine ≥ 0.95, budget to 0.1): the page walks the CLI\'s path and keeps its budget');
+  {
+    await newMethod('whitened', '', 'proportional');
+    await page.selectOption('#target-metric', 'cosine');
+    await page.fill('#target-value', '0.95');
+    await page.fill('#target-tolerance', '0.1');
+    assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
+    const dir = path.join(tmp, 'target');
+    const report = cliCompress(dir, ['--method', 'whitened', '--budget-mode', 'proportional', '--target-cosine', '0.95', '--target-tolerance', '0.1']);
+    const rows = await page.$$eval('#target-path tbody tr', (rs) => rs.map((r) => [...r.children].map((c) => c.textContent)));
+    assert.equal(rows.length, report.target_path.length, 'one row per compression tried');
+    rows.forEach((r, i) => {
+      const p = report.target_path[i];
+      assert.equal(r[0], p.budget.toFixed(4), `budget tried at step ${i}`);
+      assert.ok(Math.abs(Number(r[2]) - p.cosine) <= 2e-4, `cosine at budget ${r[0]}: page ${r[2]} vs CLI ${p.cosine}`);
+      assert.equal(r[5].startsWith('yes'), p.cosine >= 0.95);
+    });
+    const kept = Number(await page.$eval('#summary', (e) => e.dataset.targetBudget));
+    assert.equal(kept, report.policy.budget, 'the kept budget is the CLI\'s');
+    assert.equal(rows.filter((r) => r[5].endsWith('(kept)')).length, 1);
+    sameAsCli(await summary(), cliEval(dir), 'target');
+    await page.screenshot({ path: path.join(OUT, 'target.png'), fullPage: true });
+    await page.selectOption('#target-metric', '');
+    await page.fill('#eval-window', String(WINDOW));
+  }
   await page.selectOption('#preset', 'default');
 
   step('the exported file is a checkpoint the CLI reads: the same figures');
