@@ -645,8 +645,9 @@ impl Compressor {
         if !self.is_done() {
             return Err(Error::msg("the compression has not finished"));
         }
-        // the calibration statistics are not part of the model
+        // the calibration statistics and the loss allocation's probe are not part of the model
         drop(std::mem::take(&mut self.grams));
+        drop(self.probe.take());
         let reports = std::mem::take(&mut self.done)
             .into_iter()
             .collect::<Option<Vec<_>>>()

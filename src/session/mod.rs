@@ -415,6 +415,10 @@ impl Session {
         let dense = b.tensor_bytes()
             - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes() as u64).sum::<u64>();
         self.memory.check("the compressed model's dense tensors", dense as f64, 0.9, "skip fewer layers")?;
+        // what only the compression needed (the refit's states, the calibration tokens) is not the model's memory
+        self.refit = None;
+        self.calibrator = None;
+        self.calibration_ids = None;
         let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
         let done = c.finish(&b.cfg, &b.ckpt)?;
         let export = Export::new(

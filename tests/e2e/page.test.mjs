@@ -230,22 +230,22 @@ try {
   }
 
   // the methods past activation-aware SVD, on the page and the CLI with the same settings: calibrated on the first
-  // 256 tokens (windows of 256), evaluated on the 1024 after them
-  const CAL = 256, CAL_WINDOW = 256;
-  const cliEval = (dir) => JSON.parse(execFileSync(SLC, ['eval', '--original', DEMO, '--compressed', dir, '--text', TEXT,
-    '--skip-tokens', String(CAL), '--tokens', String(TOKENS), '--window', String(CAL_WINDOW), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
-  const cliCompress = (dir, args) => JSON.parse(execFileSync(SLC, ['compress', '--input-dir', DEMO, '--output-dir', dir,
-    '--calibration-text', TEXT, '--calibration-tokens', String(CAL), '--calibration-window', String(CAL_WINDOW), ...args, '--json'],
+  // `cal` tokens (windows of 256), evaluated on the 1024 after them
+  const CAL_WINDOW = 256;
+  const cliEval = (dir, cal) => JSON.parse(execFileSync(SLC, ['eval', '--original', DEMO, '--compressed', dir, '--text', TEXT,
+    '--skip-tokens', String(cal), '--tokens', String(TOKENS), '--window', String(CAL_WINDOW), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+  const cliCompress = (dir, cal, args) => JSON.parse(execFileSync(SLC, ['compress', '--input-dir', DEMO, '--output-dir', dir,
+    '--calibration-text', TEXT, '--calibration-tokens', String(cal), '--calibration-window', String(CAL_WINDOW), ...args, '--json'],
   { stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 28 }).toString());
-  const sameAsCli = (got, want, what) => {
+  const sameAsCli = (got, want, what, rel = 2e-3) => {
     for (const k of METRICS) {
       const a = Number(got[k]), b = want[k];
       assert.ok(Number.isFinite(a), `${what}: summary ${k} is "${got[k]}"`);
-      const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, 2e-3 * Math.abs(b));
+      const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, rel * Math.abs(b));
       assert.ok(Math.abs(a - b) <= tol, `${what}: ${k}: page ${a} vs CLI ${b}`);
     }
   };
-  const newMethod = async (method, budget, mode) => {
+  const newMethod = async (method, budget, mode, cal) => {
     await page.selectOption('#preset', 'custom');
     await page.selectOption('#method', method);
     await page.fill('#skip', '');
@@ -255,36 +255,57 @@ try {
     await page.selectOption('#budget-mode', mode);
     await page.selectOption('#quant', 'per-row');
     await page.check('#guard');
-    await page.fill('#calibration-tokens', String(CAL));
+    await page.fill('#calibration-tokens', String(cal));
     await page.fill('#eval-window', String(CAL_WINDOW));
   };
-
-  step('sequential refit with the loss allocation (20% of linear parameters): the summary equals the CLI\'s');
-  {
-    await newMethod('refit', '0.2', 'loss');
-    assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
-    assert.match(await page.textContent('#summary-note'), /tokens 256\.\.1280/);
-    const dir = path.join(tmp, 'refit-loss');
-    cliCompress(dir, ['--method', 'refit', '--budget', '0.2', '--budget-mode', 'loss']);
-    const want = cliEval(dir);
+  // the page's ranks (its layer table) and the CLI's (its report)
+  const sameRanks = async (dir) => {
     const ranks = await page.$$eval('table#layer-errors tbody tr', (rs) => Object.fromEntries(rs.map((r) => [r.dataset.name, r.children[2].textContent])));
     const report = JSON.parse(fs.readFileSync(path.join(dir, 'compression_report.json'), 'utf8'));
     const differ = report.layers.filter((l) => ranks[l.name] !== String(l.rank ?? '–')).map((l) => `${l.name}: page ${ranks[l.name]}, CLI ${l.rank}`);
     assert.deepEqual(differ, [], 'the same rank for every matrix');
+  };
+  // `rel`: the relative agreement asked of the page's compression and the CLI's (wasm and native round differently)
+  const newMethodAgainstCli = async (what, method, budget, mode, cal, rel) => {
+    await newMethod(method, budget, mode, cal);
+    assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
+    assert.match(await page.textContent('#summary-note'), new RegExp(`tokens ${cal}\\.\\.${cal + TOKENS}`));
+    const dir = path.join(tmp, what);
+    cliCompress(dir, cal, ['--method', method, '--budget', budget, '--budget-mode', mode]);
+    await sameRanks(dir);
+    const want = cliEval(dir, cal);
     const got = await summary();
-    sameAsCli(got, want, 'refit-loss');
-    console.log(`  refit, loss allocation, 20%: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed}`);
-  }
+    // the page's figures are those of the checkpoint it exports, to the printed digit
+    const dl = page.waitForEvent('download');
+    assert.equal(await clickJob('#export', ['done', 'error']), 'done', await errorText());
+    const mine = path.join(tmp, `${what}-page`);
+    fs.mkdirSync(mine);
+    await (await dl).saveAs(path.join(mine, 'model.safetensors'));
+    sameAsCli(got, cliEval(mine, cal), `${what} (the page's export in the CLI)`);
+    sameAsCli(got, want, what, rel);
+    console.log(`  ${what}: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)})`);
+  };
+
+  step('the loss allocation (activation-aware, 20% of linear parameters, 256 calibration tokens): the summary equals the CLI\'s');
+  await newMethodAgainstCli('whitened-loss', 'whitened', '0.2', 'loss', 256);
+
+  // The refit solves each matrix on the inputs the already-refitted blocks give it, so wasm's and native rounding
+  // compound block after block. With fewer calibration tokens than c_proj's 1024 inputs its least squares is
+  // underdetermined and the two drift apart (256 tokens: the same ranks, errors equal to 4 digits, logits cosine
+  // 0.9186 in wasm vs 0.9146 natively); with 2048 they agree to 0.25% in perplexity (measured 77.44 vs 77.62), so
+  // 0.5% is asked.
+  step('the sequential refit (20% of linear parameters, same fraction each, 2048 calibration tokens): the summary equals the CLI\'s to 0.5%');
+  await newMethodAgainstCli('refit-proportional', 'refit', '0.2', 'proportional', 2048, 5e-3);
 
   step('a quality target (cosine ≥ 0.95, budget to 0.1): the page walks the CLI\'s path and keeps its budget');
   {
-    await newMethod('whitened', '', 'proportional');
+    await newMethod('whitened', '', 'proportional', 256);
     await page.selectOption('#target-metric', 'cosine');
     await page.fill('#target-value', '0.95');
     await page.fill('#target-tolerance', '0.1');
     assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
     const dir = path.join(tmp, 'target');
-    const report = cliCompress(dir, ['--method', 'whitened', '--budget-mode', 'proportional', '--target-cosine', '0.95', '--target-tolerance', '0.1']);
+    const report = cliCompress(dir, 256, ['--method', 'whitened', '--budget-mode', 'proportional', '--target-cosine', '0.95', '--target-tolerance', '0.1']);
     const rows = await page.$$eval('#target-path tbody tr', (rs) => rs.map((r) => [...r.children].map((c) => c.textContent)));
     assert.equal(rows.length, report.target_path.length, 'one row per compression tried');
     rows.forEach((r, i) => {
@@ -296,7 +317,7 @@ try {
     const kept = Number(await page.$eval('#summary', (e) => e.dataset.targetBudget));
     assert.equal(kept, report.policy.budget, 'the kept budget is the CLI\'s');
     assert.equal(rows.filter((r) => r[5].endsWith('(kept)')).length, 1);
-    sameAsCli(await summary(), cliEval(dir), 'target');
+    sameAsCli(await summary(), cliEval(dir, 256), 'target');
     await page.screenshot({ path: path.join(OUT, 'target.png'), fullPage: true });
     await page.selectOption('#target-metric', '');
     await page.fill('#eval-window', String(WINDOW));
