@@ -392,6 +392,13 @@ fn a_target_searched_step_by_step_walks_the_cli_path() {
         s.compress_finish().unwrap();
         let split = &state["split"];
         let n = |k: &str| split[k].as_u64().unwrap() as usize;
+        if budgets.len() == 1 {
+            // measured on the tokens after the calibration, it is not what the target asks for: refused, unrecorded
+            let after = EvalSpec { text: text.clone(), skip: n("tokens"), tokens: 256, window: 256, part: 0, parts: 1 };
+            evaluate(&mut s, &after);
+            let e = s.target_record().err().expect("an evaluation off the calibration tokens is refused");
+            assert!(e.to_string().contains("calibration tokens"), "{e}");
+        }
         evaluate(
             &mut s,
             &EvalSpec {
@@ -406,7 +413,7 @@ fn a_target_searched_step_by_step_walks_the_cli_path() {
         state = serde_json::to_value(s.target_record().unwrap()).unwrap();
         assert!(budgets.len() < 10, "the search ends");
     }
-    // an evaluation on other tokens than the split, or a compression at another budget, is not recorded
+    // nothing is recorded once the search is over
     assert!(s.target_record().is_err());
 
     let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();

@@ -472,6 +472,16 @@ impl Session {
             Evaluation::InMemory(ev) => ev.report(),
             Evaluation::Streamed(ev) => ev.report(),
         };
+        let split = TargetSearch::split(policy);
+        if report.skip_tokens != split.skip || report.window != split.window || report.tokens > split.tokens {
+            return Err(Error::msg(format!(
+                "the target is measured on the calibration tokens (the first {} in windows of {}), not on tokens {}..{}",
+                split.tokens,
+                split.window,
+                report.skip_tokens,
+                report.skip_tokens + report.tokens
+            )));
+        }
         let search = self.target.as_mut().ok_or_else(|| Error::msg("no target search was started"))?;
         if search.next_budget() != policy.budget {
             return Err(Error::msg(format!(
@@ -489,7 +499,6 @@ impl Session {
             c.seconds,
         );
         let met = search.record(point)?;
-        let split = TargetSearch::split(policy);
         Ok(TargetState::of(search, split, Some(met)))
     }
 
