@@ -335,6 +335,9 @@ fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
     let finished = s.compress_finish().unwrap();
     // the model's memory, not the probes' logits (256 tokens × 50257 × 4 B = 51 MB) or the refit's states: measured
     // 39.2 MB for 27.6 MB of tensors (the ~11.6 MB above them are not yet accounted for)
+    // what compression touched and what it did not add up to the export's tensors
+    assert_eq!(finished.totals.bytes_after as u64 + finished.bytes_untouched, finished.tensor_bytes);
+    assert_eq!(finished.totals.bytes_considered as u64 + finished.bytes_untouched, finished.bytes_original);
     let (resident, stored) = (finished.resident_bytes as f64, finished.tensor_bytes as f64);
     assert!(resident < 1.5 * stored, "resident {resident} B for {stored} B of tensors");
     let page = export(&s);

@@ -480,6 +480,13 @@ function compress() {
     renderLayers(r.layers);
     const ev = r.evaluation;
     const seconds = (performance.now() - t0) / 1000;
+    // what compression could touch (the linear layers) and what it could not, each as stored
+    const f = r.finished;
+    const lin = f.totals;
+    $('summary').dataset.linearBytes = `${lin.bytes_considered},${lin.bytes_after},${f.bytes_untouched}`;
+    const split = ` Linear layers (what compression can touch): ${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)}`
+      + ` (${lin.bytes_considered ? (100 * (1 - lin.bytes_after / lin.bytes_considered)).toFixed(1) : '0.0'}% smaller);`
+      + ` the other tensors (embeddings, norms, biases, a tied head): ${fmtBytes(f.bytes_untouched)}, as stored.`;
     $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
     $('summary').dataset.compressWorkers = String(r.workers.count);
     $('summary').dataset.workerHeaps = r.workers.heaps.join(',');
@@ -492,7 +499,7 @@ function compress() {
       const f = r.finished;
       renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
         resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
-      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}. Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
+      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}.${split} Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
       setBusy(false);
       setState('done', 'compressed (not evaluated)');
       return;
@@ -500,7 +507,7 @@ function compress() {
     renderSummary(ev, { seconds });
     $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
     const how = ev.workers > 1 ? ` by ${ev.workers} workers` : ev.streamed ? ', the original read from its file a block at a time' : '';
-    $('summary-note').textContent += ` Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
+    $('summary-note').textContent += `${split} Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
     app.runs.push({
       bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
       label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,

@@ -429,10 +429,12 @@ impl Session {
             &done.reports,
             &done.policy,
         )?;
+        let t = totals(&done.reports);
         let out = Finished {
             layers_total: done.model.linears().len(),
             layers_compressed: done.model.compressed_layers(),
-            totals: totals(&done.reports),
+            bytes_untouched: b.tensor_bytes().saturating_sub(t.bytes_considered as u64),
+            totals: t,
             bytes_original: b.tensor_bytes(),
             tensor_bytes: export.data_bytes,
             file_bytes: export.file_bytes(),

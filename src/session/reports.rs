@@ -64,6 +64,9 @@ pub struct CompressStep<'a> {
 pub struct Finished {
     pub totals: CompressionTotals,
     pub bytes_original: u64,
+    /// Bytes of the tensors compression does not touch (embeddings, norms, biases, a tied head), as stored in both:
+    /// `bytes_original` less the linear layers' `totals.bytes_considered`.
+    pub bytes_untouched: u64,
     pub tensor_bytes: u64,
     pub file_bytes: u64,
     pub resident_bytes: usize,

@@ -140,6 +140,14 @@ try {
     const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, 2e-3 * Math.abs(b));
     assert.ok(Math.abs(a - b) <= tol, `${k}: page ${a} vs CLI ${b}`);
   }
+  // the sizes split into what compression can touch and what it cannot, adding up to the checkpoint's tensors
+  {
+    const [before, after, untouched] = (await page.$eval('#summary', (e) => e.dataset.linearBytes)).split(',').map(Number);
+    assert.equal(after + untouched, Number(got.bytes_compressed), 'linear layers after + the rest = the compressed tensors');
+    assert.equal(before + untouched, Number(got.bytes_original), 'linear layers before + the rest = the original tensors');
+    assert.ok(after < before, 'the linear layers shrank');
+    assert.match(await page.textContent('#summary-note'), /Linear layers \(what compression can touch\): [0-9.]+ [kMG]B → [0-9.]+ [kMG]B \([0-9.]+% smaller\); the other tensors .*: [0-9.]+ [kMG]B, as stored\./);
+  }
   console.log(`  page: cosine ${got.cosine}, ppl ${got.ppl_original} → ${got.ppl_compressed}, top-1 ${got.top1}, layers ${got.layers_compressed}/${got.layers_total}; CLI: cosine ${cli.cosine.toFixed(4)}, ppl ${cli.ppl_compressed.toFixed(2)}`);
   await page.screenshot({ path: path.join(OUT, 'compressed.png') });
   const exact = await page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, n.title])));

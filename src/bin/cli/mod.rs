@@ -593,9 +593,11 @@ fn compress(a: &CompressArgs) -> Result<()> {
         write_file(&a.output_dir.join("tokenizer.json"), t.as_bytes())?;
     }
     let t = totals(&c.reports);
+    // the tensors compression does not touch (embeddings, norms, biases, a tied head), as stored in both
+    let untouched = b.tensor_bytes().saturating_sub(t.bytes_considered as u64);
     let mut report = serde_json::json!({
         "policy": c.policy, "totals": t, "layers": c.reports, "seconds": seconds,
-        "file_bytes": export.file_bytes(), "tensor_bytes": export.data_bytes,
+        "file_bytes": export.file_bytes(), "tensor_bytes": export.data_bytes, "bytes_untouched": untouched,
     });
     if !path.is_empty() {
         report["target_path"] = serde_json::to_value(&path)?;
@@ -628,7 +630,8 @@ fn compress(a: &CompressArgs) -> Result<()> {
     }
     writeln!(
         o,
-        "compressed {}/{} layers; linear params {} -> {} ({:.3}); bytes {} -> {}; file {} bytes; {:.1} s",
+        "compressed {}/{} layers; linear params {} -> {} ({:.3}); linear bytes {} -> {}, other tensors {} as stored; \
+         file {} bytes; {:.1} s",
         t.layers_compressed,
         t.layers_total,
         t.params_considered,
@@ -636,6 +639,7 @@ fn compress(a: &CompressArgs) -> Result<()> {
         t.params_after as f64 / t.params_considered.max(1) as f64,
         t.bytes_considered,
         t.bytes_after,
+        untouched,
         export.file_bytes(),
         seconds
     )?;
