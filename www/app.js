@@ -496,7 +496,6 @@ function compress() {
       : '';
     if (!ev) {
       // the original is not in memory: sizes only
-      const f = r.finished;
       renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
         resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
       $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}.${split} Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
