@@ -59,6 +59,21 @@ impl ModelBundle {
     pub fn from_parts(config_json: &str, tokenizer_json: Option<&[u8]>, ckpt: Checkpoint) -> Result<Self> {
         let cfg = GptNeoConfig::from_json(config_json)?;
         let tokenizer = tokenizer_json.map(Tokenizer::from_bytes).transpose()?;
+        if let Some(t) = &tokenizer {
+            // a model may have more embedding rows than tokens (padded vocabularies), never fewer
+            if t.vocab_size() > cfg.vocab_size {
+                return Err(Error::Tokenizer(format!(
+                    "has {} tokens, but the model's vocab_size is {} (config.json): it belongs to another model, and \
+                     its ids past {} would have no embedding",
+                    t.vocab_size(),
+                    cfg.vocab_size,
+                    cfg.vocab_size - 1
+                )));
+            }
+        }
+        if crate::model::weights::is_compressed(&ckpt) {
+            crate::model::weights::check_compressed_metadata(&ckpt)?;
+        }
         Ok(Self { cfg, ckpt, tokenizer })
     }
 

@@ -133,7 +133,7 @@ impl RawTensor {
             other => {
                 return Err(Error::tensor(
                     &self.name,
-                    format!("dtype {other:?} is not a float type (F32, F16, BF16 are read)"),
+                    format!("has dtype {other:?}, not a float type (this program reads F32, F16, BF16 and F64 weights)"),
                 ))
             }
         };
@@ -220,29 +220,88 @@ pub struct Header {
 
 #[derive(serde::Deserialize)]
 struct RawInfo {
-    dtype: Dtype,
+    dtype: String,
     shape: Vec<u64>,
     data_offsets: (u64, u64),
 }
 
+/// The dtypes safetensors defines, by their header names.
+const DTYPES: [(&str, Dtype); 12] = [
+    ("BOOL", Dtype::BOOL),
+    ("U8", Dtype::U8),
+    ("I8", Dtype::I8),
+    ("I16", Dtype::I16),
+    ("U16", Dtype::U16),
+    ("F16", Dtype::F16),
+    ("BF16", Dtype::BF16),
+    ("I32", Dtype::I32),
+    ("U32", Dtype::U32),
+    ("F32", Dtype::F32),
+    ("F64", Dtype::F64),
+    ("I64", Dtype::I64),
+];
+
+/// The header's entries in the order written, duplicates kept (a JSON object read into a map would keep only the
+/// last of two entries with one name, and the file would be read wrong without a word).
+struct Entries(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Entries;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of tensors")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Entries, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                    out.push(entry);
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
 impl Header {
     /// Parse the header JSON of `file` and check it with the safetensors crate's own rules, in u64: every entry is
-    /// a dtype, a shape and two offsets; sorted by offset the tensors start at 0 and each begins where the one before
-    /// ends (no gap, no overlap); each range holds exactly dtype × shape bytes. Returns the header and the bytes of
-    /// data it describes.
+    /// a dtype, a shape and two offsets; no name twice; sorted by offset the tensors start at 0 and each begins where
+    /// the one before ends (no gap, no overlap); each range holds exactly dtype × shape bytes. Returns the header and
+    /// the bytes of data it describes.
     pub fn parse(file: &str, json: &[u8]) -> Result<(Self, u64)> {
-        let bad = |what: String| Error::file(file, format!("is not a valid safetensors file: bad header ({what})"));
-        let text = std::str::from_utf8(json).map_err(|e| bad(format!("not UTF-8: {e}")))?;
-        let map: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let bad = |what: String| Error::file(file, format!("is not a valid safetensors file: {what}"));
+        let text = std::str::from_utf8(json).map_err(|e| bad(format!("its header is not UTF-8 text ({e})")))?;
+        let Entries(entries) =
+            serde_json::from_str(text).map_err(|e| bad(format!("its header is not a JSON object of tensors ({e})")))?;
         let mut metadata = None;
-        let mut tensors = Vec::with_capacity(map.len());
-        for (name, value) in map {
+        let mut tensors = Vec::with_capacity(entries.len());
+        let mut seen = std::collections::HashSet::with_capacity(entries.len());
+        for (name, value) in entries {
+            if !seen.insert(name.clone()) {
+                return Err(Error::tensor(&name, format!("appears twice in the header of {file}")));
+            }
             if name == "__metadata__" {
-                metadata = Some(serde_json::from_value(value).map_err(|e| bad(format!("__metadata__: {e}")))?);
+                metadata = Some(serde_json::from_value(value).map_err(|e| {
+                    bad(format!("its header's __metadata__ is not a map of strings to strings ({e})"))
+                })?);
                 continue;
             }
-            let raw: RawInfo = serde_json::from_value(value).map_err(|e| bad(format!("`{name}`: {e}")))?;
+            let raw: RawInfo = serde_json::from_value(value).map_err(|e| {
+                Error::tensor(&name, format!("in {file} is not described by dtype, shape and data_offsets ({e})"))
+            })?;
+            let Some(&(_, dtype)) = DTYPES.iter().find(|(n, _)| *n == raw.dtype) else {
+                return Err(Error::tensor(
+                    &name,
+                    format!(
+                        "in {file} has dtype \"{}\", which safetensors does not define (it defines {}; this program \
+                         reads F32, F16, BF16 and F64 weights)",
+                        raw.dtype.chars().take(40).collect::<String>(),
+                        DTYPES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            };
             let shape = raw
                 .shape
                 .iter()
@@ -250,16 +309,16 @@ impl Header {
                 .collect::<std::result::Result<Vec<usize>, _>>()
                 .map_err(|_| Error::tensor(&name, format!("in {file} has a dimension too large to address")))?;
             let (start, end) = raw.data_offsets;
-            tensors.push((name, TensorInfo { dtype: raw.dtype, shape, start, end }));
+            tensors.push((name, TensorInfo { dtype, shape, start, end }));
         }
         tensors.sort_by_key(|(_, t)| (t.start, t.end));
         let mut at = 0u64;
         for (name, t) in &tensors {
             if t.start != at || t.end < t.start {
-                let why = if t.start > at {
-                    format!("a gap before it: data from byte {at} to {} belongs to no tensor", t.start)
-                } else if t.end < t.start {
+                let why = if t.end < t.start {
                     format!("its range {}..{} ends before it starts", t.start, t.end)
+                } else if t.start > at {
+                    format!("a gap before it: data from byte {at} to {} belongs to no tensor", t.start)
                 } else {
                     format!("its range {}..{} overlaps the tensor before it, which ends at {at}", t.start, t.end)
                 };
@@ -317,20 +376,50 @@ impl SafetensorsFile {
         let n = u64::from_le_bytes(
             source.read_at(0, 8)?.try_into().map_err(|_| Error::file(&name, "short read of the header length"))?,
         );
-        if n > MAX_HEADER || n + 8 > len {
-            return Err(Error::file(
-                &name,
-                format!("is not a safetensors file (header length {n} for a file of {len} bytes)"),
-            ));
-        }
-        let (header, data_len) = Header::parse(&name, &source.read_at(8, n as usize)?)?;
-        if 8 + n + data_len != len {
+        if n > MAX_HEADER {
             return Err(Error::file(
                 &name,
                 format!(
-                    "is truncated or padded: the header describes {} bytes of data, the file holds {}",
-                    data_len,
-                    len - 8 - n
+                    "is not a safetensors file: its first 8 bytes give a header of {n} bytes, above the format's \
+                     limit of {MAX_HEADER}"
+                ),
+            ));
+        }
+        if n + 8 > len {
+            return Err(Error::file(
+                &name,
+                format!(
+                    "is not a safetensors file, or is truncated: its first 8 bytes give a header of {n} bytes, but \
+                     the file holds only {} bytes after them",
+                    len - 8
+                ),
+            ));
+        }
+        let (header, data_len) = Header::parse(&name, &source.read_at(8, n as usize)?)?;
+        let held = len - 8 - n;
+        if data_len > held {
+            // the first tensor whose data the file does not hold
+            let (tensor, t) = header
+                .tensors
+                .iter()
+                .find(|(_, t)| t.end > held)
+                .ok_or_else(|| Error::file(&name, "is truncated"))?;
+            return Err(Error::file(
+                &name,
+                format!(
+                    "is truncated: the data of tensor `{tensor}` (bytes {}..{} after the header) runs past the end; \
+                     the header describes {data_len} bytes of data, the file holds {held}",
+                    t.start, t.end
+                ),
+            ));
+        }
+        if data_len < held {
+            return Err(Error::file(
+                &name,
+                format!(
+                    "is padded or damaged: the header describes {data_len} bytes of data, the file holds {held} \
+                     ({} bytes after the last tensor belong to none)",
+                    held - data_len
                 ),
             ));
         }
@@ -613,7 +702,7 @@ mod tests {
         );
         check(r#"{"a":{"dtype":"Q9","shape":[1],"data_offsets":[0,1]}}"#, &["m.safetensors", "`a`"]);
         check(r#"{"a":{"dtype":"F32","shape":[1]}}"#, &["m.safetensors", "`a`", "data_offsets"]);
-        check("[1,2]", &["m.safetensors", "bad header"]);
+        check("[1,2]", &["m.safetensors", "not a JSON object"]);
         let e = Header::parse("m.safetensors", b"{\"a\xff").unwrap_err().to_string();
         assert!(e.contains("m.safetensors") && e.contains("UTF-8"), "{e}");
         // every file the crate accepts reads the same here

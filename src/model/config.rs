@@ -67,11 +67,28 @@ fn default_true() -> bool {
     true
 }
 
+/// The last JSON key (`"name":`) written before `line`:`column` (1-based, as serde_json reports), if any.
+fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
+    let start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let upto = text.get(..(start + column).min(text.len()))?;
+    let colon = upto.rfind(':')?;
+    let before = upto[..colon].trim_end().strip_suffix('"')?;
+    let open = before.rfind('"')?;
+    Some(before[open + 1..].to_string()).filter(|k| !k.is_empty() && k.len() < 80)
+}
+
 impl GptNeoConfig {
     /// Parse and check a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: GptNeoConfig =
-            serde_json::from_str(text).map_err(|e| Error::Config(format!("not a GPT-Neo config ({e})")))?;
+        let cfg: GptNeoConfig = serde_json::from_str(text).map_err(|e| {
+            // serde names a missing key itself; a bad value it places by line and column: name its key too
+            match key_before(text, e.line(), e.column()) {
+                Some(key) if e.classify() == serde_json::error::Category::Data && !e.to_string().contains("missing") => {
+                    Error::Config(format!("the value of {key} is not valid ({e})"))
+                }
+                _ => Error::Config(format!("not a GPT-Neo config ({e})")),
+            }
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

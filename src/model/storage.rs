@@ -93,16 +93,21 @@ impl QMat {
             1 => self.scales.len() == 1,
             _ => false,
         };
-        if self.codes.len() != self.rows * self.cols || !ok_scales {
+        if self.codes.len() != self.rows * self.cols {
+            return Err(Error::tensor(
+                name,
+                format!("has {} INT8 codes for a {}×{} factor", self.codes.len(), self.rows, self.cols),
+            ));
+        }
+        if !ok_scales {
             return Err(Error::tensor(
                 name,
                 format!(
-                    "INT8 parts disagree: {} codes for {}×{}, {} scales, {} zero points",
-                    self.codes.len(),
-                    self.rows,
-                    self.cols,
+                    "has {} scales and {} zero points for {} rows of codes: per-row INT8 needs one scale per row, \
+                     per-tensor INT8 one scale and one zero point",
                     self.scales.len(),
-                    self.zero_points.len()
+                    self.zero_points.len(),
+                    self.rows
                 ),
             ));
         }

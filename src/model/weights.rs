@@ -160,6 +160,47 @@ pub fn is_compressed(ckpt: &Checkpoint) -> bool {
     ckpt.metadata().and_then(|m| m.get("format")).is_some_and(|f| f.starts_with("slc-compressed"))
 }
 
+/// A compressed checkpoint's metadata, checked before anything is read by it: the format is one this build reads,
+/// and every record it carries (`layers`, `policy`, `source`) is JSON of the expected form (the policy's values are
+/// checked by the session, which knows policies). A damaged record is
+/// refused naming its key, rather than silently showing a report without it.
+pub fn check_compressed_metadata(ckpt: &Checkpoint) -> Result<()> {
+    let file = ckpt.files().first().map(|f| f.file_name().to_string()).unwrap_or_default();
+    let format = meta(ckpt, "format").unwrap_or_default();
+    if format != FORMAT {
+        return Err(Error::file(
+            &file,
+            format!("was written in format \"{format}\"; this build reads \"{FORMAT}\" (FORMAT.md)"),
+        ));
+    }
+    let bad = |key: &str, what: &str, e: &dyn std::fmt::Display| {
+        Error::file(&file, format!("has damaged metadata: `{key}` is not {what} ({e})"))
+    };
+    if let Some(v) = meta(ckpt, "layers") {
+        serde_json::from_str::<HashMap<String, serde_json::Value>>(&v)
+            .map_err(|e| bad("layers", "a JSON object of layer records", &e))?;
+    }
+    if let Some(v) = meta(ckpt, "policy") {
+        // its fields are the compression's to check (the session does, when it reads it)
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&v)
+            .map_err(|e| bad("policy", "a JSON object", &e))?;
+    }
+    match meta(ckpt, "source") {
+        Some(v) => {
+            #[derive(serde::Deserialize)]
+            #[allow(dead_code)]
+            struct Source {
+                fingerprint: String,
+                parameters: u64,
+                file_bytes: u64,
+            }
+            serde_json::from_str::<Source>(&v).map_err(|e| bad("source", "a record of the original model", &e))?;
+        }
+        None => return Err(Error::file(&file, "has damaged metadata: `source` (the original it was made from) is missing")),
+    }
+    Ok(())
+}
+
 fn meta(ckpt: &Checkpoint, key: &str) -> Option<String> {
     ckpt.metadata().and_then(|m| m.get(key)).cloned()
 }
@@ -235,6 +276,12 @@ impl Weights for CompressedWeights<'_> {
         if self.ckpt.contains(&format!("{u_base}.q")) || self.ckpt.contains(&u_base) {
             let u = self.factor(&u_base, Some(out), None)?;
             let r = u.cols();
+            if r == 0 || r > out.min(inp) {
+                return Err(Error::tensor(
+                    &u_base,
+                    format!("has rank {r}, but a {out}×{inp} layer has ranks 1 to {} only", out.min(inp)),
+                ));
+            }
             let s = self.factor(&format!("{name}.S"), Some(1), Some(r))?;
             let vh = self.factor(&format!("{name}.Vh"), Some(r), Some(inp))?;
             return Ok(LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(s), vh: Arc::new(vh) });

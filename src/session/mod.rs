@@ -227,7 +227,17 @@ impl Session {
             let model = model?;
             let tensor_bytes = bundle.tensor_bytes();
             let reports = model.linears().iter().map(|l| LayerReport::loaded(l, layers.as_ref())).collect();
-            let policy_v = policy.as_ref().and_then(|p| serde_json::from_value(p.clone()).ok());
+            let policy_v: Option<Policy> = match &policy {
+                Some(p) => {
+                    let file = bundle.ckpt.files()[0].file_name();
+                    let damaged = |e: String| Error::file(file, format!("has damaged metadata: `policy` {e}"));
+                    let p: Policy = serde_json::from_value(p.clone())
+                        .map_err(|e| damaged(format!("is not a compression policy ({e})")))?;
+                    p.validate().map_err(|e| damaged(format!("is not valid ({e})")))?;
+                    Some(p)
+                }
+                None => None,
+            };
             if !matches_original {
                 // compared with nothing: it becomes the session's only model
                 self.bundle = None;
