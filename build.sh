@@ -98,6 +98,8 @@ run_tests() {
   python3 tests/format/rebuild_test.py
   log "test: the page end to end (Playwright + Chromium)"
   node tests/e2e/page.test.mjs
+  log "test: failure in the page: damaged files, a worker that traps or hangs, helpers that die (Playwright + Chromium)"
+  node tests/e2e/faults.test.mjs
   log "all tests passed"
 }
 

@@ -133,6 +133,13 @@ pub fn profile_svd(
     to_js(&profile(&w, m, n, rank, o, q, runs, false).map_err(js_err)?)
 }
 
+/// Trap on purpose (a panic, which aborts: `RuntimeError: unreachable`), as an allocation failure or a bug would:
+/// the end-to-end tests make a worker die this way mid-job, to show that the page notices and recovers.
+#[wasm_bindgen]
+pub fn test_trap(what: &str) {
+    panic!("test trap: {what}");
+}
+
 /// One model session in a worker (see [`Session`]).
 #[wasm_bindgen]
 pub struct Workspace(Session);

@@ -1,10 +1,9 @@
 // The page's main thread: it renders what the worker reports and sends it what the user asks. All model work runs
 // in www/worker.js; nothing here computes more than a table row.
 import * as plots from './plots.js';
-import { errorFrom } from './protocol.js';
+import { errorFrom, HEARTBEAT_MS } from './protocol.js';
 
 const $ = (id) => document.getElementById(id);
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
 
 const app = {
   defaults: null,       // the core's default Policy (the worker sends it first)
@@ -22,6 +21,10 @@ const app = {
   pending: new Map(), // request id → {resolve, reject}: jobs may overlap (a plot's spectrum, a user's command)
   nextId: 0,
   task: null,           // {name, start}
+  source: null,         // what was opened ({files} or {demo: true}): a new worker reopens it if the old one dies
+  checkpoint: null,     // the last compression as a File (kept when small enough), for a new worker to take over
+  beat: 0,              // when the worker last spoke, and the wasm memory it reported
+  heap: 0,
 };
 
 // ---------- status, errors, progress ----------
@@ -59,12 +62,33 @@ function showProgress(m) {
 }
 
 // ---------- talking to the worker ----------
-function send(msg) {
-  clearError();
+// The worker is replaceable: when it dies (a trap, memory that would not grow, an uncaught error, or a heartbeat
+// that stopped), every job it had ends with a sentence saying so, and a new worker reopens the model and the last
+// compression, so that what the page shows stays usable. ?watchdog=MS shortens the wait for a heartbeat (tests).
+const WATCHDOG = Number(new URLSearchParams(location.search).get('watchdog')) || 180000;
+let worker = null;
+function startWorker() {
+  const url = new URL('./worker.js', import.meta.url);
+  if (WATCHDOG !== 180000) url.searchParams.set('watchdog', String(WATCHDOG));
+  const w = new Worker(url, { type: 'module' });
+  w.onmessage = (e) => { if (w === worker) onWorkerMessage(e.data); };
+  w.onerror = (e) => { e.preventDefault(); if (w === worker) workerLost(`an uncaught error: ${e.message || 'unknown'}`); };
+  w.onmessageerror = () => { if (w === worker) workerLost('a message from it could not be read'); };
+  app.beat = performance.now();
+  return w;
+}
+worker = startWorker();
+setInterval(() => {
+  const quiet = performance.now() - app.beat;
+  if (app.pending.size && quiet > WATCHDOG) workerLost(`it stopped answering: no heartbeat for ${fmtSeconds(quiet / 1000)}`);
+}, HEARTBEAT_MS);
+
+function send(msg, { keepError = false } = {}) {
+  if (!keepError) clearError();
   setBusy(true);
   return new Promise((resolve, reject) => {
     const id = ++app.nextId;
-    app.pending.set(id, { resolve, reject });
+    app.pending.set(id, { resolve, reject, cmd: msg.cmd });
     worker.postMessage({ ...msg, id });
   });
 }
@@ -76,9 +100,10 @@ function settle(m, fn) {
   setBusy(app.pending.size > 0);
   if (p) fn(p);
 }
-worker.onmessage = (e) => {
-  const m = e.data;
+function onWorkerMessage(m) {
+  app.beat = performance.now();
   switch (m.type) {
+    case 'alive': app.heap = m.heap; break;
     case 'defaults': app.defaults = m.policy; break;
     case 'state': setState(m.state, m.message); break;
     case 'progress': showProgress(m); break;
@@ -88,10 +113,53 @@ worker.onmessage = (e) => {
     case 'token': addToken(m); break;
     case 'result': settle(m, (p) => p.resolve(m.result)); break;
     case 'cancelled': settle(m, (p) => p.reject(Object.assign(new Error('cancelled'), { cancelled: true }))); setState(app.loaded ? 'ready' : 'idle', 'cancelled'); break;
-    case 'error': settle(m, (p) => p.reject(errorFrom(m))); showError(m.message); break;
+    case 'error':
+      if (m.fatal) { app.heap = m.heap || app.heap; workerLost(m.message, true); break; }
+      settle(m, (p) => p.reject(errorFrom(m)));
+      showError(m.message);
+      break;
   }
-};
-worker.onerror = (e) => showError(`the worker failed: ${e.message || 'unknown error'}`);
+}
+const DOING = { open: 'opening the model', restore: 'reopening the model', compress: 'compressing',
+  evaluate: 'evaluating', generate: 'generating', export: 'exporting', spectrum: 'computing a spectrum',
+  memory_limit: 'setting the memory limit' };
+// The worker is gone: end its jobs with what happened, start a new one, and reopen what was open.
+function workerLost(why, said = false) {
+  const old = worker;
+  old.terminate();
+  worker = startWorker();
+  const jobs = [...app.pending.values()].map((p) => DOING[p.cmd] || p.cmd);
+  const what = said ? why : `the worker stopped while ${jobs.join(' and ') || 'idle'} (${why}); it held ${fmtBytes(app.heap)} of memory`;
+  const pending = [...app.pending.entries()];
+  app.pending.clear();
+  for (const [id, p] of pending) settle({ id }, () => p.reject(Object.assign(new Error(what), { lost: true })));
+  setBusy(false);
+  const lostCompression = app.compressed && !app.checkpoint;
+  const sentence = `${what[0].toUpperCase()}${what.slice(1)}. A new worker has taken over`;
+  if (!app.source) { showError(`${sentence}; open a model to go on.`); return; }
+  const keeps = app.checkpoint ? 'the model and the last compression' : 'the model';
+  showError(`${sentence} and is reopening ${keeps}; the results shown are kept.${lostCompression ? ' The compressed model was too large to keep outside the worker: compress again to generate with it or export it.' : ''}`);
+  const message = $('error').textContent;
+  if (lostCompression) { app.compressed = false; app.canExport = false; }
+  send({ cmd: 'restore', ...app.source, checkpoint: app.checkpoint, memoryLimit: MEMORY || undefined }, { keepError: true }).then((r) => {
+    const alone = r.original.kind === 'compressed'; // a compressed checkpoint had been opened without its original
+    app.loaded = !alone && !!r.original.loaded;
+    app.precision = app.loaded ? r.original.loaded.precision : null;
+    app.compressed = alone || !!r.compressed;
+    app.canExport = !alone && !!r.compressed;
+    setBusy(false);
+    // the sentence stays on the page; the state says the page is usable again
+    showError(`${message} Done: the new worker is ready.`);
+    setState('ready', 'recovered');
+  }, (err) => {
+    if (err.lost) return;
+    app.loaded = false;
+    app.compressed = false;
+    app.canExport = false;
+    setBusy(false);
+    showError(`${message} It could not reopen the model: ${err.message}`);
+  });
+}
 // Send a command; `after` gets its result. A cancelled job leaves nothing half-done on the page: `onCancel` clears
 // what it had streamed in.
 async function run(msg, after, onCancel) {
@@ -99,6 +167,7 @@ async function run(msg, after, onCancel) {
     const result = await send(msg);
     after(result);
   } catch (err) {
+    if (err.lost) return; // workerLost has said what happened
     if (!err.cancelled) showError(err.message);
     else if (onCancel) onCancel();
   }
@@ -418,6 +487,8 @@ function resetResults() {
 function open(msg, name) {
   run({ cmd: 'open', evalSpec: evalSpec(), ...msg }, (report) => {
     if (report.kind === 'original') {
+      app.source = msg.demo ? { demo: true } : { files: msg.files };
+      app.checkpoint = null;
       app.model = report;
       app.name = name || 'model';
       app.opened = true;
@@ -435,6 +506,8 @@ function open(msg, name) {
     }
     // a compressed checkpoint exported by this page or the CLI
     app.compressed = true;
+    if (report.matches_original) app.checkpoint = msg.files.find((f) => f.name.endsWith('.safetensors')) || null;
+    else { app.source = { files: msg.files }; app.checkpoint = null; }
     app.canExport = false;
     if (!report.matches_original) {
       app.loaded = false;
@@ -476,6 +549,7 @@ function compress() {
     }
     app.compressed = true;
     app.canExport = true;
+    app.checkpoint = r.checkpoint || null;
     // every matrix's report (a refit's matrices are reported when their block is done, not one by one)
     renderLayers(r.layers);
     const ev = r.evaluation;
@@ -507,6 +581,8 @@ function compress() {
     $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
     const how = ev.workers > 1 ? ` by ${ev.workers} workers` : ev.streamed ? ', the original read from its file a block at a time' : '';
     $('summary-note').textContent += `${split} Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
+    $('summary').dataset.helpersReplaced = String(r.helpers_replaced || 0);
+    if (r.helpers_replaced) $('summary-note').textContent += ` ${r.helpers_replaced === 1 ? 'A helper worker' : `${r.helpers_replaced} helper workers`} died during the job and ${r.helpers_replaced === 1 ? 'was' : 'were'} replaced; ${r.helpers_replaced === 1 ? 'its' : 'their'} work was redone.`;
     app.runs.push({
       bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
       label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,
@@ -617,6 +693,10 @@ dz.addEventListener('drop', async (e) => {
 });
 dz.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('files').click(); } });
 $('cancel').addEventListener('click', () => worker.postMessage({ cmd: 'cancel' }));
+// ?test-faults lets the end-to-end tests make the worker (or a helper) trap or hang mid-job
+if (new URLSearchParams(location.search).has('test-faults')) {
+  window.slcTestFault = (kind, helper = false) => worker.postMessage({ cmd: 'test_fault', kind, helper });
+}
 $('compress').addEventListener('click', compress);
 $('generate').addEventListener('click', generate);
 $('export').addEventListener('click', exportCheckpoint);

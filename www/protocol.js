@@ -37,6 +37,11 @@
  * @typedef {{cmd: 'spectrum', name: string}} SpectrumCommand   Result: {name, values}.
  * @typedef {{cmd: 'memory_limit', bytes: number}} MemoryLimitCommand   Result: true.
  * @typedef {{cmd: 'cancel'}} CancelCommand   Ends the running job with a "cancelled" event.
+ * @typedef {{cmd: 'restore', files?: File[], demo?: boolean, checkpoint?: File, memoryLimit?: number}} RestoreCommand
+ *   A new worker takes over from one that died: open and load the original again and, when there was one, the
+ *   compressed checkpoint (no evaluation). Result: {original: OpenReport, compressed: OpenReport|null}.
+ * @typedef {{cmd: 'test_fault', kind: 'trap'|'hang', helper?: boolean}} TestFaultCommand   For the end-to-end tests:
+ *   the worker (or its helpers) traps or stops answering at the next step of its job.
  * @typedef {{cmd: 'h_models', original: File[], compressed: File}} HelperModelsCommand
  *   Coordinator → helper: hold the same two models. Result: true.
  * @typedef {{cmd: 'h_eval'} & EvalSpec} HelperEvalCommand
@@ -47,7 +52,7 @@
  *   Coordinator → helper: factor matrix `index`. Result: its factors and report as bytes (Uint8Array) for the
  *   coordinator's Workspace.compress_accept.
  * @typedef {OpenCommand|CompressCommand|EvaluateCommand|GenerateCommand|ExportCommand|SpectrumCommand|
- *   MemoryLimitCommand|CancelCommand|HelperModelsCommand|HelperEvalCommand|HelperCompressCommand|
+ *   MemoryLimitCommand|CancelCommand|RestoreCommand|TestFaultCommand|HelperModelsCommand|HelperEvalCommand|HelperCompressCommand|
  *   HelperFactorCommand} Command
  *
  * @typedef {{type: 'defaults', policy: object}} DefaultsEvent   Once, at start: the core's default Policy.
@@ -61,8 +66,11 @@
  *   tokens_per_s: number}} TokenEvent
  * @typedef {{type: 'result', cmd: string, id?: number, result: any}} ResultEvent
  * @typedef {{type: 'cancelled', cmd: string, id?: number}} CancelledEvent
- * @typedef {{type: 'error', cmd: string, id?: number, kind: ErrorKind, message: string}} ErrorEvent
- * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|ResultEvent|CancelledEvent|ErrorEvent} Event
+ * @typedef {{type: 'error', cmd: string, id?: number, kind: ErrorKind, message: string, fatal?: boolean, heap?: number,
+ *   doing?: string}} ErrorEvent   `fatal`: the worker is lost (see isFatal) and must be replaced; `heap` is the wasm
+ *   memory it held, `doing` what it was doing.
+ * @typedef {{type: 'alive', heap: number, doing: string}} AliveEvent   Every HEARTBEAT_MS from every worker.
+ * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|ResultEvent|CancelledEvent|ErrorEvent|AliveEvent} Event
  *
  * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'other'} ErrorKind
  *   From the Rust error's variant (error::ErrorKind); code branches on it, never on the message's words.
@@ -81,6 +89,17 @@ export function errorEvent(cmd, err) {
 export function errorFrom(m) {
   return Object.assign(new Error(m.message), { kind: m.kind || 'other' });
 }
+
+/** How often every worker posts its heartbeat ({type: 'alive', heap, doing}), in ms. */
+export const HEARTBEAT_MS = 1000;
+
+/**
+ * Whether an error means the wasm instance that threw it is lost: a trap (`RuntimeError`: an allocation that failed,
+ * a panic) or memory that could not grow (`RangeError`). The worker that meets one reports it with `fatal: true` and
+ * takes no more commands; whoever started it replaces it. (A helper's death reaches its coordinator as an error
+ * with `helperDied`, which is not fatal to the coordinator.)
+ */
+export const isFatal = (err) => !!err && !err.helperDied && (err instanceof WebAssembly.RuntimeError || err instanceof RangeError);
 
 /** Whether an error says that something did not fit in memory. */
 export const isMemoryError = (err) => !!err && err.kind === 'memory';

@@ -4,8 +4,8 @@
 //
 // The worker the page starts coordinates; for an evaluation it starts helpers — more instances of this same file,
 // each with its own wasm instance — that load the same files and evaluate every n-th window; their sums are merged.
-import init, { Workspace, default_policy } from './pkg/semantic_llm_compressor.js';
-import { errorEvent, errorFrom, isMemoryError } from './protocol.js';
+import init, { Workspace, default_policy, test_trap } from './pkg/semantic_llm_compressor.js';
+import { errorEvent, errorFrom, isMemoryError, isFatal, HEARTBEAT_MS } from './protocol.js';
 
 const ready = init();
 let ws = null;
@@ -23,6 +23,8 @@ const COMPRESS_HELPERS = Math.min(4, self.navigator.hardwareConcurrency || 1);
 // models above this size (f32 bytes) are evaluated in one worker: each helper holds its own copy
 const HELPER_MODEL_LIMIT = 1.2e9;
 const helpers = [];
+// helpers that died during the running job and were replaced (their work redone), reported with its result
+let replaced = 0;
 
 const post = (msg, transfer) => self.postMessage(msg, transfer || []);
 const tick = () => new Promise((r) => setTimeout(r, 0));
@@ -30,10 +32,25 @@ const DEMO = new URL('./models/neo-bard-8l/', import.meta.url);
 const EVAL_TEXT = new URL('./data/eval-dev.txt', import.meta.url);
 
 class Cancelled extends Error {}
+// what this instance is doing, for the sentence the page shows if it dies
+let doing = 'starting';
+// a fault the end-to-end tests ask for ({cmd: 'test_fault'}): it strikes at the next step of the running job
+let fault = null;
+function faultPoint() {
+  if (!fault) return;
+  const kind = fault;
+  fault = null;
+  if (kind === 'trap') test_trap(doing);
+  if (kind === 'hang') for (;;) { /* never answers again: only the missing heartbeat tells */ }
+}
 async function checkpoint() {
   await tick();
+  faultPoint();
   if (cancelled) throw new Cancelled('cancelled');
 }
+// A heartbeat with this instance's wasm memory, so whoever started it can tell a busy worker from a dead one and say
+// how much memory it held. A wasm step runs to its end before the next beat, so a beat may be late by one step.
+setInterval(async () => post({ type: 'alive', heap: await heapBytes(), doing }), HEARTBEAT_MS);
 const state = (state, message) => post({ type: 'state', state, message });
 const progress = (task, done, total, label) => post({ type: 'progress', task, done, total, label });
 
@@ -66,25 +83,67 @@ function need() {
 }
 
 // A helper: one more instance of this file. call() sends a command and resolves with its result; progress
-// messages go to onProgress.
+// messages go to onProgress. A helper that traps, fails to start or stops beating is dead: its call is rejected
+// with a fatal error that says so, and it is replaced the next time helpers are wanted.
 function startHelper() {
   const w = new Worker(new URL(import.meta.url), { type: 'module' });
-  const h = { w, generation: -1, pending: null, onProgress: null, alive: true };
+  const h = { w, generation: -1, pending: null, onProgress: null, alive: true, beat: performance.now(), heap: 0 };
+  const die = (why) => {
+    if (!h.alive) return;
+    h.alive = false;
+    w.terminate();
+    const i = helpers.indexOf(h);
+    if (i >= 0) helpers.splice(i, 1);
+    if (h.pending) {
+      const p = h.pending;
+      h.pending = null;
+      p.reject(Object.assign(new Error(`a helper worker died while it ${h.doing || 'worked'} (${why}; it held ${mib(h.heap)} of memory)`), { helperDied: true }));
+    }
+  };
+  h.die = die;
   w.onmessage = (e) => {
     const m = e.data;
+    h.beat = performance.now();
+    if (m.type === 'alive') { h.heap = m.heap; return; }
     if (m.type === 'progress' && h.onProgress) h.onProgress(m);
+    else if (m.type === 'error' && m.fatal) die(m.message);
     else if (m.type === 'result' && h.pending) { const p = h.pending; h.pending = null; p.resolve(m.result); }
-    else if ((m.type === 'error' || m.type === 'cancelled') && h.pending) { const p = h.pending; h.pending = null; p.reject(m.type === 'error' ? errorFrom(m) : new Error('cancelled')); }
+    else if ((m.type === 'error' || m.type === 'cancelled') && h.pending) { const p = h.pending; h.pending = null; p.reject(m.type === 'error' ? errorFrom(m) : new Cancelled('cancelled')); }
   };
-  w.onerror = (e) => { h.alive = false; if (h.pending) { h.pending.reject(new Error(e.message || 'helper failed')); h.pending = null; } };
-  h.call = (msg) => new Promise((resolve, reject) => { h.pending = { resolve, reject }; w.postMessage(msg); });
+  w.onerror = (e) => { e.preventDefault(); die(e.message || 'it failed to run'); };
+  w.onmessageerror = () => die('a message from it could not be read');
+  h.call = (msg) => new Promise((resolve, reject) => {
+    if (!h.alive) { reject(Object.assign(new Error('a helper worker is gone'), { helperDied: true })); return; }
+    h.doing = describeHelperCommand(msg);
+    h.beat = performance.now();
+    h.pending = { resolve, reject };
+    w.postMessage(msg);
+  });
   return h;
+}
+const mib = (b) => `${Math.round((b || 0) / 2 ** 20)} MiB`;
+const describeHelperCommand = (msg) => ({
+  h_models: 'loaded the models', h_eval: `evaluated part ${msg.part + 1} of ${msg.parts}`,
+  h_compress: 'opened the checkpoint to compress', h_factor: `factored matrix ${msg.index + 1}`,
+}[msg.cmd] || msg.cmd);
+// helpers whose heartbeat stopped (a hang, or killed by the browser) are declared dead
+setInterval(() => {
+  const now = performance.now();
+  for (const h of [...helpers]) if (h.pending && now - h.beat > watchdogMs) h.die(`no heartbeat for ${Math.round((now - h.beat) / 1000)} s`);
+}, HEARTBEAT_MS);
+// ?watchdog=MS on this file's URL (the page passes its own) shortens the wait for a heartbeat, for tests
+const watchdogMs = Number(new URL(import.meta.url).searchParams.get('watchdog')) || 180000;
+
+// The compressed model as a File, exported the first time it is wanted (by a helper, the page, or a new worker).
+function exportedFile() {
+  if (typeof compressedFile === 'function') compressedFile = compressedFile();
+  return compressedFile;
 }
 
 // Bring the helpers up to date with the coordinator's models; returns the ones ready to evaluate.
 async function readyHelpers(loaded) {
   if (!HELPERS || !originalFiles || !compressedFile || !loaded || loaded.bytes > HELPER_MODEL_LIMIT) return [];
-  if (typeof compressedFile === 'function') compressedFile = compressedFile();
+  exportedFile();
   while (helpers.length < HELPERS) helpers.push(startHelper());
   const ready = [];
   await Promise.all(helpers.slice(0, HELPERS).filter((h) => h.alive).map(async (h) => {
@@ -95,7 +154,7 @@ async function readyHelpers(loaded) {
       }
       ready.push(h);
     } catch (err) {
-      h.alive = false;
+      h.die(err.message);
       console.warn(`evaluation helper unavailable: ${err.message}`);
     }
   }));
@@ -119,10 +178,24 @@ async function evaluate(spec) {
     progress('evaluate', d, begin.all_steps, `${begin.unit} ${d}/${begin.all_steps}${how}`);
   };
   report();
-  const partials = team.map((h, i) => {
+  // a helper that dies is replaced and its part redone (twice at most)
+  const evalPart = async (h, i, tries = 0) => {
     h.onProgress = (m) => { if (m.task === 'evaluate') { done[i + 1] = m.done; report(); } };
-    return h.call({ cmd: 'h_eval', text, skip, tokens: spec.tokens, window: spec.window, part: i + 1, parts });
-  });
+    try {
+      return await h.call({ cmd: 'h_eval', text, skip, tokens: spec.tokens, window: spec.window, part: i + 1, parts });
+    } catch (err) {
+      if (!err.helperDied || tries >= 2 || cancelled) throw err;
+      console.warn(`${err.message}: its windows are redone by a new helper`);
+      replaced += 1;
+      const fresh = startHelper();
+      helpers.push(fresh);
+      await fresh.call({ cmd: 'h_models', original: originalFiles, compressed: compressedFile });
+      fresh.generation = generation;
+      done[i + 1] = 0;
+      return evalPart(fresh, i, tries + 1);
+    }
+  };
+  const partials = team.map((h, i) => evalPart(h, i));
   try {
     for (;;) {
       await checkpoint();
@@ -137,7 +210,7 @@ async function evaluate(spec) {
     await Promise.allSettled(partials);
     throw err;
   }
-  return { ...ws.eval_report(), seconds: (performance.now() - t0) / 1000, workers: parts, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)' };
+  return { ...ws.eval_report(), seconds: (performance.now() - t0) / 1000, workers: parts, helpers_replaced: replaced, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)' };
 }
 let lastLoaded = null;
 
@@ -161,21 +234,38 @@ async function compressionTeam(policy, workers) {
 // This instance's wasm memory: what it has grown to (it never shrinks).
 const heapBytes = async () => (await ready).memory.buffer.byteLength;
 
-// Every matrix factored by the team, whole matrices taken from one queue; this worker keeps the results. Returns
-// the largest heap each helper reached.
-async function factorOnTeam(team, begin) {
+// Every matrix factored by the team, whole matrices taken from one queue; this worker keeps the results. A helper
+// that dies is replaced and its matrix put back in the queue (each matrix is tried three times at most). Returns the
+// largest heap each helper reached.
+async function factorOnTeam(team, begin, policy) {
   const heaps = team.map(() => 0);
   const n = begin.matrices.length;
-  let next = 0;
+  const queue = [...Array(n).keys()];
+  const tries = new Array(n).fill(0);
   let done = 0;
   let stop = false;
   const feed = async (h, k) => {
-    while (next < n && !stop) {
+    while (queue.length && !stop) {
       if (cancelled) throw new Cancelled('cancelled');
-      const { bytes, heap } = await h.call({ cmd: 'h_factor', index: next++ });
-      heaps[k] = Math.max(heaps[k], heap);
+      faultPoint();
+      const index = queue.shift();
+      let got;
+      try {
+        got = await h.call({ cmd: 'h_factor', index });
+      } catch (err) {
+        if (!err.helperDied || stop || ++tries[index] >= 3) throw err;
+        console.warn(`${err.message}: matrix ${index + 1} goes back in the queue for a new helper`);
+        replaced += 1;
+        queue.unshift(index);
+        h = startHelper();
+        helpers.push(h);
+        team[k] = h;
+        await h.call({ cmd: 'h_compress', original: originalFiles, policy });
+        continue;
+      }
+      heaps[k] = Math.max(heaps[k], got.heap);
       if (stop) return;
-      const step = ws.compress_accept(bytes);
+      const step = ws.compress_accept(got.bytes);
       done += 1;
       progress('compress', done, begin.total_steps, `factor: ${step.name} (${team.length} workers)`);
       if (step.layer) post({ type: 'layer', layer: step.layer });
@@ -210,7 +300,7 @@ async function compressOnce(policy, calibration, evalSpec) {
   const begin = ws.compress_begin(policy, calibration);
   post({ type: 'plan', ...begin });
   const team = begin.can_split ? await compressionTeam(policy, evalSpec && evalSpec.workers) : [];
-  const helperHeaps = team.length ? await factorOnTeam(team, begin) : [];
+  const helperHeaps = team.length ? await factorOnTeam(team, begin, policy) : [];
   let done = 0;
   for (;;) {
     await checkpoint();
@@ -222,7 +312,7 @@ async function compressOnce(policy, calibration, evalSpec) {
   }
   const finished = ws.compress_finish();
   const workers = { count: Math.max(1, team.length), heaps: [await heapBytes(), ...helperHeaps] };
-  compressedFile = HELPERS ? () => new File(ws.export(), 'compressed.safetensors') : null;
+  compressedFile = () => new File(ws.export(), 'compressed.safetensors');
   generation += 1;
   return { begin, finished, workers };
 }
@@ -297,9 +387,13 @@ const commands = {
     const compressSeconds = (performance.now() - t0) / 1000;
     if (evalSpec && run.begin.calibration_tokens) evalSpec = { ...evalSpec, skip: run.begin.calibration_tokens };
     const { evaluation, evalError } = evalSpec ? await evaluateIfItFits(evalSpec) : { evaluation: null };
+    // the page keeps the checkpoint, so that a new worker can take it over if this one dies (not for models
+    // too large to hold twice: their compression would be lost with the worker, and the page says so)
+    const checkpoint = lastLoaded && lastLoaded.bytes <= HELPER_MODEL_LIMIT ? exportedFile() : null;
     return {
       finished: run.finished, evaluation, eval_error: evalError, compress_seconds: compressSeconds,
-      workers: run.workers, memory: ws.memory(), target: search, layers: ws.layer_reports(),
+      workers: run.workers, memory: ws.memory(), target: search, layers: ws.layer_reports(), checkpoint,
+      helpers_replaced: replaced,
     };
   },
 
@@ -353,8 +447,23 @@ const commands = {
 
   async export({ name }) {
     need();
-    const parts = ws.export();
-    return { blob: new Blob(parts, { type: 'application/octet-stream' }), name };
+    const file = exportedFile();
+    return { blob: file || new Blob(ws.export(), { type: 'application/octet-stream' }), name };
+  },
+
+  // A new worker taking over from one that died: the original opened and loaded again and, when there was one, the
+  // compressed checkpoint the page kept (no evaluation: the page still shows the old one's).
+  async restore({ files, demo, checkpoint, memoryLimit }) {
+    if (memoryLimit) await commands.memory_limit({ bytes: memoryLimit });
+    const original = await commands.open({ files, demo });
+    let compressed = null;
+    if (checkpoint) {
+      state('loading', 'loading the compressed model again');
+      compressed = ws.open([checkpoint]);
+      compressedFile = checkpoint;
+      generation += 1;
+    }
+    return { original, compressed };
   },
 
   // helper side: hold the same original and compressed models as the coordinator
@@ -377,6 +486,7 @@ const commands = {
 
   // helper side: factor one matrix and hand back its factors as bytes
   async h_factor({ index }) {
+    faultPoint();
     const bytes = ws.compress_factor_out(index);
     return { bytes, heap: await heapBytes() };
   },
@@ -399,11 +509,20 @@ const commands = {
   },
 };
 
+const DOING = { open: 'opened the model', restore: 'reloaded the model', compress: 'compressed the model',
+  evaluate: 'evaluated', generate: 'generated text', export: 'exported the compressed checkpoint',
+  spectrum: 'computed a spectrum', memory_limit: 'set the memory limit' };
+
 self.onmessage = async (e) => {
   const { cmd, id, ...args } = e.data;
   if (cmd === 'cancel') {
     cancelled = busy;
     for (const h of helpers) h.w.postMessage({ cmd: 'cancel' });
+    return;
+  }
+  if (cmd === 'test_fault') {
+    // for the end-to-end tests: this instance (or its first helper) traps or hangs at the next step of its job
+    if (args.helper) { for (const h of helpers) h.w.postMessage({ cmd: 'test_fault', kind: args.kind }); } else fault = args.kind;
     return;
   }
   await ready;
@@ -414,12 +533,20 @@ self.onmessage = async (e) => {
   }
   busy = true;
   cancelled = false;
+  replaced = 0;
+  doing = DOING[cmd] || cmd;
   try {
     const result = await run(args);
     post({ type: 'result', cmd, id, result });
   } catch (err) {
     if (err instanceof Cancelled) post({ type: 'cancelled', cmd, id });
-    else post({ ...errorEvent(cmd, err), id });
+    else if (isFatal(err)) {
+      // the wasm instance trapped or ran out of memory: its state is lost and it must not be used again
+      const heap = await heapBytes().catch(() => 0);
+      const message = `the worker's WebAssembly instance failed while it ${doing} (${err.message || err}); it held ${mib(heap)} of memory`;
+      post({ ...errorEvent(cmd, err), message, id, fatal: true, heap, doing });
+      self.onmessage = null;
+    } else post({ ...errorEvent(cmd, err), id });
   } finally {
     busy = false;
     cancelled = false;

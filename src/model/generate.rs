@@ -188,6 +188,23 @@ impl Generation {
         })
     }
 
+    /// Heap bytes a generation of `new_tokens` after a prompt of `prompt_tokens` takes at its peak, beside the
+    /// model's weights: the KV cache at full length, counted twice (a step appends by copying), the prompt's pass
+    /// (its activations, each head's score matrix, and a weight block expanded for the product, twice over for the
+    /// temporaries around them) and the logits with the sampler's copies of them. An estimate that errs high, so
+    /// that what it lets through fits.
+    pub fn memory_bytes(cfg: &crate::model::config::GptNeoConfig, prompt_tokens: usize, new_tokens: usize) -> f64 {
+        let (h, l, heads) = (cfg.hidden_size as f64, cfg.num_layers as f64, cfg.num_heads as f64);
+        let p = prompt_tokens.max(1) as f64;
+        let t = (prompt_tokens + new_tokens).min(cfg.max_position_embeddings) as f64;
+        let cache = 2.0 * l * t * h * 4.0 * 2.0;
+        let activations = p * (4.0 * h + cfg.intermediate_size() as f64) * 4.0 * 2.0;
+        let scores = heads * p * p * 4.0 * 2.0;
+        let block = crate::model::linear::SCRATCH_ELEMS as f64 * 4.0 * 2.0;
+        let logits = cfg.vocab_size as f64 * (4.0 + 4.0 + 8.0);
+        cache + activations + scores + block + logits
+    }
+
     /// Produce the next token, or `None` when finished.
     pub fn step(&mut self, model: &GptNeo) -> Result<Option<u32>> {
         if self.done

@@ -665,7 +665,15 @@ impl Session {
     /// Start generating from `prompt` with the model `which`.
     pub fn generate_start(&mut self, which: Which, prompt: &str, params: SamplingParams) -> Result<()> {
         let ids = self.encode(prompt)?;
-        let g = Generation::new(self.model(which)?, &ids, params)?;
+        let model = self.model(which)?;
+        let need = Generation::memory_bytes(&model.cfg, ids.len(), params.max_new_tokens);
+        self.memory.check(
+            &format!("generating {} tokens with the {} model", params.max_new_tokens, which.name()),
+            need,
+            0.8,
+            "the models are still loaded: ask for fewer tokens or a shorter prompt",
+        )?;
+        let g = Generation::new(model, &ids, params)?;
         self.generations.retain(|(w, _, _)| *w != which);
         self.generations.push((which, g, TextStream::default()));
         Ok(())

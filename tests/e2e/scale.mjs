@@ -29,15 +29,13 @@ try {
       // one worker of its own, importing the page's wasm package
       const setting = (v) => (v === undefined ? undefined : Number(v));
       const [os, q] = [setting(process.env.SVD_OVERSAMPLE), setting(process.env.SVD_ITERS)];
-      const p = await page.evaluate(async ([m, n, os, q, pkg]) => {
-        const src = `import init, { profile_svd } from '${pkg}';
-          self.onmessage = async (e) => { await init(); const [m, n, os, q] = e.data;
-            try { self.postMessage(profile_svd(m, n, 128, 3, os, q)); } catch (err) { self.postMessage({ error: String(err) }); } };`;
-        const w = new Worker(URL.createObjectURL(new Blob([src], { type: 'text/javascript' })), { type: 'module' });
+      // a worker file of the same origin (the page's Content-Security-Policy admits no other)
+      const p = await page.evaluate(async ([m, n, os, q, src]) => {
+        const w = new Worker(src, { type: 'module' });
         const out = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.postMessage([m, n, os, q]); });
         w.terminate();
         return out;
-      }, [m, n, os, q, new URL('www/pkg/semantic_llm_compressor.js', server.url).href]);
+      }, [m, n, os, q, new URL('tests/e2e/svd-worker.mjs', server.url).href]);
       if (p.error) throw new Error(p.error);
       const stages = p.stages.map(([s, t]) => `${s} ${t.toFixed(3)}`).join(', ');
       console.log(`svd ${shape} rank 128 (wasm, headless Chromium, 1 worker): randomized ${p.randomized_seconds.toFixed(3)} s [${stages}] = ${(p.randomized_seconds / p.matmul_seconds).toFixed(2)} f32 products of ${p.matmul_seconds.toFixed(3)} s (faer; candle's ${p.candle_seconds.toFixed(3)} s), ${p.products} units (oversampling ${p.oversample}, ${p.power_iters} iterations); error ${p.err_randomized.toFixed(4)}`);

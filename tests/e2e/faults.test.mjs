@@ -1,0 +1,197 @@
+// End-to-end test of failure in the page (Debian's Chromium, headless, playwright-core): damaged files refused with
+// their sentence in #error and the page usable after them; the worker made to trap mid-compression and to hang
+// mid-generation (a test-only message, the page loaded with ?test-faults), each time the page saying what
+// happened, a new worker taking over and the next job succeeding; a helper that traps mid-compression and one
+// mid-evaluation, replaced without the job failing and with the same figures; no request leaving the origin.
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import fs from 'node:fs';
+import os from 'node:os';
+import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const DEMO = path.join(ROOT, 'www/models/neo-bard-8l');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'slc-faults-'));
+
+// damaged copies of the demo model, as a user might drop them
+const config = fs.readFileSync(path.join(DEMO, 'config.json'), 'utf8');
+const weights = fs.readFileSync(path.join(DEMO, 'model.safetensors'));
+const damaged = (name, files) => {
+  const dir = path.join(tmp, name);
+  fs.mkdirSync(dir);
+  for (const [f, bytes] of Object.entries(files)) fs.writeFileSync(path.join(dir, f), bytes);
+  return Object.keys(files).map((f) => path.join(dir, f));
+};
+const headerLen = Number(weights.readBigUInt64LE(0));
+const header = JSON.parse(weights.subarray(8, 8 + headerLen).toString());
+const cases = [
+  {
+    what: 'a truncated checkpoint',
+    files: damaged('truncated', { 'config.json': config, 'model.safetensors': weights.subarray(0, weights.length - 1000) }),
+    message: /^model\.safetensors: is truncated: the data of tensor `[^`]+` \(bytes \d+\.\.\d+ after the header\) runs past the end/,
+  },
+  {
+    what: 'a config with zero heads',
+    files: damaged('heads', { 'config.json': config.replace(/"num_heads": \d+/, '"num_heads": 0'), 'model.safetensors': weights }),
+    message: /^config\.json: num_heads is 0/,
+  },
+  {
+    what: 'a header whose dtype is unknown',
+    files: (() => {
+      const h = structuredClone(header);
+      const name = Object.keys(h).find((k) => k !== '__metadata__');
+      h[name].dtype = 'F33';
+      let json = JSON.stringify(h);
+      json = json.padEnd(headerLen, ' ');
+      assert.equal(json.length, headerLen);
+      const bytes = Buffer.concat([weights.subarray(0, 8), Buffer.from(json), weights.subarray(8 + headerLen)]);
+      return damaged('dtype', { 'config.json': config, 'model.safetensors': bytes });
+    })(),
+    message: /^tensor `[^`]+`: in model\.safetensors has dtype "F33", which safetensors does not define/,
+  },
+  {
+    what: 'a tokenizer of another model',
+    files: damaged('tokenizer', {
+      'config.json': config.replace(/"vocab_size": \d+/, '"vocab_size": 50000'),
+      'tokenizer.json': fs.readFileSync(path.join(DEMO, 'tokenizer.json')),
+      'model.safetensors': weights,
+    }),
+    message: /^(tokenizer\.json: has 50257 tokens, but the model's vocab_size is 50000|tensor `[^`]+wte\.weight`)/,
+  },
+];
+
+const server = await serve(ROOT);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+let failed = false;
+const step = (s) => console.log(`- ${s}`);
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
+  const page = await context.newPage();
+  // every request, the page's and its workers': none may leave the origin
+  const requests = [];
+  context.on('request', (r) => requests.push(r.url()));
+  page.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
+  // the worker's console: the traps this test asks for log their panic; anything else is a failure
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    if (/test trap|unreachable|RuntimeError/.test(m.text())) return;
+    console.log('[page console error]', m.text());
+    failed = true;
+  });
+  await page.goto(`${server.url}?test-faults&watchdog=4000`);
+  const jobs = () => page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+  const state = () => page.$eval('#status', (e) => e.dataset.state);
+  const errorText = () => page.textContent('#error');
+  const waitJobs = (n, timeout = 300000) =>
+    page.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) >= k, n, { timeout });
+  const job = async (action, timeout = 300000) => {
+    const n = await jobs();
+    await action();
+    await waitJobs(n + 1, timeout);
+    return state();
+  };
+  // wait for a new worker to have taken over (its restore job ended with the page ready)
+  const recovered = async () => {
+    await page.waitForFunction(() => /Done: the new worker is ready\./.test(document.querySelector('#error').textContent)
+      && document.querySelector('#status').dataset.state === 'ready', null, { timeout: 300000 });
+  };
+  // the summary's figures (not its seconds)
+  const summary = () => page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.filter((n) => n.dataset.metric !== 'seconds').map((n) => [n.dataset.metric, n.textContent])));
+  await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
+
+  for (const c of cases) {
+    step(`${c.what}: refused with its sentence`);
+    assert.equal(await job(() => page.setInputFiles('#files', c.files)), 'error', `${c.what} was accepted`);
+    assert.match(await errorText(), c.message);
+  }
+
+  step('after them the page is usable: the demo loads and compresses');
+  assert.equal(await job(() => page.click('#load-demo')), 'ready', await errorText());
+  await page.fill('#rank', '32');
+  await page.selectOption('#method', 'svd');
+  await page.click('#eval-settings summary');
+  await page.fill('#eval-tokens', '512');
+  await page.fill('#eval-window', '256');
+  assert.equal(await job(() => page.click('#compress')), 'done', await errorText());
+  const clean = await summary();
+  assert.notEqual(clean.cosine, '–');
+
+  step('the worker traps mid-compression: the page says so, a new worker reopens the model, the next compression succeeds');
+  let n = await jobs();
+  await page.click('#compress');
+  await page.waitForFunction(() => document.querySelector('#progress-bar').value >= 3);
+  await page.evaluate(() => window.slcTestFault('trap'));
+  await waitJobs(n + 1);
+  assert.match(await errorText(), /^The worker's WebAssembly instance failed while it compressed the model \(.*unreachable.*\); it held \d+ MiB of memory\. A new worker has taken over and is reopening the model and the last compression; the results shown are kept\./);
+  await recovered();
+  assert.equal(await page.isDisabled('#compress'), false);
+  assert.equal(await job(() => page.click('#compress')), 'done', await errorText());
+  assert.deepEqual(await summary(), clean, 'the compression after the crash gives the same figures');
+
+  step('the worker hangs mid-generation: the missing heartbeat is noticed, the compressed model comes back, generation works');
+  await page.click('#gen-settings summary');
+  await page.fill('#max-new-tokens', '24');
+  n = await jobs();
+  await page.click('#generate');
+  await page.waitForFunction(() => document.querySelector('#gen-compressed').children.length >= 2);
+  await page.evaluate(() => window.slcTestFault('hang'));
+  await waitJobs(n + 1, 60000);
+  assert.match(await errorText(), /^The worker stopped while generating \(it stopped answering: no heartbeat for \d+ s\); it held [\d.]+ MB of memory\. A new worker has taken over and is reopening the model and the last compression/);
+  await recovered();
+  assert.equal(await job(() => page.click('#generate')), 'done', await errorText());
+  for (const w of ['original', 'compressed']) {
+    assert.ok(await page.$eval(`#gen-${w}`, (e) => e.children.length) >= 10, `${w} generated after the recovery`);
+  }
+  step('the export after the recovery is the compression from before it');
+  const [download] = await Promise.all([page.waitForEvent('download'), job(() => page.click('#export'))]);
+  assert.ok(fs.statSync(await download.path()).size > 1e6);
+
+  step('a helper traps mid-compression: it is replaced, its matrix redone, the result unchanged');
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  if (cores >= 2) {
+    n = await jobs();
+    await page.click('#compress');
+    await page.waitForFunction(() => document.querySelector('#progress-bar').value >= 3);
+    await page.evaluate(() => window.slcTestFault('trap', true));
+    await waitJobs(n + 1);
+    assert.equal(await state(), 'done', await errorText());
+    assert.deepEqual(await summary(), clean);
+    assert.equal(await page.$eval('#summary', (e) => e.dataset.compressWorkers), String(Math.min(4, cores)));
+    assert.ok(Number(await page.$eval('#summary', (e) => e.dataset.helpersReplaced)) >= 1, 'a helper died and was replaced');
+    assert.match(await page.textContent('#summary-note'), /died during the job and (was|were) replaced/);
+
+    step('a helper traps mid-evaluation: replaced, its windows redone, the figures unchanged');
+    n = await jobs();
+    await page.click('#compress');
+    await page.waitForFunction(() => /^evaluate/.test(document.querySelector('#progress-text').textContent));
+    await page.evaluate(() => window.slcTestFault('trap', true));
+    await waitJobs(n + 1);
+    assert.equal(await state(), 'done', await errorText());
+    assert.deepEqual(await summary(), clean);
+    assert.ok(Number(await page.$eval('#summary', (e) => e.dataset.helpersReplaced)) >= 1, 'a helper died and was replaced');
+  } else {
+    console.log(`  (skipped: ${cores} core, no helpers)`);
+  }
+
+  step('no request left the origin');
+  const origin = new URL(server.url).origin;
+  const outside = requests.filter((u) => !u.startsWith(origin) && !u.startsWith('blob:') && !u.startsWith('data:'));
+  assert.deepEqual(outside, []);
+  assert.ok(requests.length > 5);
+  console.log(`  ${requests.length} requests, all to ${origin}`);
+} catch (e) {
+  console.error(e);
+  failed = true;
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(failed ? 'faults e2e: FAILED' : 'faults e2e: passed');
+process.exit(failed ? 1 : 0);
