@@ -77,6 +77,9 @@ fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
     Some(before[open + 1..].to_string()).filter(|k| !k.is_empty() && k.len() < 80)
 }
 
+/// The most layers a config may declare (a bound, so that a damaged count cannot ask for any amount of memory).
+pub const MAX_LAYERS: usize = 1024;
+
 impl GptNeoConfig {
     /// Parse and check a `config.json`.
     pub fn from_json(text: &str) -> Result<Self> {
@@ -133,9 +136,26 @@ impl GptNeoConfig {
 
     /// The attention kind of every layer, from `attention_types` (or `attention_layers`).
     pub fn attention_kinds(&self) -> Result<Vec<AttentionKind>> {
+        if self.num_layers > MAX_LAYERS {
+            return Err(Error::Config(format!(
+                "num_layers is {}; this program reads at most {MAX_LAYERS} (the largest GPT-Neo has 32)",
+                self.num_layers
+            )));
+        }
         let names: Vec<String> = match (&self.attention_types, &self.attention_layers) {
             (Some(types), _) => {
-                let mut out = Vec::new();
+                // counted before it is expanded: a repeat count can be any number
+                let n = types
+                    .iter()
+                    .try_fold(0usize, |n, (pattern, repeat)| pattern.len().checked_mul(*repeat)?.checked_add(n));
+                if n != Some(self.num_layers) {
+                    return Err(Error::Config(format!(
+                        "attention_types expands to {} layers but num_layers is {}",
+                        n.map_or("more than can be counted".to_string(), |n| n.to_string()),
+                        self.num_layers
+                    )));
+                }
+                let mut out = Vec::with_capacity(self.num_layers);
                 for (pattern, repeat) in types {
                     for _ in 0..*repeat {
                         out.extend(pattern.iter().cloned());
