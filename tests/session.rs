@@ -180,6 +180,16 @@ fn memory_refusals_name_the_figures() {
     let loaded = s.load(&|_, _, _| {}).unwrap();
     assert!(loaded.keep_half);
     assert_eq!(generate(&mut s, Which::Original), common::ROMEO_CONTINUATION);
+    // a generation is estimated before it starts (its cache, the prompt's pass, a weight block expanded): refused
+    // with the figures when it will not fit, and the model still there for one that does
+    s.set_memory_limit(alloc::live_bytes() as f64 + 4e6);
+    let e = s.generate_start(Which::Original, common::ROMEO, SamplingParams::default()).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Memory);
+    let msg = e.to_string();
+    assert!(msg.starts_with("not enough memory: generating 30 tokens with the original model needs about "), "{msg}");
+    assert!(msg.contains("MiB") && msg.contains("models are still loaded"), "{msg}");
+    s.set_memory_limit(alloc::live_bytes() as f64 + 40e6);
+    assert_eq!(generate(&mut s, Which::Original), common::ROMEO_CONTINUATION);
     drop(s);
 
     // nothing fits: the original is refused with the figures, yet it can be compressed and exported

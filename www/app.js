@@ -23,6 +23,7 @@ const app = {
   task: null,           // {name, start}
   source: null,         // what was opened ({files} or {demo: true}): a new worker reopens it if the old one dies
   checkpoint: null,     // the last compression as a File (kept when small enough), for a new worker to take over
+  story: { running: false, cancelled: false }, // the origin's story, while it is told
   beat: 0,              // when the worker last spoke, and the wasm memory it reported
   heap: 0,
 };
@@ -47,6 +48,7 @@ function setBusy(on) {
   $('progress').setAttribute('aria-hidden', String(!on));
   for (const id of ['load-demo', 'files', 'folder']) $(id).disabled = on;
   $('compress').disabled = on || !app.opened;
+  $('story').disabled = on || !app.loaded || app.story.running;
   $('generate').disabled = on || !(app.loaded || app.compressed);
   $('export').disabled = on || !app.canExport;
   if (!on) app.task = null;
@@ -214,6 +216,12 @@ function describeModel(report) {
 
 // The origin's rank 128 was 1/16 of GPT-Neo-1.3B's hidden size: the same ratio on any model.
 const originRank = (h) => Math.max(1, Math.round(h / 16));
+// The share of linear parameters the origin's fix keeps: attention at the origin's rank (U, S and Vh: r·(m+n+1)
+// each), the MLP dense.
+function fixFraction({ hidden_size: h, intermediate_size: f }) {
+  const r = originRank(h);
+  return (4 * r * (2 * h + 1) + 2 * h * f) / (4 * h * h + 2 * h * f);
+}
 // The presets that name a rank say which one on the model loaded.
 function labelPresets() {
   const h = app.model.summary.hidden_size;
@@ -222,7 +230,7 @@ function labelPresets() {
     default: `Balanced for this model (attention rank ${Math.max(1, Math.round(h / 4))} = h/4, MLP dense)`,
     'origin-all': `The origin's setting: rank ${r} (= hidden ${h} / 16, as 128 of 2048) on every linear layer, per-tensor INT8`,
     'origin-mlp': `The origin's fix: rank ${r} with the MLP dense, per-tensor INT8`,
-    'aware-same': `Activation-aware at the same size: rank ${r} on every linear layer, calibrated`,
+    'aware-same': `Activation-aware at the fix's size: its ${(100 * fixFraction(app.model.summary)).toFixed(1)}% of linear parameters spread over every layer, calibrated`,
   };
   for (const o of $('preset').options) if (label[o.value]) o.textContent = label[o.value];
 }
@@ -247,7 +255,7 @@ function applyPreset(name) {
     default: { rank: Math.max(1, Math.round(h / 4)), skip: 'mlp.c_fc, mlp.c_proj' },
     'origin-all': { rank: originRank(h), quant: 'per-tensor', guard: false },
     'origin-mlp': { rank: originRank(h), quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
-    'aware-same': { method: 'whitened', rank: originRank(h), quant: 'per-tensor', guard: false },
+    'aware-same': { method: 'whitened', budget: app.model ? +fixFraction(app.model.summary).toFixed(4) : 0.7, budgetMode: 'energy' },
     int8: { method: 'int8' },
     whitened: { method: 'whitened', rank: 32 },
     refit: { method: 'refit', budget: 0.2, budgetMode: 'proportional' },
@@ -538,59 +546,73 @@ function compress() {
   let policy;
   let target;
   try { policy = policyFromForm(); target = targetFromForm(); } catch (err) { showError(err.message); return; }
+  compressJob(policy, target).catch((err) => {
+    if (err.lost) return; // workerLost has said what happened
+    if (err.cancelled) resetResults();
+    else showError(err.message);
+  });
+}
+
+// One compression and its evaluation (`evalOverride` changes the evaluation's settings), its results rendered;
+// resolves with the worker's result, rejects as the job does.
+async function compressJob(policy, target, evalOverride = {}) {
   resetResults();
   reveal('results-panel');
   const t0 = performance.now();
-  run({ cmd: 'compress', policy, evalSpec: evalSpec(), target }, (r) => {
-    if (r.target) {
-      renderTarget(r.target);
-      policy = { ...policy, budget: r.target.best };
-      $('summary').dataset.targetBudget = String(r.target.best);
-    }
-    app.compressed = true;
-    app.canExport = true;
-    app.checkpoint = r.checkpoint || null;
-    // every matrix's report (a refit's matrices are reported when their block is done, not one by one)
-    renderLayers(r.layers);
-    const ev = r.evaluation;
-    const seconds = (performance.now() - t0) / 1000;
-    // what compression could touch (the linear layers) and what it could not, each as stored
-    const f = r.finished;
-    const lin = f.totals;
-    $('summary').dataset.linearBytes = `${lin.bytes_considered},${lin.bytes_after},${f.bytes_untouched}`;
-    const split = ` Linear layers (what compression can touch): ${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)}`
-      + ` (${lin.bytes_considered ? (100 * (1 - lin.bytes_after / lin.bytes_considered)).toFixed(1) : '0.0'}% smaller);`
-      + ` the other tensors (embeddings, norms, biases, a tied head): ${fmtBytes(f.bytes_untouched)}, as stored.`;
-    $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
-    $('summary').dataset.compressWorkers = String(r.workers.count);
-    $('summary').dataset.workerHeaps = r.workers.heaps.join(',');
-    // the coordinator's heap, then each helper's: what the compression took per worker
-    const by = r.workers.count > 1
-      ? ` on ${r.workers.count} workers (heap per worker up to ${fmtBytes(Math.max(...r.workers.heaps.slice(1)))})`
-      : '';
-    if (!ev) {
-      // the original is not in memory: sizes only
-      renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
-        resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
-      $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}.${split} Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
-      setBusy(false);
-      setState('done', 'compressed (not evaluated)');
-      return;
-    }
-    renderSummary(ev, { seconds });
-    $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
-    const how = ev.workers > 1 ? ` by ${ev.workers} workers` : ev.streamed ? ', the original read from its file a block at a time' : '';
-    $('summary-note').textContent += `${split} Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
-    $('summary').dataset.helpersReplaced = String(r.helpers_replaced || 0);
-    if (r.helpers_replaced) $('summary-note').textContent += ` ${r.helpers_replaced === 1 ? 'A helper worker' : `${r.helpers_replaced} helper workers`} died during the job and ${r.helpers_replaced === 1 ? 'was' : 'were'} replaced; ${r.helpers_replaced === 1 ? 'its' : 'their'} work was redone.`;
-    app.runs.push({
-      bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
-      label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,
-    });
-    plots.runs($('runs-plot'), app.runs);
+  const r = await send({ cmd: 'compress', policy, evalSpec: { ...evalSpec(), ...evalOverride }, target });
+  showCompression(r, policy, t0);
+  return r;
+}
+
+function showCompression(r, policy, t0) {
+  if (r.target) {
+    renderTarget(r.target);
+    policy = { ...policy, budget: r.target.best };
+    $('summary').dataset.targetBudget = String(r.target.best);
+  }
+  app.compressed = true;
+  app.canExport = true;
+  app.checkpoint = r.checkpoint || null;
+  // every matrix's report (a refit's matrices are reported when their block is done, not one by one)
+  renderLayers(r.layers);
+  const ev = r.evaluation;
+  const seconds = (performance.now() - t0) / 1000;
+  // what compression could touch (the linear layers) and what it could not, each as stored
+  const f = r.finished;
+  const lin = f.totals;
+  $('summary').dataset.linearBytes = `${lin.bytes_considered},${lin.bytes_after},${f.bytes_untouched}`;
+  const split = ` Linear layers (what compression can touch): ${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)}`
+    + ` (${lin.bytes_considered ? (100 * (1 - lin.bytes_after / lin.bytes_considered)).toFixed(1) : '0.0'}% smaller);`
+    + ` the other tensors (embeddings, norms, biases, a tied head): ${fmtBytes(f.bytes_untouched)}, as stored.`;
+  $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
+  $('summary').dataset.compressWorkers = String(r.workers.count);
+  $('summary').dataset.workerHeaps = r.workers.heaps.join(',');
+  // the coordinator's heap, then each helper's: what the compression took per worker
+  const by = r.workers.count > 1
+    ? ` on ${r.workers.count} workers (heap per worker up to ${fmtBytes(Math.max(...r.workers.heaps.slice(1)))})`
+    : '';
+  if (!ev) {
+    // the original is not in memory: sizes only
+    renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
+      resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
+    $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}.${split} Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
     setBusy(false);
-    setState('done', 'done');
-  }, resetResults);
+    setState('done', 'compressed (not evaluated)');
+    return;
+  }
+  renderSummary(ev, { seconds });
+  $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
+  const how = ev.workers > 1 ? ` by ${ev.workers} workers` : ev.streamed ? ', the original read from its file a block at a time' : '';
+  $('summary-note').textContent += `${split} Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
+  $('summary').dataset.helpersReplaced = String(r.helpers_replaced || 0);
+  if (r.helpers_replaced) $('summary-note').textContent += ` ${r.helpers_replaced === 1 ? 'A helper worker' : `${r.helpers_replaced} helper workers`} died during the job and ${r.helpers_replaced === 1 ? 'was' : 'were'} replaced; ${r.helpers_replaced === 1 ? 'its' : 'their'} work was redone.`;
+  app.runs.push({
+    bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
+    label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,
+  });
+  plots.runs($('runs-plot'), app.runs);
+  setBusy(false);
+  setState('done', 'done');
 }
 
 function describePolicy(p) {
@@ -633,6 +655,103 @@ function generate() {
     app.gen = { original: [], compressed: [], diverged: -1 };
     $('gen-note').textContent = 'Generation cancelled.';
   });
+}
+
+// The same prompt continued by `which` models, streamed into the generation panel; resolves with each one's text.
+async function generateJob(which) {
+  app.gen = { original: [], compressed: [], diverged: -1 };
+  for (const w of which) { $(`gen-${w}`).replaceChildren(); $(`rate-${w}`).textContent = ''; }
+  await send({ cmd: 'generate', prompt: $('prompt').value, params: samplingParams(), which });
+  setBusy(false);
+  return Object.fromEntries(which.map((w) => [w, app.gen[w].map((t) => t.span.textContent).join('')]));
+}
+
+// ---------- the origin's story ----------
+// The origin's presets in order, each compressed, evaluated on the same tokens (those after the calibration text,
+// so that the calibrated step is measured on text it did not see) and continuing the same prompt; laid out as one
+// comparison. Cancel stops it after the job in progress.
+function storySteps(summary) {
+  const h = summary.hidden_size;
+  const r = originRank(h);
+  const fix = fixFraction(summary);
+  return [
+    { preset: 'origin-all', title: `The origin's setting: rank ${r} everywhere`,
+      why: `Rank ${r} is hidden/16, as the origin's 128 was for GPT-Neo-1.3B's 2048, on every linear layer with per-tensor INT8 factors: the setting of the debugging report.` },
+    { preset: 'origin-mlp', title: 'The origin\'s fix: the MLP dense',
+      why: `The same, with the MLP's two matrices kept dense. It keeps ${(100 * fix).toFixed(1)}% of the linear parameters: the MLP holds most of them.` },
+    { preset: 'aware-same', title: 'Activation-aware at the fix\'s size',
+      why: `The fix's ${(100 * fix).toFixed(1)}% of linear parameters spread over every layer, each matrix truncated where its inputs (measured on calibration text) are least sensitive, per-row INT8.` },
+    { preset: 'int8', title: 'INT8 only',
+      why: 'No SVD: every linear layer as INT8 codes with a scale per row. The baseline any factorization has to beat on bytes.' },
+    { preset: 'budget', title: 'Half the linear parameters',
+      why: 'Plain SVD at 50% of the linear parameters, ranks allocated by spectral energy: what a budget buys without calibration.' },
+  ];
+}
+
+function storyCell(tr, text, cls) {
+  const td = document.createElement('td');
+  td.textContent = text;
+  if (cls) td.className = cls;
+  tr.append(td);
+  return td;
+}
+
+async function tellStory() {
+  const steps = storySteps(app.model.summary);
+  const body = $('story-table').querySelector('tbody');
+  body.replaceChildren();
+  $('story-panel').hidden = false;
+  $('story').disabled = true;
+  app.story = { running: true, cancelled: false };
+  const skip = app.defaults.calibration_tokens;
+  $('story-note').textContent = `Prompt: ${JSON.stringify($('prompt').value)}. Every step is evaluated on the same ${evalSpec().tokens} tokens of the built-in text, those after its first ${skip} (the calibration text of the activation-aware step).`;
+  let done = 0;
+  try {
+    const { original } = await generateJob(['original']);
+    const tr = document.createElement('tr');
+    tr.dataset.step = 'original';
+    for (const t of ['0', 'The original model', '1', '100%', '–', '–', '–']) storyCell(tr, t);
+    storyCell(tr, original, 'continuation');
+    body.append(tr);
+    for (const [i, step] of steps.entries()) {
+      if (app.story.cancelled) throw Object.assign(new Error('cancelled'), { cancelled: true });
+      $('preset').value = step.preset;
+      applyPreset(step.preset);
+      const tr = document.createElement('tr');
+      tr.dataset.step = step.preset;
+      storyCell(tr, String(i + 1));
+      const what = storyCell(tr, '');
+      what.append(Object.assign(document.createElement('strong'), { textContent: step.title }), document.createElement('br'), step.why);
+      const cells = [0, 1, 2, 3, 4].map(() => storyCell(tr, '…'));
+      const cont = storyCell(tr, 'compressing…', 'continuation');
+      body.append(tr);
+      tr.scrollIntoView({ block: 'nearest', behavior: reduceMotion ? 'auto' : 'smooth' });
+      const r = await compressJob(policyFromForm(), undefined, { skip });
+      const ev = r.evaluation;
+      const lin = r.finished.totals;
+      const values = [ev.cosine.toFixed(4), pct(ev.top1), `${fmtNumber('ppl_compressed', ev.ppl_compressed)} (original ${fmtNumber('ppl_original', ev.ppl_original)})`,
+        `${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)}`, `${fmtBytes(ev.bytes_original)} → ${fmtBytes(ev.bytes_compressed)}`];
+      values.forEach((v, k) => { cells[k].textContent = v; });
+      tr.dataset.cosine = String(ev.cosine);
+      tr.classList.toggle('bad', ev.cosine < 0.9);
+      tr.classList.toggle('good', ev.cosine >= 0.95);
+      cont.textContent = 'generating…';
+      const { compressed } = await generateJob(['compressed']);
+      cont.textContent = compressed;
+      done += 1;
+    }
+    $('story-note').textContent += ' The story is told: the setting breaks the model, keeping the MLP dense saves it at little saving, and activation-aware SVD at the same parameter count compresses every layer and keeps the quality.';
+    setState('done', 'story told');
+  } catch (err) {
+    if (err.lost) return;
+    if (err.cancelled) {
+      $('story-note').textContent += ` Cancelled after ${done} of ${steps.length} steps.`;
+      setState(app.loaded ? 'ready' : 'idle', 'story cancelled');
+    } else showError(err.message);
+  } finally {
+    app.story.running = false;
+    setBusy(app.pending.size > 0);
+  }
 }
 
 function exportCheckpoint() {
@@ -692,12 +811,13 @@ dz.addEventListener('drop', async (e) => {
   openFiles(await filesFromDrop(e.dataTransfer));
 });
 dz.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('files').click(); } });
-$('cancel').addEventListener('click', () => worker.postMessage({ cmd: 'cancel' }));
+$('cancel').addEventListener('click', () => { if (app.story.running) app.story.cancelled = true; worker.postMessage({ cmd: 'cancel' }); });
 // ?test-faults lets the end-to-end tests make the worker (or a helper) trap or hang mid-job
 if (new URLSearchParams(location.search).has('test-faults')) {
   window.slcTestFault = (kind, helper = false) => worker.postMessage({ cmd: 'test_fault', kind, helper });
 }
 $('compress').addEventListener('click', compress);
+$('story').addEventListener('click', tellStory);
 $('generate').addEventListener('click', generate);
 $('export').addEventListener('click', exportCheckpoint);
 $('preset').addEventListener('change', (e) => applyPreset(e.target.value));

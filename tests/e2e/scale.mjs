@@ -81,10 +81,12 @@ try {
     while (await state() !== 'generating' && Date.now() - t < 600000) await new Promise((r) => setTimeout(r, 100));
     const started = (Date.now() - t) / 1000;
     if (started > 1) console.log(`  (generation started after ${started.toFixed(1)} s: the page's own job ran first)`);
-    // at most two minutes: the rates are read as the tokens stream
-    while (await state() === 'generating' && Date.now() - t < 120000 + started * 1000) await new Promise((r) => setTimeout(r, 500));
-    if (await state() === 'generating') console.log('  (generation still running after 120 s: rates as streamed so far)');
-    if (await page.$eval('#status', (e) => e.dataset.state) === 'error') throw new Error(await page.textContent('#error'));
+    // to its end: the status back to done, no error (ten minutes at most)
+    while (await state() === 'generating' && Date.now() - t < 600000 + started * 1000) await new Promise((r) => setTimeout(r, 500));
+    const end = await state();
+    if (end === 'error') throw new Error(await page.textContent('#error'));
+    if (end !== 'done') throw new Error(`the generation did not end: the status is "${end}" after ${((Date.now() - t) / 1000).toFixed(0)} s`);
+    if (!(await page.isHidden('#error'))) throw new Error(`an error is shown: ${await page.textContent('#error')}`);
     const gen = (Date.now() - t) / 1000 - started;
     const rate = async (w) => (await page.textContent(`#rate-${w}`)).trim();
     console.log(`generate 12 tokens side by side in ${gen.toFixed(1)} s: original ${await rate('original')}, compressed ${await rate('compressed')}; ${(await page.textContent('#gen-note')).trim()}`);
