@@ -100,6 +100,8 @@ run_tests() {
   node tests/e2e/page.test.mjs
   log "test: failure in the page: damaged files, a worker that traps or hangs, helpers that die (Playwright + Chromium)"
   node tests/e2e/faults.test.mjs
+  log "test: the page as a talk, keyboard only: the origin's story, the report, the link (Playwright + Chromium)"
+  node tests/e2e/talk.test.mjs
   log "all tests passed"
 }
 

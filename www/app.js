@@ -2,6 +2,7 @@
 // in www/worker.js; nothing here computes more than a table row.
 import * as plots from './plots.js';
 import { errorFrom, HEARTBEAT_MS } from './protocol.js';
+import { reportHtml } from './report.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -51,6 +52,7 @@ function setBusy(on) {
   $('story').disabled = on || !app.loaded || app.story.running;
   $('generate').disabled = on || !(app.loaded || app.compressed);
   $('export').disabled = on || !app.canExport;
+  $('report').disabled = on || !app.model;
   if (!on) app.task = null;
 }
 function showProgress(m) {
@@ -106,7 +108,7 @@ function onWorkerMessage(m) {
   app.beat = performance.now();
   switch (m.type) {
     case 'alive': app.heap = m.heap; break;
-    case 'defaults': app.defaults = m.policy; break;
+    case 'defaults': app.defaults = m.policy; if (app.onDefaults) { const f = app.onDefaults; app.onDefaults = null; f(); } break;
     case 'state': setState(m.state, m.message); break;
     case 'progress': showProgress(m); break;
     case 'plan': startTable(m.matrices); break;
@@ -508,6 +510,7 @@ function open(msg, name) {
       describeModel(report);
       labelPresets();
       if ($('preset').value !== 'custom') applyPreset($('preset').value);
+      if (app.afterOpen) { const f = app.afterOpen; app.afterOpen = null; f(); }
       setBusy(false);
       setState('ready', 'ready');
       return;
@@ -556,6 +559,7 @@ function compress() {
 // One compression and its evaluation (`evalOverride` changes the evaluation's settings), its results rendered;
 // resolves with the worker's result, rejects as the job does.
 async function compressJob(policy, target, evalOverride = {}) {
+  saveSettingInUrl();
   resetResults();
   reveal('results-panel');
   const t0 = performance.now();
@@ -751,6 +755,8 @@ async function tellStory() {
   } finally {
     app.story.running = false;
     setBusy(app.pending.size > 0);
+    // the button was disabled while the story ran, which drops the focus: give it back to a keyboard user
+    if (document.activeElement === document.body) $('story').focus();
   }
 }
 
@@ -764,6 +770,47 @@ function exportCheckpoint() {
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
     setState('done', `exported ${fmtBytes(blob.size)}`);
   });
+}
+
+// ---------- the report and the link ----------
+// The form's fields, by id: what a link (the URL's hash) and the report carry.
+const FIELDS = ['preset', 'method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode',
+  'guard', 'calibration-tokens', 'eval-tokens', 'eval-window', 'target-metric', 'target-value', 'target-tolerance',
+  'prompt', 'max-new-tokens', 'temperature', 'top-k', 'top-p', 'seed', 'stop-at-eos'];
+function formFields() {
+  return Object.fromEntries(FIELDS.map((id) => [id, $(id).type === 'checkbox' ? ($(id).checked ? '1' : '0') : $(id).value]));
+}
+function setFormFields(values) {
+  for (const id of FIELDS) {
+    if (!(id in values)) continue;
+    if ($(id).type === 'checkbox') $(id).checked = values[id] === '1';
+    else $(id).value = values[id];
+  }
+}
+// The setting as the URL's hash (the demo model named, so a bookmark reopens it): written at every compression.
+function settingLink() {
+  const params = new URLSearchParams(formFields());
+  if (app.source && app.source.demo) params.set('model', 'demo');
+  return `${location.origin}${location.pathname}${location.search}#${params}`;
+}
+function saveSettingInUrl() {
+  history.replaceState(null, '', settingLink());
+}
+
+async function downloadReport() {
+  let css = '';
+  try { css = await (await fetch(new URL('./style.css', import.meta.url))).text(); } catch { /* a report without the page's style */ }
+  let policy;
+  try { policy = describePolicy(policyFromForm()); } catch (err) { policy = err.message; }
+  const title = `Compression report: ${app.name}`;
+  const html = reportHtml(document, { title, policy, settings: formFields(), css, link: settingLink(), made: new Date().toISOString().slice(0, 10) });
+  const a = $('download');
+  const url = URL.createObjectURL(new Blob([html], { type: 'text/html' }));
+  a.href = url;
+  a.download = `${app.name}-report.html`;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  setState($('status').dataset.state, `report saved (${fmtBytes(html.length)})`);
 }
 
 // files dropped as folders are walked with the entries API
@@ -818,6 +865,19 @@ if (new URLSearchParams(location.search).has('test-faults')) {
 }
 $('compress').addEventListener('click', compress);
 $('story').addEventListener('click', tellStory);
+$('report').addEventListener('click', downloadReport);
+// keys for the main actions (not while typing in a field, Escape always)
+const KEYS = { d: 'load-demo', c: 'compress', s: 'story', g: 'generate', e: 'export', r: 'report', l: 'large-type' };
+document.addEventListener('keydown', (e) => {
+  if (e.ctrlKey || e.metaKey || e.altKey) return;
+  if (e.key === 'Escape') { if (!$('cancel').disabled) $('cancel').click(); return; }
+  if (e.target.closest && e.target.closest('input, textarea, select, [contenteditable]')) return;
+  const id = KEYS[e.key.toLowerCase()];
+  if (!id || $(id).disabled) return;
+  e.preventDefault();
+  $(id).click();
+  $(id).focus();
+});
 $('generate').addEventListener('click', generate);
 $('export').addEventListener('click', exportCheckpoint);
 $('preset').addEventListener('change', (e) => applyPreset(e.target.value));
@@ -825,13 +885,24 @@ for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'ene
   $(id).addEventListener('input', () => { $('preset').value = 'custom'; });
 }
 $('large-type').addEventListener('click', (e) => {
-  const on = document.body.classList.toggle('large');
+  const on = document.documentElement.classList.toggle('large');
   e.currentTarget.setAttribute('aria-pressed', String(on));
 });
 // ?memory=BYTES plans for less heap than wasm32's 4 GiB (to try what happens with a model too large to run)
 const MEMORY = Number(new URLSearchParams(location.search).get('memory'));
 if (MEMORY > 0) run({ cmd: 'memory_limit', bytes: MEMORY }, () => setState('idle', `memory limited to ${fmtBytes(MEMORY)}`));
 applyPreset('default');
+// a link made by settingLink(): the same setting again, on the demo model when it names it
+const LINKED = new URLSearchParams(location.hash.slice(1));
+if ([...LINKED.keys()].length) {
+  const values = Object.fromEntries(LINKED);
+  setFormFields(values);
+  if (values.model === 'demo') {
+    app.afterOpen = () => setFormFields(values);
+    const start = () => open({ demo: true }, 'neo-bard-8l');
+    if (app.defaults) start(); else app.onDefaults = start;
+  }
+}
 plots.runs($('runs-plot'), app.runs);
 plots.spectrum($('spectrum-plot'), null);
 plots.errorCurve($('error-plot'), null);

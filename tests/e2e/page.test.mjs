@@ -236,31 +236,6 @@ try {
     assert.equal(origin.layers_compressed, '48');
     console.log(`  the origin's setting (rank 16, every layer): cosine ${origin.cosine}, ppl ${origin.ppl_compressed}`);
   }
-  step("the origin's story: one button runs its setting, its fix, activation-aware at the fix's size, INT8 only and 50%, each with its continuation");
-  {
-    await page.fill('#eval-tokens', '2048');
-    const n = await page.$eval('#status', (e) => Number(e.dataset.jobs || 0));
-    await page.click('#story');
-    // the original's continuation, then a compression and a generation per step
-    await page.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) >= k + 11, n, { timeout: 900000 });
-    await waitState(['done', 'error']);
-    assert.equal(await state(), 'done', await errorText());
-    const rows = await page.$$eval('#story-table tbody tr', (rs) => rs.map((r) => ({ step: r.dataset.step, cosine: Number(r.dataset.cosine),
-      text: r.querySelector('.continuation').textContent })));
-    assert.deepEqual(rows.map((r) => r.step), ['original', 'origin-all', 'origin-mlp', 'aware-same', 'int8', 'budget']);
-    const by = Object.fromEntries(rows.map((r) => [r.step, r]));
-    assert.ok(by['origin-all'].cosine < 0.5, `the origin's setting: cosine ${by['origin-all'].cosine}`);
-    assert.ok(by['origin-mlp'].cosine > 0.95, `the origin's fix: cosine ${by['origin-mlp'].cosine}`);
-    assert.ok(by['aware-same'].cosine > 0.95, `activation-aware at the fix's size: cosine ${by['aware-same'].cosine}`);
-    // a visibly broken continuation: it shares none of the original's first words, the fix's does
-    const words = (t) => t.trim().split(/\s+/).slice(0, 4).join(' ');
-    assert.notEqual(words(by['origin-all'].text), words(by.original.text));
-    assert.ok(rows.every((r) => r.text.length > 0 && !/…$/.test(r.text)), 'every step has its continuation');
-    for (const r of rows) console.log(`  ${r.step}: cosine ${r.cosine || 1}, ${JSON.stringify(r.text.slice(0, 60))}`);
-    await page.$eval('#story-panel', (e) => e.scrollIntoView());
-    await page.locator('#story-panel').screenshot({ path: path.join(OUT, 'story.png') });
-    await page.fill('#eval-tokens', String(TOKENS));
-  }
 
   // the methods past activation-aware SVD, on the page and the CLI with the same settings: calibrated on the first
   // `cal` tokens (windows of 256), evaluated on the 1024 after them

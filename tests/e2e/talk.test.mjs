@@ -1,0 +1,149 @@
+// End-to-end test of the page as a talk (Debian's Chromium, headless, playwright-core), with the keyboard only:
+// D loads the demo, S tells the origin's story (its setting breaks the model: cosine < 0.5, a broken continuation;
+// the fix and activation-aware SVD at the fix's size: > 0.95), R saves the report, which then opens with scripts
+// disabled and shows every section; the setting's link (the URL's hash) opened in a new tab reproduces a run's
+// summary exactly. Saves tests/e2e/out/story.png (the README's screenshot).
+import { chromium } from 'playwright-core';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { serve } from './serve.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const OUT = path.join(ROOT, 'tests/e2e/out');
+fs.mkdirSync(OUT, { recursive: true });
+
+const server = await serve(ROOT);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--no-first-run'],
+});
+let failed = false;
+const step = (s) => console.log(`- ${s}`);
+const watch = (p) => {
+  p.on('console', (m) => { if (m.type() === 'error') { console.log('[page console error]', m.text()); failed = true; } });
+  p.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
+};
+try {
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
+  const page = await context.newPage();
+  watch(page);
+  await page.goto(server.url);
+  const jobs = (p = page) => p.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+  const state = (p = page) => p.$eval('#status', (e) => e.dataset.state);
+  const errorText = (p = page) => p.textContent('#error');
+  const waitJobs = (n, p = page, timeout = 900000) =>
+    p.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) >= k, n, { timeout });
+  const figures = (p = page) => p.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.filter((n) => n.dataset.metric !== 'seconds').map((n) => [n.dataset.metric, n.textContent])));
+  await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
+  // keys go to the page, not to a field
+  await page.focus('body');
+
+  step('D loads the demo');
+  let n = await jobs();
+  await page.keyboard.press('d');
+  await waitJobs(n + 1);
+  assert.equal(await state(), 'ready', await errorText());
+
+  step("S tells the origin's story: its setting, its fix, activation-aware at the fix's size, INT8 only and 50%");
+  n = await jobs();
+  await page.keyboard.press('s');
+  // the original's continuation, then a compression and a generation per step
+  await waitJobs(n + 11);
+  await page.waitForFunction(() => ['done', 'error'].includes(document.querySelector('#status').dataset.state));
+  assert.equal(await state(), 'done', await errorText());
+  const rows = await page.$$eval('#story-table tbody tr', (rs) => rs.map((r) => ({ step: r.dataset.step,
+    cosine: Number(r.dataset.cosine), text: r.querySelector('.continuation').textContent })));
+  assert.deepEqual(rows.map((r) => r.step), ['original', 'origin-all', 'origin-mlp', 'aware-same', 'int8', 'budget']);
+  const by = Object.fromEntries(rows.map((r) => [r.step, r]));
+  assert.ok(by['origin-all'].cosine < 0.5, `the origin's setting: cosine ${by['origin-all'].cosine}`);
+  assert.ok(by['origin-mlp'].cosine > 0.95, `the origin's fix: cosine ${by['origin-mlp'].cosine}`);
+  assert.ok(by['aware-same'].cosine > 0.95, `activation-aware at the fix's size: cosine ${by['aware-same'].cosine}`);
+  // a visibly broken continuation: not one of its first words is the original's; the fix's begins like it
+  const words = (t) => t.trim().split(/\s+/).slice(0, 5);
+  const shared = (a, b) => words(a).filter((w) => words(b).includes(w)).length;
+  assert.equal(shared(by['origin-all'].text, by.original.text), 0, `broken: ${JSON.stringify(by['origin-all'].text)}`);
+  assert.ok(shared(by['aware-same'].text, by.original.text) >= 3, `activation-aware: ${JSON.stringify(by['aware-same'].text)}`);
+  assert.ok(rows.every((r) => r.text.length > 0 && !/…$/.test(r.text)), 'every step has its continuation');
+  for (const r of rows) console.log(`  ${r.step}: cosine ${r.step === 'original' ? '–' : r.cosine.toFixed(4)}, ${JSON.stringify(r.text.slice(0, 50))}`);
+  // the whole panel, from a full-page picture (the sticky header stays at the top of the page, not over it)
+  const box = await page.$eval('#story-panel', (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y + window.scrollY, width: r.width, height: r.height }; });
+  await page.screenshot({ path: path.join(OUT, 'story.png'), fullPage: true, clip: box });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'story', 'the key moved the focus to its button');
+
+  step('R saves the report; it opens with scripts disabled and shows every section');
+  const [download] = await Promise.all([page.waitForEvent('download'), page.keyboard.press('r')]);
+  const file = path.join(OUT, 'report.html');
+  await download.saveAs(file);
+  const html = fs.readFileSync(file, 'utf8');
+  assert.doesNotMatch(html, /<script/i, 'the report has no script');
+  const offline = await browser.newContext({ javaScriptEnabled: false });
+  const report = await offline.newPage();
+  const requests = [];
+  report.on('request', (r) => requests.push(r.url()));
+  await report.goto(`file://${file}`);
+  for (const id of ['report-model', 'report-policy', 'report-summary', 'report-plots', 'report-layers', 'report-generation', 'report-story']) {
+    assert.ok(await report.isVisible(`#${id}`), `the report shows #${id}`);
+    assert.ok((await report.textContent(`#${id}`)).trim().length > 20, `#${id} has content`);
+  }
+  assert.ok(await report.$$eval('#report-plots svg', (s) => s.length) >= 3, 'the plots, as inline SVG');
+  assert.ok(await report.$$eval('#report-layers tbody tr', (r) => r.length) >= 48, 'the per-layer table');
+  assert.equal(await report.$$eval('#report-story tbody tr', (r) => r.length), 6, 'the story');
+  assert.match(await report.textContent('#report-summary'), /Linear layers \(what compression can touch\)/);
+  assert.deepEqual(requests.filter((u) => !u.startsWith('file:')), [], 'the report makes no request');
+  await report.screenshot({ path: path.join(OUT, 'report.png'), fullPage: true });
+  await offline.close();
+
+  step('the link reproduces a run: C compresses with the current setting, the URL opened in a new tab gives the same summary');
+  await page.focus('body');
+  n = await jobs();
+  await page.keyboard.press('c');
+  await waitJobs(n + 1);
+  assert.equal(await state(), 'done', await errorText());
+  const want = await figures();
+  const link = page.url();
+  assert.match(link, /#.*model=demo/);
+  const again = await context.newPage();
+  watch(again);
+  await again.goto(link);
+  await again.waitForFunction(() => document.querySelector('#status').dataset.state === 'ready', null, { timeout: 300000 });
+  for (const id of ['method', 'rank', 'budget', 'budget-mode', 'eval-tokens', 'preset']) {
+    assert.equal(await again.inputValue(`#${id}`), await page.inputValue(`#${id}`), `#${id} from the link`);
+  }
+  await again.focus('body');
+  n = await jobs(again);
+  await again.keyboard.press('c');
+  await waitJobs(n + 1, again);
+  assert.equal(await state(again), 'done', await errorText(again));
+  // every figure of the run exactly; the resident bytes are the allocator's measurement of this tab (what it ran
+  // before moves them a little), so they are checked to 5%
+  const got = await figures(again);
+  const resident = [got, want].map((f) => Number(f.resident_bytes_compressed));
+  assert.ok(Math.abs(resident[0] / resident[1] - 1) < 0.05, `resident ${resident[0]} vs ${resident[1]}`);
+  for (const f of [got, want]) delete f.resident_bytes_compressed;
+  assert.deepEqual(got, want, 'the same summary from the link');
+  console.log(`  ${link.slice(link.indexOf('#'), link.indexOf('#') + 90)}… → cosine ${want.cosine}, ${want.bytes_compressed} bytes`);
+
+  step('Escape cancels a running job; large type scales the plots and tables too');
+  n = await jobs(again);
+  await again.keyboard.press('s');
+  await again.waitForFunction(() => document.querySelector('#status').dataset.state === 'generating' || document.querySelector('#status').dataset.state === 'compressing');
+  await again.keyboard.press('Escape');
+  await again.waitForFunction(() => /Cancelled after/.test(document.querySelector('#story-note').textContent), null, { timeout: 120000 });
+  const before = await again.$eval('#layer-errors', (t) => parseFloat(getComputedStyle(t).fontSize));
+  await again.keyboard.press('l');
+  assert.equal(await again.getAttribute('#large-type', 'aria-pressed'), 'true');
+  const after = await again.$eval('#layer-errors', (t) => parseFloat(getComputedStyle(t).fontSize));
+  assert.ok(after > before * 1.15, `table type ${before} → ${after} px`);
+} catch (e) {
+  console.error(e);
+  failed = true;
+} finally {
+  await browser.close();
+  server.close();
+}
+console.log(failed ? 'talk e2e: FAILED' : 'talk e2e: passed');
+process.exit(failed ? 1 : 0);
