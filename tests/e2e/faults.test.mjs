@@ -3,15 +3,12 @@
 // mid-generation (a test-only message, the page loaded with ?test-faults), each time the page saying what
 // happened, a new worker taking over and the next job succeeding; a helper that traps mid-compression and one
 // mid-evaluation, replaced without the job failing and with the same figures; no request leaving the origin.
-import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
 import os from 'node:os';
-import { fileURLToPath } from 'node:url';
-import { serve } from './serve.mjs';
+import { start, step, ROOT } from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const DEMO = path.join(ROOT, 'www/models/neo-bard-8l');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'slc-faults-'));
 
@@ -62,15 +59,8 @@ const cases = [
   },
 ];
 
-const server = await serve(ROOT);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
+const { server, browser } = await start();
 let failed = false;
-const step = (s) => console.log(`- ${s}`);
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 } });
   const page = await context.newPage();

@@ -2,16 +2,13 @@
 // Loads the demo, compresses at rank 32 with the MLP skipped, checks the table and the summary against
 // `slc eval --json` on the same settings, generates, exports, reloads the export, and measures main-thread long
 // tasks during the compression. Saves screenshots in tests/e2e/out/.
-import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
 import os from 'node:os';
 import { execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { serve } from './serve.mjs';
+import { start, step, ROOT } from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const OUT = path.join(ROOT, 'tests/e2e/out');
 const SLC = path.join(ROOT, 'target/release/slc');
 const DEMO = path.join(ROOT, 'www/models/neo-bard-8l');
@@ -26,15 +23,8 @@ const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'slc-e2e-'));
 execFileSync(SLC, ['compress', '--input_dir', DEMO, '--output_dir', path.join(tmp, 'c'), '--rank', '32', '--skip', 'mlp.c_fc', '--skip', 'mlp.c_proj'], { stdio: 'ignore' });
 const cli = JSON.parse(execFileSync(SLC, ['eval', '--original', DEMO, '--compressed', path.join(tmp, 'c'), '--text', TEXT, '--tokens', String(TOKENS), '--window', String(WINDOW), '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
 
-const server = await serve(ROOT);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
+const { server, browser } = await start();
 let failed = false;
-const step = (s) => console.log(`- ${s}`);
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 720 }, acceptDownloads: true });
   const page = await context.newPage();

@@ -3,26 +3,16 @@
 // the fix and activation-aware SVD at the fix's size: > 0.95), R saves the report, which then opens with scripts
 // disabled and shows every section; the setting's link (the URL's hash) opened in a new tab reproduces a run's
 // summary exactly. Saves tests/e2e/out/story.png (the README's screenshot).
-import { chromium } from 'playwright-core';
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { serve } from './serve.mjs';
+import { start, step, ROOT } from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const OUT = path.join(ROOT, 'tests/e2e/out');
 fs.mkdirSync(OUT, { recursive: true });
 
-const server = await serve(ROOT);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
+const { server, browser } = await start();
 let failed = false;
-const step = (s) => console.log(`- ${s}`);
 const watch = (p) => {
   p.on('console', (m) => { if (m.type() === 'error') { console.log('[page console error]', m.text()); failed = true; } });
   p.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
