@@ -83,8 +83,9 @@ function need() {
 }
 
 // A helper: one more instance of this file. call() sends a command and resolves with its result; progress
-// messages go to onProgress. A helper that traps, fails to start or stops beating is dead: its call is rejected
-// with a fatal error that says so, and it is replaced the next time helpers are wanted.
+// messages go to onProgress. A helper that traps, fails to start or stops beating is dead: it is terminated, its call
+// is rejected with an error marked `helperDied` that says so, and the job replaces it (a matrix back in the queue,
+// an evaluation part redone).
 function startHelper() {
   const w = new Worker(new URL(import.meta.url), { type: 'module' });
   const h = { w, generation: -1, pending: null, onProgress: null, alive: true, beat: performance.now(), heap: 0 };
