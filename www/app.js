@@ -134,13 +134,23 @@ function workerLost(why, said = false) {
   worker = startWorker();
   const jobs = [...app.pending.values()].map((p) => DOING[p.cmd] || p.cmd);
   const what = said ? why : `the worker stopped while ${jobs.join(' and ') || 'idle'} (${why}); it held ${fmtBytes(app.heap)} of memory`;
-  const pending = [...app.pending.entries()];
-  app.pending.clear();
-  for (const [id, p] of pending) settle({ id }, () => p.reject(Object.assign(new Error(what), { lost: true })));
+  // a worker that dies while reopening the model is not replaced by yet another reopening (the model may be what
+  // kills it)
+  const wasRestoring = [...app.pending.values()].some((p) => p.cmd === 'restore');
+  // every job the old worker had ends, rejected (a story waiting on one stops)
+  for (const id of [...app.pending.keys()]) settle({ id }, (p) => p.reject(Object.assign(new Error(what), { lost: true })));
   setBusy(false);
   const lostCompression = app.compressed && !app.checkpoint;
   const sentence = `${what[0].toUpperCase()}${what.slice(1)}. A new worker has taken over`;
-  if (!app.source) { showError(`${sentence}; open a model to go on.`); return; }
+  if (!app.source || wasRestoring) {
+    app.opened = false;
+    app.loaded = false;
+    app.compressed = false;
+    app.canExport = false;
+    setBusy(false);
+    showError(`${sentence}${wasRestoring ? ', after the one before it died reopening the model' : ''}; open a model to go on.`);
+    return;
+  }
   const keeps = app.checkpoint ? 'the model and the last compression' : 'the model';
   showError(`${sentence} and is reopening ${keeps}; the results shown are kept.${lostCompression ? ' The compressed model was too large to keep outside the worker: compress again to generate with it or export it.' : ''}`);
   const message = $('error').textContent;
@@ -157,6 +167,7 @@ function workerLost(why, said = false) {
     setState('ready', 'recovered');
   }, (err) => {
     if (err.lost) return;
+    app.opened = false;
     app.loaded = false;
     app.compressed = false;
     app.canExport = false;
@@ -747,7 +758,10 @@ async function tellStory() {
     $('story-note').textContent += ' The story is told: the setting breaks the model, keeping the MLP dense saves it at little saving, and activation-aware SVD at the same parameter count compresses every layer and keeps the quality.';
     setState('done', 'story told');
   } catch (err) {
-    if (err.lost) return;
+    if (err.lost) {
+      $('story-note').textContent += ` Stopped after ${done} of ${steps.length} steps: the worker was lost (see above).`;
+      return;
+    }
     if (err.cancelled) {
       $('story-note').textContent += ` Cancelled after ${done} of ${steps.length} steps.`;
       setState(app.loaded ? 'ready' : 'idle', 'story cancelled');
