@@ -142,12 +142,13 @@ function workerLost(why, said = false) {
   setBusy(false);
   const lostCompression = app.compressed && !app.checkpoint;
   const sentence = `${what[0].toUpperCase()}${what.slice(1)}. A new worker has taken over`;
-  if (!app.source || wasRestoring) {
-    app.opened = false;
-    app.loaded = false;
-    app.compressed = false;
-    app.canExport = false;
+  // what the page holds when no worker has the model any more
+  const forget = () => {
+    Object.assign(app, { opened: false, loaded: false, compressed: false, canExport: false });
     setBusy(false);
+  };
+  if (!app.source || wasRestoring) {
+    forget();
     showError(`${sentence}${wasRestoring ? ', after the one before it died reopening the model' : ''}; open a model to go on.`);
     return;
   }
@@ -167,11 +168,7 @@ function workerLost(why, said = false) {
     setState('ready', 'recovered');
   }, (err) => {
     if (err.lost) return;
-    app.opened = false;
-    app.loaded = false;
-    app.compressed = false;
-    app.canExport = false;
-    setBusy(false);
+    forget();
     showError(`${message} It could not reopen the model: ${err.message}`);
   });
 }

@@ -212,6 +212,18 @@ impl Session {
         };
         let (layers, policy) = (meta("layers"), meta("policy"));
         if compressed {
+            // checked before anything of the session is dropped or loaded: a refused file leaves the session as it was
+            let policy_v: Option<Policy> = match &policy {
+                Some(p) => {
+                    let file = bundle.ckpt.files()[0].file_name();
+                    let damaged = |e: String| Error::file(file, format!("has damaged metadata: `policy` {e}"));
+                    let p: Policy = serde_json::from_value(p.clone())
+                        .map_err(|e| damaged(format!("is not a compression policy ({e})")))?;
+                    p.validate().map_err(|e| damaged(format!("is not valid ({e})")))?;
+                    Some(p)
+                }
+                None => None,
+            };
             let source = meta("source");
             let matches_original =
                 match (&self.bundle, source.as_ref().and_then(|s| s.get("fingerprint")).and_then(|f| f.as_str())) {
@@ -227,17 +239,6 @@ impl Session {
             let model = model?;
             let tensor_bytes = bundle.tensor_bytes();
             let reports = model.linears().iter().map(|l| LayerReport::loaded(l, layers.as_ref())).collect();
-            let policy_v: Option<Policy> = match &policy {
-                Some(p) => {
-                    let file = bundle.ckpt.files()[0].file_name();
-                    let damaged = |e: String| Error::file(file, format!("has damaged metadata: `policy` {e}"));
-                    let p: Policy = serde_json::from_value(p.clone())
-                        .map_err(|e| damaged(format!("is not a compression policy ({e})")))?;
-                    p.validate().map_err(|e| damaged(format!("is not valid ({e})")))?;
-                    Some(p)
-                }
-                None => None,
-            };
             if !matches_original {
                 // compared with nothing: it becomes the session's only model
                 self.bundle = None;
