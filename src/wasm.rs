@@ -274,6 +274,29 @@ impl Workspace {
         to_js(&self.0.sensitivity(&policy, text).map_err(js_err)?)
     }
 
+    /// [`Workspace::sensitivity`] a matrix at a time: this instance takes every `parts`-th matrix from the `part`-th.
+    /// Returns how many it measures.
+    pub fn sensitivity_begin(&mut self, policy: JsValue, text: &str, part: usize, parts: usize) -> JsResult<usize> {
+        let policy = from_js(policy, "compression policy")?;
+        self.0.sensitivity_begin(&policy, text, part, parts).map_err(js_err)
+    }
+
+    /// The next row of the sensitivity begun, or `null` when this part is done.
+    pub fn sensitivity_step(&mut self) -> JsResult<JsValue> {
+        match self.0.sensitivity_step().map_err(js_err)? {
+            Some(r) => to_js(&r),
+            None => Ok(JsValue::NULL),
+        }
+    }
+
+    /// What `policy` will store, before it runs: `{matrices: [{name, shape, decision, rank, reason, tied,
+    /// bytes_before, bytes_after}], linear_bytes_before, linear_bytes_after, bytes_untouched, total_bytes_before,
+    /// total_bytes_after, decided_when_run, …}`.
+    pub fn preview(&self, policy: JsValue) -> JsResult<JsValue> {
+        let policy = from_js(policy, "compression policy")?;
+        to_js(&self.0.preview(&policy).map_err(js_err)?)
+    }
+
     /// Recipes × budgets measured (`spec`: `{text, recipes, budgets, base, eval_tokens}`): quality against stored
     /// bytes per point.
     pub fn sweep(&self, spec: JsValue) -> JsResult<JsValue> {

@@ -456,3 +456,88 @@ fn a_target_searched_step_by_step_walks_the_cli_path() {
     }
     assert!(met.iter().any(|&m| m) && best < 1.0);
 }
+
+/// The preview of a policy that fixes its ranks from the shapes is what the compression then stores, matrix by
+/// matrix (decision, rank, bytes) and in total; a policy that chooses ranks from the spectra says so and gives no
+/// sizes it does not know.
+#[test]
+fn a_preview_is_what_the_compression_then_stores() {
+    use semantic_llm_compressor::compression::policy::{BudgetMode, Method};
+    use semantic_llm_compressor::model::storage::QuantScheme;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    let policies = [
+        Policy { rank: 16, quant: QuantScheme::PerTensor, break_even_guard: false, ..Default::default() },
+        Policy { rank: 64, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() },
+        Policy { rank: 200, quant_bits: 32, ..Default::default() }, // the guard keeps some dense
+        Policy { budget: Some(0.3), budget_mode: BudgetMode::Proportional, ..Default::default() },
+        Policy { budget: Some(0.3), budget_mode: BudgetMode::Uniform, ..Default::default() },
+        Policy { method: Method::Int8, ..Default::default() },
+    ];
+    for policy in policies {
+        let p = s.preview(&policy).unwrap();
+        assert!(p.decided_when_run.is_none(), "{policy:?}");
+        compress(&mut s, policy.clone());
+        let done = s.compress_finish().unwrap();
+        let reports = s.layer_reports().unwrap();
+        assert_eq!(p.matrices.len(), reports.len());
+        for (m, r) in p.matrices.iter().zip(reports) {
+            assert_eq!(m.name, r.name);
+            assert_eq!(m.rank, r.rank, "{}", m.name);
+            assert_eq!(m.bytes_after, Some(r.bytes_after), "{} under {policy:?}", m.name);
+            assert_eq!(m.decision == "dense", r.reason.is_some() || r.storage.starts_with("dense"), "{}", m.name);
+        }
+        assert_eq!(p.linear_bytes_before, done.totals.bytes_considered);
+        assert_eq!(p.linear_bytes_after, Some(done.totals.bytes_after), "{policy:?}");
+        assert_eq!(p.linear_params_after, Some(done.totals.params_after), "{policy:?}");
+        assert_eq!(p.bytes_untouched, done.bytes_untouched);
+        assert_eq!(p.layers_compressed, done.totals.layers_compressed, "{policy:?}");
+    }
+    for policy in [
+        Policy { budget: Some(0.5), budget_mode: BudgetMode::Energy, ..Default::default() },
+        Policy { energy: Some(0.9), ..Default::default() },
+    ] {
+        let p = s.preview(&policy).unwrap();
+        let why = p.decided_when_run.expect("ranks from spectra are decided when it runs");
+        assert!(why.contains("when it runs"), "{why}");
+        assert_eq!(p.linear_bytes_after, None);
+        assert!(p.matrices.iter().filter(|m| !m.tied).all(|m| m.decision == "from-spectrum" && m.bytes_after.is_none()));
+    }
+    // a bad setting is refused with its sentence, as the compression would refuse it
+    let e = s.preview(&Policy { budget: Some(1.5), ..Default::default() }).unwrap_err();
+    assert!(e.to_string().contains("budget 1.5"), "{e}");
+}
+
+/// The sensitivity table measured in parts, a matrix at a time (as the page's workers share it), has the rows of the
+/// table measured in one call, each exactly.
+#[test]
+fn sensitivity_in_parts_equals_the_whole_table() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let policy = Policy { rank: 8, calibration_tokens: 256, calibration_window: 128, sensitivity_tokens: 128, ..Default::default() };
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    let text = text();
+    let whole = s.sensitivity(&policy, &text).unwrap();
+    assert_eq!(whole.len(), 8 * 6);
+    let mut parts = Vec::new();
+    for part in 0..3 {
+        let n = s.sensitivity_begin(&policy, &text, part, 3).unwrap();
+        assert_eq!(n, 16);
+        let mut got = 0;
+        while let Some(row) = s.sensitivity_step().unwrap() {
+            got += 1;
+            parts.push(row);
+        }
+        assert_eq!(got, n);
+        assert!(s.sensitivity_step().is_err(), "a finished part is not stepped again");
+    }
+    parts.sort_by_key(|r| whole.iter().position(|w| w.name == r.name).unwrap());
+    for (a, b) in whole.iter().zip(&parts) {
+        assert_eq!(a.name, b.name);
+        assert_eq!(a.rank, b.rank);
+        assert_eq!(a.damage, b.damage, "{}", a.name);
+    }
+    assert!(s.sensitivity_begin(&policy, &text, 3, 3).is_err());
+}

@@ -6,6 +6,7 @@
 //! * [`sensitivity`] — the damage of compressing one matrix alone (what the loss allocation weighs by);
 //!   [`refit`] — the sequential closed-form refit, block by block, against the original's outputs.
 //! * [`driver`] — a whole checkpoint in one call (calibration, probes, refit, factoring on threads).
+//! * [`preview`] — what a policy will store, from the shapes alone, before it runs.
 //! * [`pipeline`] — one matrix per step: plan, factor, quantize, measure; the compressed model.
 //! * [`format`] — the compressed checkpoint written to a file (FORMAT.md), and dense weights again (`densify`).
 //!
@@ -16,6 +17,7 @@ pub mod driver;
 pub mod format;
 pub mod pipeline;
 pub mod policy;
+pub mod preview;
 pub mod quant;
 pub mod refit;
 pub mod sensitivity;

@@ -343,49 +343,101 @@ pub fn sensitivity(
     policy: &Policy,
     on_row: &mut dyn FnMut(&SensitivityRow),
 ) -> Result<Vec<SensitivityRow>> {
-    if !matches!(policy.method, Method::Svd | Method::Whitened) {
-        return Err(Error::Policy("sensitivity compresses by SVD: choose method svd or whitened".into()));
-    }
-    let mats = considered_matrices(cfg, ckpt)?;
-    // every matrix at its own rank (the probe fraction of its parameters, when one is set), factored as a
-    // compression would factor it, never kept dense by the break-even guard
-    let rank_for = match policy.probe {
-        Some(f) => mats
-            .iter()
-            .map(|m| RankRule { pattern: m.name.clone(), rank: Policy::rank_for_fraction(m.out, m.inp, f) })
-            .collect(),
-        None => policy.rank_for.clone(),
-    };
-    let single = Policy { rank_for, energy: None, budget: None, break_even_guard: false, ..policy.clone() };
-    let mut c = Compressor::new(single, mats)?;
-    if c.needs_calibration() {
-        let mut cal =
-            crate::compression::calib::Calibrator::new(ids, policy.calibration_tokens, policy.calibration_window)?;
-        while cal.step(original)? {}
-        c.set_calibration(cal.finish());
-    }
-    let probe =
-        Probe::new(original, ids, policy.sensitivity_tokens.min(policy.calibration_tokens), policy.calibration_window)?;
-    let read = reader(ckpt);
+    let mut run = SensitivityRun::new(cfg, ckpt, original, ids, policy, 0, 1)?;
     let mut rows = Vec::new();
-    for i in 0..c.mats.len() {
-        let name = c.mats[i].name.clone();
-        if probe.block_of(&name).is_none() {
-            continue;
-        }
-        let f = c.job(i)?.run(&read)?;
-        let Some(stored) = f.weight else { continue }; // skipped by the policy
-        let r = f.report;
-        let row = SensitivityRow {
-            name: r.name,
-            shape: r.shape,
-            rank: r.rank.unwrap_or(0),
-            err_stored: r.err_stored.unwrap_or(f64::NAN),
-            err_activations: r.err_activations,
-            damage: probe.damage(&name, stored).map_err(|e| Error::tensor(&name, e.to_string()))?,
-        };
+    while let Some(row) = run.step(ckpt)? {
         on_row(&row);
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// [`sensitivity`] a matrix at a time, so that a page can show progress and cancel between matrices, and share the
+/// matrices among workers: this run takes every `parts`-th block matrix from the `part`-th.
+pub struct SensitivityRun {
+    compressor: Compressor,
+    probe: Probe,
+    /// The indices (in the compressor's matrices) this run measures, and how many are done.
+    todo: Vec<usize>,
+    done: usize,
+}
+
+impl SensitivityRun {
+    /// Calibrate (activation-aware) and run the probe's windows through `original`: the part before any matrix.
+    pub fn new(
+        cfg: &GptNeoConfig,
+        ckpt: &Checkpoint,
+        original: &GptNeo,
+        ids: &[u32],
+        policy: &Policy,
+        part: usize,
+        parts: usize,
+    ) -> Result<Self> {
+        if !matches!(policy.method, Method::Svd | Method::Whitened) {
+            return Err(Error::Policy("sensitivity compresses by SVD: choose method svd or whitened".into()));
+        }
+        if parts == 0 || part >= parts {
+            return Err(Error::msg(format!("sensitivity part {part} of {parts} does not exist")));
+        }
+        let mats = considered_matrices(cfg, ckpt)?;
+        // every matrix at its own rank (the probe fraction of its parameters, when one is set), factored as a
+        // compression would factor it, never kept dense by the break-even guard
+        let rank_for = match policy.probe {
+            Some(f) => mats
+                .iter()
+                .map(|m| RankRule { pattern: m.name.clone(), rank: Policy::rank_for_fraction(m.out, m.inp, f) })
+                .collect(),
+            None => policy.rank_for.clone(),
+        };
+        let single = Policy { rank_for, energy: None, budget: None, break_even_guard: false, ..policy.clone() };
+        let mut compressor = Compressor::new(single, mats)?;
+        if compressor.needs_calibration() {
+            let mut cal =
+                crate::compression::calib::Calibrator::new(ids, policy.calibration_tokens, policy.calibration_window)?;
+            while cal.step(original)? {}
+            compressor.set_calibration(cal.finish());
+        }
+        let probe = Probe::new(
+            original,
+            ids,
+            policy.sensitivity_tokens.min(policy.calibration_tokens),
+            policy.calibration_window,
+        )?;
+        let todo = (0..compressor.mats.len())
+            .filter(|&i| probe.block_of(&compressor.mats[i].name).is_some())
+            .enumerate()
+            .filter(|(k, _)| k % parts == part)
+            .map(|(_, i)| i)
+            .collect();
+        Ok(Self { compressor, probe, todo, done: 0 })
+    }
+
+    /// How many matrices this run measures, and how many it has.
+    pub fn total(&self) -> usize {
+        self.todo.len()
+    }
+    pub fn done(&self) -> usize {
+        self.done
+    }
+
+    /// The next matrix compressed alone and measured; `None` when every one is.
+    pub fn step(&mut self, ckpt: &Checkpoint) -> Result<Option<SensitivityRow>> {
+        let read = reader(ckpt);
+        while let Some(&i) = self.todo.get(self.done) {
+            self.done += 1;
+            let name = self.compressor.mats[i].name.clone();
+            let f = self.compressor.job(i)?.run(&read)?;
+            let Some(stored) = f.weight else { continue }; // skipped by the policy
+            let r = f.report;
+            return Ok(Some(SensitivityRow {
+                name: r.name,
+                shape: r.shape,
+                rank: r.rank.unwrap_or(0),
+                err_stored: r.err_stored.unwrap_or(f64::NAN),
+                err_activations: r.err_activations,
+                damage: self.probe.damage(&name, stored).map_err(|e| Error::tensor(&name, e.to_string()))?,
+            }));
+        }
+        Ok(None)
+    }
 }

@@ -18,7 +18,7 @@ use crate::compression::sensitivity::Probe;
 use crate::compression::svd;
 use crate::evaluation::metrics::{Evaluator, PartialSums};
 use crate::evaluation::streaming::StreamingEvaluator;
-use crate::explore::{policy_label, Point, TargetSearch};
+use crate::explore::{policy_label, Point, SensitivityRow, SensitivityRun, TargetSearch};
 use crate::model::bundle::ModelBundle;
 use crate::model::checkpoint::{embedding_name, fingerprint, ByteSource, Checkpoint, SafetensorsFile};
 use crate::model::generate::{Generation, SamplingParams};
@@ -131,6 +131,8 @@ pub struct Session {
     evaluator: Option<Evaluation>,
     /// A quality target searched one compression at a time ([`Session::target_begin`]).
     target: Option<TargetSearch>,
+    /// A sensitivity table measured a matrix at a time ([`Session::sensitivity_begin`]).
+    sensitivity: Option<SensitivityRun>,
     /// When the compression in progress began ([`crate::clock::now`]).
     compress_started: f64,
     generations: Vec<(Which, Generation, TextStream)>,
@@ -158,6 +160,7 @@ impl Session {
             compressed: None,
             evaluator: None,
             target: None,
+            sensitivity: None,
             compress_started: 0.0,
             generations: Vec::new(),
             config_json: String::new(),
@@ -243,6 +246,7 @@ impl Session {
                 // compared with nothing: it becomes the session's only model
                 self.bundle = None;
                 self.original = None;
+                self.sensitivity = None;
                 self.generations.clear();
             }
             self.compressed = Some(CompressedSlot {
@@ -517,10 +521,38 @@ impl Session {
 
     /// Each block matrix compressed alone with `policy` (its method, rank or probe fraction, storage), and what that
     /// did to the logits on the first `sensitivity_tokens` of `text` ([`crate::explore::sensitivity`]).
-    pub fn sensitivity(&self, policy: &Policy, text: &str) -> Result<Vec<crate::explore::SensitivityRow>> {
+    pub fn sensitivity(&self, policy: &Policy, text: &str) -> Result<Vec<SensitivityRow>> {
         let (b, o) = self.bundle_and_original()?;
         let ids = b.tokenizer()?.encode(text)?;
         crate::explore::sensitivity(&b.cfg, &b.ckpt, o, &ids, policy, &mut |_| {})
+    }
+
+    /// [`Session::sensitivity`] a matrix at a time ([`Session::sensitivity_step`]), this session taking every
+    /// `parts`-th block matrix from the `part`-th (other workers take the rest). Calibrates and runs the probe's
+    /// windows first; returns how many matrices this part measures.
+    pub fn sensitivity_begin(&mut self, policy: &Policy, text: &str, part: usize, parts: usize) -> Result<usize> {
+        self.sensitivity = None;
+        let (b, o) = self.bundle_and_original()?;
+        let ids = b.tokenizer()?.encode(text)?;
+        let run = SensitivityRun::new(&b.cfg, &b.ckpt, o, &ids, policy, part, parts)?;
+        Ok(self.sensitivity.insert(run).total())
+    }
+
+    /// The next matrix of the sensitivity begun here, measured; `None` when the part is done.
+    pub fn sensitivity_step(&mut self) -> Result<Option<SensitivityRow>> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let run = self.sensitivity.as_mut().ok_or_else(|| Error::msg("no sensitivity table was begun"))?;
+        let row = run.step(&b.ckpt)?;
+        if row.is_none() {
+            self.sensitivity = None;
+        }
+        Ok(row)
+    }
+
+    /// What `policy` will store, matrix by matrix, before it runs ([`crate::compression::preview`]).
+    pub fn preview(&self, policy: &Policy) -> Result<crate::compression::preview::Preview> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        crate::compression::preview::preview(policy, &considered_matrices(&b.cfg, &b.ckpt)?, b.tensor_bytes())
     }
 
     /// Recipes × budgets, each compressed and measured ([`crate::explore::sweep`]); what a page's explorer draws.
