@@ -95,11 +95,10 @@ fn safetensors_header_faults_name_the_file_the_tensor_and_what_was_expected() {
     has(&open_err(not_utf8), &["model.safetensors: ", "not UTF-8"]);
     has(&open_err(raw("{\"a\": ", 0)), &["model.safetensors: ", "not a JSON object of tensors"]);
     has(&open_err(raw("[1, 2]", 0)), &["model.safetensors: ", "not a JSON object of tensors"]);
-    has(&open_err(raw(r#"{"a": {"dtype": "F32", "shape": [1]}}"#, 4)), &[
-        "tensor `a`",
-        "model.safetensors",
-        "data_offsets",
-    ]);
+    has(
+        &open_err(raw(r#"{"a": {"dtype": "F32", "shape": [1]}}"#, 4)),
+        &["tensor `a`", "model.safetensors", "data_offsets"],
+    );
     has(&open_err(raw(r#"{"__metadata__": {"k": 1}}"#, 0)), &["model.safetensors: ", "__metadata__"]);
     // a name twice
     let dup = format!("{{{},{}}}", t("a", "F32", "[1]", 0, 4), t("a", "F32", "[1]", 4, 8));
@@ -120,20 +119,18 @@ fn safetensors_header_faults_name_the_file_the_tensor_and_what_was_expected() {
     let reordered = format!("{{{},{}}}", t("b", "F32", "[1]", 4, 8), t("a", "F32", "[1]", 0, 4));
     SafetensorsFile::open(Box::new(MemSource::new("model.safetensors", raw(&reordered, 8)))).unwrap();
     // dtype × shape against the byte range, an overflowing shape, an unknown dtype
-    has(&open_err(raw(&format!("{{{}}}", t("a", "F16", "[3]", 0, 8)), 8)), &[
-        "tensor `a`",
-        "F16 × [3] is 6 bytes",
-        "hold 8",
-    ]);
-    has(&open_err(raw(&format!("{{{}}}", t("a", "F32", "[4294967296,4294967296,16]", 0, 8)), 8)), &[
-        "tensor `a`",
-        "overflows",
-    ]);
-    has(&open_err(raw(&format!("{{{}}}", t("a", "Q9", "[1]", 0, 1)), 1)), &[
-        "tensor `a`",
-        "dtype \"Q9\"",
-        "F32, F16, BF16 and F64",
-    ]);
+    has(
+        &open_err(raw(&format!("{{{}}}", t("a", "F16", "[3]", 0, 8)), 8)),
+        &["tensor `a`", "F16 × [3] is 6 bytes", "hold 8"],
+    );
+    has(
+        &open_err(raw(&format!("{{{}}}", t("a", "F32", "[4294967296,4294967296,16]", 0, 8)), 8)),
+        &["tensor `a`", "overflows"],
+    );
+    has(
+        &open_err(raw(&format!("{{{}}}", t("a", "Q9", "[1]", 0, 1)), 1)),
+        &["tensor `a`", "dtype \"Q9\"", "F32, F16, BF16 and F64"],
+    );
 }
 
 #[test]
@@ -183,11 +180,7 @@ fn model_faults_name_the_tensor_or_the_key() {
     // tokenizer.json: broken, or another model's
     has(&model_err(&config, good.clone(), Some(b"{not json")), &["tokenizer.json: ", "cannot be loaded"]);
     let gpt2 = std::fs::read(shared("tokenizer/gpt2-tokenizer.json")).unwrap();
-    has(&model_err(&config, good.clone(), Some(&gpt2)), &[
-        "tokenizer.json: ",
-        "50257 tokens",
-        "vocab_size is 512",
-    ]);
+    has(&model_err(&config, good.clone(), Some(&gpt2)), &["tokenizer.json: ", "50257 tokens", "vocab_size is 512"]);
 }
 
 #[test]
@@ -218,7 +211,8 @@ fn compressed_tiny(quant_bits: u8) -> (String, Vec<u8>) {
     let b = ModelBundle::from_checkpoint(Some(&config), None, ckpt).unwrap();
     let policy = Policy { rank: 8, quant_bits, method: Method::Svd, ..Default::default() };
     let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, None, &mut |_| {}).unwrap();
-    let bytes = Export::new(&b.ckpt, &config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap();
+    let bytes =
+        Export::new(&b.ckpt, &config, None, &c.weights, &c.reports, &c.policy).unwrap().to_bytes(&b.ckpt).unwrap();
     (config, bytes)
 }
 
@@ -248,24 +242,22 @@ fn compressed_checkpoint_faults_name_the_record_or_the_factor() {
     has(&open_compressed(with_meta("layers", Some("{not json"))).unwrap_err(), &[f, "damaged metadata", "`layers`"]);
     has(&open_compressed(with_meta("source", None)).unwrap_err(), &[f, "damaged metadata", "`source`", "missing"]);
     has(&open_compressed(with_meta("source", Some("{\"fingerprint\": 3}"))).unwrap_err(), &[f, "`source`"]);
-    has(&open_compressed(with_meta("format", Some("slc-compressed-v9"))).unwrap_err(), &[
-        f,
-        "\"slc-compressed-v9\"",
-        "reads \"slc-compressed-v1\"",
-    ]);
+    has(
+        &open_compressed(with_meta("format", Some("slc-compressed-v9"))).unwrap_err(),
+        &[f, "\"slc-compressed-v9\"", "reads \"slc-compressed-v1\""],
+    );
     let policy: serde_json::Value = serde_json::from_str(&meta["policy"]).unwrap();
     let mut zero = policy.clone();
     zero["rank"] = 0.into();
-    has(&open_compressed(with_meta("policy", Some(&zero.to_string()))).unwrap_err(), &[
-        f,
-        "`policy`",
-        "rank must be at least 1",
-    ]);
+    has(
+        &open_compressed(with_meta("policy", Some(&zero.to_string()))).unwrap_err(),
+        &[f, "`policy`", "rank must be at least 1"],
+    );
     has(&open_compressed(with_meta("policy", Some("[1]"))).unwrap_err(), &[f, "`policy`"]);
-    has(&open_compressed(with_meta("config_json", Some("{\"model_type\": \"gpt_neo\"}"))).unwrap_err(), &[
-        "config.json: ",
-        "missing field",
-    ]);
+    has(
+        &open_compressed(with_meta("config_json", Some("{\"model_type\": \"gpt_neo\"}"))).unwrap_err(),
+        &["config.json: ", "missing field"],
+    );
 
     let q = "transformer.h.0.attn.attention.q_proj.weight";
     let edit = |f: &dyn Fn(&mut Tensors)| {

@@ -147,7 +147,8 @@ fn compressed(bytes: &[u8]) -> usize {
         let _ = s.layer_reports();
         let _ = s.memory();
         let which = semantic_llm_compressor::session::Which::Compressed;
-        let params = semantic_llm_compressor::model::generate::SamplingParams { max_new_tokens: 2, ..Default::default() };
+        let params =
+            semantic_llm_compressor::model::generate::SamplingParams { max_new_tokens: 2, ..Default::default() };
         let _ = s.generate_start(which, "", params).and_then(|_| s.generate_next(which));
         // the model itself, run on a few ids, as long as it is small
         let f = SafetensorsFile::open(Box::new(MemSource::new("compressed.safetensors", bytes.to_vec())));
@@ -195,7 +196,11 @@ fn policy(bytes: &[u8]) -> usize {
         return 1;
     }
     let (mats, spectra) = matrices();
-    if p.plan(&mats, &spectra).is_ok() { 3 } else { 2 }
+    if p.plan(&mats, &spectra).is_ok() {
+        3
+    } else {
+        2
+    }
 }
 
 // ---------- the loop ----------
@@ -294,7 +299,8 @@ fn mutate_text(rng: &mut Rng, t: &mut Vec<u8>) {
     match rng.next_u64() % 6 {
         0 | 1 if !toks.is_empty() => {
             let (a, b) = toks[(rng.next_u64() % toks.len() as u64) as usize];
-            let by = if t[a] == b'"' { format!("\"{}\"", pick(rng, &STRINGS)) } else { pick(rng, &NUMBERS).to_string() };
+            let by =
+                if t[a] == b'"' { format!("\"{}\"", pick(rng, &STRINGS)) } else { pick(rng, &NUMBERS).to_string() };
             t.splice(a..b, by.into_bytes());
         }
         2 if !toks.is_empty() => {
@@ -325,7 +331,11 @@ fn mutate_bytes(rng: &mut Rng, b: &mut Vec<u8>) {
     }
     // most faults that matter sit near the start (the length and the header)
     let near = |rng: &mut Rng, len: usize| {
-        if rng.next_u64() % 4 != 0 { (rng.next_u64() as usize) % len.min(4096) } else { (rng.next_u64() as usize) % len }
+        if rng.next_u64() % 4 != 0 {
+            (rng.next_u64() as usize) % len.min(4096)
+        } else {
+            (rng.next_u64() as usize) % len
+        }
     };
     match rng.next_u64() % 6 {
         0 => {
@@ -402,7 +412,8 @@ fn mutate(rng: &mut Rng, shape: Shape, input: &mut Vec<u8>, corpus: &[Vec<u8>]) 
             (_, 9) if corpus.len() > 1 => {
                 // splice: the head of this input and the tail of another
                 let other = &corpus[(rng.next_u64() % corpus.len() as u64) as usize];
-                let (a, c) = ((rng.next_u64() as usize) % (input.len() + 1), (rng.next_u64() as usize) % (other.len() + 1));
+                let (a, c) =
+                    ((rng.next_u64() as usize) % (input.len() + 1), (rng.next_u64() as usize) % (other.len() + 1));
                 input.truncate(a);
                 input.extend_from_slice(&other[c..]);
             }
@@ -424,7 +435,13 @@ fn corpus(target: &str, extra: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 }
 
 /// Run `f` on `input`: a panic, a hang or a peak above the cap is a failure, and the input is saved.
-fn check(name: &str, f: fn(&[u8]) -> usize, input: &[u8], started: &AtomicU64, clock: Instant) -> Result<usize, String> {
+fn check(
+    name: &str,
+    f: fn(&[u8]) -> usize,
+    input: &[u8],
+    started: &AtomicU64,
+    clock: Instant,
+) -> Result<usize, String> {
     let save = |why: &str| {
         let dir = root().join("target/fuzz");
         std::fs::create_dir_all(&dir).ok();

@@ -502,7 +502,11 @@ fn a_preview_is_what_the_compression_then_stores() {
         let why = p.decided_when_run.expect("ranks from spectra are decided when it runs");
         assert!(why.contains("when it runs"), "{why}");
         assert_eq!(p.linear_bytes_after, None);
-        assert!(p.matrices.iter().filter(|m| !m.tied).all(|m| m.decision == "from-spectrum" && m.bytes_after.is_none()));
+        assert!(p
+            .matrices
+            .iter()
+            .filter(|m| !m.tied)
+            .all(|m| m.decision == "from-spectrum" && m.bytes_after.is_none()));
     }
     // a bad setting is refused with its sentence, as the compression would refuse it
     let e = s.preview(&Policy { budget: Some(1.5), ..Default::default() }).unwrap_err();
@@ -514,7 +518,13 @@ fn a_preview_is_what_the_compression_then_stores() {
 #[test]
 fn sensitivity_in_parts_equals_the_whole_table() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let policy = Policy { rank: 8, calibration_tokens: 256, calibration_window: 128, sensitivity_tokens: 128, ..Default::default() };
+    let policy = Policy {
+        rank: 8,
+        calibration_tokens: 256,
+        calibration_window: 128,
+        sensitivity_tokens: 128,
+        ..Default::default()
+    };
     let mut s = session(4.0 * GIB);
     s.open(bard()).unwrap();
     s.load(&|_, _, _| {}).unwrap();

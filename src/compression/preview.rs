@@ -5,7 +5,7 @@
 //! The bytes are the ones [`crate::compression::pipeline`] stores (INT8 codes and scales, or f32 factors, or the
 //! matrix as stored), so a preview of a fixed-rank policy equals the compression's layer reports (tests/session.rs).
 
-use crate::compression::policy::{BudgetMode, Method, MatrixInfo, Plan, Policy};
+use crate::compression::policy::{BudgetMode, MatrixInfo, Method, Plan, Policy};
 use crate::Result;
 use serde::Serialize;
 
@@ -108,7 +108,10 @@ pub fn preview(policy: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Resul
             100.0 * b
         ),
         (None, Some(e)) => {
-            format!("each rank is chosen when it runs, from its spectrum: the smallest keeping {:.1}% of the energy", 100.0 * e)
+            format!(
+                "each rank is chosen when it runs, from its spectrum: the smallest keeping {:.1}% of the energy",
+                100.0 * e
+            )
         }
         (None, None) => "ranks are chosen when it runs".into(),
     });

@@ -133,7 +133,9 @@ impl RawTensor {
             other => {
                 return Err(Error::tensor(
                     &self.name,
-                    format!("has dtype {other:?}, not a float type (this program reads F32, F16, BF16 and F64 weights)"),
+                    format!(
+                        "has dtype {other:?}, not a float type (this program reads F32, F16, BF16 and F64 weights)"
+                    ),
                 ))
             }
         };
@@ -283,9 +285,10 @@ impl Header {
                 return Err(Error::tensor(&name, format!("appears twice in the header of {file}")));
             }
             if name == "__metadata__" {
-                metadata = Some(serde_json::from_value(value).map_err(|e| {
-                    bad(format!("its header's __metadata__ is not a map of strings to strings ({e})"))
-                })?);
+                metadata =
+                    Some(serde_json::from_value(value).map_err(|e| {
+                        bad(format!("its header's __metadata__ is not a map of strings to strings ({e})"))
+                    })?);
                 continue;
             }
             let raw: RawInfo = serde_json::from_value(value).map_err(|e| {
@@ -399,11 +402,8 @@ impl SafetensorsFile {
         let held = len - 8 - n;
         if data_len > held {
             // the first tensor whose data the file does not hold
-            let (tensor, t) = header
-                .tensors
-                .iter()
-                .find(|(_, t)| t.end > held)
-                .ok_or_else(|| Error::file(&name, "is truncated"))?;
+            let (tensor, t) =
+                header.tensors.iter().find(|(_, t)| t.end > held).ok_or_else(|| Error::file(&name, "is truncated"))?;
             return Err(Error::file(
                 &name,
                 format!(

@@ -86,7 +86,9 @@ impl GptNeoConfig {
         let cfg: GptNeoConfig = serde_json::from_str(text).map_err(|e| {
             // serde names a missing key itself; a bad value it places by line and column: name its key too
             match key_before(text, e.line(), e.column()) {
-                Some(key) if e.classify() == serde_json::error::Category::Data && !e.to_string().contains("missing") => {
+                Some(key)
+                    if e.classify() == serde_json::error::Category::Data && !e.to_string().contains("missing") =>
+                {
                     Error::Config(format!("the value of {key} is not valid ({e})"))
                 }
                 _ => Error::Config(format!("not a GPT-Neo config ({e})")),

@@ -196,7 +196,9 @@ pub fn check_compressed_metadata(ckpt: &Checkpoint) -> Result<()> {
             }
             serde_json::from_str::<Source>(&v).map_err(|e| bad("source", "a record of the original model", &e))?;
         }
-        None => return Err(Error::file(&file, "has damaged metadata: `source` (the original it was made from) is missing")),
+        None => {
+            return Err(Error::file(&file, "has damaged metadata: `source` (the original it was made from) is missing"))
+        }
     }
     Ok(())
 }
