@@ -3,6 +3,7 @@
 import * as plots from './plots.js';
 import { errorFrom, HEARTBEAT_MS } from './protocol.js';
 import { reportHtml } from './report.js';
+import { Runs } from './runs.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -17,7 +18,10 @@ const app = {
   layers: [],           // layer reports
   plan: [],             // matrices considered
   sort: { key: null, dir: 1 },
-  runs: [],             // {bytes, cosine, label, bytes_original}
+  currentRun: null,     // the run whose compressed model the worker holds (its generations join it)
+  quick: new Map(),     // request id → {resolve, reject}: quick questions (a preview) that are not jobs
+  sweepPoints: [],      // the explorer's sweep, point by point
+  sensRows: [],         // the explorer's sensitivity table, row by row
   gen: { original: [], compressed: [], diverged: -1 },
   pending: new Map(), // request id → {resolve, reject}: jobs may overlap (a plot's spectrum, a user's command)
   nextId: 0,
@@ -53,6 +57,8 @@ function setBusy(on) {
   $('generate').disabled = on || !(app.loaded || app.compressed);
   $('export').disabled = on || !app.canExport;
   $('report').disabled = on || !app.model;
+  $('sweep').disabled = on || !app.loaded;
+  $('sensitivity').disabled = on || !app.loaded;
   if (!on) app.task = null;
 }
 function showProgress(m) {
@@ -96,6 +102,14 @@ function send(msg, { keepError = false } = {}) {
     worker.postMessage({ ...msg, id });
   });
 }
+// A quick question (a preview): no job, no busy state, no progress; answered between the steps of a running job.
+function ask(msg) {
+  return new Promise((resolve, reject) => {
+    const id = ++app.nextId;
+    app.quick.set(id, { resolve, reject });
+    worker.postMessage({ ...msg, id });
+  });
+}
 // #status[data-jobs] counts finished jobs, so a test can wait for the end of the job it started
 function settle(m, fn) {
   const p = app.pending.get(m.id);
@@ -106,6 +120,12 @@ function settle(m, fn) {
 }
 function onWorkerMessage(m) {
   app.beat = performance.now();
+  const quick = app.quick.get(m.id);
+  if (quick && (m.type === 'result' || m.type === 'error')) {
+    app.quick.delete(m.id);
+    if (m.type === 'result') quick.resolve(m.result); else quick.reject(errorFrom(m));
+    return;
+  }
   switch (m.type) {
     case 'alive': app.heap = m.heap; break;
     case 'defaults': app.defaults = m.policy; if (app.onDefaults) { const f = app.onDefaults; app.onDefaults = null; f(); } break;
@@ -115,6 +135,8 @@ function onWorkerMessage(m) {
     case 'layer': addLayer(m.layer); break;
     case 'target': renderTarget(m.search); break;
     case 'token': addToken(m); break;
+    case 'point': app.sweepPoints[m.index] = m.point; drawSweep(); break;
+    case 'row': app.sensRows.push(m.row); drawHeatmap(); break;
     case 'result': settle(m, (p) => p.resolve(m.result)); break;
     case 'cancelled': settle(m, (p) => p.reject(Object.assign(new Error('cancelled'), { cancelled: true }))); setState(app.loaded ? 'ready' : 'idle', 'cancelled'); break;
     case 'error':
@@ -126,7 +148,7 @@ function onWorkerMessage(m) {
 }
 const DOING = { open: 'opening the model', restore: 'reopening the model', compress: 'compressing',
   evaluate: 'evaluating', generate: 'generating', export: 'exporting', spectrum: 'computing a spectrum',
-  memory_limit: 'setting the memory limit' };
+  memory_limit: 'setting the memory limit', sweep: 'running a sweep', sensitivity: 'measuring sensitivity' };
 // The worker is gone: end its jobs with what happened, start a new one, and reopen what was open.
 function workerLost(why, said = false) {
   const old = worker;
@@ -139,6 +161,8 @@ function workerLost(why, said = false) {
   const wasRestoring = [...app.pending.values()].some((p) => p.cmd === 'restore');
   // every job the old worker had ends, rejected (a story waiting on one stops)
   for (const id of [...app.pending.keys()]) settle({ id }, (p) => p.reject(Object.assign(new Error(what), { lost: true })));
+  for (const q of app.quick.values()) q.reject(Object.assign(new Error(what), { lost: true }));
+  app.quick.clear();
   setBusy(false);
   const lostCompression = app.compressed && !app.checkpoint;
   const sentence = `${what[0].toUpperCase()}${what.slice(1)}. A new worker has taken over`;
@@ -197,6 +221,8 @@ function fmtNumber(name, v) {
   if (name === 'seconds') return v.toFixed(1);
   return v.toFixed(4);
 }
+
+const runs = new Runs({ table: $('runs-table'), compare: $('runs-compare'), plot: $('runs-plot'), fmt: { bytes: fmtBytes, pct, number: fmtNumber } });
 
 // ---------- the model ----------
 function describeModel(report) {
@@ -272,6 +298,7 @@ function applyPreset(name) {
     budget: { budget: 0.5, budgetMode: 'energy' },
   };
   if (presets[name]) set(presets[name]);
+  updatePreview();
 }
 
 function policyFromForm() {
@@ -299,6 +326,56 @@ function policyFromForm() {
     calibration_tokens: num('calibration-tokens') ?? app.defaults.calibration_tokens,
     calibration_window: Number($('eval-window').value) || 512,
   };
+}
+
+// ---------- the preview: what the setting stores, before it runs ----------
+// Asked of the worker (the core plans it) whenever the form changes; drawn in room kept for it.
+let previewTimer = 0;
+function updatePreview() {
+  clearTimeout(previewTimer);
+  previewTimer = setTimeout(async () => {
+    if (!app.opened) return;
+    const sizes = $('preview-sizes'), ranks = $('preview-ranks');
+    let policy;
+    try { policy = policyFromForm(); } catch (err) { sizes.textContent = err.message; ranks.textContent = ''; return; }
+    let p;
+    try { p = await ask({ cmd: 'preview', policy }); } catch (err) { if (!err.lost) { sizes.textContent = `This setting is refused: ${err.message}`; ranks.textContent = ''; } return; }
+    if (!p) return;
+    app.linearBytes = p.linear_bytes_before;
+    $('preview').dataset.linearAfter = p.linear_bytes_after ?? '';
+    $('preview').dataset.totalAfter = p.total_bytes_after ?? '';
+    const less = (a, b) => `${(100 * (1 - b / a)).toFixed(1)}% smaller`;
+    const n = p.matrices.length;
+    sizes.replaceChildren();
+    if (p.linear_bytes_after !== null && p.linear_bytes_after !== undefined) {
+      sizes.append('Stores: linear layers ', strong(`${fmtBytes(p.linear_bytes_before)} → ${fmtBytes(p.linear_bytes_after)}`),
+        ` (${less(p.linear_bytes_before, p.linear_bytes_after)}); other tensors ${fmtBytes(p.bytes_untouched)} as stored; all tensors `,
+        strong(`${fmtBytes(p.total_bytes_before)} → ${fmtBytes(p.total_bytes_after)}`), ` (${less(p.total_bytes_before, p.total_bytes_after)}). ${p.layers_compressed} of ${n} matrices compressed.`);
+    } else {
+      sizes.append(`Linear layers ${fmtBytes(p.linear_bytes_before)}, other tensors ${fmtBytes(p.bytes_untouched)} as stored: ${p.decided_when_run}.`);
+    }
+    ranks.textContent = describeRanks(p.matrices);
+  }, 120);
+}
+const strong = (text) => Object.assign(document.createElement('span'), { className: 'to', textContent: text });
+// ranks by matrix kind: "q_proj 256×256 rank 16 (×8) · c_fc 1024×256 dense …"
+function describeRanks(mats) {
+  const groups = new Map();
+  for (const m of mats) {
+    const kind = `${m.name.replace(/\.weight$/, '').split('.').pop()} ${m.shape[0]}×${m.shape[1]}`;
+    if (!groups.has(kind)) groups.set(kind, []);
+    groups.get(kind).push(m);
+  }
+  const parts = [];
+  for (const [kind, list] of groups) {
+    const by = new Map();
+    for (const m of list) {
+      const d = m.decision === 'low-rank' ? `rank ${m.rank}` : m.decision === 'from-spectrum' ? 'rank from its spectrum' : m.decision === 'int8' ? 'INT8' : 'dense';
+      by.set(d, (by.get(d) || 0) + 1);
+    }
+    parts.push(`${kind}: ${[...by].map(([d, k]) => `${d}${list.length > 1 ? ` ×${k}` : ''}`).join(', ')}`);
+  }
+  return parts.join(' · ');
 }
 
 // The quality target, or undefined when the form asks for none.
@@ -500,6 +577,7 @@ function resetResults() {
   plots.errorCurve($('error-plot'), null);
   renderTarget(null);
   delete $('summary').dataset.targetBudget;
+  app.currentRun = null;
 }
 
 function open(msg, name) {
@@ -513,8 +591,12 @@ function open(msg, name) {
       app.loaded = !!report.loaded;
       app.precision = report.loaded ? report.loaded.precision : null;
       resetResults();
-      app.runs = [];
-      plots.runs($('runs-plot'), app.runs);
+      runs.clear();
+      app.sweepPoints = [];
+      app.sensRows = [];
+      drawSweep();
+      drawHeatmap();
+      updatePreview();
       describeModel(report);
       labelPresets();
       if ($('preset').value !== 'custom') applyPreset($('preset').value);
@@ -566,10 +648,10 @@ function compress() {
 
 // One compression and its evaluation (`evalOverride` changes the evaluation's settings), its results rendered;
 // resolves with the worker's result, rejects as the job does.
-async function compressJob(policy, target, evalOverride = {}) {
+async function compressJob(policy, target, evalOverride = {}, { reveal: show = true } = {}) {
   saveSettingInUrl();
   resetResults();
-  reveal('results-panel');
+  if (show) reveal('results-panel');
   const t0 = performance.now();
   const r = await send({ cmd: 'compress', policy, evalSpec: { ...evalSpec(), ...evalOverride }, target });
   showCompression(r, policy, t0);
@@ -618,11 +700,13 @@ function showCompression(r, policy, t0) {
   $('summary-note').textContent += `${split} Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
   $('summary').dataset.helpersReplaced = String(r.helpers_replaced || 0);
   if (r.helpers_replaced) $('summary-note').textContent += ` ${r.helpers_replaced === 1 ? 'A helper worker' : `${r.helpers_replaced} helper workers`} died during the job and ${r.helpers_replaced === 1 ? 'was' : 'were'} replaced; ${r.helpers_replaced === 1 ? 'its' : 'their'} work was redone.`;
-  app.runs.push({
-    bytes: ev.bytes_compressed, cosine: ev.cosine, bytes_original: ev.bytes_original,
-    label: `#${app.runs.length + 1}: ${describePolicy(policy)} — cosine ${ev.cosine.toFixed(4)}, ppl ${ev.ppl_compressed.toFixed(2)}, ${fmtBytes(ev.bytes_compressed)}`,
+  // kept for the comparison: the layer table without its spectra (they are for the plots of the current run)
+  app.currentRun = runs.add({
+    policy: describePolicy(policy), ev, seconds, untouched: f.bytes_untouched,
+    linear: { before: lin.bytes_considered, after: lin.bytes_after },
+    layers: r.layers.map(({ name, rank, err_stored, bytes_after, storage }) => ({ name, rank, err_stored, bytes_after, storage })),
   });
-  plots.runs($('runs-plot'), app.runs);
+  drawSweep();
   setBusy(false);
   setState('done', 'done');
 }
@@ -652,7 +736,9 @@ function generate() {
   const which = [];
   if (app.loaded) which.push('original');
   if (app.compressed) which.push('compressed');
-  run({ cmd: 'generate', prompt: $('prompt').value, params: samplingParams(), which }, (r) => {
+  const prompt = $('prompt').value;
+  run({ cmd: 'generate', prompt, params: samplingParams(), which }, (r) => {
+    keepGeneration(prompt, which);
     if (which.length === 2 && app.gen.diverged < 0) {
       $('gen-note').textContent = `Both models produced the same ${Math.min(r.original.tokens, r.compressed.tokens)} tokens.`;
     } else if (which.length === 1) {
@@ -669,11 +755,19 @@ function generate() {
   });
 }
 
+// The continuations just streamed join the run whose compressed model made them.
+function keepGeneration(prompt, which) {
+  if (!app.currentRun) return;
+  for (const w of which) runs.setGeneration(app.currentRun, prompt, w, app.gen[w].map((t) => t.span.textContent).join(''));
+}
+
 // The same prompt continued by `which` models, streamed into the generation panel; resolves with each one's text.
 async function generateJob(which) {
   app.gen = { original: [], compressed: [], diverged: -1 };
   for (const w of which) { $(`gen-${w}`).replaceChildren(); $(`rate-${w}`).textContent = ''; }
-  await send({ cmd: 'generate', prompt: $('prompt').value, params: samplingParams(), which });
+  const prompt = $('prompt').value;
+  await send({ cmd: 'generate', prompt, params: samplingParams(), which });
+  keepGeneration(prompt, which);
   setBusy(false);
   return Object.fromEntries(which.map((w) => [w, app.gen[w].map((t) => t.span.textContent).join('')]));
 }
@@ -718,38 +812,48 @@ async function tellStory() {
   const skip = app.defaults.calibration_tokens;
   $('story-note').textContent = `Prompt: ${JSON.stringify($('prompt').value)}. Every step is evaluated on the same ${evalSpec().tokens} tokens of the built-in text, those after its first ${skip} (the calibration text of the activation-aware step).`;
   let done = 0;
+  // every row laid out before the first run, its cells sized for what will fill them: nothing moves as results
+  // stream in
+  const row = (step, cells) => {
+    const tr = document.createElement('tr');
+    tr.dataset.step = step;
+    const out = cells.map(([t, cls]) => storyCell(tr, t, cls));
+    body.append(tr);
+    return { tr, cells: out };
+  };
+  const continuation = (td, text) => {
+    td.replaceChildren(Object.assign(document.createElement('div'), { textContent: text }));
+  };
+  const first = row('original', [['0'], ['The original model', 'what'], ['1'], ['100%'], ['–'], ['–'], ['–'], ['', 'continuation']]);
+  continuation(first.cells[7], 'generating…');
+  const rows = steps.map((step, i) => {
+    const r = row(step.preset, [[String(i + 1)], ['', 'what'], ['…'], ['…'], ['…'], ['…'], ['…'], ['', 'continuation']]);
+    r.cells[1].append(Object.assign(document.createElement('strong'), { textContent: step.title }), document.createElement('br'), step.why);
+    continuation(r.cells[7], 'waiting');
+    return r;
+  });
   try {
     const { original } = await generateJob(['original']);
-    const tr = document.createElement('tr');
-    tr.dataset.step = 'original';
-    for (const t of ['0', 'The original model', '1', '100%', '–', '–', '–']) storyCell(tr, t);
-    storyCell(tr, original, 'continuation');
-    body.append(tr);
+    continuation(first.cells[7], original);
     for (const [i, step] of steps.entries()) {
       if (app.story.cancelled) throw Object.assign(new Error('cancelled'), { cancelled: true });
       $('preset').value = step.preset;
       applyPreset(step.preset);
-      const tr = document.createElement('tr');
-      tr.dataset.step = step.preset;
-      storyCell(tr, String(i + 1));
-      const what = storyCell(tr, '');
-      what.append(Object.assign(document.createElement('strong'), { textContent: step.title }), document.createElement('br'), step.why);
-      const cells = [0, 1, 2, 3, 4].map(() => storyCell(tr, '…'));
-      const cont = storyCell(tr, 'compressing…', 'continuation');
-      body.append(tr);
+      const { tr, cells } = rows[i];
+      continuation(cells[7], 'compressing…');
       tr.scrollIntoView({ block: 'nearest', behavior: reduceMotion ? 'auto' : 'smooth' });
-      const r = await compressJob(policyFromForm(), undefined, { skip });
+      const r = await compressJob(policyFromForm(), undefined, { skip }, { reveal: false });
       const ev = r.evaluation;
       const lin = r.finished.totals;
       const values = [ev.cosine.toFixed(4), pct(ev.top1), `${fmtNumber('ppl_compressed', ev.ppl_compressed)} (original ${fmtNumber('ppl_original', ev.ppl_original)})`,
         `${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)}`, `${fmtBytes(ev.bytes_original)} → ${fmtBytes(ev.bytes_compressed)}`];
-      values.forEach((v, k) => { cells[k].textContent = v; });
+      values.forEach((v, k) => { cells[k + 2].textContent = v; });
       tr.dataset.cosine = String(ev.cosine);
       tr.classList.toggle('bad', ev.cosine < 0.9);
       tr.classList.toggle('good', ev.cosine >= 0.95);
-      cont.textContent = 'generating…';
+      continuation(cells[7], 'generating…');
       const { compressed } = await generateJob(['compressed']);
-      cont.textContent = compressed;
+      continuation(cells[7], compressed);
       done += 1;
     }
     $('story-note').textContent += ' The story is told: the setting breaks the model, keeping the MLP dense saves it at little saving, and activation-aware SVD at the same parameter count compresses every layer and keeps the quality.';
@@ -769,6 +873,90 @@ async function tellStory() {
     // the button was disabled while the story ran, which drops the focus: give it back to a keyboard user
     if (document.activeElement === document.body) $('story').focus();
   }
+}
+
+// ---------- the explorer ----------
+// A sweep (methods × budgets, each compressed and measured) and a sensitivity table (each matrix compressed alone),
+// both run by the worker and its helpers, streamed in point by point and row by row; cancel stops them.
+function sweepSettings() {
+  const recipes = [...document.querySelectorAll('#sweep-recipes input:checked')].map((i) => i.value);
+  if (!recipes.length) throw new Error('the sweep needs at least one method: tick one');
+  const budgets = $('sweep-budgets').value.split(',').map((x) => x.trim()).filter(Boolean).map(Number);
+  if (!budgets.length || budgets.some((b) => !(b > 0 && b <= 1))) throw new Error(`sweep budgets "${$('sweep-budgets').value}" must be fractions in (0, 1], comma-separated`);
+  const tokens = Number($('sweep-tokens').value);
+  if (!(Number.isInteger(tokens) && tokens >= 2)) throw new Error('the sweep measures at least 2 tokens');
+  // the form's storage and calibration; each recipe brings its method and allocation, each point its budget
+  const base = { ...policyFromForm(), skip: [], rank_for: [], energy: null, budget: null };
+  return { recipes, budgets, base, evalTokens: tokens };
+}
+function drawSweep() {
+  const metric = $('sweep-metric').value;
+  const r = app.currentRun;
+  const current = r ? { bytes: r.linear.after, value: metric === 'cosine' ? r.ev.cosine : r.ev.ppl_compressed / r.ev.ppl_original } : null;
+  const original = r ? r.linear.before : app.linearBytes || null;
+  plots.sweep($('sweep-plot'), app.sweepPoints, { metric, current, original });
+}
+$('sweep-metric').addEventListener('change', drawSweep);
+function runSweep() {
+  let spec;
+  try { spec = sweepSettings(); } catch (err) { showError(err.message); return; }
+  app.sweepPoints = [];
+  drawSweep();
+  $('sweep-note').textContent = `Sweeping ${spec.recipes.join(', ')} at ${spec.budgets.join(', ')}…`;
+  run({ cmd: 'sweep', ...spec, evalSpec: evalSpec() }, (r) => {
+    app.sweepPoints = r.points;
+    drawSweep();
+    const split = `the ${spec.evalTokens} tokens after the first ${spec.base.calibration_tokens} of ${$('eval-text').value.trim() ? 'your text' : 'eval-dev.txt'} (those calibrate the activation-aware methods)`;
+    $('sweep-note').textContent = `${r.points.length} compressions in ${r.seconds.toFixed(1)} s on ${r.workers} worker${r.workers > 1 ? 's' : ''}, each measured on ${split}; the current run is measured on its own tokens (${evalSpec().tokens}).`;
+    $('sweep-plot').dataset.points = String(r.points.length);
+    setState('done', 'sweep done');
+  }, () => { $('sweep-note').textContent = `Sweep cancelled after ${app.sweepPoints.filter(Boolean).length} points (drawn).`; });
+}
+// the sensitivity table is measured with the form's method (SVD or activation-aware) and rank, or its budget as
+// each matrix's fraction of parameters
+function sensitivityPolicy() {
+  const p = policyFromForm();
+  const method = p.method === 'refit' ? 'whitened' : p.method === 'int8' ? 'svd' : p.method;
+  const tokens = Number($('sens-tokens').value);
+  if (!(Number.isInteger(tokens) && tokens >= 2)) throw new Error('the sensitivity probe needs at least 2 tokens');
+  return { ...p, method, probe: p.budget || null, budget: null, energy: null, skip: [], sensitivity_tokens: tokens };
+}
+function skipList() {
+  return $('skip').value.split(',').map((x) => x.trim()).filter(Boolean);
+}
+const patternOf = (name) => name.replace(/^transformer\./, '').replace(/\.weight$/, '');
+function drawHeatmap() {
+  const skipped = app.sensRows.map((r) => r.name).filter((n) => skipList().includes(patternOf(n)));
+  plots.heatmap($('heatmap'), app.sensRows, { layers: app.model ? app.model.summary.num_layers : undefined, skipped, onPick: pickMatrix });
+}
+// a heatmap cell clicked: that matrix joins the skip list (or leaves it), and the preview follows
+function pickMatrix(row) {
+  const pattern = patternOf(row.name);
+  const list = skipList();
+  const i = list.indexOf(pattern);
+  if (i >= 0) list.splice(i, 1); else list.push(pattern);
+  $('skip').value = list.join(', ');
+  $('skip').dispatchEvent(new Event('input'));
+  $('sens-note').textContent = `${pattern} ${i >= 0 ? 'left' : 'joined'} the skip list (KL ${row.damage.kl.toPrecision(3)} when compressed alone).`;
+  drawHeatmap();
+  const cell = $('heatmap').querySelector(`[data-name="${row.name}"]`);
+  if (cell) cell.focus();
+}
+function measureSensitivity() {
+  let policy;
+  try { policy = sensitivityPolicy(); } catch (err) { showError(err.message); return; }
+  app.sensRows = [];
+  drawHeatmap();
+  const how = policy.probe ? `${(100 * policy.probe).toFixed(0)}% of each matrix's parameters` : `rank ${policy.rank}`;
+  $('sens-note').textContent = `Measuring every matrix alone at ${how}…`;
+  run({ cmd: 'sensitivity', policy, evalSpec: evalSpec() }, (r) => {
+    app.sensRows = r.rows;
+    drawHeatmap();
+    const worst = r.rows.slice().sort((a, b) => b.damage.kl - a.damage.kl)[0];
+    $('sens-note').textContent = `${r.rows.length} matrices, each compressed alone (${policy.method === 'whitened' ? 'activation-aware' : 'plain SVD'}, ${how}), measured on the first ${policy.sensitivity_tokens} tokens of the calibration text in ${r.seconds.toFixed(1)} s on ${r.workers} worker${r.workers > 1 ? 's' : ''}. Most damaging: ${worst ? `${patternOf(worst.name)} (KL ${worst.damage.kl.toPrecision(3)})` : '–'}. Click a cell to keep that matrix dense.`;
+    $('heatmap').dataset.rows = String(r.rows.length);
+    setState('done', 'sensitivity measured');
+  }, () => { $('sens-note').textContent = `Cancelled after ${app.sensRows.length} matrices (drawn).`; });
 }
 
 function exportCheckpoint() {
@@ -877,6 +1065,8 @@ if (new URLSearchParams(location.search).has('test-faults')) {
 $('compress').addEventListener('click', compress);
 $('story').addEventListener('click', tellStory);
 $('report').addEventListener('click', downloadReport);
+$('sweep').addEventListener('click', runSweep);
+$('sensitivity').addEventListener('click', measureSensitivity);
 // keys for the main actions (not while typing in a field, Escape always)
 const KEYS = { d: 'load-demo', c: 'compress', s: 'story', g: 'generate', e: 'export', r: 'report', l: 'large-type' };
 document.addEventListener('keydown', (e) => {
@@ -893,8 +1083,9 @@ $('generate').addEventListener('click', generate);
 $('export').addEventListener('click', exportCheckpoint);
 $('preset').addEventListener('change', (e) => applyPreset(e.target.value));
 for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard', 'target-metric', 'target-value', 'target-tolerance']) {
-  $(id).addEventListener('input', () => { $('preset').value = 'custom'; });
+  $(id).addEventListener('input', () => { $('preset').value = 'custom'; updatePreview(); });
 }
+$('calibration-tokens').addEventListener('input', updatePreview);
 $('large-type').addEventListener('click', (e) => {
   const on = document.documentElement.classList.toggle('large');
   e.currentTarget.setAttribute('aria-pressed', String(on));
@@ -914,7 +1105,9 @@ if ([...LINKED.keys()].length) {
     if (app.defaults) start(); else app.onDefaults = start;
   }
 }
-plots.runs($('runs-plot'), app.runs);
+runs.render();
+drawSweep();
+drawHeatmap();
 plots.spectrum($('spectrum-plot'), null);
 plots.errorCurve($('error-plot'), null);
 setBusy(false);

@@ -74,8 +74,9 @@ export function errorCurve(svg, values, rank, stored) {
   }
 }
 
-// every run of the session: compressed bytes vs cosine
-export function runs(svg, list) {
+// every run of the session: compressed bytes vs cosine; each point a button that picks its run (`onPick(i)`), the
+// `selected` ones ringed
+export function runs(svg, list, { selected = [], onPick } = {}) {
   if (!list.length) return message(svg, 'compress to add a run');
   const xs = list.map((r) => r.bytes), ys = list.map((r) => r.cosine);
   const x = { min: 0, max: Math.max(...xs, list[0].bytes_original || 0) * 1.05 };
@@ -86,8 +87,88 @@ export function runs(svg, list) {
     svg.append(el('circle', { class: 'pt orig', cx: ox, cy: s.sy(1), r: 4 }), el('text', { x: ox - 4, y: s.sy(1) + 14, 'text-anchor': 'end' }, 'original'));
   }
   list.forEach((r, i) => {
-    const c = el('circle', { class: 'pt', cx: s.sx(r.bytes), cy: s.sy(r.cosine), r: 4 });
+    const c = el('circle', { class: `pt${selected.includes(i) ? ' sel' : ''}`, cx: s.sx(r.bytes), cy: s.sy(r.cosine), r: 5 });
     c.append(el('title', {}, r.label));
-    svg.append(c, el('text', { x: s.sx(r.bytes) + 5, y: s.sy(r.cosine) - 4 }, `#${i + 1}`));
+    if (onPick) {
+      Object.entries({ tabindex: 0, role: 'button', 'aria-label': `run ${r.label}` }).forEach(([k, v]) => c.setAttribute(k, v));
+      c.addEventListener('click', () => onPick(i));
+      c.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onPick(i); } });
+    }
+    svg.append(c, el('text', { x: s.sx(r.bytes) + 5, y: s.sy(r.cosine) - 4 }, `#${r.n ?? i + 1}`));
   });
 }
+
+// A colour per recipe, in the order the explorer lists them.
+const RECIPE_COLOURS = ['#1f4fb8', '#c2410c', '#17733a', '#7c3aed', '#5a5d66'];
+
+// The sweep: per recipe, quality (`metric`: 'cosine' or 'ppl_ratio') against the bytes of the linear layers as
+// stored, a curve through its budgets; INT8 only is one point; `current` ({bytes, value}) is ringed.
+export function sweep(svg, points, { metric = 'cosine', current = null, original = null } = {}) {
+  const got = points.filter((p) => p && Number.isFinite(p[metric]));
+  if (!got.length) return message(svg, 'run a sweep to draw it');
+  const xs = got.map((p) => p.layer_bytes).concat(current ? [current.bytes] : [], original ? [original] : []);
+  const vs = got.map((p) => p[metric]).concat(current && Number.isFinite(current.value) ? [current.value] : []);
+  const x = { min: 0, max: Math.max(...xs) * 1.05 };
+  const y = metric === 'cosine'
+    ? { min: Math.min(0, ...vs), max: 1 }
+    : Math.max(...vs) > 10 ? { min: 1, max: Math.max(...vs) * 1.2, log: true } : { min: 1, max: Math.max(...vs) * 1.05 };
+  const s = frame(svg, x, y, 'bytes of the linear layers as stored', metric === 'cosine' ? 'logits cosine' : 'perplexity × original');
+  const recipes = [...new Set(got.map((p) => p.recipe))];
+  recipes.forEach((name, k) => {
+    const colour = RECIPE_COLOURS[k % RECIPE_COLOURS.length];
+    const mine = got.filter((p) => p.recipe === name).sort((a, b) => a.layer_bytes - b.layer_bytes);
+    if (mine.length > 1) {
+      const line = path(mine.map((p) => [s.sx(p.layer_bytes), s.sy(Math.max(p[metric], y.min))]), 'curve');
+      line.setAttribute('stroke', colour);
+      svg.append(line);
+    }
+    for (const p of mine) {
+      const c = el('circle', { cx: s.sx(p.layer_bytes), cy: s.sy(Math.max(p[metric], y.min)), r: name === 'int8' ? 5 : 3.5, fill: colour, 'data-recipe': name });
+      c.append(el('title', {}, `${name}${p.budget ? ` at ${p.budget}` : ''}: ${metric} ${p[metric].toFixed(4)}, ${fmt(p.layer_bytes)} B`));
+      svg.append(c);
+    }
+    svg.append(el('text', { x: W - R - 4, y: T + 10 + 12 * k, 'text-anchor': 'end', fill: colour, class: 'legend' }, name));
+  });
+  if (original) {
+    const ox = s.sx(original);
+    svg.append(el('line', { class: 'cut', x1: ox, y1: T, x2: ox, y2: H - B }), el('text', { x: ox - 3, y: H - B - 4, 'text-anchor': 'end' }, 'dense'));
+  }
+  if (current && Number.isFinite(current.value)) {
+    svg.append(el('circle', { class: 'ring', cx: s.sx(current.bytes), cy: s.sy(Math.max(current.value, y.min)), r: 7, 'data-current': '1' }, undefined));
+  }
+}
+
+// The sensitivity heatmap: a row per layer, a column per matrix kind, coloured by KL on a log scale. Every cell is a
+// button: `onPick(row)` (the page adds the matrix to the skip list); the `skipped` names are outlined.
+export const KINDS = [['q_proj', 'q'], ['k_proj', 'k'], ['v_proj', 'v'], ['out_proj', 'out'], ['c_fc', 'fc'], ['c_proj', 'proj']];
+export function heatmap(svg, rows, { layers, skipped = [], onPick } = {}) {
+  if (!rows.length) { svg.setAttribute('viewBox', `0 0 ${W} ${H}`); return message(svg, 'measure sensitivity to draw it'); }
+  const n = layers || 1 + Math.max(...rows.map((r) => layerOf(r.name)));
+  const cw = 48, ch = 18, left = 44, top = 18;
+  const height = top + n * ch + 30;
+  svg.setAttribute('viewBox', `0 0 ${W} ${height}`);
+  svg.replaceChildren();
+  const kls = rows.map((r) => r.damage.kl).filter((v) => v > 0);
+  const lo = Math.min(...kls), hi = Math.max(...kls);
+  const level = (v) => (v > 0 && hi > lo ? Math.log(v / lo) / Math.log(hi / lo) : v > 0 ? 1 : 0);
+  KINDS.forEach(([, label], j) => svg.append(el('text', { x: left + j * cw + cw / 2, y: top - 5, 'text-anchor': 'middle' }, label)));
+  for (let i = 0; i < n; i++) svg.append(el('text', { x: left - 6, y: top + i * ch + ch / 2 + 3, 'text-anchor': 'end' }, `layer ${i}`));
+  for (const r of rows) {
+    const i = layerOf(r.name), j = KINDS.findIndex(([k]) => r.name.includes(`.${k}.`));
+    if (i < 0 || j < 0) continue;
+    const t = level(r.damage.kl);
+    const cell = el('rect', {
+      class: `cell${skipped.includes(r.name) ? ' skipped' : ''}`, x: left + j * cw, y: top + i * ch, width: cw, height: ch,
+      fill: `hsl(8, 70%, ${Math.round(96 - 58 * t)}%)`, 'data-name': r.name, 'data-kl': r.damage.kl,
+      tabindex: 0, role: 'button', 'aria-label': `${r.name}: KL ${r.damage.kl.toPrecision(3)}, cosine ${r.damage.cosine.toFixed(4)}; keep it dense`,
+    });
+    cell.append(el('title', {}, `${r.name} at rank ${r.rank}: KL ${r.damage.kl.toPrecision(3)}, cosine ${r.damage.cosine.toFixed(4)}, top-1 ${(100 * r.damage.top1).toFixed(1)}% — click to keep it dense`));
+    if (onPick) {
+      cell.addEventListener('click', () => onPick(r));
+      cell.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onPick(r); } });
+    }
+    svg.append(cell);
+  }
+  svg.append(el('text', { x: left, y: height - 10 }, `KL ${lo.toPrecision(2)} (light) to ${hi.toPrecision(2)} (dark), log scale`));
+}
+const layerOf = (name) => { const m = /\.h\.(\d+)\./.exec(name); return m ? Number(m[1]) : -1; };

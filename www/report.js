@@ -1,5 +1,6 @@
 // The report to share: one self-contained HTML file made from what the page shows — the model, the policy, the
-// summary, the per-layer table, the plots, the generations and (when it was told) the origin's story. Its CSS is
+// summary, the per-layer table, the plots, the generations and, when there are some, the origin's story, the runs
+// compared and the explorer's plots. Its CSS is
 // the page's, inline; its plots are the page's SVG, inline; it has no script, so it reads the same with scripts off.
 // Everything is copied as DOM nodes and serialized, so text from a user's file stays text.
 
@@ -11,7 +12,15 @@ const SECTIONS = [
   ['report-layers', 'Every weight matrix', ['#layer-errors']],
   ['report-generation', 'Generation, side by side', ['.gen-columns', '#gen-note']],
   ['report-story', "The origin's story", ['#story-note', '#story-table']],
+  ['report-runs', 'Runs compared', ['#runs-table', '#runs-compare']],
+  ['report-explorer', 'Explorer', ['#sweep-plot', '#sweep-note', '#heatmap', '#sens-note']],
 ];
+// sections shown only when they hold something
+const FILLED = {
+  'report-story': (doc) => doc.querySelector('#story-table tbody tr'),
+  'report-runs': (doc) => doc.querySelector('#runs-table tbody tr'),
+  'report-explorer': (doc) => doc.querySelector('#sweep-plot circle, #heatmap rect'),
+};
 
 /**
  * The report as an HTML string. `policy` is a sentence describing the policy, `settings` the form's fields
@@ -36,7 +45,7 @@ export function reportHtml(doc, { title, policy, settings, css, link, made }) {
   main.append(h1, sub);
   for (const [id, heading, selectors] of SECTIONS) {
     const nodes = selectors.map((s) => doc.querySelector(s)).filter((n) => n && !n.closest('[hidden]'));
-    if (id === 'report-story' && !nodes.some((n) => n.matches('table') && n.querySelector('tbody tr'))) continue;
+    if (FILLED[id] && (!FILLED[id](doc) || !nodes.length)) continue;
     const section = out.createElement('section');
     section.id = id;
     const h2 = out.createElement('h2');
@@ -58,6 +67,8 @@ export function reportHtml(doc, { title, policy, settings, css, link, made }) {
       // controls do nothing in a file: their labels stay, as text
       for (const b of copy.querySelectorAll('button')) b.replaceWith(out.createTextNode(b.textContent));
       for (const s of copy.querySelectorAll('select')) s.replaceWith(out.createTextNode(s.selectedOptions[0]?.textContent || ''));
+      for (const c of copy.querySelectorAll('input[type="checkbox"]')) c.replaceWith(out.createTextNode(c.checked ? '✓' : ''));
+      for (const e of copy.querySelectorAll('[tabindex]')) e.removeAttribute('tabindex');
       for (const e of copy.querySelectorAll('[aria-live]')) e.removeAttribute('aria-live');
       section.append(copy);
     }

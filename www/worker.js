@@ -17,6 +17,7 @@ let originalFiles = null;
 // the compressed model as a File, or a function that exports it when a helper first needs it
 let compressedFile = null;
 let generation = 0; // bumps when either changes
+let originalGeneration = 0; // bumps when the original changes
 const HELPERS = Math.max(0, Math.min(3, (self.navigator.hardwareConcurrency || 1) - 1));
 // a compression shares its matrices among this many helpers (one per core; this worker only coordinates)
 const COMPRESS_HELPERS = Math.min(4, self.navigator.hardwareConcurrency || 1);
@@ -88,7 +89,7 @@ function need() {
 // an evaluation part redone).
 function startHelper() {
   const w = new Worker(new URL(import.meta.url), { type: 'module' });
-  const h = { w, generation: -1, pending: null, onProgress: null, alive: true, beat: performance.now(), heap: 0 };
+  const h = { w, generation: -1, originalGen: -1, pending: null, onProgress: null, alive: true, beat: performance.now(), heap: 0 };
   const die = (why) => {
     if (!h.alive) return;
     h.alive = false;
@@ -126,6 +127,8 @@ const mib = (b) => `${Math.round((b || 0) / 2 ** 20)} MiB`;
 const describeHelperCommand = (msg) => ({
   h_models: 'loaded the models', h_eval: `evaluated part ${msg.part + 1} of ${msg.parts}`,
   h_compress: 'opened the checkpoint to compress', h_factor: `factored matrix ${msg.index + 1}`,
+  h_original: 'loaded the original', h_point: `compressed and measured sweep point ${msg.index + 1}`,
+  h_sensitivity: `measured sensitivity part ${msg.part + 1} of ${msg.parts}`,
 }[msg.cmd] || msg.cmd);
 // helpers whose heartbeat stopped (a hang, or killed by the browser) are declared dead
 setInterval(() => {
@@ -152,6 +155,7 @@ async function readyHelpers(loaded) {
       if (h.generation !== generation) {
         await h.call({ cmd: 'h_models', original: originalFiles, compressed: compressedFile });
         h.generation = generation;
+        h.originalGen = originalGeneration;
       }
       ready.push(h);
     } catch (err) {
@@ -180,22 +184,15 @@ async function evaluate(spec) {
   };
   report();
   // a helper that dies is replaced and its part redone (twice at most)
-  const evalPart = async (h, i, tries = 0) => {
+  const evalPart = (h, i) => partOnHelper(h, (h) => {
+    done[i + 1] = 0;
     h.onProgress = (m) => { if (m.task === 'evaluate') { done[i + 1] = m.done; report(); } };
-    try {
-      return await h.call({ cmd: 'h_eval', text, skip, tokens: spec.tokens, window: spec.window, part: i + 1, parts });
-    } catch (err) {
-      if (!err.helperDied || tries >= 2 || cancelled) throw err;
-      console.warn(`${err.message}: its windows are redone by a new helper`);
-      replaced += 1;
-      const fresh = startHelper();
-      helpers.push(fresh);
-      await fresh.call({ cmd: 'h_models', original: originalFiles, compressed: compressedFile });
-      fresh.generation = generation;
-      done[i + 1] = 0;
-      return evalPart(fresh, i, tries + 1);
-    }
-  };
+    return h.call({ cmd: 'h_eval', text, skip, tokens: spec.tokens, window: spec.window, part: i + 1, parts });
+  }, async (h) => {
+    await h.call({ cmd: 'h_models', original: originalFiles, compressed: compressedFile });
+    h.generation = generation;
+    h.originalGen = originalGeneration;
+  });
   const partials = team.map((h, i) => evalPart(h, i));
   try {
     for (;;) {
@@ -222,6 +219,7 @@ async function compressionTeam(policy, workers) {
   const team = [];
   await Promise.all(helpers.slice(0, COMPRESS_HELPERS).filter((h) => h.alive).map(async (h) => {
     h.generation = -1; // it will hold the compression's files, not the evaluation's models
+    h.originalGen = -1;
     try {
       await h.call({ cmd: 'h_compress', original: originalFiles, policy });
       team.push(h);
@@ -235,15 +233,13 @@ async function compressionTeam(policy, workers) {
 // This instance's wasm memory: what it has grown to (it never shrinks).
 const heapBytes = async () => (await ready).memory.buffer.byteLength;
 
-// Every matrix factored by the team, whole matrices taken from one queue; this worker keeps the results. A helper
-// that dies is replaced and its matrix put back in the queue (each matrix is tried three times at most). Returns the
-// largest heap each helper reached.
-async function factorOnTeam(team, begin, policy) {
-  const heaps = team.map(() => 0);
-  const n = begin.matrices.length;
+// Items 0..n-1 shared by the team, each helper taking the next from one queue: `call(h, i)` runs item i on helper h,
+// `accept(i, result, k)` keeps what helper k returned. A helper that dies is replaced (`prepare(h)` brings the new one
+// up to the team's state) and its item put back in the queue (each item is tried three times at most). Any other
+// failure, or a cancel, stops the team.
+async function shareQueue(team, n, { call, accept, prepare }) {
   const queue = [...Array(n).keys()];
   const tries = new Array(n).fill(0);
-  let done = 0;
   let stop = false;
   const feed = async (h, k) => {
     while (queue.length && !stop) {
@@ -252,24 +248,20 @@ async function factorOnTeam(team, begin, policy) {
       const index = queue.shift();
       let got;
       try {
-        got = await h.call({ cmd: 'h_factor', index });
+        got = await call(h, index);
       } catch (err) {
         if (!err.helperDied || stop || ++tries[index] >= 3) throw err;
-        console.warn(`${err.message}: matrix ${index + 1} goes back in the queue for a new helper`);
+        console.warn(`${err.message}: item ${index + 1} goes back in the queue for a new helper`);
         replaced += 1;
         queue.unshift(index);
         h = startHelper();
         helpers.push(h);
         team[k] = h;
-        await h.call({ cmd: 'h_compress', original: originalFiles, policy });
+        await prepare(h);
         continue;
       }
-      heaps[k] = Math.max(heaps[k], got.heap);
       if (stop) return;
-      const step = ws.compress_accept(got.bytes);
-      done += 1;
-      progress('compress', done, begin.total_steps, `factor: ${step.name} (${team.length} workers)`);
-      if (step.layer) post({ type: 'layer', layer: step.layer });
+      accept(index, got, k);
     }
   };
   const feeds = team.map(feed);
@@ -281,7 +273,63 @@ async function factorOnTeam(team, begin, policy) {
     await Promise.allSettled(feeds);
     throw err;
   }
+}
+
+// Every matrix factored by the team, whole matrices taken from one queue; this worker keeps the results. Returns the
+// largest heap each helper reached.
+async function factorOnTeam(team, begin, policy) {
+  const heaps = team.map(() => 0);
+  let done = 0;
+  await shareQueue(team, begin.matrices.length, {
+    call: (h, index) => h.call({ cmd: 'h_factor', index }),
+    prepare: (h) => h.call({ cmd: 'h_compress', original: originalFiles, policy }),
+    accept: (index, got, k) => {
+      heaps[k] = Math.max(heaps[k], got.heap);
+      const step = ws.compress_accept(got.bytes);
+      done += 1;
+      progress('compress', done, begin.total_steps, `factor: ${step.name} (${team.length} workers)`);
+      if (step.layer) post({ type: 'layer', layer: step.layer });
+    },
+  });
   return heaps;
+}
+
+// One part of a job run by helper `h` (`call(h)`), redone by a new helper (`prepare(h)` first) if it dies, twice at
+// most.
+async function partOnHelper(h, call, prepare, tries = 0) {
+  try {
+    return await call(h);
+  } catch (err) {
+    if (!err.helperDied || tries >= 2 || cancelled) throw err;
+    console.warn(`${err.message}: its part is redone by a new helper`);
+    replaced += 1;
+    const fresh = startHelper();
+    helpers.push(fresh);
+    await prepare(fresh);
+    return partOnHelper(fresh, call, prepare, tries + 1);
+  }
+}
+
+// Helpers holding the loaded original (for the explorer's sweeps and sensitivity tables); [] when the model is too
+// large to hold once per helper, or there is one core.
+async function originalTeam() {
+  if (COMPRESS_HELPERS < 2 || !originalFiles || !lastLoaded || lastLoaded.bytes > HELPER_MODEL_LIMIT) return [];
+  while (helpers.length < COMPRESS_HELPERS) helpers.push(startHelper());
+  const team = [];
+  await Promise.all(helpers.slice(0, COMPRESS_HELPERS).filter((h) => h.alive).map(async (h) => {
+    try {
+      if (h.originalGen !== originalGeneration) await loadOriginal(h);
+      team.push(h);
+    } catch (err) {
+      console.warn(`explorer helper unavailable: ${err.message}`);
+    }
+  }));
+  return team;
+}
+async function loadOriginal(h) {
+  await h.call({ cmd: 'h_original', original: originalFiles });
+  h.generation = -1; // it holds the original alone, not the evaluation's pair
+  h.originalGen = originalGeneration;
 }
 
 // An evaluation that does not fit in memory is reported, not fatal: the compression is still there to export.
@@ -330,6 +378,7 @@ const commands = {
       originalFiles = files;
       compressedFile = null;
       generation += 1;
+      originalGeneration += 1;
       await checkpoint();
       try {
         report.loaded = ws.load((done, total, name) => progress('load', done, total, name));
@@ -504,6 +553,113 @@ const commands = {
     return ws.eval_partial();
   },
 
+  // The explorer's sweep: every recipe at every budget (INT8 once), each compressed and measured on `evalTokens`
+  // tokens after the calibration text; points shared among helpers that hold the original, streamed as "point" events.
+  async sweep({ recipes, budgets, base, evalTokens, evalSpec }) {
+    need();
+    state('exploring', 'sweeping');
+    const t0 = performance.now();
+    const text = await evalText(evalSpec || {});
+    const items = [];
+    for (const recipe of recipes) for (const b of recipe === 'int8' ? budgets.slice(0, 1) : budgets) items.push({ recipe, budget: b });
+    const specOf = (i) => ({ text, recipes: [items[i].recipe], budgets: [items[i].budget], base, eval_tokens: evalTokens });
+    const points = new Array(items.length).fill(null);
+    let done = 0;
+    const accept = (i, point) => {
+      points[i] = point;
+      done += 1;
+      progress('sweep', done, items.length, `${point.recipe}${point.budget ? ` at ${point.budget}` : ''}`);
+      post({ type: 'point', index: i, point });
+    };
+    progress('sweep', 0, items.length, 'starting the workers');
+    const team = await originalTeam();
+    progress('sweep', 0, items.length, `${items.length} compressions (${Math.max(1, team.length)} workers)`);
+    if (team.length) {
+      await shareQueue(team, items.length, {
+        call: (h, i) => h.call({ cmd: 'h_point', index: i, spec: specOf(i) }),
+        prepare: loadOriginal,
+        accept,
+      });
+    } else {
+      for (let i = 0; i < items.length; i++) {
+        await checkpoint();
+        accept(i, ws.sweep(specOf(i))[0]);
+      }
+    }
+    return { points, seconds: (performance.now() - t0) / 1000, workers: Math.max(1, team.length), helpers_replaced: replaced };
+  },
+
+  // The explorer's sensitivity table: every block matrix compressed alone with `policy`, measured on the first
+  // `sensitivity_tokens` of the text; parts shared among helpers that hold the original, rows streamed as "row"
+  // events.
+  async sensitivity({ policy, evalSpec }) {
+    need();
+    state('exploring', 'measuring sensitivity');
+    const t0 = performance.now();
+    const text = await evalText(evalSpec || {});
+    const team = await originalTeam();
+    const parts = Math.max(1, team.length);
+    const done = new Array(parts).fill(0);
+    const totals = new Array(parts).fill(0);
+    const rows = [];
+    const report = (label) => progress('sensitivity', done.reduce((a, b) => a + b, 0), Math.max(1, totals.reduce((a, b) => a + b, 0)), label);
+    const keep = (row) => { rows.push(row); post({ type: 'row', row }); };
+    report(`calibrating (${parts} workers)`);
+    if (team.length) {
+      await Promise.all(team.map((h, i) => partOnHelper(h, (h) => {
+        done[i] = 0;
+        h.onProgress = (m) => {
+          if (m.task !== 'sensitivity') return;
+          done[i] = m.done;
+          totals[i] = m.total;
+          if (m.row) keep(m.row);
+          report(m.row ? m.row.name : m.label);
+        };
+        return h.call({ cmd: 'h_sensitivity', policy, text, part: i, parts });
+      }, loadOriginal)));
+    } else {
+      totals[0] = ws.sensitivity_begin(policy, text, 0, 1);
+      for (;;) {
+        await checkpoint();
+        const row = ws.sensitivity_step();
+        if (row === null || row === undefined) break;
+        done[0] += 1;
+        keep(row);
+        report(row.name);
+      }
+    }
+    return { rows, seconds: (performance.now() - t0) / 1000, workers: parts, helpers_replaced: replaced };
+  },
+
+  // helper side: open and load the original alone
+  async h_original({ original }) {
+    ws = new Workspace();
+    ws.open(original);
+    ws.load();
+    return true;
+  },
+
+  // helper side: one point of a sweep
+  async h_point({ spec }) {
+    faultPoint();
+    return ws.sweep(spec)[0];
+  },
+
+  // helper side: one part of a sensitivity table, a row at a time (each row rides on its progress message)
+  async h_sensitivity({ policy, text, part, parts }) {
+    const total = ws.sensitivity_begin(policy, text, part, parts);
+    let done = 0;
+    progress('sensitivity', 0, total, 'calibrated');
+    for (;;) {
+      await checkpoint();
+      const row = ws.sensitivity_step();
+      if (row === null || row === undefined) break;
+      done += 1;
+      post({ type: 'progress', task: 'sensitivity', done, total, label: row.name, row });
+    }
+    return true;
+  },
+
   async spectrum({ name }) {
     need();
     return { name, values: Array.from(ws.spectrum(name)) };
@@ -512,7 +668,8 @@ const commands = {
 
 const DOING = { open: 'opened the model', restore: 'reloaded the model', compress: 'compressed the model',
   evaluate: 'evaluated', generate: 'generated text', export: 'exported the compressed checkpoint',
-  spectrum: 'computed a spectrum', memory_limit: 'set the memory limit' };
+  spectrum: 'computed a spectrum', memory_limit: 'set the memory limit', sweep: 'ran a sweep',
+  sensitivity: 'measured sensitivity' };
 
 self.onmessage = async (e) => {
   const { cmd, id, ...args } = e.data;
@@ -527,6 +684,15 @@ self.onmessage = async (e) => {
     return;
   }
   await ready;
+  if (cmd === 'preview') {
+    // quick and side-effect free: answered at once, even between the steps of a running job
+    try {
+      post({ type: 'result', cmd, id, result: ws ? ws.preview(args.policy) : null });
+    } catch (err) {
+      post({ ...errorEvent(cmd, err), id });
+    }
+    return;
+  }
   const run = commands[cmd];
   if (!run) {
     post({ ...errorEvent(cmd, new Error(`unknown command ${cmd}`)), id });

@@ -21,6 +21,15 @@ try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 }, acceptDownloads: true });
   const page = await context.newPage();
   watch(page);
+  // layout shifts not caused by the user's own input (within 500 ms of it): what "nothing jumps" measures
+  await page.addInitScript(() => {
+    window.__shifts = [];
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        if (!e.hadRecentInput) window.__shifts.push({ value: e.value, at: Math.round(e.startTime), sources: (e.sources || []).map((s) => s.node ? (s.node.id || s.node.className || s.node.nodeName) : '?').join(' ') });
+      }
+    }).observe({ type: 'layout-shift', buffered: true });
+  });
   await page.goto(server.url);
   const jobs = (p = page) => p.$eval('#status', (e) => Number(e.dataset.jobs || 0));
   const state = (p = page) => p.$eval('#status', (e) => e.dataset.state);
@@ -57,12 +66,37 @@ try {
   const shared = (a, b) => words(a).filter((w) => words(b).includes(w)).length;
   assert.equal(shared(by['origin-all'].text, by.original.text), 0, `broken: ${JSON.stringify(by['origin-all'].text)}`);
   assert.ok(shared(by['aware-same'].text, by.original.text) >= 3, `activation-aware: ${JSON.stringify(by['aware-same'].text)}`);
-  assert.ok(rows.every((r) => r.text.length > 0 && !/…$/.test(r.text)), 'every step has its continuation');
+  assert.ok(rows.every((r) => r.text.length > 0 && !/…$/.test(r.text) && r.text !== 'waiting'), 'every step has its continuation');
   for (const r of rows) console.log(`  ${r.step}: cosine ${r.step === 'original' ? '–' : r.cosine.toFixed(4)}, ${JSON.stringify(r.text.slice(0, 50))}`);
   // the whole panel, from a full-page picture (the sticky header stays at the top of the page, not over it)
   const box = await page.$eval('#story-panel', (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y + window.scrollY, width: r.width, height: r.height }; });
   await page.screenshot({ path: path.join(OUT, 'story.png'), fullPage: true, clip: box });
   assert.equal(await page.evaluate(() => document.activeElement.id), 'story', 'the key moved the focus to its button');
+  // nothing jumped while the story's results streamed in (the cumulative layout shift, as browsers score it)
+  const shifts = await page.evaluate(() => window.__shifts);
+  const cls = shifts.reduce((a, e) => a + e.value, 0);
+  const bySource = {};
+  for (const e of shifts) bySource[e.sources] = (bySource[e.sources] || 0) + e.value;
+  const worst = Object.entries(bySource).sort((a, b) => b[1] - a[1]).slice(0, 5).map(([k, v]) => `${v.toFixed(4)} ${k}`).join('; ');
+  console.log(`  layout shifts not caused by input: ${shifts.length}, total ${cls.toFixed(4)}${shifts.length ? ` (most: ${worst})` : ''}`);
+  assert.ok(cls < 0.02, `the page moved while results streamed in: layout shift ${cls.toFixed(4)}`);
+
+  step('runs compared: the story\'s five runs kept, sorted by cosine, two side by side with their continuations');
+  const runIds = () => page.$$eval('#runs-table tbody tr', (rs) => rs.map((r) => Number(r.dataset.run)));
+  assert.deepEqual(await runIds(), [1, 2, 3, 4, 5]);
+  await page.click('#runs-table th[data-key="cosine"] button');
+  const cosines = await page.$$eval('#runs-table tbody tr td:nth-child(4)', (ts) => ts.map((t) => Number(t.textContent)));
+  assert.deepEqual(cosines, cosines.slice().sort((a, b) => a - b), 'sorted by cosine');
+  assert.equal((await runIds())[0], 1, 'the origin\'s setting is the worst');
+  await page.check('#runs-table tr[data-run="1"] input');
+  // the plot's point of run 3 (activation-aware at the fix's size) picks it
+  await page.click('#runs-plot circle[role="button"]:nth-of-type(4)');
+  const compared = await page.$$eval('#runs-compare .run', (rs) => rs.map((r) => ({ n: Number(r.dataset.run), text: r.querySelector('pre')?.textContent })));
+  assert.deepEqual(compared.map((r) => r.n), [1, 3], 'runs 1 and 3 side by side');
+  assert.equal(compared[0].text, by['origin-all'].text, 'run 1 keeps its continuation');
+  assert.equal(compared[1].text, by['aware-same'].text, 'run 3 keeps its continuation');
+  assert.equal(await page.$$eval('#runs-compare .layers tbody tr', (r) => r.length), 48, 'their layer tables, matrix by matrix');
+  assert.match(await page.textContent('#runs-compare .run[data-run="3"] tr[data-metric="cosine"] .delta'), /^\+/, 'the better cosine, as a delta');
 
   step('R saves the report; it opens with scripts disabled and shows every section');
   const [download] = await Promise.all([page.waitForEvent('download'), page.keyboard.press('r')]);
@@ -75,25 +109,33 @@ try {
   const requests = [];
   report.on('request', (r) => requests.push(r.url()));
   await report.goto(`file://${file}`);
-  for (const id of ['report-model', 'report-policy', 'report-summary', 'report-plots', 'report-layers', 'report-generation', 'report-story']) {
+  for (const id of ['report-model', 'report-policy', 'report-summary', 'report-plots', 'report-layers', 'report-generation', 'report-story', 'report-runs']) {
     assert.ok(await report.isVisible(`#${id}`), `the report shows #${id}`);
     assert.ok((await report.textContent(`#${id}`)).trim().length > 20, `#${id} has content`);
   }
   assert.ok(await report.$$eval('#report-plots svg', (s) => s.length) >= 3, 'the plots, as inline SVG');
   assert.ok(await report.$$eval('#report-layers tbody tr', (r) => r.length) >= 48, 'the per-layer table');
   assert.equal(await report.$$eval('#report-story tbody tr', (r) => r.length), 6, 'the story');
+  assert.equal(await report.$$eval('#report-runs #runs-table tbody tr', (r) => r.length), 5, 'the runs compared');
+  assert.equal(await report.$$eval('#report-runs .run', (r) => r.length), 2, 'the two side by side');
   assert.match(await report.textContent('#report-summary'), /Linear layers \(what compression can touch\)/);
   assert.deepEqual(requests.filter((u) => !u.startsWith('file:')), [], 'the report makes no request');
   await report.screenshot({ path: path.join(OUT, 'report.png'), fullPage: true });
   await offline.close();
 
   step('the link reproduces a run: C compresses with the current setting, the URL opened in a new tab gives the same summary');
+  // a setting whose ranks the shapes fix, so the form's preview states its sizes before it runs
+  await page.selectOption('#preset', 'default');
   await page.focus('body');
   n = await jobs();
   await page.keyboard.press('c');
   await waitJobs(n + 1);
   assert.equal(await state(), 'done', await errorText());
   const want = await figures();
+  // the form's preview said what this run stores, before it ran
+  const [, linearAfter, untouched] = (await page.$eval('#summary', (e) => e.dataset.linearBytes)).split(',').map(Number);
+  assert.equal(Number(await page.$eval('#preview', (e) => e.dataset.linearAfter)), linearAfter, 'the preview\'s linear bytes are the run\'s');
+  assert.equal(Number(await page.$eval('#preview', (e) => e.dataset.totalAfter)), linearAfter + untouched, 'and its total');
   const link = page.url();
   assert.match(link, /#.*model=demo/);
   const again = await context.newPage();
@@ -116,6 +158,42 @@ try {
   for (const f of [got, want]) delete f.resident_bytes_compressed;
   assert.deepEqual(got, want, 'the same summary from the link');
   console.log(`  ${link.slice(link.indexOf('#'), link.indexOf('#') + 90)}… → cosine ${want.cosine}, ${want.bytes_compressed} bytes`);
+
+  step('the explorer: a sweep (plain SVD and INT8 only) drawn as quality against bytes; the sensitivity heatmap fills the skip list');
+  await page.check('#sweep-recipes input[value="svd-energy"]');
+  await page.uncheck('#sweep-recipes input[value="whitened-proportional"]');
+  await page.check('#sweep-recipes input[value="int8"]');
+  await page.fill('#sweep-budgets', '0.3, 0.6');
+  await page.fill('#sweep-tokens', '128');
+  n = await jobs();
+  await page.click('#sweep');
+  await waitJobs(n + 1);
+  assert.equal(await state(), 'done', await errorText());
+  assert.equal(await page.$eval('#sweep-plot', (e) => e.dataset.points), '3', 'two budgets of SVD and the INT8 point');
+  assert.equal(await page.$$eval('#sweep-plot circle[data-recipe="svd-energy"]', (c) => c.length), 2);
+  assert.equal(await page.$$eval('#sweep-plot circle[data-recipe="int8"]', (c) => c.length), 1);
+  assert.equal(await page.$$eval('#sweep-plot [data-current]', (c) => c.length), 1, 'the current run ringed');
+  console.log(`  ${await page.textContent('#sweep-note')}`);
+  await page.selectOption('#method', 'svd');
+  await page.fill('#rank', '16');
+  await page.fill('#budget', '');
+  await page.fill('#sens-tokens', '64');
+  n = await jobs();
+  await page.click('#sensitivity');
+  await waitJobs(n + 1);
+  assert.equal(await state(), 'done', await errorText());
+  assert.equal(await page.$$eval('#heatmap rect.cell', (c) => c.length), 48, 'every block matrix');
+  const kls = await page.$$eval('#heatmap rect.cell', (c) => c.map((e) => Number(e.dataset.kl)));
+  assert.ok(kls.every((k) => k >= 0 && Number.isFinite(k)) && Math.max(...kls) > Math.min(...kls), 'KL per matrix');
+  // the most damaging matrix, clicked, joins the skip list and the preview follows
+  const worst = await page.$$eval('#heatmap rect.cell', (c) => c.sort((a, b) => b.dataset.kl - a.dataset.kl)[0].dataset.name);
+  await page.fill('#skip', '');
+  await page.click(`#heatmap rect[data-name="${worst}"]`);
+  const pattern = worst.replace(/^transformer\./, '').replace(/\.weight$/, '');
+  assert.equal(await page.inputValue('#skip'), pattern);
+  await page.waitForFunction(() => /dense ×1/.test(document.querySelector('#preview-ranks').textContent));
+  assert.equal(await page.inputValue('#preset'), 'custom');
+  console.log(`  ${await page.textContent('#sens-note')}`);
 
   step('Escape cancels a running job; large type scales the plots and tables too');
   n = await jobs(again);
