@@ -36,6 +36,17 @@
  * @typedef {{cmd: 'export', name: string}} ExportCommand   Result: {blob, name}.
  * @typedef {{cmd: 'spectrum', name: string}} SpectrumCommand   Result: {name, values}.
  * @typedef {{cmd: 'memory_limit', bytes: number}} MemoryLimitCommand   Result: true.
+ * @typedef {{cmd: 'preview', policy: object}} PreviewCommand   A quick question, not a job: answered at once (between
+ *   the steps of a running job too), with no state or progress events and no effect on the job. Result: the Rust
+ *   compression::preview::Preview (every matrix's decision, rank and bytes; linear and total bytes), or null when no
+ *   model is open.
+ * @typedef {{cmd: 'sweep', recipes: string[], budgets: number[], base: object, evalTokens: number,
+ *   evalSpec?: EvalSettings}} SweepCommand   Every recipe ("svd-energy", "whitened-loss", "int8", …) at every budget
+ *   (INT8 once), each compressed from the original and measured on `evalTokens` tokens after `base`'s calibration
+ *   tokens; shared among helpers; streams "point" events. Result: {points, seconds, workers, helpers_replaced}.
+ * @typedef {{cmd: 'sensitivity', policy: object, evalSpec?: EvalSettings}} SensitivityCommand   Every block matrix
+ *   compressed alone with `policy`, measured on its first `sensitivity_tokens`; parts shared among helpers; streams
+ *   "row" events. Result: {rows, seconds, workers, helpers_replaced}; a row is a Rust explore::SensitivityRow.
  * @typedef {{cmd: 'cancel'}} CancelCommand   Ends the running job with a "cancelled" event.
  * @typedef {{cmd: 'restore', files?: File[], demo?: boolean, checkpoint?: File, memoryLimit?: number}} RestoreCommand
  *   A new worker takes over from one that died: open and load the original again and, when there was one, the
@@ -48,12 +59,20 @@
  *   Coordinator → helper: evaluate one part. Result: the part's sums (Rust evaluation::metrics::PartialSums).
  * @typedef {{cmd: 'h_compress', original: File[], policy: object}} HelperCompressCommand
  *   Coordinator → helper: open the original's files (nothing loaded) and begin the same compression. Result: true.
+ * @typedef {{cmd: 'h_original', original: File[]}} HelperOriginalCommand   Coordinator → helper: open and load the
+ *   original alone. Result: true.
+ * @typedef {{cmd: 'h_point', index: number, spec: object}} HelperPointCommand   Coordinator → helper: one sweep point
+ *   (Rust session::SweepSpec with one recipe and one budget). Result: the Rust explore::Point.
+ * @typedef {{cmd: 'h_sensitivity', policy: object, text: string, part: number, parts: number}} HelperSensitivityCommand
+ *   Coordinator → helper: every `parts`-th block matrix from the `part`-th; each row rides on a "progress" event
+ *   (task 'sensitivity', `row`). Result: true.
  * @typedef {{cmd: 'h_factor', index: number}} HelperFactorCommand
  *   Coordinator → helper: factor matrix `index`. Result: its factors and report as bytes (Uint8Array) for the
  *   coordinator's Workspace.compress_accept.
  * @typedef {OpenCommand|CompressCommand|EvaluateCommand|GenerateCommand|ExportCommand|SpectrumCommand|
- *   MemoryLimitCommand|CancelCommand|RestoreCommand|TestFaultCommand|HelperModelsCommand|HelperEvalCommand|HelperCompressCommand|
- *   HelperFactorCommand} Command
+ *   MemoryLimitCommand|PreviewCommand|SweepCommand|SensitivityCommand|CancelCommand|RestoreCommand|TestFaultCommand|
+ *   HelperModelsCommand|HelperEvalCommand|HelperCompressCommand|HelperFactorCommand|HelperOriginalCommand|
+ *   HelperPointCommand|HelperSensitivityCommand} Command
  *
  * @typedef {{type: 'defaults', policy: object}} DefaultsEvent   Once, at start: the core's default Policy.
  * @typedef {{type: 'state', state: string, message: string}} StateEvent
@@ -64,13 +83,16 @@
  *   its end.
  * @typedef {{type: 'token', which: 'original'|'compressed', id: number, text: string, token: string, n: number,
  *   tokens_per_s: number}} TokenEvent
+ * @typedef {{type: 'point', index: number, point: object}} PointEvent   A sweep's point `index` (an explore::Point).
+ * @typedef {{type: 'row', row: object}} RowEvent   A sensitivity table's row (an explore::SensitivityRow).
  * @typedef {{type: 'result', cmd: string, id?: number, result: any}} ResultEvent
  * @typedef {{type: 'cancelled', cmd: string, id?: number}} CancelledEvent
  * @typedef {{type: 'error', cmd: string, id?: number, kind: ErrorKind, message: string, fatal?: boolean, heap?: number,
  *   doing?: string}} ErrorEvent   `fatal`: the worker is lost (see isFatal) and must be replaced; `heap` is the wasm
  *   memory it held, `doing` what it was doing.
  * @typedef {{type: 'alive', heap: number, doing: string}} AliveEvent   Every HEARTBEAT_MS from every worker.
- * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|ResultEvent|CancelledEvent|ErrorEvent|AliveEvent} Event
+ * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|PointEvent|RowEvent|ResultEvent|CancelledEvent|ErrorEvent|
+ *   AliveEvent} Event
  *
  * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'other'} ErrorKind
  *   From the Rust error's variant (error::ErrorKind); code branches on it, never on the message's words.

@@ -68,10 +68,6 @@ try {
   assert.ok(shared(by['aware-same'].text, by.original.text) >= 3, `activation-aware: ${JSON.stringify(by['aware-same'].text)}`);
   assert.ok(rows.every((r) => r.text.length > 0 && !/…$/.test(r.text) && r.text !== 'waiting'), 'every step has its continuation');
   for (const r of rows) console.log(`  ${r.step}: cosine ${r.step === 'original' ? '–' : r.cosine.toFixed(4)}, ${JSON.stringify(r.text.slice(0, 50))}`);
-  // the whole panel, from a full-page picture (the sticky header stays at the top of the page, not over it)
-  const box = await page.$eval('#story-panel', (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y + window.scrollY, width: r.width, height: r.height }; });
-  await page.screenshot({ path: path.join(OUT, 'story.png'), fullPage: true, clip: box });
-  assert.equal(await page.evaluate(() => document.activeElement.id), 'story', 'the key moved the focus to its button');
   // nothing jumped while the story's results streamed in (the cumulative layout shift, as browsers score it)
   const shifts = await page.evaluate(() => window.__shifts);
   const cls = shifts.reduce((a, e) => a + e.value, 0);
@@ -81,6 +77,10 @@ try {
   console.log(`  layout shifts not caused by input: ${shifts.length}, total ${cls.toFixed(4)}${shifts.length ? ` (most: ${worst})` : ''}`);
   assert.ok(cls < 0.02, `the page moved while results streamed in: layout shift ${cls.toFixed(4)}`);
 
+  // the whole panel, from a full-page picture (the sticky header stays at the top of the page, not over it)
+  const box = await page.$eval('#story-panel', (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y + window.scrollY, width: r.width, height: r.height }; });
+  await page.screenshot({ path: path.join(OUT, 'story.png'), fullPage: true, clip: box });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'story', 'the key moved the focus to its button');
   step('runs compared: the story\'s five runs kept, sorted by cosine, two side by side with their continuations');
   const runIds = () => page.$$eval('#runs-table tbody tr', (rs) => rs.map((r) => Number(r.dataset.run)));
   assert.deepEqual(await runIds(), [1, 2, 3, 4, 5]);
@@ -90,12 +90,14 @@ try {
   assert.equal((await runIds())[0], 1, 'the origin\'s setting is the worst');
   await page.check('#runs-table tr[data-run="1"] input');
   // the plot's point of run 3 (activation-aware at the fix's size) picks it
-  await page.click('#runs-plot circle[role="button"]:nth-of-type(4)');
+  // (by the keyboard: every point is a button)
+  await page.focus('#runs-plot circle[role="button"]:nth-of-type(4)');
+  await page.keyboard.press('Enter');
   const compared = await page.$$eval('#runs-compare .run', (rs) => rs.map((r) => ({ n: Number(r.dataset.run), text: r.querySelector('pre')?.textContent })));
   assert.deepEqual(compared.map((r) => r.n), [1, 3], 'runs 1 and 3 side by side');
   assert.equal(compared[0].text, by['origin-all'].text, 'run 1 keeps its continuation');
   assert.equal(compared[1].text, by['aware-same'].text, 'run 3 keeps its continuation');
-  assert.equal(await page.$$eval('#runs-compare .layers tbody tr', (r) => r.length), 48, 'their layer tables, matrix by matrix');
+  assert.equal(await page.$$eval('#runs-compare .layers tbody tr', (r) => r.length), 49, 'their layer tables, matrix by matrix (the tied head too)');
   assert.match(await page.textContent('#runs-compare .run[data-run="3"] tr[data-metric="cosine"] .delta'), /^\+/, 'the better cosine, as a delta');
 
   step('R saves the report; it opens with scripts disabled and shows every section');
@@ -186,10 +188,10 @@ try {
   const kls = await page.$$eval('#heatmap rect.cell', (c) => c.map((e) => Number(e.dataset.kl)));
   assert.ok(kls.every((k) => k >= 0 && Number.isFinite(k)) && Math.max(...kls) > Math.min(...kls), 'KL per matrix');
   // the most damaging matrix, clicked, joins the skip list and the preview follows
-  const worst = await page.$$eval('#heatmap rect.cell', (c) => c.sort((a, b) => b.dataset.kl - a.dataset.kl)[0].dataset.name);
+  const worstCell = await page.$$eval('#heatmap rect.cell', (c) => c.sort((a, b) => b.dataset.kl - a.dataset.kl)[0].dataset.name);
   await page.fill('#skip', '');
-  await page.click(`#heatmap rect[data-name="${worst}"]`);
-  const pattern = worst.replace(/^transformer\./, '').replace(/\.weight$/, '');
+  await page.click(`#heatmap rect[data-name="${worstCell}"]`);
+  const pattern = worstCell.replace(/^transformer\./, '').replace(/\.weight$/, '');
   assert.equal(await page.inputValue('#skip'), pattern);
   await page.waitForFunction(() => /dense ×1/.test(document.querySelector('#preview-ranks').textContent));
   assert.equal(await page.inputValue('#preset'), 'custom');
