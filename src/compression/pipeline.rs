@@ -215,6 +215,8 @@ pub struct StepInfo {
 impl Compressor {
     pub fn new(policy: Policy, mats: Vec<MatrixInfo>) -> Result<Self> {
         policy.validate()?;
+        // what the linear algebra keeps per thread is reserved before `live_at_start`: it is not the model's
+        crate::compression::svd::reserve_scratch();
         let n = mats.len();
         let mut c = Self {
             policy,

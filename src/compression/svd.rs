@@ -55,6 +55,26 @@ pub const OVERSAMPLE: usize = 80;
 /// Below this smaller side, `Auto` uses the exact SVD.
 pub const AUTO_EXACT_DIM: usize = 512;
 
+/// The linear-algebra crates keep scratch memory per thread, reserved on first use and kept for the thread's life:
+/// the packing buffers of the gemm behind candle's matmul (growing with the product to a cap: a 512×512 product
+/// reaches it) and faer's stack. Natively here they are 4.2 + 4.2 MB. Reserved before a compression starts
+/// measuring the memory it keeps ([`crate::compression::pipeline::Compressor::new`]), they are not counted as the
+/// compressed model's, so that the figure does not depend on what the thread computed before
+/// (tests/session.rs: the first compression of a session and a later identical one report the same bytes).
+pub fn reserve_scratch() {
+    use std::cell::Cell;
+    thread_local! { static RESERVED: Cell<bool> = const { Cell::new(false) }; }
+    if RESERVED.with(|r| r.replace(true)) {
+        return;
+    }
+    let dev = candle_core::Device::Cpu;
+    if let Ok(a) = candle_core::Tensor::ones((512, 512), candle_core::DType::F32, &dev) {
+        let _ = a.matmul(&a);
+    }
+    let _ = Mat::<f32>::from_fn(64, 32, |i, j| ((i * 7 + j * 3) % 11) as f32).thin_svd();
+    let _ = Mat::<f64>::from_fn(64, 32, |i, j| ((i * 7 + j * 3) % 11) as f64).thin_svd();
+}
+
 fn check_finite(w: &[f32], what: &str) -> Result<()> {
     if let Some(i) = w.iter().position(|x| !x.is_finite()) {
         return Err(Error::Numeric(format!("{what}: the matrix has a non-finite value ({}) at index {i}", w[i])));

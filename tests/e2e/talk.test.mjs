@@ -152,12 +152,10 @@ try {
   await again.keyboard.press('c');
   await waitJobs(n + 1, again);
   assert.equal(await state(again), 'done', await errorText(again));
-  // every figure of the run exactly; the resident bytes are the allocator's measurement of this tab (what it ran
-  // before moves them a little), so they are checked to 5%
+  // every figure of the run exactly, the measured resident bytes too (the first tab ran the story before; this one
+  // ran nothing)
   const got = await figures(again);
-  const resident = [got, want].map((f) => Number(f.resident_bytes_compressed));
-  assert.ok(Math.abs(resident[0] / resident[1] - 1) < 0.05, `resident ${resident[0]} vs ${resident[1]}`);
-  for (const f of [got, want]) delete f.resident_bytes_compressed;
+  assert.ok(Number(got.resident_bytes_compressed) > 0, 'resident bytes measured');
   assert.deepEqual(got, want, 'the same summary from the link');
   console.log(`  ${link.slice(link.indexOf('#'), link.indexOf('#') + 90)}… → cosine ${want.cosine}, ${want.bytes_compressed} bytes`);
 
