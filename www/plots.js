@@ -127,11 +127,13 @@ export function sweep(svg, points, { metric = 'cosine', current = null, original
       c.append(el('title', {}, `${name}${p.budget ? ` at ${p.budget}` : ''}: ${metric} ${p[metric].toFixed(4)}, ${fmt(p.layer_bytes)} B`));
       svg.append(c);
     }
-    svg.append(el('text', { x: W - R - 4, y: T + 10 + 12 * k, 'text-anchor': 'end', fill: colour, class: 'legend' }, name));
+    // the legend where the curves are not: low for cosines (they sit near 1), high for perplexity ratios
+    const ly = metric === 'cosine' ? H - B - 8 - 12 * (recipes.length - 1 - k) : T + 10 + 12 * k;
+    svg.append(el('text', { x: W - R - 14, y: ly, 'text-anchor': 'end', fill: colour, class: 'legend' }, name));
   });
   if (original) {
     const ox = s.sx(original);
-    svg.append(el('line', { class: 'cut', x1: ox, y1: T, x2: ox, y2: H - B }), el('text', { x: ox - 3, y: H - B - 4, 'text-anchor': 'end' }, 'dense'));
+    svg.append(el('line', { class: 'cut', x1: ox, y1: T, x2: ox, y2: H - B }), el('text', { x: ox - 3, y: T + 8, 'text-anchor': 'end' }, 'dense'));
   }
   if (current && Number.isFinite(current.value)) {
     svg.append(el('circle', { class: 'ring', cx: s.sx(current.bytes), cy: s.sy(Math.max(current.value, y.min)), r: 7, 'data-current': '1' }, undefined));
@@ -142,12 +144,22 @@ export function sweep(svg, points, { metric = 'cosine', current = null, original
 // button: `onPick(row)` (the page adds the matrix to the skip list); the `skipped` names are outlined.
 export const KINDS = [['q_proj', 'q'], ['k_proj', 'k'], ['v_proj', 'v'], ['out_proj', 'out'], ['c_fc', 'fc'], ['c_proj', 'proj']];
 export function heatmap(svg, rows, { layers, skipped = [], onPick } = {}) {
-  if (!rows.length) { svg.setAttribute('viewBox', `0 0 ${W} ${H}`); return message(svg, 'measure sensitivity to draw it'); }
+  if (!rows.length && !layers) { svg.setAttribute('viewBox', `0 0 ${W} ${H}`); return message(svg, 'measure sensitivity to draw it'); }
   const n = layers || 1 + Math.max(...rows.map((r) => layerOf(r.name)));
   const cw = 48, ch = 18, left = 44, top = 18;
   const height = top + n * ch + 30;
+  // the grid is drawn at its full size before the first row arrives, so nothing moves as rows stream in
   svg.setAttribute('viewBox', `0 0 ${W} ${height}`);
   svg.replaceChildren();
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < KINDS.length; j++) svg.append(el('rect', { class: 'empty', x: left + j * cw, y: top + i * ch, width: cw, height: ch, fill: '#eeebe3', stroke: '#fff' }));
+  }
+  if (!rows.length) {
+    KINDS.forEach(([, label], j) => svg.append(el('text', { x: left + j * cw + cw / 2, y: top - 5, 'text-anchor': 'middle' }, label)));
+    for (let i = 0; i < n; i++) svg.append(el('text', { x: left - 6, y: top + i * ch + ch / 2 + 3, 'text-anchor': 'end' }, `layer ${i}`));
+    svg.append(el('text', { x: left, y: height - 10 }, 'measure sensitivity to fill it'));
+    return;
+  }
   const kls = rows.map((r) => r.damage.kl).filter((v) => v > 0);
   const lo = Math.min(...kls), hi = Math.max(...kls);
   const level = (v) => (v > 0 && hi > lo ? Math.log(v / lo) / Math.log(hi / lo) : v > 0 ? 1 : 0);

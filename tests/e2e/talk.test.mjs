@@ -2,7 +2,7 @@
 // D loads the demo, S tells the origin's story (its setting breaks the model: cosine < 0.5, a broken continuation;
 // the fix and activation-aware SVD at the fix's size: > 0.95), R saves the report, which then opens with scripts
 // disabled and shows every section; the setting's link (the URL's hash) opened in a new tab reproduces a run's
-// summary exactly. Saves tests/e2e/out/story.png (the README's screenshot).
+// summary exactly. Saves tests/e2e/out/story.png and explorer.png (the README's screenshots).
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -194,6 +194,12 @@ try {
   await page.waitForFunction(() => /dense ×1/.test(document.querySelector('#preview-ranks').textContent));
   assert.equal(await page.inputValue('#preset'), 'custom');
   console.log(`  ${await page.textContent('#sens-note')}`);
+  // the runs compared and the explorer, for the README
+  // (the sticky header would be drawn over a full-page picture's middle: it stays at the top while it is taken)
+  await page.evaluate(() => { document.querySelector('header').style.position = 'static'; });
+  const panes = await page.$eval('#runs-panel', (a) => { const b = document.querySelector('#explorer-panel'); const r = a.getBoundingClientRect(), q = b.getBoundingClientRect(); return { x: r.x, y: r.y + window.scrollY, width: r.width, height: q.bottom - r.top }; });
+  await page.screenshot({ path: path.join(OUT, 'explorer.png'), fullPage: true, clip: panes });
+  await page.evaluate(() => { document.querySelector('header').style.position = ''; });
 
   step('Escape cancels a running job; large type scales the plots and tables too');
   n = await jobs(again);
