@@ -895,6 +895,19 @@ function drawSweep() {
   const current = r ? { bytes: r.linear.after, value: metric === 'cosine' ? r.ev.cosine : r.ev.ppl_compressed / r.ev.ppl_original } : null;
   const original = r ? r.linear.before : app.linearBytes || null;
   plots.sweep($('sweep-plot'), app.sweepPoints, { metric, current, original });
+  // the same points as numbers, in the order they were asked for
+  $('sweep-table').querySelector('tbody').replaceChildren(...app.sweepPoints.filter(Boolean).map((p) => {
+    const tr = document.createElement('tr');
+    tr.dataset.recipe = p.recipe;
+    tr.dataset.budget = p.budget ?? '';
+    tr.dataset.cosine = String(p.cosine);
+    tr.dataset.pplRatio = String(p.ppl_ratio);
+    for (const [text, cls] of [[p.recipe, ''], [p.budget ?? '–', 'num'], [pct(p.params_kept), 'num'], [fmtBytes(p.layer_bytes), 'num'],
+      [p.cosine.toFixed(4), 'num'], [pct(p.top1), 'num'], [p.ppl_ratio.toFixed(3), 'num'], [p.seconds.toFixed(1), 'num']]) {
+      tr.append(Object.assign(document.createElement('td'), { textContent: String(text), className: cls }));
+    }
+    return tr;
+  }));
 }
 $('sweep-metric').addEventListener('change', drawSweep);
 function runSweep() {

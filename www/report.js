@@ -13,7 +13,7 @@ const SECTIONS = [
   ['report-generation', 'Generation, side by side', ['.gen-columns', '#gen-note']],
   ['report-story', "The origin's story", ['#story-note', '#story-table']],
   ['report-runs', 'Runs compared', ['#runs-table', '#runs-compare']],
-  ['report-explorer', 'Explorer', ['#sweep-plot', '#sweep-note', '#heatmap', '#sens-note']],
+  ['report-explorer', 'Explorer', ['#sweep-plot', '#sweep-note', '#sweep-table', '#heatmap', '#sens-note']],
 ];
 // sections shown only when they hold something
 const FILLED = {

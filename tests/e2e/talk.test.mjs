@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { start, step, ROOT } from './harness.mjs';
 
 const OUT = path.join(ROOT, 'tests/e2e/out');
@@ -174,6 +175,17 @@ try {
   assert.equal(await page.$$eval('#sweep-plot circle[data-recipe="int8"]', (c) => c.length), 1);
   assert.equal(await page.$$eval('#sweep-plot [data-current]', (c) => c.length), 1, 'the current run ringed');
   console.log(`  ${await page.textContent('#sweep-note')}`);
+  // its figures are the CLI's: slc sweep on the same model, text, recipes, budgets and split
+  const cliSweep = JSON.parse(execFileSync(path.join(ROOT, 'target/release/slc'), ['sweep', '--model', path.join(ROOT, 'www/models/neo-bard-8l'),
+    '--text', path.join(ROOT, 'www/data/eval-dev.txt'), '--recipes', 'svd-energy,int8', '--budgets', '0.3,0.6', '--calibration-tokens', '2048',
+    '--eval-tokens', '128', '--window', '512', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
+  const pageSweep = await page.$$eval('#sweep-table tbody tr', (rs) => rs.map((r) => ({ recipe: r.dataset.recipe, budget: r.dataset.budget, cosine: Number(r.dataset.cosine), ppl_ratio: Number(r.dataset.pplRatio) })));
+  assert.equal(pageSweep.length, cliSweep.length);
+  for (const [a, b] of pageSweep.map((p, i) => [p, cliSweep[i]])) {
+    assert.equal(a.recipe, b.recipe);
+    assert.ok(Math.abs(a.cosine - b.cosine) < 1e-4, `${a.recipe} ${a.budget}: cosine ${a.cosine} in the page, ${b.cosine} by the CLI`);
+    assert.ok(Math.abs(a.ppl_ratio / b.ppl_ratio - 1) < 1e-3, `${a.recipe} ${a.budget}: perplexity ratio ${a.ppl_ratio} in the page, ${b.ppl_ratio} by the CLI`);
+  }
   await page.selectOption('#method', 'svd');
   await page.fill('#rank', '16');
   await page.fill('#budget', '');
