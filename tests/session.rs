@@ -344,12 +344,13 @@ fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
     assert_eq!(phases.into_iter().collect::<Vec<_>>(), ["calibrate", "factor", "refit", "spectrum"]);
     let finished = s.compress_finish().unwrap();
     // the model's memory, not the probes' logits (256 tokens × 50257 × 4 B = 51 MB) or the refit's states: measured
-    // 39.2 MB for 27.6 MB of tensors (the ~11.6 MB above them are not yet accounted for)
+    // 32.9 MB for 27.6 MB of tensors. It was 39.2 MB until the linear algebra's per-thread scratch (6.3 MB of it
+    // here) was reserved before measuring; the ~5.3 MB still above the tensors are not yet accounted for
     // what compression touched and what it did not add up to the export's tensors
     assert_eq!(finished.totals.bytes_after as u64 + finished.bytes_untouched, finished.tensor_bytes);
     assert_eq!(finished.totals.bytes_considered as u64 + finished.bytes_untouched, finished.bytes_original);
     let (resident, stored) = (finished.resident_bytes as f64, finished.tensor_bytes as f64);
-    assert!(resident < 1.5 * stored, "resident {resident} B for {stored} B of tensors");
+    assert!(resident < 1.25 * stored, "resident {resident} B for {stored} B of tensors");
     let page = export(&s);
     let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
     let original = b.load_model(false).unwrap();
