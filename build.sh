@@ -117,7 +117,15 @@ run_bench() {
     [ -f "$dir/$shape/model.safetensors" ] || $slc synth --config "tests/configs/gpt-neo-$shape.json" --out "$dir/$shape"
   done
   log "bench: randomized SVD, native (one thread) and wasm (headless Chromium, one worker)"
-  $slc bench svd --shapes 768x768,768x3072,2048x2048,2048x8192 --exact
+  $slc bench svd --shapes 768x768,768x3072,2048x2048,2048x8192 --exact --save "$dir/svd"
+  if python3 -c 'import numpy' 2>/dev/null; then
+    log "bench: numpy's LAPACK SVD and a numpy randomized SVD on the same matrices (one OpenBLAS thread, then all)"
+    OPENBLAS_NUM_THREADS=1 python3 tests/bench/svd-numpy.py "$dir/svd"
+    OPENBLAS_NUM_THREADS=1 python3 tests/bench/svd-numpy.py "$dir/svd" --iters 1
+    python3 tests/bench/svd-numpy.py "$dir/svd"
+  else
+    log "bench: numpy is not installed here: its LAPACK rows are skipped (pip install numpy)"
+  fi
   node tests/e2e/scale.mjs svd 768x768 768x3072 2048x2048 2048x8192
   log "bench: compression of the 125M shape at rank 128, every layer: CLI on 1 thread and on every core"
   $slc compress --input-dir "$dir/125M" --output-dir "$dir/125M-r128" --rank 128 --threads 1 | tail -2 | head -1

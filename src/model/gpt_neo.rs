@@ -113,6 +113,29 @@ enum Activation {
     Silu,
 }
 
+/// candle's gelu through [`kernels::gelu_tanh`] (vectorized) for contiguous f32 on the CPU, candle's own otherwise.
+struct GeluTanhOp;
+
+impl candle_core::CustomOp1 for GeluTanhOp {
+    fn name(&self) -> &'static str {
+        "gelu-tanh-vectorized"
+    }
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        match (storage, layout.contiguous_offsets()) {
+            (candle_core::CpuStorage::F32(data), Some((a, b))) => {
+                let mut out = vec![0f32; b - a];
+                crate::model::kernels::gelu_tanh(&data[a..b], &mut out);
+                Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
+            }
+            _ => Err(candle_core::Error::Msg("gelu-tanh-vectorized: contiguous f32 only".into())),
+        }
+    }
+}
+
 impl Activation {
     fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
@@ -125,6 +148,9 @@ impl Activation {
     }
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
+            Self::GeluTanh if x.dtype() == DType::F32 && x.is_contiguous() && x.device().is_cpu() => {
+                x.apply_op1_no_bwd(&GeluTanhOp)?
+            }
             Self::GeluTanh => x.gelu()?,
             Self::GeluErf => x.gelu_erf()?,
             Self::Relu => x.relu()?,

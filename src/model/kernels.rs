@@ -144,6 +144,18 @@ pub fn exp_f32(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
+/// GPT-2's "gelu_new", `0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, written as `x / (1 + e^(−2u))` (the same
+/// function: `(1 + tanh u) / 2` is the logistic of `2u`) with [`exp_f32`], so the loop vectorizes. candle's gelu
+/// calls the scalar `tanhf` per element, which took 14% of an evaluation natively and more in wasm. Agrees with the
+/// f64 formula to 1e-6 relative, or 1e-7 absolute near the function's zero crossing (test below).
+pub fn gelu_tanh(x: &[f32], out: &mut [f32]) {
+    const C: f32 = 0.797_884_6; // √(2/π)
+    for (o, &v) in out.iter_mut().zip(x) {
+        let u = C * (v + 0.044_715 * v * v * v);
+        *o = v / (1.0 + exp_f32(-2.0 * u));
+    }
+}
+
 /// Sums of f32 products kept in 16 f32 lanes and flushed to f64 every `FLUSH` elements: vectorizes, and stays
 /// accurate to about 1e-7 relative for rows of any length.
 const FLUSH: usize = 1024;
@@ -269,6 +281,26 @@ mod row_tests {
         }
         assert!(worst < 3e-7, "worst relative error {worst}");
         assert_eq!(exp_f32(f32::MIN), exp_f32(-87.0));
+    }
+
+    #[test]
+    fn gelu_matches_the_tanh_formula() {
+        let mut worst = (0f64, 0f64);
+        let xs: Vec<f32> = (-200_000..200_000).map(|i| i as f32 * 1e-4).chain([-1e4, -88.0, 50.0, 1e4, 0.0]).collect();
+        let mut out = vec![0f32; xs.len()];
+        gelu_tanh(&xs, &mut out);
+        for (&x, &y) in xs.iter().zip(&out) {
+            let x64 = x as f64;
+            let want =
+                0.5 * x64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x64 + 0.044715 * x64.powi(3))).tanh());
+            let err = (y as f64 - want).abs();
+            worst.0 = worst.0.max(err.min(err / want.abs().max(1e-300)));
+            worst.1 = worst.1.max(err);
+            assert!(y.is_finite(), "gelu({x}) = {y}");
+        }
+        // relative to the value, or absolute where the value itself is tiny
+        assert!(worst.0 < 1e-6, "worst error {worst:?}");
+        assert!(worst.1 < 2e-3, "worst absolute error {worst:?}"); // at x = 1e4, 1e-7 relative
     }
 
     #[test]

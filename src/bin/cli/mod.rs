@@ -336,6 +336,10 @@ enum BenchCmd {
         exact: bool,
         #[arg(long)]
         json: bool,
+        /// Also write each matrix to DIR/MxN.f32 (row-major little-endian f32), for other implementations to run
+        /// on the same matrices (`tests/bench/svd-numpy.py DIR`).
+        #[arg(long, value_name = "DIR")]
+        save: Option<std::path::PathBuf>,
     },
 }
 
@@ -356,8 +360,8 @@ pub fn run() -> Result<()> {
         Cmd::Densify { model, output_dir } => densify(&model, &output_dir),
         Cmd::Synth { config, out, dtype, seed, pad_bytes } => synth(&config, &out, dtype, seed, pad_bytes),
         Cmd::Bench(BenchCmd::Decode { model, prompt, tokens, runs }) => bench_decode(&model, &prompt, tokens, runs),
-        Cmd::Bench(BenchCmd::Svd { shapes, rank, power_iters, oversample, runs, exact, json }) => {
-            bench_svd(&shapes, rank, oversample, power_iters, runs, exact, json)
+        Cmd::Bench(BenchCmd::Svd { shapes, rank, power_iters, oversample, runs, exact, json, save }) => {
+            bench_svd(&shapes, rank, oversample, power_iters, runs, exact, json, save.as_deref())
         }
     }
 }
@@ -388,6 +392,7 @@ fn bench_decode(dir: &std::path::Path, prompt: &str, tokens: usize, runs: usize)
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_svd(
     shapes: &[String],
     rank: usize,
@@ -396,6 +401,7 @@ fn bench_svd(
     runs: usize,
     exact: bool,
     json: bool,
+    save: Option<&std::path::Path>,
 ) -> Result<()> {
     use semantic_llm_compressor::compression::svd::profile;
     for shape in shapes {
@@ -404,6 +410,12 @@ fn bench_svd(
             .and_then(|(a, b)| Some((a.trim().parse::<usize>().ok()?, b.trim().parse::<usize>().ok()?)))
             .ok_or_else(|| Error::Policy(format!("--shapes: `{shape}` is not MxN")))?;
         let w = semantic_llm_compressor::model::synth::matrix(m, n, 1)?;
+        if let Some(dir) = save {
+            let path = dir.join(format!("{m}x{n}.f32"));
+            std::fs::create_dir_all(dir)
+                .and_then(|_| std::fs::write(&path, w.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>()))
+                .map_err(|e| Error::file(path.display().to_string(), format!("cannot be written ({e})")))?;
+        }
         let p = profile(&w, m, n, rank, oversample, power_iters, runs, exact)?;
         if json {
             println!("{}", serde_json::to_string(&p)?);
