@@ -405,6 +405,51 @@ pub struct SvdProfile {
     /// The same for the exact truncation (from every singular value), when asked.
     pub err_exact: Option<f64>,
     pub exact_seconds: Option<f64>,
+    /// The products of one Krylov block (`A·Z`, `Aᵀ·Q`, `b` columns) and a plain one, by implementation: the median
+    /// seconds of interleaved rounds (wide matrices only).
+    pub narrow: Vec<(String, f64)>,
+}
+
+/// Medians over interleaved rounds of the products a Krylov block does, `Y = A·Z` (`A` the wide `m × n` row-major
+/// matrix, `Z` `n × b`) and `Z = Aᵀ·Q` (`Q` `m × b`), and of a plain `A·(n × l)`, through faer (what
+/// [`randomized`] uses) and through candle.
+pub fn narrow_products(w: &[f32], m: usize, n: usize, b: usize, l: usize, rounds: usize) -> Result<Vec<(String, f64)>> {
+    use crate::clock::now;
+    let a = faer::MatRef::from_row_major_slice(w, m, n);
+    let fill = |rows: usize, cols: usize| Mat::<f32>::from_fn(rows, cols, |i, j| ((i * 7 + j * 13) % 17) as f32 - 8.0);
+    let (z, q, zl) = (fill(n, b), fill(m, b), fill(n, l));
+    let dev = candle_core::Device::Cpu;
+    let tensor = |x: &Mat<f32>| {
+        let (r, c) = (x.nrows(), x.ncols());
+        candle_core::Tensor::from_vec((0..r * c).map(|k| x[(k / c, k % c)]).collect::<Vec<f32>>(), (r, c), &dev)
+    };
+    let ct = candle_core::Tensor::from_slice(w, (m, n), &dev)?;
+    let ctt = ct.t()?;
+    let (cz, cq, czl) = (tensor(&z)?, tensor(&q)?, tensor(&zl)?);
+    let names = ["faer A·Z", "faer Aᵀ·Q", "faer A·(n×l)", "candle A·Z", "candle Aᵀ·Q", "candle A·(n×l)"];
+    let mut times = vec![Vec::new(); names.len()];
+    for _ in 0..rounds.max(1) {
+        for (k, t) in times.iter_mut().enumerate() {
+            let s = now();
+            match k {
+                0 => drop(std::hint::black_box(a * &z)),
+                1 => drop(std::hint::black_box(a.transpose() * &q)),
+                2 => drop(std::hint::black_box(a * &zl)),
+                3 => drop(std::hint::black_box(ct.matmul(&cz)?)),
+                4 => drop(std::hint::black_box(ctt.matmul(&cq)?)),
+                _ => drop(std::hint::black_box(ct.matmul(&czl)?)),
+            }
+            t.push(now() - s);
+        }
+    }
+    Ok(names
+        .iter()
+        .zip(times)
+        .map(|(n, mut t)| {
+            t.sort_by(f64::total_cmp);
+            (n.to_string(), t[t.len() / 2])
+        })
+        .collect())
 }
 
 /// Time [`randomized`] with the given oversampling and iterations on the `m × n` matrix `w`, best of `runs`, stage by stage, beside a plain
@@ -481,6 +526,14 @@ pub fn profile(
         err_randomized,
         err_exact,
         exact_seconds,
+        narrow: {
+            let l = (rank + oversample).min(m.min(n));
+            if m <= n && l < m {
+                narrow_products(w, m, n, l.div_ceil(power_iters + 1), l, 7)?
+            } else {
+                vec![]
+            }
+        },
     })
 }
 

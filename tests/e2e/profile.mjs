@@ -94,6 +94,17 @@ try {
       total += t;
     }
     const idle = (self.get('(idle)') || 0) + (self.get('(program)') || 0);
+    // INCLUSIVE=re1,re2: the time of the samples with a frame matching each pattern on their stack
+    const parent = new Map();
+    for (const n of profile.nodes) for (const c of n.children || []) parent.set(c, n.id);
+    const inclusive = (process.env.INCLUSIVE || '').split(',').filter(Boolean).map((p) => [p, new RegExp(p), 0]);
+    for (const [nid, t] of time) {
+      for (const row of inclusive) {
+        for (let k = nid; k !== undefined; k = parent.get(k)) {
+          if (row[1].test(byId.get(k).callFrame.functionName)) { row[2] += t; break; }
+        }
+      }
+    }
     console.log(`\nworker ${w.url.split('/').pop()} ${w.targetId.slice(0, 8)}: ${(total / 1e6).toFixed(1)} s sampled, ${((total - idle) / 1e6).toFixed(1)} s busy`);
     // a timeline: per second, how busy, and the two functions that took most of it
     if (process.env.TIMELINE) {
@@ -115,6 +126,7 @@ try {
         console.log(`  t=${String(k).padStart(3)} s busy ${(100 * busy / all).toFixed(0).padStart(3)}%  ${tops.join(' · ')}`);
       });
     }
+    for (const [p, , t] of inclusive) console.log(`  inclusive ${(t / 1e6).toFixed(2).padStart(7)} s  /${p}/`);
     for (const [name, t] of [...self].sort((a, b) => b[1] - a[1]).slice(0, top)) {
       console.log(`  ${(t / 1e6).toFixed(2).padStart(7)} s ${(100 * t / total).toFixed(1).padStart(5)}%  ${name.slice(0, 140)}`);
     }

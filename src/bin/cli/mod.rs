@@ -439,6 +439,8 @@ fn bench_svd(
                 _ => String::new(),
             }
         );
+        let narrow: Vec<String> = p.narrow.iter().map(|(s, t)| format!("{s} {t:.4}")).collect();
+        println!("  products, median of 7 interleaved rounds: {}", narrow.join(", "));
     }
     Ok(())
 }
