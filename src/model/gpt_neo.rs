@@ -113,7 +113,8 @@ enum Activation {
     Silu,
 }
 
-/// candle's gelu through [`kernels::gelu_tanh`] (vectorized) for contiguous f32 on the CPU, candle's own otherwise.
+/// `gelu_new` through [`crate::model::kernels::gelu_tanh`] (vectorized), for contiguous f32 on the CPU (candle's own
+/// gelu otherwise, see [`Activation::apply`]).
 struct GeluTanhOp;
 
 impl candle_core::CustomOp1 for GeluTanhOp {

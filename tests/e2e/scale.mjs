@@ -39,7 +39,7 @@ try {
       if (p.error) throw new Error(p.error);
       const stages = p.stages.map(([s, t]) => `${s} ${t.toFixed(3)}`).join(', ');
       console.log(`svd ${shape} rank 128 (wasm, headless Chromium, 1 worker): randomized ${p.randomized_seconds.toFixed(3)} s [${stages}] = ${(p.randomized_seconds / p.matmul_seconds).toFixed(2)} f32 products of ${p.matmul_seconds.toFixed(3)} s (faer; candle's ${p.candle_seconds.toFixed(3)} s), ${p.products} units (oversampling ${p.oversample}, ${p.power_iters} iterations); error ${p.err_randomized.toFixed(4)}`);
-      console.log(`  products, median of 7 interleaved rounds: ${p.narrow.map(([s, t]) => `${s} ${t.toFixed(4)}`).join(', ')}`);
+      if (p.narrow.length) console.log(`  products, median of 7 interleaved rounds: ${p.narrow.map(([s, t]) => `${s} ${t.toFixed(4)}`).join(', ')}`);
     }
   } else if (what === 'model') {
     const dir = path.resolve(args[0]);

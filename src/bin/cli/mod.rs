@@ -439,8 +439,10 @@ fn bench_svd(
                 _ => String::new(),
             }
         );
-        let narrow: Vec<String> = p.narrow.iter().map(|(s, t)| format!("{s} {t:.4}")).collect();
-        println!("  products, median of 7 interleaved rounds: {}", narrow.join(", "));
+        if !p.narrow.is_empty() {
+            let narrow: Vec<String> = p.narrow.iter().map(|(s, t)| format!("{s} {t:.4}")).collect();
+            println!("  products, median of 7 interleaved rounds: {}", narrow.join(", "));
+        }
     }
     Ok(())
 }
