@@ -113,6 +113,10 @@ pub struct Policy {
     pub calibration_window: usize,
     /// Whitened method: λ = damp · mean diagonal of the input Gram matrix, added before the Cholesky factorisation.
     pub damp: f64,
+    /// Refit method: the closed-form fit is pulled toward the original weights with ρ = refit_ridge · mean diagonal
+    /// of the compressed path's input Gram matrix (`argmin ‖X̂ W*ᵀ − Y‖² / rows + ρ ‖W* − W‖²`); 0 is the plain
+    /// least squares.
+    pub refit_ridge: f64,
     /// Loss allocation: calibration tokens (the first ones) on which each matrix's sensitivity is measured.
     pub sensitivity_tokens: usize,
     /// Loss allocation: each matrix is probed alone at the rank keeping this fraction of its parameters (by default
@@ -140,6 +144,7 @@ impl Default for Policy {
             calibration_tokens: 2048,
             calibration_window: 512,
             damp: 0.01,
+            refit_ridge: 0.3,
             sensitivity_tokens: 1024,
             probe: None,
         }
@@ -217,6 +222,9 @@ impl Policy {
             }
             if !(self.damp.is_finite() && self.damp >= 0.0) {
                 return Err(Error::Policy(format!("damp {} must be a number ≥ 0", self.damp)));
+            }
+            if !(self.refit_ridge.is_finite() && self.refit_ridge >= 0.0) {
+                return Err(Error::Policy(format!("refit ridge {} must be a number ≥ 0", self.refit_ridge)));
             }
         }
         if self.rank == 0 && self.energy.is_none() && self.budget.is_none() && self.method.is_svd() {

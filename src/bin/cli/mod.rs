@@ -248,6 +248,10 @@ struct CompressArgs {
     /// Method whitened: damping λ = DAMP · mean diagonal of each layer's input Gram matrix.
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
+    /// Method refit: pull the closed-form fit toward the original weights with ρ = RIDGE · mean diagonal of the
+    /// compressed path's input Gram matrix (0: plain least squares).
+    #[arg(long = "refit-ridge", default_value_t = 0.3)]
+    refit_ridge: f64,
     /// Budget mode loss: calibration tokens (the first) on which each matrix's sensitivity is measured.
     #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
     sensitivity_tokens: usize,
@@ -298,6 +302,7 @@ impl CompressArgs {
             calibration_tokens: self.calibration_tokens,
             calibration_window: self.calibration_window,
             damp: self.damp,
+            refit_ridge: self.refit_ridge,
             sensitivity_tokens: self.sensitivity_tokens,
             probe: self.probe,
         })
