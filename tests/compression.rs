@@ -659,11 +659,12 @@ fn refit_and_loss_allocation_beat_activation_aware_svd_alone() {
 }
 
 /// The refit's ridge toward the original weights (`refit_ridge`, default 0.3) against the plain least squares
-/// (`refit_ridge` 0), side by side at 50% of the linear parameters, same fraction of each, calibrated on the first
-/// 4096 tokens of eval-dev.txt and measured on the 4096 after them: the pull keeps the fit from following the
-/// calibration tokens, and the held-out perplexity's excess over the original's drops.
+/// (`refit_ridge` 0), and the ridge fitted on overlapping windows (`refit_stride` 128: each of the same calibration
+/// tokens seen in four contexts) against side-by-side ones, at 50% of the linear parameters, same fraction of each,
+/// calibrated on the first 4096 tokens of eval-dev.txt and measured on the 4096 after them: both keep the fit from
+/// following the calibration windows, and the held-out perplexity's excess over the original's drops.
 #[test]
-fn the_refit_ridge_beats_plain_least_squares_on_held_out_text() {
+fn the_refit_ridge_and_overlapping_windows_beat_plain_least_squares_on_held_out_text() {
     let b = bard();
     let original = b.load_model(false).unwrap();
     let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
@@ -678,19 +679,22 @@ fn the_refit_ridge_beats_plain_least_squares_on_held_out_text() {
     assert_eq!(base.refit_ridge, 0.3);
     let run = |p: Policy| compress_checkpoint(&b.cfg, &b.ckpt, p, Some((&original, &ids)), &mut |_| {}).unwrap();
     let ridge = run(base.clone());
-    let plain = run(Policy { refit_ridge: 0.0, ..base });
+    let plain = run(Policy { refit_ridge: 0.0, ..base.clone() });
+    let strided = run(Policy { refit_stride: Some(128), ..base });
     // same ranks: only the fit differs
     let ranks = |c: &Compressed| c.reports.iter().map(|r| r.rank).collect::<Vec<_>>();
     assert_eq!(ranks(&ridge), ranks(&plain));
+    assert_eq!(ranks(&ridge), ranks(&strided));
     let mut ev = Evaluator::after(&ids, 4096, 4096, 512, 0, 1).unwrap();
-    while ev.step_many(&original, &[&ridge.model, &plain.model]).unwrap() {}
+    while ev.step_many(&original, &[&ridge.model, &plain.model, &strided.model]).unwrap() {}
     let r = ev.reports();
     let excess: Vec<f64> = r.iter().map(|x| x.ppl_compressed.unwrap() / x.ppl_original - 1.0).collect();
     eprintln!(
-        "50% of linear params, refit, ppl ratio − 1: ridge 0.3 {:.4}, plain least squares {:.4}",
-        excess[0], excess[1]
+        "50% of linear params, refit, ppl ratio − 1: ridge 0.3 {:.4}, plain least squares {:.4}, ridge on windows every 128 tokens {:.4}",
+        excess[0], excess[1], excess[2]
     );
     assert!(excess[0] < 0.9 * excess[1], "ridge {} vs plain {}", excess[0], excess[1]);
+    assert!(excess[2] < 0.97 * excess[0], "overlapping windows {} vs side by side {}", excess[2], excess[0]);
 }
 
 /// `slc sensitivity`'s damage of one matrix compressed alone equals an ordinary compression that skips every other

@@ -117,6 +117,10 @@ pub struct Policy {
     /// of the compressed path's input Gram matrix (`argmin ‖X̂ W*ᵀ − Y‖² / rows + ρ ‖W* − W‖²`); 0 is the plain
     /// least squares.
     pub refit_ridge: f64,
+    /// Refit method: the calibration windows the refit fits on start every `refit_stride` tokens, overlapping, so
+    /// that each calibration token is seen in several contexts (still only the first `calibration_tokens`); `None`:
+    /// side by side, as the calibration's. Time and the refit's memory grow by `calibration_window / refit_stride`.
+    pub refit_stride: Option<usize>,
     /// Loss allocation: calibration tokens (the first ones) on which each matrix's sensitivity is measured.
     pub sensitivity_tokens: usize,
     /// Loss allocation: each matrix is probed alone at the rank keeping this fraction of its parameters (by default
@@ -145,6 +149,7 @@ impl Default for Policy {
             calibration_window: 512,
             damp: 0.01,
             refit_ridge: 0.3,
+            refit_stride: None,
             sensitivity_tokens: 1024,
             probe: None,
         }
@@ -225,6 +230,9 @@ impl Policy {
             }
             if !(self.refit_ridge.is_finite() && self.refit_ridge >= 0.0) {
                 return Err(Error::Policy(format!("refit ridge {} must be a number ≥ 0", self.refit_ridge)));
+            }
+            if self.refit_stride == Some(0) {
+                return Err(Error::Policy("refit stride must be at least 1 token".into()));
             }
         }
         if self.rank == 0 && self.energy.is_none() && self.budget.is_none() && self.method.is_svd() {

@@ -64,8 +64,38 @@ impl TextStream {
     }
 }
 
+/// The first `tokens` ids in windows of `window` that start every `stride` tokens: overlapping when `stride` is below
+/// `window`, so that each token is seen in several contexts; `None` (or a stride of at least `window`) is
+/// [`windows`]. Every window lies inside the first `tokens` ids and together they cover them all: the last window is
+/// the first whose end reaches the `tokens`-th id.
+pub fn strided_windows(ids: &[u32], tokens: usize, window: usize, stride: Option<usize>) -> Result<Vec<Vec<u32>>> {
+    let stride = match stride {
+        Some(0) => return Err(crate::Error::Policy("the calibration stride must be at least 1 token".into())),
+        Some(s) if s < window => s,
+        _ => return windows(ids, tokens, window),
+    };
+    let n = window_span(ids, tokens, window)?;
+    let mut out = Vec::with_capacity(n / stride + 1);
+    let mut start = 0;
+    while start + 2 <= n {
+        let end = (start + window).min(n);
+        out.push(ids[start..end].to_vec());
+        if end == n {
+            break;
+        }
+        start += stride;
+    }
+    Ok(out)
+}
+
 /// Cut the first `tokens` ids into windows of `window`.
 pub fn windows(ids: &[u32], tokens: usize, window: usize) -> Result<Vec<Vec<u32>>> {
+    let n = window_span(ids, tokens, window)?;
+    Ok(ids[..n].chunks(window).filter(|w| w.len() >= 2).map(|w| w.to_vec()).collect())
+}
+
+/// How many of `ids` windows of `window` over the first `tokens` read, once the settings are checked.
+fn window_span(ids: &[u32], tokens: usize, window: usize) -> Result<usize> {
     if window < 2 {
         return Err(crate::Error::Policy(format!("the evaluation window must be at least 2 tokens, not {window}")));
     }
@@ -76,5 +106,32 @@ pub fn windows(ids: &[u32], tokens: usize, window: usize) -> Result<Vec<Vec<u32>
             ids.len()
         )));
     }
-    Ok(ids[..n].chunks(window).filter(|w| w.len() >= 2).map(|w| w.to_vec()).collect())
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strided_windows_overlap_inside_the_first_tokens_and_cover_them() {
+        let ids: Vec<u32> = (0..100).collect();
+        let w = strided_windows(&ids, 40, 16, Some(8)).unwrap();
+        let starts: Vec<u32> = w.iter().map(|w| w[0]).collect();
+        assert_eq!(starts, [0, 8, 16, 24]);
+        assert!(w.iter().all(|w| w.len() == 16 && w.windows(2).all(|p| p[1] == p[0] + 1)));
+        assert_eq!(*w.last().unwrap().last().unwrap(), 39, "the last window ends at the 40th id, not past it");
+        // a stride that does not divide: the last window is cut at the end
+        let w = strided_windows(&ids, 40, 16, Some(10)).unwrap();
+        assert_eq!(w.iter().map(|w| (w[0], w.len())).collect::<Vec<_>>(), [(0, 16), (10, 16), (20, 16), (30, 10)]);
+        // fewer ids than tokens
+        let w = strided_windows(&ids[..20], 40, 16, Some(8)).unwrap();
+        assert_eq!(w.iter().map(|w| (w[0], w.len())).collect::<Vec<_>>(), [(0, 16), (8, 12)]);
+        // no stride, or one of a window or more: side by side
+        for s in [None, Some(16), Some(50)] {
+            assert_eq!(strided_windows(&ids, 40, 16, s).unwrap(), windows(&ids, 40, 16).unwrap());
+        }
+        assert!(strided_windows(&ids, 40, 16, Some(0)).is_err());
+        assert!(strided_windows(&ids, 40, 1, Some(1)).is_err());
+    }
 }

@@ -24,7 +24,7 @@ use crate::model::checkpoint::{embedding_name, fingerprint, ByteSource, Checkpoi
 use crate::model::generate::{Generation, SamplingParams};
 use crate::model::gpt_neo::GptNeo;
 use crate::model::linear::LinearWeight;
-use crate::model::tokenizer::{TextStream, Tokenizer};
+use crate::model::tokenizer::{strided_windows, TextStream, Tokenizer};
 use crate::model::weights::{is_compressed, CheckpointWeights, Precision};
 use crate::{Error, Result};
 pub use memory::MemoryBudget;
@@ -403,11 +403,19 @@ impl Session {
                 let ids =
                     self.calibration_ids.as_ref().ok_or_else(|| Error::msg("the refit needs calibration text"))?;
                 // both paths' hidden states, and one block's inputs on both paths (q/k/v, out_proj, c_fc, c_proj)
-                let (cfg, tokens) = (&b.cfg, c.policy.calibration_tokens.min(ids.len()) as f64);
+                // (overlapping windows hold a token once per window it is in)
+                let p = &c.policy;
+                let windows = strided_windows(ids, p.calibration_tokens, p.calibration_window, p.refit_stride)?;
+                let (cfg, rows) = (&b.cfg, windows.iter().map(Vec::len).sum::<usize>() as f64);
                 let per_token = (2 * cfg.hidden_size + 2 * (5 * cfg.hidden_size + cfg.intermediate_size())) as f64;
-                let bytes = 4.0 * tokens * per_token;
-                self.memory.check("the refit's calibration states", bytes, 0.9, "use fewer calibration tokens")?;
-                self.refit = Some(Refit::new(o, ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
+                let bytes = 4.0 * rows * per_token;
+                let advice = if p.refit_stride.is_some() {
+                    "use fewer calibration tokens or a larger refit stride"
+                } else {
+                    "use fewer calibration tokens"
+                };
+                self.memory.check("the refit's calibration states", bytes, 0.9, advice)?;
+                self.refit = Some(Refit::new(o, ids, p.calibration_tokens, p.calibration_window, p.refit_stride)?);
             }
             let r = self.refit.as_mut().ok_or_else(|| Error::msg("the refit has not started"))?;
             let mut last = None;

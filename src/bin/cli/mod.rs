@@ -178,6 +178,9 @@ struct SweepArgs {
     window: usize,
     #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
     sensitivity_tokens: usize,
+    /// Refit recipes: fit on calibration windows starting every STRIDE tokens (see slc compress --refit-stride).
+    #[arg(long = "refit-stride")]
+    refit_stride: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -252,6 +255,10 @@ struct CompressArgs {
     /// compressed path's input Gram matrix (0: plain least squares).
     #[arg(long = "refit-ridge", default_value_t = 0.3)]
     refit_ridge: f64,
+    /// Method refit: fit on calibration windows starting every STRIDE tokens (overlapping; still the first
+    /// --calibration-tokens), each token seen in several contexts (default: side by side).
+    #[arg(long = "refit-stride")]
+    refit_stride: Option<usize>,
     /// Budget mode loss: calibration tokens (the first) on which each matrix's sensitivity is measured.
     #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
     sensitivity_tokens: usize,
@@ -303,6 +310,7 @@ impl CompressArgs {
             calibration_window: self.calibration_window,
             damp: self.damp,
             refit_ridge: self.refit_ridge,
+            refit_stride: self.refit_stride,
             sensitivity_tokens: self.sensitivity_tokens,
             probe: self.probe,
         })
@@ -755,6 +763,7 @@ fn sweep(a: &SweepArgs) -> Result<()> {
         calibration_tokens: a.calibration_tokens,
         calibration_window: a.window,
         sensitivity_tokens: a.sensitivity_tokens,
+        refit_stride: a.refit_stride,
         ..Default::default()
     };
     let split = explore::Split { skip: a.calibration_tokens, tokens: a.eval_tokens, window: a.window };
