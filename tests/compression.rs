@@ -21,6 +21,12 @@ fn bard() -> ModelBundle {
     ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap()
 }
 
+/// eval-dev.txt (calibration and evaluation text) in `b`'s tokens.
+fn eval_dev_ids(b: &ModelBundle) -> Vec<u32> {
+    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
+    b.tokenizer().unwrap().encode(&text).unwrap()
+}
+
 fn reference(file: &str) -> SafetensorsFile {
     SafetensorsFile::open(Box::new(MemSource::new(file, std::fs::read(shared(&format!("reference/{file}"))).unwrap())))
         .unwrap()
@@ -240,8 +246,7 @@ fn every_reference_row_matches_on_every_metric() {
     let models: Vec<Compressed> =
         rows.iter().map(|r| r.policy.clone()).chain([bytes_budget]).map(|p| compress(&b, p)).collect();
     let original = b.load_model(false).unwrap();
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let refs: Vec<&GptNeo> = models.iter().map(|c| &c.model).collect();
     let mut parts: Vec<Evaluator> = (0..2).map(|p| Evaluator::new_part(&ids, 8192, 512, p, 2).unwrap()).collect();
     std::thread::scope(|s| {
@@ -386,8 +391,7 @@ fn streaming_evaluation_matches_the_ordinary_one() {
     use semantic_llm_compressor::model::weights::{CheckpointWeights, Precision};
     let b = bard();
     let c = compress(&b, Policy { rank: 32, skip: MLP.iter().map(|s| s.to_string()).collect(), ..Default::default() });
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let original = b.load_model(false).unwrap();
     let mut ev = Evaluator::new(&ids, 1024, 256).unwrap();
     while ev.step(&original, Some(&c.model)).unwrap() {}
@@ -423,8 +427,7 @@ fn streaming_evaluation_matches_the_ordinary_one() {
 fn activation_aware_svd_beats_plain_svd_on_held_out_text() {
     let b = bard();
     let original = b.load_model(false).unwrap();
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let policy = |method| Policy { rank: 32, method, calibration_tokens: 4096, ..Default::default() };
     let plain = compress(&b, policy(semantic_llm_compressor::compression::policy::Method::Svd));
     let aware = compress_checkpoint(
@@ -483,8 +486,7 @@ fn whitened_factors_beat_plain_svd_on_the_same_activations() {
     use semantic_llm_compressor::compression::calib::Calibrator;
     let b = bard();
     let original = b.load_model(false).unwrap();
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let (tokens, window, rank) = (1024, 512, 32);
     let mut cal = Calibrator::new(&ids, tokens, window).unwrap();
     while cal.step(&original).unwrap() {}
@@ -576,8 +578,7 @@ fn merged_parts_equal_one_evaluation_exactly() {
     let b = bard();
     let c = compress(&b, Policy { rank: 32, ..Default::default() });
     let original = b.load_model(false).unwrap();
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let (tokens, window) = (2000, 256);
     let mut one = Evaluator::new(&ids, tokens, window).unwrap();
     while one.step(&original, Some(&c.model)).unwrap() {}
@@ -626,8 +627,7 @@ fn merged_parts_equal_one_evaluation_exactly() {
 fn refit_and_loss_allocation_beat_activation_aware_svd_alone() {
     let b = bard();
     let original = b.load_model(false).unwrap();
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let base = Policy {
         method: Method::Whitened,
         budget: Some(0.2),
@@ -667,8 +667,7 @@ fn refit_and_loss_allocation_beat_activation_aware_svd_alone() {
 fn the_refit_ridge_and_overlapping_windows_beat_plain_least_squares_on_held_out_text() {
     let b = bard();
     let original = b.load_model(false).unwrap();
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let base = Policy {
         method: Method::Refit,
         budget: Some(0.5),
@@ -704,8 +703,7 @@ fn sensitivity_equals_compressing_one_matrix_alone() {
     use semantic_llm_compressor::explore;
     let b = bard();
     let original = b.load_model(false).unwrap();
-    let text = std::fs::read_to_string(shared("corpus/eval-dev.txt")).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text).unwrap();
+    let ids = eval_dev_ids(&b);
     let policy = Policy {
         method: Method::Whitened,
         rank: 16,
