@@ -51,7 +51,11 @@ impl Refit {
     /// Start on the first `tokens` of `ids` (the calibration text) in windows of `window` starting every `stride`
     /// tokens ([`crate::model::tokenizer::strided_windows`]).
     pub fn new(original: &GptNeo, ids: &[u32], tokens: usize, window: usize, stride: Option<usize>) -> Result<Self> {
-        let windows = crate::model::tokenizer::strided_windows(ids, tokens, window, stride)?;
+        Self::on_windows(original, &crate::model::tokenizer::strided_windows(ids, tokens, window, stride)?)
+    }
+
+    /// Start on these calibration windows.
+    pub fn on_windows(original: &GptNeo, windows: &[Vec<u32>]) -> Result<Self> {
         let orig = windows.iter().map(|w| original.embed(w)).collect::<Result<Vec<_>>>()?;
         Ok(Self { original: original.clone(), comp: orig.clone(), orig, next: 0 })
     }

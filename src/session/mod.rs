@@ -415,7 +415,7 @@ impl Session {
                     "use fewer calibration tokens"
                 };
                 self.memory.check("the refit's calibration states", bytes, 0.9, advice)?;
-                self.refit = Some(Refit::new(o, ids, p.calibration_tokens, p.calibration_window, p.refit_stride)?);
+                self.refit = Some(Refit::on_windows(o, &windows)?);
             }
             let r = self.refit.as_mut().ok_or_else(|| Error::msg("the refit has not started"))?;
             let mut last = None;
