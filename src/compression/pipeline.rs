@@ -291,7 +291,24 @@ impl Compressor {
         spectra + self.mats.len()
     }
 
-    fn start_factoring(&mut self) -> Result<()> {
+    /// Method refit with a loss allocation: spend the budget left after the matrices stored so far on the others,
+    /// with these matrices' spectra replaced (the refitted targets' whitened spectra).
+    pub fn replan(&mut self, spectra: &[(usize, Vec<f64>)]) -> Result<()> {
+        let mut sp = self.spectra.clone();
+        for (i, s) in spectra {
+            if let Some(slot) = sp.get_mut(*i) {
+                *slot = Some(s.clone());
+            }
+        }
+        let fixed: Vec<Option<Plan>> =
+            self.done.iter().zip(&self.plans).map(|(d, p)| d.as_ref().map(|_| p.clone())).collect();
+        let sens = self.sensitivities();
+        self.plans = self.policy.replan(&self.mats, &sp, &sens, &fixed)?;
+        Ok(())
+    }
+
+    /// Each matrix's probed sensitivity (the loss allocation's weights).
+    fn sensitivities(&self) -> Vec<Option<f64>> {
         let mut sensitivity: Vec<Option<f64>> = self.probes.iter().map(|p| p.map(|p| p.sensitivity)).collect();
         if self.policy.needs_sensitivity() {
             // a matrix outside the blocks (an untied head) is not probed: weigh it as the most sensitive one
@@ -302,6 +319,11 @@ impl Compressor {
                 }
             }
         }
+        sensitivity
+    }
+
+    fn start_factoring(&mut self) -> Result<()> {
+        let sensitivity = self.sensitivities();
         self.plans = self.policy.plan_weighted(&self.mats, &self.spectra, &sensitivity)?;
         self.phase = Phase::Factor;
         self.next = 0;

@@ -121,6 +121,10 @@ pub struct Policy {
     /// that each calibration token is seen in several contexts (still only the first `calibration_tokens`); `None`:
     /// side by side, as the calibration's. Time and the refit's memory grow by `calibration_window / refit_stride`.
     pub refit_stride: Option<usize>,
+    /// Refit method with the loss allocation: before each group of matrices is truncated, the budget left after the
+    /// matrices already stored is spent again, with that group's spectra those of its refitted targets `W*` (whitened
+    /// by the compressed path's inputs) instead of the original weights'. `false`: the ranks planned before the refit.
+    pub refit_replan: bool,
     /// Loss allocation: calibration tokens (the first ones) on which each matrix's sensitivity is measured.
     pub sensitivity_tokens: usize,
     /// Loss allocation: each matrix is probed alone at the rank keeping this fraction of its parameters (by default
@@ -150,6 +154,7 @@ impl Default for Policy {
             damp: 0.01,
             refit_ridge: 0.3,
             refit_stride: None,
+            refit_replan: true,
             sensitivity_tokens: 1024,
             probe: None,
         }
@@ -371,6 +376,54 @@ impl Policy {
             });
         }
         Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Dense { reason: "not planned".into() })).collect())
+    }
+
+    /// The plans again, with some matrices' plans fixed (already stored): the budget left after them is spent on the
+    /// others by [`Policy::plan_weighted`] with these spectra.
+    pub fn replan(
+        &self,
+        mats: &[MatrixInfo],
+        spectra: &[Option<Vec<f64>>],
+        sensitivity: &[Option<f64>],
+        fixed: &[Option<Plan>],
+    ) -> Result<Vec<Plan>> {
+        let Some(fraction) = self.budget else { return self.plan_weighted(mats, spectra, sensitivity) };
+        let candidates: Vec<usize> = (0..mats.len()).filter(|&i| self.exclusion(&mats[i]).is_none()).collect();
+        let total: f64 = candidates.iter().map(|&i| self.dense_cost(&mats[i])).sum();
+        let mut left = fraction * total;
+        let mut rest = Vec::new();
+        for &i in &candidates {
+            match fixed.get(i).and_then(|p| p.as_ref()) {
+                Some(Plan::LowRank { rank }) => left -= self.cost(&mats[i], *rank),
+                Some(Plan::Int8) => left -= self.int8_bytes(mats[i].out, mats[i].inp) as f64,
+                Some(Plan::Dense { .. }) => left -= self.dense_cost(&mats[i]),
+                None => rest.push(i),
+            }
+        }
+        let rest_total: f64 = rest.iter().map(|&i| self.dense_cost(&mats[i])).sum();
+        let mut out: Vec<Plan> = (0..mats.len())
+            .map(|i| match fixed.get(i).and_then(|p| p.clone()) {
+                Some(p) => p,
+                None => Plan::Dense { reason: "not planned".into() },
+            })
+            .collect();
+        if rest.is_empty() || rest_total <= 0.0 {
+            return Ok(out);
+        }
+        let sub = Policy { budget: Some((left / rest_total).clamp(1e-9, 1.0)), ..self.clone() };
+        let m: Vec<MatrixInfo> = rest.iter().map(|&i| mats[i].clone()).collect();
+        let sp: Vec<Option<Vec<f64>>> = rest.iter().map(|&i| spectra.get(i).cloned().flatten()).collect();
+        let se: Vec<Option<f64>> = rest.iter().map(|&i| sensitivity.get(i).copied().flatten()).collect();
+        for (&i, p) in rest.iter().zip(sub.plan_weighted(&m, &sp, &se)?) {
+            out[i] = p;
+        }
+        // excluded matrices keep their reasons
+        for (i, m) in mats.iter().enumerate() {
+            if let Some(reason) = self.exclusion(m) {
+                out[i] = Plan::Dense { reason };
+            }
+        }
+        Ok(out)
     }
 
     /// Cost of rank r of matrix m in the budget's unit, and of keeping it dense.
@@ -703,6 +756,28 @@ mod tests {
         assert_eq!(plans[0], Plan::Int8, "{plans:?}");
         // not with plain SVD factors: the loss is measured on activations
         assert!(Policy { method: Method::Svd, ..base }.validate().is_err());
+    }
+
+    #[test]
+    fn replanning_keeps_what_is_stored_and_spends_what_is_left() {
+        let (mats, spectra) = zoo();
+        let base =
+            Policy { method: Method::Refit, budget: Some(0.3), budget_mode: BudgetMode::Loss, ..Default::default() };
+        let sens = [Some(1.0); 4];
+        let before = ranks(&base.plan_weighted(&mats, &spectra, &sens).unwrap());
+        let dense: f64 = mats.iter().map(|m| m.params() as f64).sum();
+        let params = |r: &[usize]| mats.iter().zip(r).map(|(m, r)| (r * (m.out + m.inp + 1)) as f64).sum::<f64>();
+        // "q" stored with fewer ranks than planned; "fc"'s refitted spectrum decays slower than its original one
+        let mut fixed = vec![None; 4];
+        fixed[0] = Some(Plan::LowRank { rank: before[0] / 2 });
+        let mut refitted = spectra.clone();
+        refitted[1] = Some((0..100).map(|i| (-(i as f64) / 40.0).exp()).collect());
+        let after = ranks(&base.replan(&mats, &refitted, &sens, &fixed).unwrap());
+        assert_eq!(after[0], before[0] / 2, "a stored matrix keeps its rank");
+        assert!(after[1] > before[1], "fc's slower refitted decay takes more rank: {before:?} → {after:?}");
+        assert!(params(&after) <= 0.3 * dense && params(&after) >= 0.27 * dense, "{after:?}");
+        // nothing fixed and nothing replaced: the plan made before
+        assert_eq!(ranks(&base.replan(&mats, &spectra, &sens, &[None, None, None, None]).unwrap()), before);
     }
 
     #[test]

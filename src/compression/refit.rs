@@ -17,6 +17,12 @@
 //! several contexts, more rows for the same least squares; on neo-bard-8l at 50% (loss allocation) windows every 64
 //! tokens measured ×1.0426 against ×1.0469 side by side (QUALITY.md).
 //!
+//! With the loss allocation, the ranks are chosen again before each group is truncated (`refit_replan`, the
+//! default): the budget left after the matrices already stored is spent by the same greedy, with this group's spectra
+//! those of its `W*` whitened by `Ĝ` (what truncating it costs on the compressed path) and the later matrices' still
+//! those of their original weights. On neo-bard-8l (side-by-side windows) it measured ×3.172 / ×1.559 / ×1.146 /
+//! ×1.0458 at 10/20/35/50% against ×4.105 / ×1.614 / ×1.148 / ×1.0467 with the ranks planned before the refit.
+//!
 //! The factors are stored (INT8 by the policy) before the next group runs, so later matrices fit what is actually
 //! stored. Each layer's report gives the relative error of its stored outputs against the original layer's outputs.
 //! Memory: one block's inputs on the calibration windows, and two n × n statistics at a time.
@@ -88,6 +94,9 @@ impl Refit {
         let orig_out: Vec<Tensor> = self.orig.iter().map(rows).collect::<Result<_>>()?;
         let comp_in: Vec<Tensor> = self.comp.iter().map(rows).collect::<Result<_>>()?;
         let mut cb = ob.clone();
+        let replan = c.policy.refit_replan
+            && c.policy.budget.is_some()
+            && c.policy.budget_mode == crate::compression::policy::BudgetMode::Loss;
         for group in GROUPS {
             let wanted: Vec<&str> = group.iter().map(|&k| names[k].as_str()).collect();
             let mut xh: HashMap<String, Vec<Tensor>> = HashMap::new();
@@ -100,17 +109,17 @@ impl Refit {
                     Ok(())
                 })?)?);
             }
-            for name in wanted {
+            // What each layer's outputs should be: the original layer's on the original's inputs; for the two
+            // layers that write into the residual stream, also what the stream has drifted by (so the block's
+            // output, not only the layer's, comes back to the original's).
+            let mut work = Vec::with_capacity(wanted.len());
+            for &name in &wanted {
                 let i = c.index_of(name).ok_or_else(|| Error::tensor(name, "is not among the compressed matrices"))?;
-                let plan = c.plan(i).cloned().ok_or_else(|| Error::msg("the compression's plans are not made yet"))?;
                 let original = ob.linear(name).ok_or_else(|| Error::tensor(name, "is not in its block"))?;
                 let (x, x_hat) = match (xs.get(name), xh.get(name)) {
                     (Some(x), Some(x_hat)) => (x, x_hat),
                     _ => return Err(Error::tensor(name, "saw no calibration input")),
                 };
-                // What the layer's outputs should be: the original layer's on the original's inputs; for the two
-                // layers that write into the residual stream, also what the stream has drifted by (so the block's
-                // output, not only the layer's, comes back to the original's).
                 let plain = |xs: &[Tensor]| -> Result<Vec<Tensor>> {
                     let lin = crate::model::linear::Linear {
                         name: String::new(),
@@ -132,7 +141,25 @@ impl Refit {
                         .collect::<Result<_>>()?,
                     _ => plain(x)?,
                 };
-                let f = refit_one(c, i, &plan, &original.weight, &target, x_hat)?;
+                // replanning needs the group's refitted spectra before any of it is truncated; otherwise each
+                // matrix is solved when it is refitted, one at a time
+                let solved = if replan && c.policy.exclusion(&c.mats[i]).is_none() {
+                    Some(solve(c, i, &original.weight, &target, x_hat)?)
+                } else {
+                    None
+                };
+                work.push((name, i, original, target, x_hat, solved));
+            }
+            if replan {
+                let spectra: Vec<(usize, Vec<f64>)> = work
+                    .iter()
+                    .filter_map(|(_, i, _, _, _, solved)| solved.as_ref().map(|s| (*i, s.spectrum.clone())))
+                    .collect();
+                c.replan(&spectra)?;
+            }
+            for (name, i, original, target, x_hat, solved) in work {
+                let plan = c.plan(i).cloned().ok_or_else(|| Error::msg("the compression's plans are not made yet"))?;
+                let f = refit_one(c, i, &plan, &original.weight, &target, x_hat, solved)?;
                 if let Some(w) = &f.weight {
                     cb.set_weight(name, w.clone())?;
                 }
@@ -204,10 +231,10 @@ fn refit_one(
     weight: &LinearWeight,
     target: &[Tensor],
     x_hat: &[Tensor],
+    solved: Option<Solved>,
 ) -> Result<Factored> {
     let t0 = crate::clock::now();
     let m = c.mats[i].clone();
-    let tag = |e: Error| Error::tensor(&m.name, e.to_string());
     let (out, inp) = (m.out, m.inp);
     let w = weight.to_dense_f32()?;
     let mut rep = crate::compression::pipeline::LayerReport::stored(&m, None);
@@ -223,22 +250,11 @@ fn refit_one(
             Some(lw)
         }
         Plan::LowRank { rank } => {
-            let (g, rows) = cross(x_hat, x_hat)?;
-            let (cy, _) = cross(x_hat, target)?;
-            let rows = rows.max(1) as f64;
-            let g: Vec<f64> = g.iter().map(|v| v / rows).collect();
-            // W* = (Yᵀ X̂ + ρ W) (Ĝ + (λ + ρ) I)⁻¹, i.e. (Ĝ + (λ + ρ) I) W*ᵀ = X̂ᵀ Y + ρ Wᵀ
-            let n = inp;
-            let mean_diag = (0..n).map(|k| g[k * n + k]).sum::<f64>() / n.max(1) as f64;
-            let lambda = c.policy.damp * mean_diag.max(f64::MIN_POSITIVE);
-            let rho = c.policy.refit_ridge * mean_diag;
-            let gd = Mat::from_fn(n, n, |a, b| g[a * n + b] + if a == b { lambda + rho } else { 0.0 });
-            let rhs = Mat::from_fn(n, out, |a, b| cy[a * out + b] / rows + rho * w[b * inp + a] as f64);
-            let llt = gd.llt(faer::Side::Lower).map_err(|e| {
-                tag(Error::Numeric(format!("the compressed path's input statistics are not positive definite ({e:?})")))
-            })?;
-            let target = llt.solve(&rhs).transpose().to_owned();
-            let (mut s, all) = svd::whitened_f64(&target, &g, *rank, c.policy.damp).map_err(tag)?;
+            let Solved { svd: full, spectrum: all } = match solved {
+                Some(s) => s,
+                None => solve(c, i, weight, target, x_hat)?,
+            };
+            let mut s = full.truncate(*rank);
             s.canonicalize_signs();
             rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
             let total: f64 = all.iter().map(|v| v * v).sum();
@@ -259,6 +275,39 @@ fn refit_one(
     }
     rep.seconds = crate::clock::now() - t0;
     Ok(Factored { index: i, report: rep, weight: stored })
+}
+
+/// A matrix's refit before its rank is chosen: the whitened SVD of `W*` in full (`W* L = U Σ Vᵀ`, `Ĝ = L Lᵀ`) and its
+/// spectrum.
+pub(crate) struct Solved {
+    svd: svd::Svd,
+    spectrum: Vec<f64>,
+}
+
+/// Matrix `i` refitted before truncation: `W*`, the unconstrained least squares toward `target` on the compressed
+/// path's inputs, and its whitened SVD by their statistics `Ĝ`.
+fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_hat: &[Tensor]) -> Result<Solved> {
+    let m = &c.mats[i];
+    let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+    let (out, inp) = (m.out, m.inp);
+    let w = weight.to_dense_f32()?;
+    let (g, rows) = cross(x_hat, x_hat)?;
+    let (cy, _) = cross(x_hat, target)?;
+    let rows = rows.max(1) as f64;
+    let g: Vec<f64> = g.iter().map(|v| v / rows).collect();
+    // W* = (Yᵀ X̂ + ρ W) (Ĝ + (λ + ρ) I)⁻¹, i.e. (Ĝ + (λ + ρ) I) W*ᵀ = X̂ᵀ Y + ρ Wᵀ
+    let n = inp;
+    let mean_diag = (0..n).map(|k| g[k * n + k]).sum::<f64>() / n.max(1) as f64;
+    let lambda = c.policy.damp * mean_diag.max(f64::MIN_POSITIVE);
+    let rho = c.policy.refit_ridge * mean_diag;
+    let gd = Mat::from_fn(n, n, |a, b| g[a * n + b] + if a == b { lambda + rho } else { 0.0 });
+    let rhs = Mat::from_fn(n, out, |a, b| cy[a * out + b] / rows + rho * w[b * inp + a] as f64);
+    let llt = gd.llt(faer::Side::Lower).map_err(|e| {
+        tag(Error::Numeric(format!("the compressed path's input statistics are not positive definite ({e:?})")))
+    })?;
+    let t = llt.solve(&rhs).transpose().to_owned();
+    let (svd, spectrum) = svd::whitened_f64(&t, &g, out.min(inp), c.policy.damp).map_err(tag)?;
+    Ok(Solved { svd, spectrum })
 }
 
 /// `‖X̂ W'ᵀ − Y‖F / ‖Y‖F` over the windows (biases cancel: the layer keeps the original's).

@@ -181,6 +181,9 @@ struct SweepArgs {
     /// Refit recipes: fit on calibration windows starting every STRIDE tokens (see slc compress --refit-stride).
     #[arg(long = "refit-stride")]
     refit_stride: Option<usize>,
+    /// Refit recipes with the loss allocation: keep the ranks planned before the refit (see slc compress).
+    #[arg(long = "no-refit-replan")]
+    no_refit_replan: bool,
     #[arg(long)]
     json: bool,
 }
@@ -259,6 +262,10 @@ struct CompressArgs {
     /// --calibration-tokens), each token seen in several contexts (default: side by side).
     #[arg(long = "refit-stride")]
     refit_stride: Option<usize>,
+    /// Method refit with --budget-mode loss: keep the ranks planned before the refit instead of spending the budget
+    /// left again before each group, with the refitted targets' spectra.
+    #[arg(long = "no-refit-replan")]
+    no_refit_replan: bool,
     /// Budget mode loss: calibration tokens (the first) on which each matrix's sensitivity is measured.
     #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
     sensitivity_tokens: usize,
@@ -311,6 +318,7 @@ impl CompressArgs {
             damp: self.damp,
             refit_ridge: self.refit_ridge,
             refit_stride: self.refit_stride,
+            refit_replan: !self.no_refit_replan,
             sensitivity_tokens: self.sensitivity_tokens,
             probe: self.probe,
         })
@@ -764,6 +772,7 @@ fn sweep(a: &SweepArgs) -> Result<()> {
         calibration_window: a.window,
         sensitivity_tokens: a.sensitivity_tokens,
         refit_stride: a.refit_stride,
+        refit_replan: !a.no_refit_replan,
         ..Default::default()
     };
     let split = explore::Split { skip: a.calibration_tokens, tokens: a.eval_tokens, window: a.window };
