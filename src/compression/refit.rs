@@ -109,9 +109,7 @@ impl Refit {
                     Ok(())
                 })?)?);
             }
-            // What each layer's outputs should be: the original layer's on the original's inputs; for the two
-            // layers that write into the residual stream, also what the stream has drifted by (so the block's
-            // output, not only the layer's, comes back to the original's).
+            let drift = Drift { orig_in: &orig_in, comp_in: &comp_in, orig_out: &orig_out, comp_out: &comp_out };
             let mut work = Vec::with_capacity(wanted.len());
             for &name in &wanted {
                 let i = c.index_of(name).ok_or_else(|| Error::tensor(name, "is not among the compressed matrices"))?;
@@ -120,45 +118,29 @@ impl Refit {
                     (Some(x), Some(x_hat)) => (x, x_hat),
                     _ => return Err(Error::tensor(name, "saw no calibration input")),
                 };
-                let plain = |xs: &[Tensor]| -> Result<Vec<Tensor>> {
-                    let lin = crate::model::linear::Linear {
-                        name: String::new(),
-                        weight: original.weight.clone(),
-                        bias: None,
-                    };
-                    xs.iter().map(|x| lin.forward(x)).collect()
-                };
-                let target: Vec<Tensor> = match group {
-                    [3] => plain(x)?
-                        .iter()
-                        .zip(orig_in.iter().zip(&comp_in))
-                        .map(|(y, (a, b))| Ok((y + (a - b)?)?))
-                        .collect::<Result<_>>()?,
-                    [5] => plain(x_hat)?
-                        .iter()
-                        .zip(orig_out.iter().zip(&comp_out))
-                        .map(|(y, (a, b))| Ok((y + (a - b)?)?))
-                        .collect::<Result<_>>()?,
-                    _ => plain(x)?,
-                };
                 // replanning needs the group's refitted spectra before any of it is truncated; otherwise each
-                // matrix is solved when it is refitted, one at a time
+                // matrix is solved when it is refitted, one at a time (one target held at a time)
                 let solved = if replan && c.policy.exclusion(&c.mats[i]).is_none() {
-                    Some(solve(c, i, &original.weight, &target, x_hat)?)
+                    let target = drift.target(group, &original.weight, x, x_hat)?;
+                    Some((solve(c, i, &original.weight, &target, x_hat)?, target))
                 } else {
                     None
                 };
-                work.push((name, i, original, target, x_hat, solved));
+                work.push((name, i, original, x, x_hat, solved));
             }
             if replan {
                 let spectra: Vec<(usize, Vec<f64>)> = work
                     .iter()
-                    .filter_map(|(_, i, _, _, _, solved)| solved.as_ref().map(|s| (*i, s.spectrum.clone())))
+                    .filter_map(|(_, i, _, _, _, solved)| solved.as_ref().map(|(s, _)| (*i, s.spectrum.clone())))
                     .collect();
                 c.replan(&spectra)?;
             }
-            for (name, i, original, target, x_hat, solved) in work {
+            for (name, i, original, x, x_hat, solved) in work {
                 let plan = c.plan(i).cloned().ok_or_else(|| Error::msg("the compression's plans are not made yet"))?;
+                let (solved, target) = match solved {
+                    Some((s, t)) => (Some(s), t),
+                    None => (None, drift.target(group, &original.weight, x, x_hat)?),
+                };
                 let f = refit_one(c, i, &plan, &original.weight, &target, x_hat, solved)?;
                 if let Some(w) = &f.weight {
                     cb.set_weight(name, w.clone())?;
@@ -181,6 +163,33 @@ impl Refit {
             c.refitted = true;
         }
         Ok(true)
+    }
+}
+
+/// A block's hidden states on both paths, per window (`[rows, h]`): entering it, and after the group being refitted
+/// with everything before it compressed.
+struct Drift<'a> {
+    orig_in: &'a [Tensor],
+    comp_in: &'a [Tensor],
+    orig_out: &'a [Tensor],
+    comp_out: &'a [Tensor],
+}
+
+impl Drift<'_> {
+    /// What a layer's outputs should be: the original layer's on the original's inputs `x`; for the two layers that
+    /// write into the residual stream (out_proj, c_proj), also what the stream has drifted by, so that the block's
+    /// output, not only the layer's, comes back to the original's.
+    fn target(&self, group: &[usize], weight: &LinearWeight, x: &[Tensor], x_hat: &[Tensor]) -> Result<Vec<Tensor>> {
+        let lin = crate::model::linear::Linear { name: String::new(), weight: weight.clone(), bias: None };
+        let plain = |xs: &[Tensor]| -> Result<Vec<Tensor>> { xs.iter().map(|x| lin.forward(x)).collect() };
+        let plus = |ys: Vec<Tensor>, a: &[Tensor], b: &[Tensor]| -> Result<Vec<Tensor>> {
+            ys.iter().zip(a.iter().zip(b)).map(|(y, (a, b))| Ok((y + (a - b)?)?)).collect()
+        };
+        match group {
+            [3] => plus(plain(x)?, self.orig_in, self.comp_in),
+            [5] => plus(plain(x_hat)?, self.orig_out, self.comp_out),
+            _ => plain(x),
+        }
     }
 }
 
