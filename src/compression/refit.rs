@@ -129,10 +129,12 @@ impl Refit {
                 work.push((name, i, original, x, x_hat, solved));
             }
             if replan {
-                let spectra: Vec<(usize, Vec<f64>)> = work
-                    .iter()
-                    .filter_map(|(_, i, _, _, _, solved)| solved.as_ref().map(|(s, _)| (*i, s.spectrum.clone())))
-                    .collect();
+                let mut spectra: Vec<(usize, Vec<f64>)> = Vec::new();
+                for (name, i, _, _, _, solved) in &work {
+                    if let Some((s, _)) = solved {
+                        spectra.push((*i, s.spectrum(c.policy.damp).map_err(|e| tag(name, e))?));
+                    }
+                }
                 c.replan(&spectra)?;
             }
             for (name, i, original, x, x_hat, solved) in work {
@@ -209,6 +211,11 @@ pub fn refit_all(
     Ok(())
 }
 
+/// An error about matrix `name`.
+fn tag(name: &str, e: Error) -> Error {
+    Error::tensor(name, e.to_string())
+}
+
 /// `[1, t, h]` as `[t, h]`.
 fn rows(x: &Tensor) -> Result<Tensor> {
     let h = x.dim(candle_core::D::Minus1)?;
@@ -259,11 +266,11 @@ fn refit_one(
             Some(lw)
         }
         Plan::LowRank { rank } => {
-            let Solved { svd: full, spectrum: all } = match solved {
+            let Solved { target: t, gram: g } = match solved {
                 Some(s) => s,
                 None => solve(c, i, weight, target, x_hat)?,
             };
-            let mut s = full.truncate(*rank);
+            let (mut s, all) = svd::whitened_f64(&t, &g, *rank, c.policy.damp).map_err(|e| tag(&m.name, e))?;
             s.canonicalize_signs();
             rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
             let total: f64 = all.iter().map(|v| v * v).sum();
@@ -286,18 +293,25 @@ fn refit_one(
     Ok(Factored { index: i, report: rep, weight: stored })
 }
 
-/// A matrix's refit before its rank is chosen: the whitened SVD of `W*` in full (`W* L = U Σ Vᵀ`, `Ĝ = L Lᵀ`) and its
-/// spectrum.
+/// A matrix's refit before its rank is chosen: `W*`, and the compressed path's input statistics `Ĝ` it is truncated
+/// in.
 pub(crate) struct Solved {
-    svd: svd::Svd,
-    spectrum: Vec<f64>,
+    target: Mat<f64>,
+    gram: Vec<f64>,
+}
+
+impl Solved {
+    /// The whitened spectrum of `W*`: what truncating it costs on the compressed path, component by component.
+    fn spectrum(&self, damp: f64) -> Result<Vec<f64>> {
+        let k = self.target.nrows().min(self.target.ncols());
+        Ok(svd::whitened_f64(&self.target, &self.gram, k, damp)?.1)
+    }
 }
 
 /// Matrix `i` refitted before truncation: `W*`, the unconstrained least squares toward `target` on the compressed
-/// path's inputs, and its whitened SVD by their statistics `Ĝ`.
+/// path's inputs, with their statistics `Ĝ`.
 fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_hat: &[Tensor]) -> Result<Solved> {
     let m = &c.mats[i];
-    let tag = |e: Error| Error::tensor(&m.name, e.to_string());
     let (out, inp) = (m.out, m.inp);
     let w = weight.to_dense_f32()?;
     let (g, rows) = cross(x_hat, x_hat)?;
@@ -312,11 +326,12 @@ fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_h
     let gd = Mat::from_fn(n, n, |a, b| g[a * n + b] + if a == b { lambda + rho } else { 0.0 });
     let rhs = Mat::from_fn(n, out, |a, b| cy[a * out + b] / rows + rho * w[b * inp + a] as f64);
     let llt = gd.llt(faer::Side::Lower).map_err(|e| {
-        tag(Error::Numeric(format!("the compressed path's input statistics are not positive definite ({e:?})")))
+        tag(
+            &m.name,
+            Error::Numeric(format!("the compressed path's input statistics are not positive definite ({e:?})")),
+        )
     })?;
-    let t = llt.solve(&rhs).transpose().to_owned();
-    let (svd, spectrum) = svd::whitened_f64(&t, &g, out.min(inp), c.policy.damp).map_err(tag)?;
-    Ok(Solved { svd, spectrum })
+    Ok(Solved { target: llt.solve(&rhs).transpose().to_owned(), gram: g })
 }
 
 /// `‖X̂ W'ᵀ − Y‖F / ‖Y‖F` over the windows (biases cancel: the layer keeps the original's).

@@ -236,11 +236,13 @@ try {
     '--calibration-text', TEXT, '--calibration-tokens', String(cal), '--calibration-window', String(CAL_WINDOW), ...args, '--json'],
   { stdio: ['ignore', 'pipe', 'ignore'], maxBuffer: 1 << 28 }).toString());
   // `flips`: top-1 is a count over the TOKENS positions, so rounding that moves an argmax moves it by whole positions
-  const sameAsCli = (got, want, what, rel = 2e-3, flips = 0) => {
+  // `relMse`: the logits' MSE is a squared difference, and moves about twice as much as the figures above it
+  const sameAsCli = (got, want, what, rel = 2e-3, flips = 0, relMse = rel) => {
     for (const k of METRICS) {
       const a = Number(got[k]), b = want[k];
       assert.ok(Number.isFinite(a), `${what}: summary ${k} is "${got[k]}"`);
-      const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, rel * Math.abs(b), k === 'top1' ? flips / TOKENS : 0);
+      const r = k === 'mse' ? relMse : rel;
+      const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, r * Math.abs(b), k === 'top1' ? flips / TOKENS : 0);
       assert.ok(Math.abs(a - b) <= tol, `${what}: ${k}: page ${a} vs CLI ${b}`);
     }
   };
@@ -265,7 +267,7 @@ try {
     assert.deepEqual(differ, [], 'the same rank for every matrix');
   };
   // `rel`: the relative agreement asked of the page's compression and the CLI's (wasm and native round differently)
-  const newMethodAgainstCli = async (what, method, budget, mode, cal, rel, flips = 0) => {
+  const newMethodAgainstCli = async (what, method, budget, mode, cal, rel, flips = 0, relMse = rel) => {
     await newMethod(method, budget, mode, cal);
     assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
     assert.match(await page.textContent('#summary-note'), new RegExp(`tokens ${cal}\\.\\.${cal + TOKENS}`));
@@ -281,7 +283,7 @@ try {
     fs.mkdirSync(mine);
     await (await dl).saveAs(path.join(mine, 'model.safetensors'));
     sameAsCli(got, cliEval(mine, cal), `${what} (the page's export in the CLI)`);
-    sameAsCli(got, want, what, rel, flips);
+    sameAsCli(got, want, what, rel, flips, relMse);
     console.log(`  ${what}: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)})`);
   };
 
@@ -293,9 +295,13 @@ try {
   // underdetermined and the two drift apart (256 tokens: the same ranks, errors equal to 4 digits, logits cosine
   // 0.9186 in wasm vs 0.9146 natively); with 2048 they agree to 0.25% in perplexity (measured 77.44 vs 77.62 without
   // the refit's ridge; with it 69.25 vs 69.31, cosine 0.9720 vs 0.9722, and top-1 3 of the 1024 positions apart:
-  // 0.5527 vs 0.5557), so 0.5% is asked, and for top-1 0.5% or 4 positions.
+  // 0.5527 vs 0.5557), so 0.5% is asked, and for top-1 0.5% or 4 positions. The native side's rounding also depends on
+  // the host's CPU (its gemm picks its kernels at run time): the same code gave the CLI 69.31 on one CI host and 69.34
+  // on another (2026-12-02, an AMD EPYC with AVX2 only), the page 69.25 on both; there the logits' MSE, a squared
+  // difference, measured 2.829 in the page against 2.810 natively (0.68%; perplexity 0.13%, KL 0.09%), so 1.5% is
+  // asked of the MSE.
   step('the sequential refit (20% of linear parameters, same fraction each, 2048 calibration tokens): the summary equals the CLI\'s to 0.5%');
-  await newMethodAgainstCli('refit-proportional', 'refit', '0.2', 'proportional', 2048, 5e-3, 4);
+  await newMethodAgainstCli('refit-proportional', 'refit', '0.2', 'proportional', 2048, 5e-3, 4, 1.5e-2);
 
   step('a quality target (cosine ≥ 0.95, budget to 0.1): the page walks the CLI\'s path and keeps its budget');
   {
