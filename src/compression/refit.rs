@@ -130,9 +130,9 @@ impl Refit {
             }
             if replan {
                 let mut spectra: Vec<(usize, Vec<f64>)> = Vec::new();
-                for (name, i, _, _, _, solved) in &work {
+                for (name, i, _, _, _, solved) in work.iter_mut() {
                     if let Some((s, _)) = solved {
-                        spectra.push((*i, s.spectrum(c.policy.damp).map_err(|e| tag(name, e))?));
+                        spectra.push((*i, s.spectrum(c.policy.damp).map_err(|e| tag(name, e))?.to_vec()));
                     }
                 }
                 c.replan(&spectra)?;
@@ -266,11 +266,11 @@ fn refit_one(
             Some(lw)
         }
         Plan::LowRank { rank } => {
-            let Solved { target: t, gram: g } = match solved {
+            let solved = match solved {
                 Some(s) => s,
                 None => solve(c, i, weight, target, x_hat)?,
             };
-            let (mut s, all) = svd::whitened_f64(&t, &g, *rank, c.policy.damp).map_err(|e| tag(&m.name, e))?;
+            let (mut s, all) = solved.truncated(*rank, c.policy.damp).map_err(|e| tag(&m.name, e))?;
             s.canonicalize_signs();
             rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
             let total: f64 = all.iter().map(|v| v * v).sum();
@@ -293,18 +293,30 @@ fn refit_one(
     Ok(Factored { index: i, report: rep, weight: stored })
 }
 
-/// A matrix's refit before its rank is chosen: `W*`, and the compressed path's input statistics `Ĝ` it is truncated
-/// in.
+/// A matrix's refit before its rank is chosen: `W*`, the compressed path's input statistics `Ĝ` it is truncated in,
+/// and its whitened SVD in full once its spectrum was asked for (replanning), so that it is computed once.
 pub(crate) struct Solved {
     target: Mat<f64>,
     gram: Vec<f64>,
+    full: Option<(svd::Svd, Vec<f64>)>,
 }
 
 impl Solved {
     /// The whitened spectrum of `W*`: what truncating it costs on the compressed path, component by component.
-    fn spectrum(&self, damp: f64) -> Result<Vec<f64>> {
-        let k = self.target.nrows().min(self.target.ncols());
-        Ok(svd::whitened_f64(&self.target, &self.gram, k, damp)?.1)
+    fn spectrum(&mut self, damp: f64) -> Result<&[f64]> {
+        let full = match self.full.take() {
+            Some(f) => f,
+            None => svd::whitened_f64(&self.target, &self.gram, self.target.nrows().min(self.target.ncols()), damp)?,
+        };
+        Ok(&self.full.insert(full).1)
+    }
+
+    /// `W*` truncated to `rank` in the whitened norm, and its whitened spectrum.
+    fn truncated(self, rank: usize, damp: f64) -> Result<(svd::Svd, Vec<f64>)> {
+        match self.full {
+            Some((s, all)) => Ok((s.truncate(rank), all)),
+            None => svd::whitened_f64(&self.target, &self.gram, rank, damp),
+        }
     }
 }
 
@@ -331,7 +343,7 @@ fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_h
             Error::Numeric(format!("the compressed path's input statistics are not positive definite ({e:?})")),
         )
     })?;
-    Ok(Solved { target: llt.solve(&rhs).transpose().to_owned(), gram: g })
+    Ok(Solved { target: llt.solve(&rhs).transpose().to_owned(), gram: g, full: None })
 }
 
 /// `‖X̂ W'ᵀ − Y‖F / ‖Y‖F` over the windows (biases cancel: the layer keeps the original's).
