@@ -130,9 +130,9 @@ impl Refit {
             }
             if replan {
                 let mut spectra: Vec<(usize, Vec<f64>)> = Vec::new();
-                for (name, i, _, _, _, solved) in work.iter_mut() {
+                for (_, i, _, _, _, solved) in &work {
                     if let Some((s, _)) = solved {
-                        spectra.push((*i, s.spectrum(c.policy.damp).map_err(|e| tag(name, e))?.to_vec()));
+                        spectra.push((*i, s.spectrum.clone()));
                     }
                 }
                 c.replan(&spectra)?;
@@ -266,11 +266,11 @@ fn refit_one(
             Some(lw)
         }
         Plan::LowRank { rank } => {
-            let solved = match solved {
+            let Solved { svd: full, spectrum: all } = match solved {
                 Some(s) => s,
                 None => solve(c, i, weight, target, x_hat)?,
             };
-            let (mut s, all) = solved.truncated(*rank, c.policy.damp).map_err(|e| tag(&m.name, e))?;
+            let mut s = full.truncate(*rank);
             s.canonicalize_signs();
             rep.err_svd = Some(rel_fro_error(&w, &s.reconstruct()));
             let total: f64 = all.iter().map(|v| v * v).sum();
@@ -293,35 +293,16 @@ fn refit_one(
     Ok(Factored { index: i, report: rep, weight: stored })
 }
 
-/// A matrix's refit before its rank is chosen: `W*`, the compressed path's input statistics `Ĝ` it is truncated in,
-/// and its whitened SVD in full once its spectrum was asked for (replanning), so that it is computed once.
+/// A matrix's refit before its rank is chosen: the whitened SVD of `W*` in full (`W* L = U Σ Vᵀ`, `Ĝ = L Lᵀ`) and its
+/// spectrum. [`svd::whitened_f64`] computes the thin SVD in full whatever the rank, so computing it once here and
+/// truncating it costs what truncating at the rank directly would, and replanning reads the spectrum for free.
 pub(crate) struct Solved {
-    target: Mat<f64>,
-    gram: Vec<f64>,
-    full: Option<(svd::Svd, Vec<f64>)>,
-}
-
-impl Solved {
-    /// The whitened spectrum of `W*`: what truncating it costs on the compressed path, component by component.
-    fn spectrum(&mut self, damp: f64) -> Result<&[f64]> {
-        let full = match self.full.take() {
-            Some(f) => f,
-            None => svd::whitened_f64(&self.target, &self.gram, self.target.nrows().min(self.target.ncols()), damp)?,
-        };
-        Ok(&self.full.insert(full).1)
-    }
-
-    /// `W*` truncated to `rank` in the whitened norm, and its whitened spectrum.
-    fn truncated(self, rank: usize, damp: f64) -> Result<(svd::Svd, Vec<f64>)> {
-        match self.full {
-            Some((s, all)) => Ok((s.truncate(rank), all)),
-            None => svd::whitened_f64(&self.target, &self.gram, rank, damp),
-        }
-    }
+    svd: svd::Svd,
+    spectrum: Vec<f64>,
 }
 
 /// Matrix `i` refitted before truncation: `W*`, the unconstrained least squares toward `target` on the compressed
-/// path's inputs, with their statistics `Ĝ`.
+/// path's inputs, and its whitened SVD by their statistics `Ĝ`.
 fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_hat: &[Tensor]) -> Result<Solved> {
     let m = &c.mats[i];
     let (out, inp) = (m.out, m.inp);
@@ -343,7 +324,9 @@ fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_h
             Error::Numeric(format!("the compressed path's input statistics are not positive definite ({e:?})")),
         )
     })?;
-    Ok(Solved { target: llt.solve(&rhs).transpose().to_owned(), gram: g, full: None })
+    let t = llt.solve(&rhs).transpose().to_owned();
+    let (svd, spectrum) = svd::whitened_f64(&t, &g, out.min(inp), c.policy.damp).map_err(|e| tag(&m.name, e))?;
+    Ok(Solved { svd, spectrum })
 }
 
 /// `‖X̂ W'ᵀ − Y‖F / ‖Y‖F` over the windows (biases cancel: the layer keeps the original's).
