@@ -522,7 +522,8 @@ impl Policy {
 
     /// Greedy allocation: every candidate starts at rank `start[c]`; then components are taken in order of `values[c][j]`
     /// (the value of growing candidate c from rank j to j + 1) while they fit in `budget`. A matrix whose next rank
-    /// would cost as much as its ceiling takes the ceiling instead: dense as stored, or, in a byte budget with INT8
+    /// would cost as much as its ceiling (or that the break-even guard would keep dense) takes the ceiling instead:
+    /// dense as stored, or, in a byte budget with INT8
     /// storage and the loss allocation, the dense weight in INT8 when that is cheaper.
     fn greedy(
         &self,
@@ -559,7 +560,12 @@ impl Policy {
             }
             let (now, next) = (self.cost(m, j), self.cost(m, j + 1));
             let (top, top_alloc) = ceiling(m);
-            let (delta, to) = if next >= top { (top - now, top_alloc) } else { (next - now, Alloc::Rank(j + 1)) };
+            // the break-even guard keeps dense what its factors would not make smaller in bytes; with factors wider
+            // than the stored weight (f32 factors of an f16 checkpoint) that is reached before the budget's own
+            // ceiling, and the matrix then costs its ceiling, not its rank
+            let guarded = self.break_even_guard && self.low_rank_bytes(m.out, m.inp, j + 1) >= m.dense_bytes();
+            let (delta, to) =
+                if next >= top || guarded { (top - now, top_alloc) } else { (next - now, Alloc::Rank(j + 1)) };
             if spent + delta <= budget {
                 spent += delta;
                 out[c] = to;
@@ -756,6 +762,43 @@ mod tests {
         assert_eq!(plans[0], Plan::Int8, "{plans:?}");
         // not with plain SVD factors: the loss is measured on activations
         assert!(Policy { method: Method::Svd, ..base }.validate().is_err());
+    }
+
+    #[test]
+    fn the_break_even_guard_is_priced_inside_a_parameter_budget() {
+        // f32 factors of an f16 checkpoint pass the guard's byte break-even (rank 50 of 100 × 100) long before a
+        // parameter budget's own ceiling (rank 100): a matrix the allocation grows past it becomes dense, and must be
+        // paid for as dense, or the matrices planned after it are starved
+        let (mats, spectra) = zoo();
+        let dense: f64 = mats.iter().map(|m| m.params() as f64).sum();
+        let skewed = vec![Some(1000.0), Some(1.0), Some(1.0), Some(1.0)];
+        for (mode, weights) in [(BudgetMode::Loss, skewed), (BudgetMode::Energy, vec![])] {
+            let policy = Policy {
+                method: Method::Whitened,
+                quant_bits: 32,
+                budget: Some(0.5),
+                budget_mode: mode,
+                ..Default::default()
+            };
+            let plans = policy.plan_weighted(&mats, &spectra, &weights).unwrap();
+            let params: f64 = mats
+                .iter()
+                .zip(&plans)
+                .map(|(m, p)| match p {
+                    Plan::LowRank { rank } => (rank * (m.out + m.inp + 1)) as f64,
+                    _ => m.params() as f64,
+                })
+                .sum();
+            assert!(params <= 0.5 * dense, "{mode:?}: {params} of {} params, plans {plans:?}", 0.5 * dense);
+            let dense_plans = plans.iter().filter(|p| matches!(p, Plan::Dense { .. })).count();
+            assert!(dense_plans > 0, "{mode:?}: a matrix grows past the break-even: {plans:?}");
+            for (m, p) in mats.iter().zip(&plans) {
+                if let Plan::LowRank { rank } = p {
+                    let bytes = policy.low_rank_bytes(m.out, m.inp, *rank);
+                    assert!(bytes < m.dense_bytes(), "{mode:?}: {} at rank {rank} is past the break-even", m.name);
+                }
+            }
+        }
     }
 
     #[test]
