@@ -364,7 +364,7 @@ impl Policy {
             let m = &mats[i];
             let r = ranks[i].min(m.out.min(m.inp));
             let lr = self.low_rank_bytes(m.out, m.inp, r);
-            plans[i] = Some(if self.break_even_guard && lr >= m.dense_bytes() {
+            plans[i] = Some(if self.guarded(m, r) {
                 Plan::Dense {
                     reason: format!(
                         "break-even: rank {r} factors ({lr} B) would not be smaller than the dense weight ({} B)",
@@ -433,6 +433,18 @@ impl Policy {
             BudgetUnit::Bytes => self.low_rank_bytes(m.out, m.inp, r) as f64,
         }
     }
+    /// [`Policy::cost`] of rank r, or the dense cost where the break-even guard keeps the matrix dense at that rank.
+    fn guarded_cost(&self, m: &MatrixInfo, r: usize) -> f64 {
+        if self.guarded(m, r) {
+            self.dense_cost(m)
+        } else {
+            self.cost(m, r)
+        }
+    }
+    /// Whether the break-even guard keeps m dense at rank r: its factors would not be smaller in bytes.
+    fn guarded(&self, m: &MatrixInfo, r: usize) -> bool {
+        self.break_even_guard && self.low_rank_bytes(m.out, m.inp, r) >= m.dense_bytes()
+    }
     fn dense_cost(&self, m: &MatrixInfo) -> f64 {
         match self.budget_unit {
             BudgetUnit::Params => m.params() as f64,
@@ -454,9 +466,11 @@ impl Policy {
         let kmax = |i: usize| mats[i].out.min(mats[i].inp);
         match self.budget_mode {
             BudgetMode::Uniform => {
-                // the largest single rank whose total cost fits
-                let fits =
-                    |r: usize| candidates.iter().map(|&i| self.cost(&mats[i], r.min(kmax(i)))).sum::<f64>() <= budget;
+                // the largest single rank whose total cost fits, a matrix the break-even guard keeps dense at that
+                // rank counted as dense
+                let fits = |r: usize| {
+                    candidates.iter().map(|&i| self.guarded_cost(&mats[i], r.min(kmax(i)))).sum::<f64>() <= budget
+                };
                 let maxk = candidates.iter().map(|&i| kmax(i)).max().unwrap_or(0);
                 let r = (1..=maxk).take_while(|&r| fits(r)).last().unwrap_or(1);
                 Ok(candidates.iter().map(|&i| Alloc::Rank(r.min(kmax(i)))).collect())
@@ -563,9 +577,11 @@ impl Policy {
             // the break-even guard keeps dense what its factors would not make smaller in bytes; with factors wider
             // than the stored weight (f32 factors of an f16 checkpoint) that is reached before the budget's own
             // ceiling, and the matrix then costs its ceiling, not its rank
-            let guarded = self.break_even_guard && self.low_rank_bytes(m.out, m.inp, j + 1) >= m.dense_bytes();
-            let (delta, to) =
-                if next >= top || guarded { (top - now, top_alloc) } else { (next - now, Alloc::Rank(j + 1)) };
+            let (delta, to) = if next >= top || self.guarded(m, j + 1) {
+                (top - now, top_alloc)
+            } else {
+                (next - now, Alloc::Rank(j + 1))
+            };
             if spent + delta <= budget {
                 spent += delta;
                 out[c] = to;
@@ -772,7 +788,8 @@ mod tests {
         let (mats, spectra) = zoo();
         let dense: f64 = mats.iter().map(|m| m.params() as f64).sum();
         let skewed = vec![Some(1000.0), Some(1.0), Some(1.0), Some(1.0)];
-        for (mode, weights) in [(BudgetMode::Loss, skewed), (BudgetMode::Energy, vec![])] {
+        for (mode, weights) in [(BudgetMode::Loss, skewed), (BudgetMode::Energy, vec![]), (BudgetMode::Uniform, vec![])]
+        {
             let policy = Policy {
                 method: Method::Whitened,
                 quant_bits: 32,
