@@ -537,8 +537,8 @@ impl Policy {
     /// Greedy allocation: every candidate starts at rank `start[c]`; then components are taken in order of `values[c][j]`
     /// (the value of growing candidate c from rank j to j + 1) while they fit in `budget`. A matrix whose next rank
     /// would cost as much as its ceiling (or that the break-even guard would keep dense) takes the ceiling instead:
-    /// dense as stored, or, in a byte budget with INT8
-    /// storage and the loss allocation, the dense weight in INT8 when that is cheaper.
+    /// dense as stored, or, in a byte budget with INT8 storage and the loss allocation, the dense weight in INT8 when
+    /// that is cheaper.
     fn greedy(
         &self,
         mats: &[MatrixInfo],
@@ -666,6 +666,17 @@ mod tests {
             .collect()
     }
 
+    /// The parameters these plans keep: r·(m + n + 1) for rank r, the matrix's own otherwise.
+    fn plan_params(mats: &[MatrixInfo], plans: &[Plan]) -> f64 {
+        mats.iter()
+            .zip(plans)
+            .map(|(m, p)| match p {
+                Plan::LowRank { rank } => rank * (m.out + m.inp + 1),
+                _ => m.params(),
+            })
+            .sum::<usize>() as f64
+    }
+
     /// Matrices of different shapes and spectra, as a model has.
     fn zoo() -> (Vec<MatrixInfo>, Vec<Option<Vec<f64>>>) {
         let mats = vec![mat("q", 100, 100), mat("fc", 400, 100), mat("proj", 100, 400), mat("k", 100, 100)];
@@ -754,15 +765,7 @@ mod tests {
         let base =
             Policy { method: Method::Whitened, budget: Some(0.3), budget_mode: BudgetMode::Loss, ..Default::default() };
         assert!(base.plan(&mats, &spectra).unwrap_err().to_string().contains("sensitivity"));
-        let params = |plans: &[Plan]| -> f64 {
-            mats.iter()
-                .zip(plans)
-                .map(|(m, p)| match p {
-                    Plan::LowRank { rank } => rank * (m.out + m.inp + 1),
-                    _ => m.params(),
-                })
-                .sum::<usize>() as f64
-        };
+        let params = |plans: &[Plan]| plan_params(&mats, plans);
         let dense: f64 = mats.iter().map(|m| m.params() as f64).sum();
         let even = ranks(&base.plan_weighted(&mats, &spectra, &[Some(1.0); 4]).unwrap());
         // "q" (index 0) a thousand times as sensitive: it takes rank from the others
@@ -798,14 +801,7 @@ mod tests {
                 ..Default::default()
             };
             let plans = policy.plan_weighted(&mats, &spectra, &weights).unwrap();
-            let params: f64 = mats
-                .iter()
-                .zip(&plans)
-                .map(|(m, p)| match p {
-                    Plan::LowRank { rank } => (rank * (m.out + m.inp + 1)) as f64,
-                    _ => m.params() as f64,
-                })
-                .sum();
+            let params = plan_params(&mats, &plans);
             assert!(params <= 0.5 * dense, "{mode:?}: {params} of {} params, plans {plans:?}", 0.5 * dense);
             let dense_plans = plans.iter().filter(|p| matches!(p, Plan::Dense { .. })).count();
             assert!(dense_plans > 0, "{mode:?}: a matrix grows past the break-even: {plans:?}");
