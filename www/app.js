@@ -809,6 +809,9 @@ async function tellStory() {
   $('story-panel').hidden = false;
   $('story').disabled = true;
   app.story = { running: true, cancelled: false };
+  // how the story ended, for whoever waits on it (the status also reads 'done' after each step's compression)
+  const told = (how) => { $('story-panel').dataset.told = how; };
+  told('running');
   const skip = app.defaults.calibration_tokens;
   $('story-note').textContent = `Prompt: ${JSON.stringify($('prompt').value)}. Every step is evaluated on the same ${evalSpec().tokens} tokens of the built-in text, those after its first ${skip} (the calibration text of the activation-aware step).`;
   let done = 0;
@@ -858,15 +861,21 @@ async function tellStory() {
     }
     $('story-note').textContent += ' The story is told: the setting breaks the model, keeping the MLP dense saves it at little saving, and activation-aware SVD at the same parameter count compresses every layer and keeps the quality.';
     setState('done', 'story told');
+    told('done');
   } catch (err) {
     if (err.lost) {
       $('story-note').textContent += ` Stopped after ${done} of ${steps.length} steps: the worker was lost (see above).`;
+      told('lost');
       return;
     }
     if (err.cancelled) {
       $('story-note').textContent += ` Cancelled after ${done} of ${steps.length} steps.`;
       setState(app.loaded ? 'ready' : 'idle', 'story cancelled');
-    } else showError(err.message);
+      told('cancelled');
+    } else {
+      showError(err.message);
+      told('error');
+    }
   } finally {
     app.story.running = false;
     setBusy(app.pending.size > 0);

@@ -53,7 +53,9 @@ try {
   await page.keyboard.press('s');
   // the original's continuation, then a compression and a generation per step
   await waitJobs(n + 11);
-  await page.waitForFunction(() => ['done', 'error'].includes(document.querySelector('#status').dataset.state));
+  // the story's own end (the status reads 'done' after each step's compression too, before its generation)
+  await page.waitForFunction(() => ['done', 'error', 'lost', 'cancelled'].includes(document.querySelector('#story-panel').dataset.told), null, { timeout: 900000 });
+  assert.equal(await page.$eval('#story-panel', (e) => e.dataset.told), 'done', await errorText());
   assert.equal(await state(), 'done', await errorText());
   const rows = await page.$$eval('#story-table tbody tr', (rs) => rs.map((r) => ({ step: r.dataset.step,
     cosine: Number(r.dataset.cosine), text: r.querySelector('.continuation').textContent })));
