@@ -486,6 +486,22 @@ impl Compressor {
         Ok(())
     }
 
+    /// Replace an accepted matrix's stored weight by its block-level refinement ([`crate::compression::refine`]),
+    /// `err_stored` its relative error against the original weight. Its error on the refit's target is not measured
+    /// again (the refinement fits the block's output, not the layer's): the report says so.
+    pub(crate) fn refined(&mut self, i: usize, weight: LinearWeight, err_stored: f64) -> Result<()> {
+        let m = self.mats.get(i).ok_or_else(|| Error::msg(format!("no matrix {i} in this compression")))?;
+        let report =
+            self.done[i].as_mut().ok_or_else(|| Error::tensor(&m.name, "was refined before it was refitted"))?;
+        report.err_stored = Some(err_stored);
+        report.err_activations = None;
+        report.storage = weight.describe();
+        report.bytes_after = weight.bytes();
+        report.reason = Some("refined with its block: the error of its outputs alone is not measured".into());
+        self.weights.insert(m.name.clone(), weight);
+        Ok(())
+    }
+
     /// Matrices factored so far.
     pub fn accepted(&self) -> usize {
         self.done.iter().filter(|d| d.is_some()).count()

@@ -125,6 +125,12 @@ pub struct Policy {
     /// matrices already stored is spent again, with that group's spectra those of its refitted targets `W*` (whitened
     /// by the compressed path's inputs) instead of the original weights'. `false`: the ranks planned before the refit.
     pub refit_replan: bool,
+    /// Refit method: after each block's refit, this many Adam steps on all its factors at once, minimising the
+    /// squared error of the block's output against the original block's on the refit's windows
+    /// ([`crate::compression::refine`]); 0: none.
+    pub refine_steps: usize,
+    /// Refinement: each factor's step size, relative to its root-mean-square entry.
+    pub refine_lr: f64,
     /// Loss allocation: calibration tokens (the first ones) on which each matrix's sensitivity is measured.
     pub sensitivity_tokens: usize,
     /// Loss allocation: each matrix is probed alone at the rank keeping this fraction of its parameters (by default
@@ -155,6 +161,8 @@ impl Default for Policy {
             refit_ridge: 0.3,
             refit_stride: None,
             refit_replan: true,
+            refine_steps: 0,
+            refine_lr: 1e-3,
             sensitivity_tokens: 1024,
             probe: None,
         }
@@ -224,6 +232,11 @@ impl Policy {
                 return Err(Error::Policy(format!("probe {p} must be in (0, 1]")));
             }
         }
+        if self.refine_steps > 0 && self.method != Method::Refit {
+            return Err(Error::Policy(
+                "the block-level refinement (refine steps) runs in the refit: method refit".into(),
+            ));
+        }
         if self.method.is_activation_aware() {
             if self.calibration_tokens < 2 || self.calibration_window < 2 {
                 return Err(Error::Policy(
@@ -235,6 +248,9 @@ impl Policy {
             }
             if !(self.refit_ridge.is_finite() && self.refit_ridge >= 0.0) {
                 return Err(Error::Policy(format!("refit ridge {} must be a number ≥ 0", self.refit_ridge)));
+            }
+            if !(self.refine_lr.is_finite() && self.refine_lr > 0.0) {
+                return Err(Error::Policy(format!("refinement step size {} must be a number > 0", self.refine_lr)));
             }
             if self.refit_stride == Some(0) {
                 return Err(Error::Policy("refit stride must be at least 1 token".into()));

@@ -157,6 +157,25 @@ impl Refit {
                 });
             }
         }
+        if c.policy.refine_steps > 0 {
+            // the block's factors, all six matrices at once, against the original block's outputs
+            for (name, w) in crate::compression::refine::refine_block(&c.policy, &cb, &self.comp, &self.orig)? {
+                let i =
+                    c.index_of(&name).ok_or_else(|| Error::tensor(&name, "is not among the compressed matrices"))?;
+                let original = ob.linear(&name).ok_or_else(|| Error::tensor(&name, "is not in its block"))?;
+                let dense = original.weight.to_dense_f32()?;
+                let back: Vec<f64> = w.to_dense_f32()?.iter().map(|&v| v as f64).collect();
+                cb.set_weight(&name, w.clone())?;
+                c.refined(i, w, rel_fro_error(&dense, &back))?;
+            }
+            progress(&StepInfo {
+                phase: "refine",
+                done: c.accepted(),
+                total: c.mats.len(),
+                name: format!("block {}", self.next),
+                index: None,
+            });
+        }
         for h in self.comp.iter_mut() {
             *h = cb.run(h)?;
         }

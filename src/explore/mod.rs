@@ -76,10 +76,13 @@ impl Recipe {
         )
     }
 
-    /// `base` with this recipe at `budget` (INT8 takes no budget).
+    /// `base` with this recipe at `budget` (INT8 takes no budget; the block-level refinement is the refit's).
     pub fn policy(&self, base: &Policy, budget: f64) -> Policy {
         let mut p = Policy { method: self.method, budget_mode: self.mode, ..base.clone() };
         p.budget = (self.method != Method::Int8).then_some(budget);
+        if self.method != Method::Refit {
+            p.refine_steps = 0;
+        }
         p
     }
 }

@@ -371,6 +371,52 @@ impl Block {
         self.linears().into_iter().find(|l| l.name == name)
     }
 
+    /// The block's forward pass on `x` (`[b, t, h]`, positions from 0) in candle operations that all have a backward
+    /// pass, each linear layer applied by `lin` (the layer, its input `[b, t, in]`): the masked softmax is composed of
+    /// operations (masked scores -1e9 instead of f32::MIN, whose exp is 0 all the same), the activation is candle's.
+    pub fn forward_differentiable(
+        &self,
+        x: &Tensor,
+        lin: &dyn Fn(&Linear, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let a = &self.attn;
+        let (b, t, hidden) = x.dims3()?;
+        let h1 = self.ln_1.forward(x)?;
+        let split = |y: Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b, t, a.heads, a.head_dim))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = split(lin(&a.q, &h1)?)?;
+        let k = split(lin(&a.k, &h1)?)?;
+        let v = split(lin(&a.v, &h1)?)?;
+        let scores = q.matmul(&k.t()?.contiguous()?)?;
+        let window = match a.kind {
+            AttentionKind::Global => usize::MAX,
+            AttentionKind::Local => a.window,
+        };
+        let mut mask = vec![0f32; t * t];
+        for i in 0..t {
+            let lo = i.saturating_sub(window.saturating_sub(1));
+            for (j, m) in mask[i * t..(i + 1) * t].iter_mut().enumerate() {
+                if j < lo || j > i {
+                    *m = -1e9;
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (t, t), x.device())?;
+        let scores = scores.broadcast_add(&mask)?;
+        let max = scores.max_keepdim(D::Minus1)?.detach();
+        let e = scores.broadcast_sub(&max)?.exp()?;
+        let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, hidden))?;
+        let x = (x + lin(&a.out, &y)?)?;
+        let hm = lin(&self.mlp.c_fc, &self.ln_2.forward(&x)?)?;
+        let act = match self.mlp.act {
+            Activation::GeluTanh => hm.gelu()?,
+            other => other.apply(&hm)?,
+        };
+        Ok((&x + lin(&self.mlp.c_proj, &act)?)?)
+    }
+
     /// Store `weight` as the weight named `name` (one of this block's six); its bias stays.
     pub fn set_weight(&mut self, name: &str, weight: LinearWeight) -> Result<()> {
         let l = [

@@ -408,7 +408,10 @@ impl Session {
                 let windows = strided_windows(ids, p.calibration_tokens, p.calibration_window, p.refit_stride)?;
                 let (cfg, rows) = (&b.cfg, windows.iter().map(Vec::len).sum::<usize>() as f64);
                 let per_token = (2 * cfg.hidden_size + 2 * (5 * cfg.hidden_size + cfg.intermediate_size())) as f64;
-                let bytes = 4.0 * rows * per_token;
+                let mut bytes = 4.0 * rows * per_token;
+                if p.refine_steps > 0 {
+                    bytes += crate::compression::refine::graph_bytes(cfg, p.calibration_window);
+                }
                 let advice = if p.refit_stride.is_some() {
                     "use fewer calibration tokens or a larger refit stride"
                 } else {

@@ -184,6 +184,9 @@ struct SweepArgs {
     /// Refit recipes with the loss allocation: keep the ranks planned before the refit (see slc compress).
     #[arg(long = "no-refit-replan")]
     no_refit_replan: bool,
+    /// Refit recipes: the block-level refinement's steps (see slc compress --refine-steps).
+    #[arg(long = "refine-steps", default_value_t = 0)]
+    refine_steps: usize,
     #[arg(long)]
     json: bool,
 }
@@ -266,6 +269,13 @@ struct CompressArgs {
     /// left again before each group, with the refitted targets' spectra.
     #[arg(long = "no-refit-replan")]
     no_refit_replan: bool,
+    /// Method refit: after each block's refit, STEPS Adam steps on all its factors at once against the original
+    /// block's outputs on the refit's windows (0: none).
+    #[arg(long = "refine-steps", default_value_t = 0)]
+    refine_steps: usize,
+    /// Method refit with --refine-steps: each factor's step size, relative to its root-mean-square entry.
+    #[arg(long = "refine-lr", default_value_t = 1e-3)]
+    refine_lr: f64,
     /// Budget mode loss: calibration tokens (the first) on which each matrix's sensitivity is measured.
     #[arg(long = "sensitivity-tokens", default_value_t = 1024)]
     sensitivity_tokens: usize,
@@ -319,6 +329,8 @@ impl CompressArgs {
             refit_ridge: self.refit_ridge,
             refit_stride: self.refit_stride,
             refit_replan: !self.no_refit_replan,
+            refine_steps: self.refine_steps,
+            refine_lr: self.refine_lr,
             sensitivity_tokens: self.sensitivity_tokens,
             probe: self.probe,
         })
@@ -773,6 +785,7 @@ fn sweep(a: &SweepArgs) -> Result<()> {
         sensitivity_tokens: a.sensitivity_tokens,
         refit_stride: a.refit_stride,
         refit_replan: !a.no_refit_replan,
+        refine_steps: a.refine_steps,
         ..Default::default()
     };
     let split = explore::Split { skip: a.calibration_tokens, tokens: a.eval_tokens, window: a.window };
