@@ -323,6 +323,7 @@ function policyFromForm() {
     budget: num('budget'),
     budget_mode: $('budget-mode').value,
     break_even_guard: $('guard').checked,
+    allocation_check: $('allocation-check').checked,
     calibration_tokens: num('calibration-tokens') ?? app.defaults.calibration_tokens,
     calibration_window: Number($('eval-window').value) || 512,
   };
@@ -679,6 +680,8 @@ function showCompression(r, policy, t0) {
     + ` (${lin.bytes_considered ? (100 * (1 - lin.bytes_after / lin.bytes_considered)).toFixed(1) : '0.0'}% smaller);`
     + ` the other tensors (embeddings, norms, biases, a tied head): ${fmtBytes(f.bytes_untouched)}, as stored.`;
   $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
+  const check = allocationCheckNote(f.allocation_check);
+  $('summary').dataset.allocationKept = f.allocation_check ? String(f.allocation_check.kept_mode) : '';
   $('summary').dataset.compressWorkers = String(r.workers.count);
   $('summary').dataset.workerHeaps = r.workers.heaps.join(',');
   // the coordinator's heap, then each helper's: what the compression took per worker
@@ -689,7 +692,7 @@ function showCompression(r, policy, t0) {
     // the original is not in memory: sizes only
     renderSummary({}, { seconds, bytes_original: f.bytes_original, bytes_compressed: f.tensor_bytes,
       resident_bytes_compressed: f.resident_bytes, layers_compressed: f.layers_compressed, layers_total: f.layers_total });
-    $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}.${split} Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
+    $('summary-note').textContent = `Compressed in ${r.compress_seconds.toFixed(1)} s${by}.${split}${check} Not evaluated: ${r.eval_error || 'no evaluation was asked for'}. The compressed checkpoint can be exported.`;
     setBusy(false);
     setState('done', 'compressed (not evaluated)');
     return;
@@ -697,7 +700,7 @@ function showCompression(r, policy, t0) {
   renderSummary(ev, { seconds });
   $('summary').dataset.evalSeconds = ev.seconds.toFixed(2);
   const how = ev.workers > 1 ? ` by ${ev.workers} workers` : ev.streamed ? ', the original read from its file a block at a time' : '';
-  $('summary-note').textContent += `${split} Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
+  $('summary-note').textContent += `${split}${check} Compressed in ${r.compress_seconds.toFixed(1)} s${by}, evaluated in ${ev.seconds.toFixed(1)} s${how}.`;
   $('summary').dataset.helpersReplaced = String(r.helpers_replaced || 0);
   if (r.helpers_replaced) $('summary-note').textContent += ` ${r.helpers_replaced === 1 ? 'A helper worker' : `${r.helpers_replaced} helper workers`} died during the job and ${r.helpers_replaced === 1 ? 'was' : 'were'} replaced; ${r.helpers_replaced === 1 ? 'its' : 'their'} work was redone.`;
   // kept for the comparison: the layer table without its spectra (they are for the plots of the current run)
@@ -709,6 +712,15 @@ function showCompression(r, policy, t0) {
   drawSweep();
   setBusy(false);
   setState('done', 'done');
+}
+
+// The allocation check's finding as a sentence (empty when it did not run).
+function allocationCheckNote(k) {
+  if (!k) return '';
+  const mode = { energy: 'energy', uniform: 'one rank for all', loss: 'loss' }[k.mode] || k.mode;
+  const m = k.mode_damage, p = k.proportional_damage;
+  return ` Allocation checked on the first ${k.tokens} calibration tokens (KL of the logits against the original's, per position): ${mode} ${m.kl.toFixed(4)}, same fraction each ${p.kl.toFixed(4)}; `
+    + (k.kept_mode ? `the ${mode} allocation is kept.` : `the same fraction of each matrix is stored instead.`);
 }
 
 function describePolicy(p) {

@@ -63,8 +63,11 @@ pub fn compress_checkpoint_with(
         c.set_probe(Probe::new(model, ids, tokens, p.calibration_window)?);
     }
     if let (Method::Refit, Some((model, ids))) = (c.policy.method, calibration) {
-        // the spectrum pass (and probes) first, then the blocks one by one
+        // the spectrum pass (and probes) first, the allocation check's if any, then the blocks one by one
         c.analyse(&reader(ckpt), progress)?;
+        while let Some(info) = c.check_step(&reader(ckpt))? {
+            progress(&info);
+        }
         crate::compression::refit::refit_all(&mut c, model, ids, progress)?;
     }
     #[cfg(not(target_arch = "wasm32"))]

@@ -198,6 +198,28 @@ pub struct Compressor {
     probes: Vec<Option<ProbeReport>>,
     /// Method refit: the block matrices have been refitted (by [`crate::compression::refit`]).
     pub(crate) refitted: bool,
+    /// The allocation check ([`Policy::checks_allocation`]): the same fraction of each matrix, planned and factored
+    /// beside the policy's own ranks, and what measuring both found.
+    alt_plans: Vec<Plan>,
+    /// Each matrix factored both ways during the check: (the mode's ranks, the same fraction each).
+    checked: Vec<Option<(Factored, Factored)>>,
+    check: Option<AllocationCheck>,
+}
+
+/// What the allocation check found ([`Policy::checks_allocation`]): the budget's ranks as its mode spreads them and
+/// the same fraction of each matrix, both stored as they would be, measured on the calibration text's first tokens.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct AllocationCheck {
+    /// The budget mode the policy asked for ("energy", "uniform", "loss").
+    pub mode: crate::compression::policy::BudgetMode,
+    /// Its ranks, all matrices at once: KL of the final logits against the original's (nats per position), cosine.
+    pub mode_damage: Damage,
+    /// The same fraction of each matrix, the same way.
+    pub proportional_damage: Damage,
+    /// Whether the mode's own ranks were kept (otherwise the same fraction of each matrix is stored).
+    pub kept_mode: bool,
+    /// Calibration tokens measured on (the first ones).
+    pub tokens: usize,
 }
 
 /// Progress after a step.
@@ -232,6 +254,9 @@ impl Compressor {
             probe: None,
             probes: vec![None; n],
             refitted: false,
+            alt_plans: Vec::new(),
+            checked: Vec::new(),
+            check: None,
         };
         if !c.policy.needs_spectra() {
             c.start_factoring()?;
@@ -249,13 +274,13 @@ impl Compressor {
         self.policy.method.is_activation_aware() && self.grams.is_empty()
     }
 
-    /// Whether the loss allocation still needs its probe ([`Compressor::set_probe`]).
+    /// Whether the loss allocation or the allocation check still needs its probe ([`Compressor::set_probe`]).
     pub fn needs_probe(&self) -> bool {
-        self.policy.needs_sensitivity() && self.probe.is_none()
+        (self.policy.needs_sensitivity() || self.policy.checks_allocation()) && self.probe.is_none()
     }
 
-    /// Give the loss allocation its probe: the original model run over the first `sensitivity_tokens` calibration
-    /// tokens.
+    /// Give the loss allocation (and the allocation check) its probe: the original model run over the first
+    /// `sensitivity_tokens` calibration tokens.
     pub fn set_probe(&mut self, probe: Probe) {
         self.probe = Some(probe);
     }
@@ -285,10 +310,21 @@ impl Compressor {
         (0..self.mats.len()).filter(|&i| self.policy.exclusion(&self.mats[i]).is_none()).collect()
     }
 
-    /// Steps in all: a spectrum pass (when the policy needs one) plus one step per matrix.
+    /// Steps in all: a spectrum pass (when the policy needs one), one step per matrix, and the allocation check's
+    /// (method whitened: its steps store the matrices and one more measures; the refit: a step per matrix and one).
     pub fn total_steps(&self) -> usize {
         let spectra = if self.policy.needs_spectra() { self.spectrum_targets().len() } else { 0 };
-        spectra + self.mats.len()
+        let check = match (self.policy.checks_allocation(), self.policy.method) {
+            (false, _) => 0,
+            (true, crate::compression::policy::Method::Refit) => self.mats.len() + 1,
+            (true, _) => 1,
+        };
+        spectra + self.mats.len() + check
+    }
+
+    /// What the allocation check found, once it has run.
+    pub fn allocation_check(&self) -> Option<&AllocationCheck> {
+        self.check.as_ref()
     }
 
     /// Method refit with a loss allocation: spend the budget left after the matrices stored so far on the others,
@@ -325,6 +361,10 @@ impl Compressor {
     fn start_factoring(&mut self) -> Result<()> {
         let sensitivity = self.sensitivities();
         self.plans = self.policy.plan_weighted(&self.mats, &self.spectra, &sensitivity)?;
+        if self.policy.checks_allocation() {
+            self.alt_plans = self.policy.proportional().plan(&self.mats, &self.spectra)?;
+            self.checked = vec![None; self.mats.len()];
+        }
         self.phase = Phase::Factor;
         self.next = 0;
         Ok(())
@@ -381,6 +421,9 @@ impl Compressor {
                 None => self.step(read),
             },
             Phase::Factor => {
+                if let Some(info) = self.check_step(read)? {
+                    return Ok(Some(info));
+                }
                 if self.policy.method == crate::compression::policy::Method::Refit && !self.refitted {
                     return Err(Error::Policy(
                         "method refit compresses block by block: run the refit before the remaining matrices".into(),
@@ -437,12 +480,21 @@ impl Compressor {
 
     /// Matrix `i`'s work, to run here or elsewhere (once the plans are made).
     pub fn job(&self, i: usize) -> Result<FactorJob> {
+        let plan = self.plans.get(i).cloned().ok_or_else(|| self.no_matrix(i))?;
+        self.job_with(i, plan)
+    }
+
+    fn no_matrix(&self, i: usize) -> Error {
+        Error::msg(format!("matrix {i} is not among the {} this compression considers", self.mats.len()))
+    }
+
+    /// Matrix `i` factored by `plan`.
+    fn job_with(&self, i: usize, plan: Plan) -> Result<FactorJob> {
         if !matches!(self.phase, Phase::Factor | Phase::Done) {
             return Err(Error::msg("the compression's plans are not made yet"));
         }
-        let (m, plan) = self.mats.get(i).zip(self.plans.get(i)).ok_or_else(|| {
-            Error::msg(format!("matrix {i} is not among the {} this compression considers", self.mats.len()))
-        })?;
+        let m = self.mats.get(i).ok_or_else(|| self.no_matrix(i))?;
+        let plan = &plan;
         let gram = match (plan, self.policy.method) {
             (Plan::LowRank { .. }, method) if method.is_activation_aware() => {
                 Some(self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
@@ -480,10 +532,75 @@ impl Compressor {
         let mut report = f.report;
         report.probe = self.probes[f.index];
         self.done[f.index] = Some(report);
-        if self.done.iter().all(Option::is_some) {
+        if self.done.iter().all(Option::is_some) && !self.check_pending() {
             self.phase = Phase::Done;
         }
         Ok(())
+    }
+
+    /// Whether the allocation check is still to run.
+    pub fn check_pending(&self) -> bool {
+        self.policy.checks_allocation() && self.check.is_none()
+    }
+
+    /// One step of the allocation check ([`Policy::checks_allocation`]), once the plans are made and before any
+    /// matrix is stored: a matrix's activation-aware factors at the mode's rank and at the same fraction each; once
+    /// every matrix has both, both sets are measured on the probe and the plans of the one closer to the original's
+    /// logits are kept (the mode's on a tie). Method whitened stores the factors it kept; the refit fits its own to
+    /// those ranks. `None` when there is nothing (left) to check.
+    pub fn check_step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
+        if !self.check_pending() || !matches!(self.phase, Phase::Factor) {
+            return Ok(None);
+        }
+        let n = self.mats.len();
+        if let Some(i) = self.checked.iter().position(Option::is_none) {
+            let mine = self.job(i)?.run(read)?;
+            let same = match &self.alt_plans[i] {
+                p if *p == self.plans[i] => mine.clone(),
+                p => self.job_with(i, p.clone())?.run(read)?,
+            };
+            self.checked[i] = Some((mine, same));
+            let done = self.checked.iter().filter(|c| c.is_some()).count();
+            let name = format!("{} (both allocations)", self.mats[i].name);
+            return Ok(Some(StepInfo { phase: "check", done, total: n + 1, name, index: Some(i) }));
+        }
+        let probe = self.probe.as_ref().ok_or_else(|| Error::msg("the allocation check's probe has not been set"))?;
+        let pairs: Vec<(Factored, Factored)> = std::mem::take(&mut self.checked)
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::msg("the allocation check measured before every matrix was factored both ways"))?;
+        // what the probe can replace: the blocks' matrices (an untied head outside them is left as the original's)
+        let stored = |f: &Factored| {
+            f.weight.clone().filter(|_| probe.block_of(&f.report.name).is_some()).map(|w| (f.report.name.clone(), w))
+        };
+        let mode_damage = probe.damage_of(&pairs.iter().filter_map(|(a, _)| stored(a)).collect())?;
+        let proportional_damage = probe.damage_of(&pairs.iter().filter_map(|(_, b)| stored(b)).collect())?;
+        let kept_mode = mode_damage.kl <= proportional_damage.kl;
+        let alt_plans = std::mem::take(&mut self.alt_plans);
+        if !kept_mode {
+            self.plans = alt_plans;
+        }
+        let check = AllocationCheck {
+            mode: self.policy.budget_mode,
+            mode_damage,
+            proportional_damage,
+            kept_mode,
+            tokens: mode_damage.positions,
+        };
+        let name = format!(
+            "allocation checked: {} KL {:.4}, same fraction each {:.4}: {} kept",
+            check.mode.name(),
+            mode_damage.kl,
+            proportional_damage.kl,
+            if kept_mode { check.mode.name() } else { "same fraction each" }
+        );
+        self.check = Some(check);
+        if self.policy.method == crate::compression::policy::Method::Whitened {
+            for (mine, same) in pairs {
+                self.accept(if kept_mode { mine } else { same })?;
+            }
+        }
+        Ok(Some(StepInfo { phase: "check", done: n + 1, total: n + 1, name, index: None }))
     }
 
     /// Replace an accepted matrix's stored weight by its block-level refinement ([`crate::compression::refine`]),
@@ -541,6 +658,7 @@ pub struct FactorJob {
 }
 
 /// A matrix factored: its report and what is stored (none when it stays dense).
+#[derive(Clone)]
 pub struct Factored {
     pub index: usize,
     pub report: LayerReport,
@@ -677,6 +795,8 @@ pub struct Compressed {
     pub policy: Policy,
     /// Live heap bytes the compressed model added (measured by [`crate::alloc`] when it is the global allocator).
     pub resident_bytes: usize,
+    /// What the allocation check found, when it ran ([`Policy::checks_allocation`]).
+    pub allocation_check: Option<AllocationCheck>,
 }
 
 impl Compressor {
@@ -696,7 +816,14 @@ impl Compressor {
         // Everything allocated since the compressor started and still alive: the factors, the dense tensors the
         // compressed model holds as stored, and the (small) layer reports.
         let resident_bytes = crate::alloc::live_bytes().saturating_sub(self.live_at_start);
-        Ok(Compressed { model, weights: self.weights, reports, policy: self.policy, resident_bytes })
+        Ok(Compressed {
+            model,
+            weights: self.weights,
+            reports,
+            policy: self.policy,
+            resident_bytes,
+            allocation_check: self.check,
+        })
     }
 }
 

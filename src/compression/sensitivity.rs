@@ -9,12 +9,13 @@
 //! ([`crate::compression::policy::BudgetMode::Loss`]): a matrix's sensitivity is the KL its probe causes per unit of
 //! its output error on the calibration activations.
 
-use crate::model::gpt_neo::GptNeo;
+use crate::model::gpt_neo::{Block, GptNeo};
 use crate::model::kernels::{compare_rows, exp_row};
 use crate::model::linear::LinearWeight;
 use crate::{Error, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 /// What compressing one matrix alone did to the logits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -70,15 +71,25 @@ impl Probe {
 
     /// The damage of storing `weight` as the matrix `name` (a block's linear layer), everything else original.
     pub fn damage(&self, name: &str, weight: LinearWeight) -> Result<Damage> {
-        let b = self
-            .block_of(name)
-            .ok_or_else(|| Error::tensor(name, "is not a linear layer of a block; its sensitivity is not measured"))?;
-        let mut replaced = self.model.blocks()[b].clone();
-        replaced.set_weight(name, weight)?;
+        self.damage_of(&HashMap::from([(name.to_string(), weight)]))
+    }
+
+    /// The damage of storing every matrix of `weights` as given (each a block's linear layer), everything else
+    /// original: the blocks before the first replaced one are not run again.
+    pub fn damage_of(&self, weights: &HashMap<String, LinearWeight>) -> Result<Damage> {
+        let mut blocks: Vec<Block> = self.model.blocks().to_vec();
+        let mut first = blocks.len();
+        for (name, weight) in weights {
+            let b = self.block_of(name).ok_or_else(|| {
+                Error::tensor(name, "is not a linear layer of a block; its damage is not measured")
+            })?;
+            blocks[b].set_weight(name, weight.clone())?;
+            first = first.min(b);
+        }
         let mut sums = DamageSums::default();
         for (w, original) in self.logits.iter().enumerate() {
-            let mut x = replaced.run(&self.inputs[b][w])?;
-            for block in &self.model.blocks()[b + 1..] {
+            let mut x = self.inputs[first][w].clone();
+            for block in &blocks[first..] {
                 x = block.run(&x)?;
             }
             let logits: Vec<f32> = self.model.head_logits(&x)?.flatten_all()?.to_vec1()?;

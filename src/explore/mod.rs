@@ -108,6 +108,9 @@ pub struct Point {
     /// Seconds the compression took (calibration, probes, factoring, refit).
     pub seconds: f64,
     pub convention: String,
+    /// What the allocation check found, when it ran ([`Policy::checks_allocation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_check: Option<crate::compression::pipeline::AllocationCheck>,
 }
 
 /// Compress with `policy` and measure the result on `split` of `ids`.
@@ -125,7 +128,9 @@ pub fn measure(
     let c = compress_checkpoint(cfg, ckpt, policy, Some((original, ids)), progress)?;
     let seconds = crate::clock::now() - t0;
     let r = evaluate(original, &c.model, ids, split)?;
-    let point = Point::new(&policy_label(&c.policy), budget, &totals(&c.reports), c.model.weight_bytes(), &r, seconds);
+    let mut point =
+        Point::new(&policy_label(&c.policy), budget, &totals(&c.reports), c.model.weight_bytes(), &r, seconds);
+    point.allocation_check = c.allocation_check.clone();
     Ok((c, point))
 }
 
@@ -159,6 +164,7 @@ impl Point {
             kl: r.kl.unwrap_or(f64::NAN),
             seconds,
             convention: r.convention.clone(),
+            allocation_check: None,
         }
     }
 }

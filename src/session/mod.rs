@@ -388,12 +388,32 @@ impl Session {
             // the original's logits and every block's input on those tokens, in f32
             let cfg = &b.cfg;
             let bytes = 4.0 * tokens as f64 * (cfg.vocab_size + (cfg.num_layers + 1) * cfg.hidden_size) as f64;
-            self.memory.check("the loss allocation's probes", bytes, 0.9, "use fewer sensitivity tokens")?;
+            let what = if p.needs_sensitivity() { "the loss allocation's probes" } else { "the allocation check's probe" };
+            self.memory.check(what, bytes, 0.9, "use fewer sensitivity tokens")?;
+            if p.checks_allocation() {
+                // the mode's ranks and the same fraction of each matrix, both factored before either is kept: each
+                // about the budget's share of the considered matrices, a byte per INT8 code or four per f32 entry
+                let params: usize = c.mats.iter().filter(|m| !m.tied).map(|m| m.params()).sum();
+                let per = if p.quant_bits == 8 { 1.0 } else { 4.0 };
+                let alt = 2.0 * p.budget.unwrap_or(1.0) * params as f64 * per;
+                self.memory.check(
+                    "the allocation check's two sets of factors",
+                    alt,
+                    0.9,
+                    "turn the allocation check off",
+                )?;
+            }
             c.set_probe(Probe::new(o, ids, tokens, p.calibration_window)?);
         }
         // the refit: once the plans are made, one block per step, then the matrices outside the blocks
         if c.policy.method == Method::Refit && !c.plans_made() {
             if let Some(info) = c.spectrum_step(&reader(&b.ckpt))? {
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+        }
+        if c.policy.method == Method::Refit && !c.refitted() && c.plans_made() {
+            // the allocation check's factors, before the refit fits its own to the ranks kept
+            if let Some(info) = c.check_step(&reader(&b.ckpt))? {
                 return Ok(Some(CompressStep { info, layer: None }));
             }
         }
@@ -465,6 +485,7 @@ impl Session {
             tensor_bytes: export.data_bytes,
             file_bytes: export.file_bytes(),
             resident_bytes: done.resident_bytes,
+            allocation_check: done.allocation_check.clone(),
         };
         self.compressed = Some(CompressedSlot {
             model: done.model,

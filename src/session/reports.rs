@@ -72,6 +72,8 @@ pub struct Finished {
     pub resident_bytes: usize,
     pub layers_total: usize,
     pub layers_compressed: usize,
+    /// What the allocation check found, when it ran.
+    pub allocation_check: Option<crate::compression::pipeline::AllocationCheck>,
 }
 
 /// An evaluation just started: its steps in this instance and in all parts, and what a step is.

@@ -274,6 +274,12 @@ try {
     const dir = path.join(tmp, what);
     cliCompress(dir, cal, ['--method', method, '--budget', budget, '--budget-mode', mode]);
     await sameRanks(dir);
+    // the allocation check (activation-aware factors under a mode other than the same fraction each): the page found
+    // what the CLI found, and says it
+    const check = JSON.parse(fs.readFileSync(path.join(dir, 'compression_report.json'), 'utf8')).allocation_check;
+    const kept = await page.$eval('#summary', (e) => e.dataset.allocationKept);
+    assert.equal(kept, check ? String(check.kept_mode) : '', `${what}: the allocation check, page and CLI`);
+    if (check) assert.match(await page.textContent('#summary-note'), /Allocation checked on the first \d+ calibration tokens/);
     const want = cliEval(dir, cal);
     const got = await summary();
     // the page's figures are those of the checkpoint it exports, to the printed digit

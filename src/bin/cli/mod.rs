@@ -187,6 +187,9 @@ struct SweepArgs {
     /// Refit recipes: the block-level refinement's steps (see slc compress --refine-steps).
     #[arg(long = "refine-steps", default_value_t = 0)]
     refine_steps: usize,
+    /// Whitened recipes: keep each mode's own ranks (see slc compress --no-allocation-check).
+    #[arg(long = "no-allocation-check")]
+    no_allocation_check: bool,
     #[arg(long)]
     json: bool,
 }
@@ -247,6 +250,11 @@ struct CompressArgs {
     /// Compress even where the factors would not be smaller than the dense weight.
     #[arg(long = "no-break-even-guard")]
     no_break_even_guard: bool,
+    /// Method whitened with --budget-mode energy, uniform or loss: keep the mode's ranks even where the same fraction
+    /// of each matrix measures closer to the original on the calibration text (by default both are factored and
+    /// the closer kept).
+    #[arg(long = "no-allocation-check")]
+    no_allocation_check: bool,
     /// Method whitened: the calibration text (its first --calibration-tokens tokens are read).
     #[arg(long = "calibration-text", alias = "calibration_text")]
     calibration_text: Option<PathBuf>,
@@ -323,6 +331,7 @@ impl CompressArgs {
             svd: self.svd,
             seed: self.seed,
             break_even_guard: !self.no_break_even_guard,
+            allocation_check: !self.no_allocation_check,
             calibration_tokens: self.calibration_tokens,
             calibration_window: self.calibration_window,
             damp: self.damp,
@@ -651,6 +660,9 @@ fn compress(a: &CompressArgs) -> Result<()> {
     if !path.is_empty() {
         report["target_path"] = serde_json::to_value(&path)?;
     }
+    if let Some(check) = &c.allocation_check {
+        report["allocation_check"] = serde_json::to_value(check)?;
+    }
     write_file(&a.output_dir.join("compression_report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -692,6 +704,9 @@ fn compress(a: &CompressArgs) -> Result<()> {
         export.file_bytes(),
         seconds
     )?;
+    if let Some(k) = &c.allocation_check {
+        writeln!(o, "{}", allocation_check_line(k))?;
+    }
     for p in &path {
         writeln!(
             o,
@@ -775,6 +790,22 @@ fn sensitivity(a: &SensitivityArgs) -> Result<()> {
     Ok(())
 }
 
+/// The allocation check's finding in one sentence.
+fn allocation_check_line(k: &semantic_llm_compressor::compression::pipeline::AllocationCheck) -> String {
+    let (m, p) = (&k.mode_damage, &k.proportional_damage);
+    format!(
+        "allocation check on the first {} calibration tokens, KL(original || compressed) per position: {} {:.4} \
+         (cosine {:.4}), same fraction each {:.4} (cosine {:.4}): {} kept",
+        k.tokens,
+        k.mode.name(),
+        m.kl,
+        m.cosine,
+        p.kl,
+        p.cosine,
+        if k.kept_mode { k.mode.name() } else { "same fraction each" }
+    )
+}
+
 fn sweep(a: &SweepArgs) -> Result<()> {
     let (b, model, ids) = model_and_text(&a.model, &a.text)?;
     let recipes = a.recipes.iter().map(|r| explore::Recipe::parse(r)).collect::<Result<Vec<_>>>()?;
@@ -786,6 +817,7 @@ fn sweep(a: &SweepArgs) -> Result<()> {
         refit_stride: a.refit_stride,
         refit_replan: !a.no_refit_replan,
         refine_steps: a.refine_steps,
+        allocation_check: !a.no_allocation_check,
         ..Default::default()
     };
     let split = explore::Split { skip: a.calibration_tokens, tokens: a.eval_tokens, window: a.window };
@@ -815,6 +847,9 @@ fn sweep(a: &SweepArgs) -> Result<()> {
             p.kl,
             p.seconds
         );
+        if let Some(k) = &p.allocation_check {
+            println!("    {}", allocation_check_line(k));
+        }
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&points)?);
