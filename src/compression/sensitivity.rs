@@ -80,9 +80,9 @@ impl Probe {
         let mut blocks: Vec<Block> = self.model.blocks().to_vec();
         let mut first = blocks.len();
         for (name, weight) in weights {
-            let b = self.block_of(name).ok_or_else(|| {
-                Error::tensor(name, "is not a linear layer of a block; its damage is not measured")
-            })?;
+            let b = self
+                .block_of(name)
+                .ok_or_else(|| Error::tensor(name, "is not a linear layer of a block; its damage is not measured"))?;
             blocks[b].set_weight(name, weight.clone())?;
             first = first.min(b);
         }

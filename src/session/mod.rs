@@ -388,7 +388,8 @@ impl Session {
             // the original's logits and every block's input on those tokens, in f32
             let cfg = &b.cfg;
             let bytes = 4.0 * tokens as f64 * (cfg.vocab_size + (cfg.num_layers + 1) * cfg.hidden_size) as f64;
-            let what = if p.needs_sensitivity() { "the loss allocation's probes" } else { "the allocation check's probe" };
+            let what =
+                if p.needs_sensitivity() { "the loss allocation's probes" } else { "the allocation check's probe" };
             self.memory.check(what, bytes, 0.9, "use fewer sensitivity tokens")?;
             if p.checks_allocation() {
                 // the mode's ranks and the same fraction of each matrix, both factored before either is kept: each
