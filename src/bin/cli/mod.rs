@@ -239,7 +239,8 @@ struct CompressArgs {
     budget: Option<f64>,
     #[arg(long = "budget-unit", alias = "budget_unit", value_enum, default_value_t = BudgetUnit::Params)]
     budget_unit: BudgetUnit,
-    /// energy (global, by normalised singular-value energy), uniform (one rank) or proportional.
+    /// energy (global, by normalised singular-value energy), uniform (one rank), proportional (the same fraction
+    /// each) or loss; with activation-aware factors checked against proportional (see --no-allocation-check).
     #[arg(long = "budget-mode", alias = "budget_mode", value_enum, default_value_t = BudgetMode::Energy)]
     budget_mode: BudgetMode,
     /// auto, exact or randomized.
