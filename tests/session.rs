@@ -348,8 +348,8 @@ fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
     // thread of the pool keeps, the other ~1.1 MB (layer reports, the model's small structures) is not broken down. It
     // was 39.2 MB until the linear algebra's per-thread scratch (6.3 MB of it here) was reserved before measuring
     // what compression touched and what it did not add up to the export's tensors
-    assert_eq!(finished.totals.bytes_after as u64 + finished.bytes_untouched, finished.tensor_bytes);
-    assert_eq!(finished.totals.bytes_considered as u64 + finished.bytes_untouched, finished.bytes_original);
+    assert_eq!(finished.totals.bytes_after + finished.bytes_untouched, finished.tensor_bytes);
+    assert_eq!(finished.totals.bytes_considered + finished.bytes_untouched, finished.bytes_original);
     let (resident, stored) = (finished.resident_bytes as f64, finished.tensor_bytes as f64);
     assert!(resident < 1.25 * stored, "resident {resident} B for {stored} B of tensors");
     let page = export(&s);

@@ -168,6 +168,38 @@ fn workspace_names_missing_files() {
     assert!(msg.contains("config.json"), "{msg}");
 }
 
+/// GPT-Neo-1.3B's linear layers in f32 are 4.83 GB: the totals the page shows must not wrap at 4 GiB, as a 32-bit
+/// `usize` does here (the page once said "536.9 MB → 115.2 MB").
+#[wasm_bindgen_test]
+fn totals_of_the_1_3b_shape_pass_4_gib() {
+    use semantic_llm_compressor::compression::pipeline::{totals, LayerReport};
+    use semantic_llm_compressor::compression::policy::{MatrixInfo, Policy};
+    use semantic_llm_compressor::compression::preview::preview;
+    let (h, f) = (2048, 8192);
+    let mats: Vec<MatrixInfo> = (0..24)
+        .flat_map(|i| {
+            [("q", h, h), ("k", h, h), ("v", h, h), ("o", h, h), ("fc", f, h), ("proj", h, f)].map(|(s, out, inp)| {
+                MatrixInfo {
+                    name: format!("h.{i}.{s}.weight"),
+                    out,
+                    inp,
+                    stored_elem_bytes: 4,
+                    stored_dtype: "F32".into(),
+                    tied: false,
+                }
+            })
+        })
+        .collect();
+    let want_bytes = 24 * 4 * (4 * h * h + 2 * h * f) as u64;
+    assert_eq!(want_bytes, 4_831_838_208);
+    let reports: Vec<LayerReport> = mats.iter().map(|m| LayerReport::stored(m, None)).collect();
+    let t = totals(&reports);
+    assert_eq!((t.bytes_considered, t.bytes_after, t.params_considered), (want_bytes, want_bytes, want_bytes / 4));
+    let p = preview(&Policy { rank: 128, ..Default::default() }, &mats, 5_262_338_096).unwrap();
+    assert_eq!(p.linear_bytes_before, want_bytes);
+    assert_eq!(p.bytes_untouched, 5_262_338_096 - want_bytes);
+}
+
 struct JsValueDbg(wasm_bindgen::JsValue);
 impl std::fmt::Debug for JsValueDbg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

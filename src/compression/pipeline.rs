@@ -322,11 +322,6 @@ impl Compressor {
         spectra + self.mats.len() + check
     }
 
-    /// What the allocation check found, once it has run.
-    pub fn allocation_check(&self) -> Option<&AllocationCheck> {
-        self.check.as_ref()
-    }
-
     /// Method refit with a loss allocation: spend the budget left after the matrices stored so far on the others,
     /// with these matrices' spectra replaced (the refitted targets' whitened spectra).
     pub fn replan(&mut self, spectra: &[(usize, Vec<f64>)]) -> Result<()> {
@@ -683,9 +678,8 @@ impl FactorJob {
             Plan::Int8 => {
                 let w = read(&m.name)?;
                 let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
-                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
                 rep.decision = Decision::Int8;
-                rep.err_stored = Some(rel_fro_error(&w, &back));
+                rep.err_stored = Some(svd::stored_error(&w, &lw).map_err(tag)?);
                 rep.storage = lw.describe();
                 rep.bytes_after = lw.bytes();
                 weight = Some(lw);
@@ -718,9 +712,9 @@ impl FactorJob {
                     rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
                 }
                 let lw = factors(&s, policy.factor_quant());
-                let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
-                rep.err_stored = Some(rel_fro_error(&w, &back));
+                rep.err_stored = Some(svd::stored_error(&w, &lw).map_err(tag)?);
                 if let Some(g) = &gram {
+                    let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
                     rep.err_activations = Some(svd::rel_activation_error(&w, &back, out, inp, g));
                 }
                 rep.decision = Decision::LowRank;
@@ -827,15 +821,16 @@ impl Compressor {
     }
 }
 
-/// Totals over the layer reports.
+/// Totals over the layer reports (u64: a model's linear layers pass 4 GiB in f32 from GPT-Neo-1.3B on, which a
+/// 32-bit `usize` in wasm would wrap).
 #[derive(Clone, Debug, Serialize, Default)]
 pub struct CompressionTotals {
     pub layers_total: usize,
     pub layers_compressed: usize,
-    pub params_considered: usize,
-    pub params_after: usize,
-    pub bytes_considered: usize,
-    pub bytes_after: usize,
+    pub params_considered: u64,
+    pub params_after: u64,
+    pub bytes_considered: u64,
+    pub bytes_after: u64,
 }
 
 pub fn totals(reports: &[LayerReport]) -> CompressionTotals {
@@ -848,10 +843,10 @@ pub fn totals(reports: &[LayerReport]) -> CompressionTotals {
         if r.tied {
             continue;
         }
-        t.params_considered += r.params_before;
-        t.params_after += r.params_after;
-        t.bytes_considered += r.bytes_before;
-        t.bytes_after += r.bytes_after;
+        t.params_considered += r.params_before as u64;
+        t.params_after += r.params_after as u64;
+        t.bytes_considered += r.bytes_before as u64;
+        t.bytes_after += r.bytes_after as u64;
     }
     t
 }

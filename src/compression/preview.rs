@@ -33,11 +33,12 @@ pub struct PlannedMatrix {
 pub struct Preview {
     pub matrices: Vec<PlannedMatrix>,
     pub layers_compressed: usize,
-    pub linear_bytes_before: usize,
+    /// Sums in u64: past 4 GiB (GPT-Neo-1.3B in f32) a 32-bit `usize` would wrap.
+    pub linear_bytes_before: u64,
     /// `None` when some ranks are chosen when it runs ([`Preview::decided_when_run`] says how).
-    pub linear_bytes_after: Option<usize>,
-    pub linear_params_before: usize,
-    pub linear_params_after: Option<usize>,
+    pub linear_bytes_after: Option<u64>,
+    pub linear_params_before: u64,
+    pub linear_params_after: Option<u64>,
     /// Tensor bytes outside the linear layers, stored as they are.
     pub bytes_untouched: u64,
     pub total_bytes_before: u64,
@@ -94,11 +95,11 @@ pub fn preview(policy: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Resul
         ));
     }
     let linear = || matrices.iter().filter(|(p, _)| !p.tied);
-    let linear_bytes_before = linear().map(|(p, _)| p.bytes_before).sum();
-    let linear_bytes_after = linear().map(|(p, _)| p.bytes_after).sum::<Option<usize>>();
-    let linear_params_before = linear().map(|(p, _)| p.shape[0] * p.shape[1]).sum();
-    let linear_params_after = linear().map(|(_, a)| *a).sum::<Option<usize>>();
-    let bytes_untouched = tensor_bytes.saturating_sub(linear_bytes_before as u64);
+    let linear_bytes_before: u64 = linear().map(|(p, _)| p.bytes_before as u64).sum();
+    let linear_bytes_after = linear().map(|(p, _)| p.bytes_after.map(|b| b as u64)).sum::<Option<u64>>();
+    let linear_params_before: u64 = linear().map(|(p, _)| (p.shape[0] * p.shape[1]) as u64).sum();
+    let linear_params_after = linear().map(|(_, a)| a.map(|a| a as u64)).sum::<Option<u64>>();
+    let bytes_untouched = tensor_bytes.saturating_sub(linear_bytes_before);
     let layers_compressed = matrices.iter().filter(|(p, _)| p.decision != "dense").count();
     let decided_when_run = (!fixed).then(|| match (policy.budget, policy.energy) {
         (Some(b), _) => format!(
@@ -124,7 +125,7 @@ pub fn preview(policy: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Resul
         linear_params_after,
         bytes_untouched,
         total_bytes_before: tensor_bytes,
-        total_bytes_after: linear_bytes_after.map(|a| bytes_untouched + a as u64),
+        total_bytes_after: linear_bytes_after.map(|a| bytes_untouched + a),
         decided_when_run,
     })
 }

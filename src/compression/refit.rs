@@ -163,10 +163,9 @@ impl Refit {
                 let i =
                     c.index_of(&name).ok_or_else(|| Error::tensor(&name, "is not among the compressed matrices"))?;
                 let original = ob.linear(&name).ok_or_else(|| Error::tensor(&name, "is not in its block"))?;
-                let dense = original.weight.to_dense_f32()?;
-                let back: Vec<f64> = w.to_dense_f32()?.iter().map(|&v| v as f64).collect();
+                let err = svd::stored_error(&original.weight.to_dense_f32()?, &w)?;
                 cb.set_weight(&name, w.clone())?;
-                c.refined(i, w, rel_fro_error(&dense, &back))?;
+                c.refined(i, w, err)?;
             }
             progress(&StepInfo {
                 phase: "refine",
@@ -302,8 +301,7 @@ fn refit_one(
         }
     };
     if let Some(lw) = &stored {
-        let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&v| v as f64).collect();
-        rep.err_stored = Some(rel_fro_error(&w, &back));
+        rep.err_stored = Some(svd::stored_error(&w, lw)?);
         rep.err_activations = Some(output_error(lw, target, x_hat)?);
         rep.storage = lw.describe();
         rep.bytes_after = lw.bytes();

@@ -16,7 +16,9 @@
 
 use crate::model::generate::Rng;
 use crate::{Error, Result};
-use faer::Mat;
+use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::BlockStructure;
+use faer::{Accum, Mat, Par};
 
 /// A (possibly truncated) SVD in f64, row-major.
 #[derive(Clone, Debug)]
@@ -76,10 +78,93 @@ pub fn reserve_scratch() {
 }
 
 fn check_finite(w: &[f32], what: &str) -> Result<()> {
-    if let Some(i) = w.iter().position(|x| !x.is_finite()) {
-        return Err(Error::Numeric(format!("{what}: the matrix has a non-finite value ({}) at index {i}", w[i])));
+    // all exponent bits set means Inf or NaN; an OR over the bits vectorizes where `position` would not
+    const EXP: u32 = 0x7f80_0000;
+    if !w.iter().fold(false, |bad, x| bad | (x.to_bits() & EXP == EXP)) {
+        return Ok(());
     }
-    Ok(())
+    let i = w.iter().position(|x| !x.is_finite()).unwrap_or(0);
+    Err(Error::Numeric(format!("{what}: the matrix has a non-finite value ({}) at index {i}", w[i])))
+}
+
+/// Σ f(x, y) over paired chunks of 1024, in 16 independent f32 lanes per chunk (so that it vectorizes: a single f32
+/// accumulator would be a chain of dependent additions) and each chunk's sum added in f64; relative error ~1e-7.
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    const L: usize = 16;
+    let mut total = 0f64;
+    for (x, y) in a.chunks(1024).zip(b.chunks(1024)) {
+        let mut acc = [0f32; L];
+        let (xs, ys) = (x.chunks_exact(L), y.chunks_exact(L));
+        let tail: f32 = xs.remainder().iter().zip(ys.remainder()).map(|(&p, &q)| f(p, q)).sum();
+        for (xb, yb) in xs.zip(ys) {
+            for k in 0..L {
+                acc[k] += f(xb[k], yb[k]);
+            }
+        }
+        total += (acc.iter().sum::<f32>() + tail) as f64;
+    }
+    total
+}
+
+/// Σ x² in f64 ([`lane_sum`]'s accuracy).
+pub fn sum_squares(w: &[f32]) -> f64 {
+    lane_sum(w, w, |x, _| x * x)
+}
+
+/// ‖a − b‖F / ‖a‖F for two f32 matrices of the same size, summed as [`sum_squares`] is (no f64 copy of either).
+pub fn rel_fro_error_f32(a: &[f32], b: &[f32]) -> f64 {
+    ratio_error(lane_sum(a, b, |x, y| (x - y) * (x - y)), sum_squares(a))
+}
+
+fn ratio_error(num: f64, den: f64) -> f64 {
+    if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// `‖W − Ŵ‖F / ‖W‖F` of a stored weight `Ŵ` against the `w` it was made from (m × n, row-major).
+///
+/// For factors `Ŵ = P V` (P = U diag(S) as stored, m × r; V = Vh as stored, r × n) the product is not formed:
+/// `‖W − P V‖² = ‖W‖² − 2 ⟨W Vᵀ, P⟩ + tr((PᵀP)(V Vᵀ))`, one f32 product `W Vᵀ` (m × n by n × r, an m × r result)
+/// and two r × r Gram matrices, where forming `P V` would cost the same product and write an m × n matrix besides.
+/// The f32 products leave the difference good to ~1e-6 of ‖W‖²: where it is below 1e-3 of ‖W‖² (an error under
+/// 3%), digits were lost to cancellation and the difference is formed densely instead, as for every other storage.
+pub fn stored_error(w: &[f32], stored: &crate::model::linear::LinearWeight) -> Result<f64> {
+    use crate::model::linear::LinearWeight;
+    let (m, n) = stored.shape()?;
+    if w.len() != m * n {
+        return Err(Error::msg(format!("a {m}×{n} weight was compared with {} values", w.len())));
+    }
+    if let LinearWeight::LowRank { u, s, vh } = stored {
+        let norm2 = sum_squares(w);
+        let r = s.cols();
+        if r > 0 && norm2 > 0.0 {
+            let sv = s.to_f32();
+            let mut p = u.to_f32();
+            for row in p.chunks_exact_mut(r) {
+                for (x, k) in row.iter_mut().zip(&sv) {
+                    *x *= k;
+                }
+            }
+            let v = vh.to_f32();
+            let (pm, vm) = (faer::MatRef::from_row_major_slice(&p, m, r), faer::MatRef::from_row_major_slice(&v, r, n));
+            let wv = faer::MatRef::from_row_major_slice(w, m, n) * vm.transpose();
+            let cross: f64 = (0..m).map(|i| (0..r).map(|k| wv[(i, k)] as f64 * p[i * r + k] as f64).sum::<f64>()).sum();
+            let (gp, gv) = (pm.transpose() * pm, vm * vm.transpose());
+            let quad: f64 = (0..r).map(|k| (0..r).map(|l| gp[(k, l)] as f64 * gv[(l, k)] as f64).sum::<f64>()).sum();
+            let rel = (norm2 - 2.0 * cross + quad) / norm2;
+            if rel >= 1e-3 {
+                return Ok(rel.sqrt());
+            }
+        }
+    }
+    Ok(rel_fro_error_f32(w, &stored.to_dense_f32()?))
 }
 
 pub(crate) fn to_mat(w: &[f32], m: usize, n: usize) -> Mat<f64> {
@@ -148,7 +233,7 @@ impl Svd {
     /// `‖W‖² − Σ σ²`, with no product. Where that difference is small it has lost digits to cancellation, and the
     /// reconstruction is computed instead.
     pub fn projection_error(&self, w: &[f32]) -> f64 {
-        let total: f64 = w.iter().map(|&x| (x as f64) * (x as f64)).sum();
+        let total = sum_squares(w);
         if total == 0.0 {
             return rel_fro_error(w, &self.reconstruct());
         }
@@ -194,8 +279,8 @@ pub fn singular_values(w: &[f32], m: usize, n: usize) -> Result<Vec<f64>> {
 
 /// Randomized truncated SVD of rank `r` by block Krylov iteration (Halko, Martinsson & Tropp 2011; Musco & Musco
 /// 2015, "Randomized block Krylov methods"; the block Lanczos form of Yuan, Gu & Li 2018): a basis of
-/// `r + oversample` columns built as `power_iters + 1` blocks, a test matrix of (approximately) Gaussian entries from
-/// `seed`.
+/// `r + oversample` columns built as `power_iters + 1` blocks, started from a CountSketch of the matrix drawn from
+/// `seed` ([`count_sketch`]).
 ///
 /// With `A` the matrix or its transpose, whichever is wide (`m ≤ n`), and b = ⌈(r + oversample)/(q + 1)⌉:
 ///
@@ -204,14 +289,16 @@ pub fn singular_values(w: &[f32], m: usize, n: usize) -> Result<Vec<f64>> {
 /// ```
 ///
 /// Every `Zᵢ` is needed twice: to extend the Krylov space and, as `Qᵢᵀ A = Zᵢᵀ`, as a block of the projected matrix
-/// `B = Qᵀ A`. So the whole SVD costs `2 (r + oversample)` columns of products with `A` — two units of `A · (n × l)`
-/// whatever the number of blocks: depth in the Krylov space is free, and more, smaller blocks reach a slowly decaying
-/// spectrum's optimum faster than fewer, larger ones at the same cost (BENCHMARKS.md). The products are faer's blocked
+/// `B = Qᵀ A`. With the sketch `A Ω` a single pass over `A` without products, the whole SVD costs `(2q + 1) b`
+/// columns of products with `A` — under two units of `A · (n × l)` whatever the number of blocks ([`product_units`]):
+/// depth in the Krylov space is free, and more, smaller blocks reach a slowly decaying spectrum's optimum faster than
+/// fewer, larger ones at the same cost (BENCHMARKS.md). The products are faer's blocked
 /// f32 matmul, which streams the matrix through cache once per product. Blocks are orthonormalised by CholeskyQR2
 /// (two Gram–Cholesky passes, each a product of the block with itself) after two passes of block Gram–Schmidt against
 /// the earlier blocks; a block whose Gram matrix is not positive definite falls back to Householder QR.
 ///
-/// The small SVD comes from `G = B Bᵀ = Σ Zᵢᵀ Zⱼ` (l × l, eigendecomposition in f64): `B = U_G Σ Vᵀ` with
+/// The small SVD comes from `G = B Bᵀ = Zᵀ Z` (l × l, its lower half from a triangular product, eigendecomposition in
+/// f64): `B = U_G Σ Vᵀ` with
 /// `Σ² = eig(G)` and `V = Bᵀ U_G Σ⁻¹`, so `U = Q U_G` and `Vh = Σ⁻¹ U_Gᵀ B`. When the kept spectrum spans more than
 /// 10⁻² in σ (the Gram matrix would lose digits in f32) a thin QR of `Bᵀ` and the SVD of its `R` are used instead. `U`
 /// and `Vh` come out with orthonormal columns and rows, and `UᵀW = Σ Vh` holds, so the truncation error is
@@ -233,12 +320,12 @@ pub const RANDOMIZED_STAGES: [&str; 4] = ["sketch", "products", "qr", "small svd
 
 /// Orthonormal columns spanning `y` with the span of `prev` (orthonormal blocks) taken out: block Gram–Schmidt
 /// twice, then CholeskyQR2; Householder QR where the Gram matrix is not positive definite.
-fn orth_block(mut y: Mat<f32>, prev: &[Mat<f32>]) -> Mat<f32> {
+fn orth_block(mut y: Mat<f32>, prev: faer::MatRef<'_, f32>) -> Mat<f32> {
     let project = |y: &mut Mat<f32>| {
-        for _ in 0..2 {
-            for p in prev {
-                let c = p.transpose() * &*y;
-                *y -= p * &c;
+        if prev.ncols() > 0 {
+            for _ in 0..2 {
+                let c = prev.transpose() * &*y;
+                *y -= prev * &c;
             }
         }
     };
@@ -279,6 +366,45 @@ fn cholesky_step(y: &Mat<f32>) -> Option<Mat<f32>> {
     Some(y * &t)
 }
 
+/// Units of `A · (n × l)` that [`randomized`] computes with `power_iters` Krylov iterations: `q + 1` blocks of `Aᵀ Qᵢ`
+/// and `q` of `A Zᵢ`, each a `1 / (q + 1)` of a unit (the sketch that starts them is no product).
+pub fn product_units(power_iters: usize) -> f64 {
+    (2 * power_iters + 1) as f64 / (power_iters + 1) as f64
+}
+
+/// `A Ω` for a CountSketch `Ω` (Clarkson & Woodruff 2013): `A` is `w` (m × n, row-major) or its transpose, whichever
+/// is wide, and `Ω` (long side × `b`) has one nonzero per row, ±1 at a column drawn uniformly, signs uniform. It
+/// mixes every column of `A` into the sketch, like a Gaussian one, for one pass over `w` without multiplications
+/// (a Gaussian `Ω` costs a product with `A` of `b` columns); the Krylov iterations then refine the block it starts.
+fn count_sketch(w: &[f32], m: usize, n: usize, b: usize, rng: &mut Rng) -> Mat<f32> {
+    let (short, long) = (m.min(n), m.max(n));
+    let hash: Vec<(usize, f32)> = (0..long)
+        .map(|_| {
+            let x = rng.next_u64();
+            ((x >> 32) as usize % b, if x & 1 == 0 { 1.0 } else { -1.0 })
+        })
+        .collect();
+    if m <= n {
+        // A = W: row i of the sketch gathers row i of W, each entry into its column's bucket
+        let mut y = vec![0f32; short * b];
+        for (row, yi) in w.chunks_exact(n).zip(y.chunks_exact_mut(b)) {
+            for (&x, &(c, s)) in row.iter().zip(&hash) {
+                yi[c] += s * x;
+            }
+        }
+        Mat::from_fn(short, b, |i, c| y[i * b + c])
+    } else {
+        // A = Wᵀ: row j of W is column j of A, added whole into its bucket's column
+        let mut y = Mat::<f32>::zeros(short, b);
+        for (row, &(c, s)) in w.chunks_exact(n).zip(&hash) {
+            for (yc, &x) in y.col_mut(c).iter_mut().zip(row) {
+                *yc += s * x;
+            }
+        }
+        y
+    }
+}
+
 /// [`randomized`], calling `mark` with the stage's index in [`RANDOMIZED_STAGES`] as each piece of work ends.
 #[allow(clippy::too_many_arguments)]
 pub fn randomized_staged(
@@ -311,13 +437,13 @@ pub fn randomized_staged(
     let (short, long) = (k, m.max(n));
     let blocks = power_iters + 1;
     let b = l.div_ceil(blocks);
-    let mut rng = Rng::new(seed);
-    let gauss: Vec<f32> = (0..long * b).map(|_| rng.approx_normal()).collect();
-    let omega = faer::MatRef::from_column_major_slice(&gauss, long, b);
+    let first = count_sketch(w, m, n, b, &mut Rng::new(seed));
     mark(0);
-    let mut qs: Vec<Mat<f32>> = Vec::with_capacity(blocks);
-    let mut zs: Vec<Mat<f32>> = Vec::with_capacity(blocks);
-    let mut y = Some(a * omega);
+    // the basis Qall = [Q₁ … Q_B] (short × l) and B = Qᵀ A held as its transpose Zall = [Z₁ … Z_B] (long × l), each
+    // block written in place as it is made
+    let mut qall = Mat::<f32>::zeros(short, l);
+    let mut zall = Mat::<f32>::zeros(long, l);
+    let mut y = Some(first);
     let mut have = 0;
     while let Some(mut next) = y.take() {
         let cols = b.min(l - have);
@@ -325,27 +451,31 @@ pub fn randomized_staged(
             next = next.subcols(0, cols).to_owned();
         }
         mark(1);
-        let q = orth_block(next, &qs);
+        let q = orth_block(next, qall.as_ref().subcols(0, have));
+        qall.as_mut().subcols_mut(have, cols).copy_from(&q);
         mark(2);
-        let z = a.transpose() * &q; // long × cols: Qᵢᵀ A, transposed
-        have += cols;
-        if have < l {
-            y = Some(a * &z);
+        // Zᵢ = Aᵀ Qᵢ (long × cols): Qᵢᵀ A, transposed
+        matmul(zall.as_mut().subcols_mut(have, cols), Accum::Replace, a.transpose(), &q, 1.0, Par::Seq);
+        if have + cols < l {
+            y = Some(a * zall.as_ref().subcols(have, cols));
         }
+        have += cols;
         mark(1);
-        qs.push(q);
-        zs.push(z);
     }
-    // B = Qᵀ A, held as its transpose Zall = [Z₁ … Z_B] (long × l)
-    let zall = Mat::<f32>::from_fn(long, l, |i, j| {
-        let (blk, c) = (j / b, j % b);
-        zs[blk][(i, c)]
-    });
-    let qall = Mat::<f32>::from_fn(short, l, |i, j| qs[j / b][(i, j % b)]);
-    drop(zs);
-    drop(qs);
-    let g32 = zall.transpose() * &zall;
-    let g = Mat::<f64>::from_fn(l, l, |i, j| 0.5 * (g32[(i, j)] as f64 + g32[(j, i)] as f64));
+    // G = B Bᵀ = Zallᵀ Zall, its lower half (what the eigendecomposition reads): half the flops of the full product
+    let mut g32 = Mat::<f32>::zeros(l, l);
+    faer::linalg::matmul::triangular::matmul(
+        g32.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        zall.transpose(),
+        BlockStructure::Rectangular,
+        zall.as_ref(),
+        BlockStructure::Rectangular,
+        1.0,
+        Par::Seq,
+    );
+    let g = Mat::<f64>::from_fn(l, l, |i, j| g32[(i.max(j), i.min(j))] as f64);
     let eig = g
         .self_adjoint_eigen(faer::Side::Lower)
         .map_err(|e| Error::Numeric(format!("eigendecomposition did not converge ({e:?})")))?;
@@ -398,8 +528,8 @@ pub struct SvdProfile {
     /// One `m × n` by `n × (rank + oversample)` f32 product: the unit a stage is measured against.
     pub matmul_seconds: f64,
     pub candle_seconds: f64,
-    /// Units of `W · (n × l)` the randomized SVD does (2, whatever the number of blocks).
-    pub products: usize,
+    /// Units of `W · (n × l)` the randomized SVD does ([`product_units`]).
+    pub products: f64,
     /// ‖W − W_r‖F / ‖W‖F of the randomized truncation.
     pub err_randomized: f64,
     /// The same for the exact truncation (from every singular value), when asked.
@@ -522,7 +652,7 @@ pub fn profile(
         randomized_seconds: total,
         matmul_seconds,
         candle_seconds,
-        products: 2,
+        products: product_units(power_iters),
         err_randomized,
         err_exact,
         exact_seconds,
@@ -635,15 +765,7 @@ pub fn rel_fro_error(a: &[f32], b: &[f64]) -> f64 {
         num += (x - y) * (x - y);
         den += x * x;
     }
-    if den == 0.0 {
-        if num == 0.0 {
-            0.0
-        } else {
-            f64::INFINITY
-        }
-    } else {
-        (num / den).sqrt()
-    }
+    ratio_error(num, den)
 }
 
 /// Relative error of the best rank-r approximation from the spectrum: sqrt(Σ_{j>r} σ_j² / Σ σ_j²).
@@ -819,10 +941,39 @@ mod tests {
     }
 
     #[test]
+    fn stored_error_equals_the_dense_difference() {
+        use crate::compression::pipeline::factors;
+        use crate::model::storage::QuantScheme;
+        for (m, n) in [(70, 150), (150, 70)] {
+            let w = decaying(m, n, 8);
+            let full = exact(&w, m, n).unwrap();
+            // ranks whose error is large (the factored identity) and near zero (the dense fallback)
+            for r in [1, 8, 30, 70] {
+                let mut t = full.clone().truncate(r);
+                t.canonicalize_signs();
+                for quant in [None, Some(QuantScheme::PerRow), Some(QuantScheme::PerTensor)] {
+                    let lw = factors(&t, quant);
+                    let back: Vec<f64> = lw.to_dense_f32().unwrap().iter().map(|&x| x as f64).collect();
+                    let (got, want) = (stored_error(&w, &lw).unwrap(), rel_fro_error(&w, &back));
+                    assert!((got - want).abs() <= 1e-5 * want.max(1e-3), "{m}x{n} r={r} {quant:?}: {got} vs {want}");
+                }
+            }
+        }
+        let w = random(9, 7, 3);
+        assert_eq!(stored_error(&w, &factors(&exact(&w, 9, 7).unwrap().truncate(0), None)).unwrap(), 1.0);
+        assert!(stored_error(&w[1..], &factors(&exact(&w, 9, 7).unwrap(), None)).is_err());
+        assert_eq!(sum_squares(&[3.0, 4.0]), 25.0);
+    }
+
+    #[test]
     fn non_finite_input_is_an_error() {
         let mut w = random(4, 4, 1);
         w[5] = f32::NAN;
         assert!(exact(&w, 4, 4).unwrap_err().to_string().contains("non-finite"));
         assert!(randomized(&w, 4, 4, 2, 1, 1, 0).is_err());
+        let mut big = random(40, 60, 2);
+        big[2000] = f32::NEG_INFINITY;
+        let e = randomized(&big, 40, 60, 4, 4, 1, 0).unwrap_err().to_string();
+        assert!(e.contains("-inf") && e.contains("index 2000"), "{e}");
     }
 }

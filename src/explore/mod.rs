@@ -97,7 +97,7 @@ pub struct Point {
     pub params_kept: f64,
     /// Bytes of the compressed layers as stored, and of the whole model as held (what an export stores, but for
     /// the file's header).
-    pub layer_bytes: usize,
+    pub layer_bytes: u64,
     pub model_bytes: usize,
     pub ppl_original: f64,
     pub ppl: f64,

@@ -480,7 +480,7 @@ impl Session {
         let out = Finished {
             layers_total: done.model.linears().len(),
             layers_compressed: done.model.compressed_layers(),
-            bytes_untouched: b.tensor_bytes().saturating_sub(t.bytes_considered as u64),
+            bytes_untouched: b.tensor_bytes().saturating_sub(t.bytes_considered),
             totals: t,
             bytes_original: b.tensor_bytes(),
             tensor_bytes: export.data_bytes,

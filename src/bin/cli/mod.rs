@@ -653,7 +653,7 @@ fn compress(a: &CompressArgs) -> Result<()> {
     }
     let t = totals(&c.reports);
     // the tensors compression does not touch (embeddings, norms, biases, a tied head), as stored in both
-    let untouched = b.tensor_bytes().saturating_sub(t.bytes_considered as u64);
+    let untouched = b.tensor_bytes().saturating_sub(t.bytes_considered);
     let mut report = serde_json::json!({
         "policy": c.policy, "totals": t, "layers": c.reports, "seconds": seconds,
         "file_bytes": export.file_bytes(), "tensor_bytes": export.data_bytes, "bytes_untouched": untouched,
@@ -874,8 +874,7 @@ fn roundtrip(dir: &std::path::Path, ranks: &[usize], scheme: QuantScheme, json: 
             let mut t = full.clone().truncate(r);
             t.canonicalize_signs();
             let err_svd = svd::rel_fro_error(&w, &t.reconstruct());
-            let back: Vec<f64> = factors(&t, Some(scheme)).to_dense_f32()?.iter().map(|&x| x as f64).collect();
-            let err_int8 = svd::rel_fro_error(&w, &back);
+            let err_int8 = svd::stored_error(&w, &factors(&t, Some(scheme)))?;
             rows.push(serde_json::json!({"name": m.name, "shape": [m.out, m.inp], "rank": t.rank(), "err_svd": err_svd, "err_int8": err_int8}));
         }
     }
