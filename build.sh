@@ -130,9 +130,8 @@ run_bench() {
   log "bench: compression of the 125M shape at rank 128, every layer: CLI on 1 thread and on every core"
   $slc compress --input-dir "$dir/125M" --output-dir "$dir/125M-r128" --rank 128 --threads 1 | tail -2 | head -1
   $slc compress --input-dir "$dir/125M" --output-dir "$dir/125M-r128" --rank 128 | tail -2 | head -1
-  log "bench: decode, original vs compressed (native)"
-  $slc bench decode --model "$dir/125M" --tokens 64 --runs 2 | tail -1
-  $slc bench decode --model "$dir/125M-r128" --tokens 64 --runs 2 | tail -1
+  log "bench: decode, original vs compressed side by side (native)"
+  $slc bench decode --model "$dir/125M" --model "$dir/125M-r128" --tokens 64 --runs 3 | tail -2
   log "bench: the page on the 125M shape: compress, evaluate 2048 tokens, generate side by side"
   node tests/e2e/scale.mjs model "$dir/125M" 2048
   if [ "${BENCH:-}" != quick ]; then

@@ -349,10 +349,11 @@ impl CompressArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
-    /// Greedy decode speed with the KV cache: tokens/s after the prompt, best of `--runs`.
+    /// Greedy decode speed with the KV cache: tokens/s after the prompt, best of `--runs`. Several `--model`s are
+    /// measured side by side, run by run in turn, each against the first.
     Decode {
-        #[arg(long)]
-        model: PathBuf,
+        #[arg(long, required = true)]
+        model: Vec<PathBuf>,
         #[arg(long, default_value = "ROMEO. O my love,")]
         prompt: String,
         #[arg(long, default_value_t = 128)]
@@ -409,29 +410,38 @@ pub fn run() -> Result<()> {
     }
 }
 
-fn bench_decode(dir: &std::path::Path, prompt: &str, tokens: usize, runs: usize) -> Result<()> {
-    let b = ModelBundle::open_dir(dir)?;
-    let model = b.load_model(false)?;
-    let ids = b.tokenizer()?.encode(prompt)?;
-    let params = SamplingParams { max_new_tokens: tokens, stop_at_eos: false, ..Default::default() };
-    let mut best = 0f64;
-    for run in 0..runs.max(1) {
-        let mut g = Generation::new(&model, &ids, params.clone())?;
-        g.step(&model)?; // the prompt (prefill) and the first token
-        let t0 = std::time::Instant::now();
-        let mut n = 0;
-        while g.step(&model)?.is_some() {
-            n += 1;
-        }
-        let rate = n as f64 / t0.elapsed().as_secs_f64();
-        println!("run {run}: {n} tokens decoded at {rate:.1} tokens/s");
-        best = best.max(rate);
+fn bench_decode(dirs: &[PathBuf], prompt: &str, tokens: usize, runs: usize) -> Result<()> {
+    let mut models = Vec::new();
+    for dir in dirs {
+        let b = ModelBundle::open_dir(dir)?;
+        let model = b.load_model(false)?;
+        let ids = b.tokenizer()?.encode(prompt)?;
+        models.push((dir, model, ids));
     }
-    println!(
-        "decode {}: best {best:.1} tokens/s (greedy, KV cache, {} prompt tokens, native, 1 thread)",
-        dir.display(),
-        ids.len()
-    );
+    let params = SamplingParams { max_new_tokens: tokens, stop_at_eos: false, ..Default::default() };
+    let mut best = vec![0f64; models.len()];
+    for run in 0..runs.max(1) {
+        for ((dir, model, ids), best) in models.iter().zip(&mut best) {
+            let mut g = Generation::new(model, ids, params.clone())?;
+            g.step(model)?; // the prompt (prefill) and the first token
+            let t0 = std::time::Instant::now();
+            let mut n = 0;
+            while g.step(model)?.is_some() {
+                n += 1;
+            }
+            let rate = n as f64 / t0.elapsed().as_secs_f64();
+            println!("run {run}: {}: {n} tokens decoded at {rate:.1} tokens/s", dir.display());
+            *best = best.max(rate);
+        }
+    }
+    for ((dir, _, ids), &rate) in models.iter().zip(&best) {
+        let against = if best[0] > 0.0 { format!(", {:.2}× the first", rate / best[0]) } else { String::new() };
+        println!(
+            "decode {}: best {rate:.1} tokens/s{against} (greedy, KV cache, {} prompt tokens, native)",
+            dir.display(),
+            ids.len()
+        );
+    }
     Ok(())
 }
 
