@@ -577,3 +577,64 @@ fn the_resident_figure_does_not_depend_on_what_ran_before() {
     assert_eq!(first, again, "the same compression after others");
     assert!(first > 0);
 }
+
+/// The block-level refinement in the page's steps: one call per Adam step, each reported ("refine", block and step),
+/// as many steps as the compression announced, and the same checkpoint as the command line's one call.
+#[test]
+fn refinement_steps_one_at_a_time_to_the_same_checkpoint_as_the_cli() {
+    use semantic_llm_compressor::compression::policy::{BudgetMode, Method};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let policy = Policy {
+        method: Method::Refit,
+        budget: Some(0.5),
+        budget_mode: BudgetMode::Proportional,
+        calibration_tokens: 512,
+        calibration_window: 128,
+        refine_steps: 3,
+        ..Default::default()
+    };
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    let total = s.compress_begin(policy.clone(), Some(&text())).unwrap().total_steps;
+    let (mut steps, mut refine) = (0, Vec::new());
+    while let Some(step) = s.compress_step().unwrap() {
+        steps += 1;
+        if step.info.phase == "refine" {
+            refine.push(step.info.name.clone());
+        }
+    }
+    assert_eq!(steps, total, "steps taken and announced");
+    assert_eq!(refine.len(), 8 * 3, "three steps for each of the 8 blocks: {refine:?}");
+    assert!(refine[0].starts_with("block 1/8, step 1/3, output error "), "{}", refine[0]);
+    assert!(refine[23].starts_with("block 8/8, step 3/3"), "{}", refine[23]);
+    let refined_bytes = s.compress_finish().unwrap().tensor_bytes;
+    let page = export(&s);
+    let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
+    let original = b.load_model(false).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text()).unwrap();
+    let cli = semantic_llm_compressor::compression::driver::compress_checkpoint(
+        &b.cfg,
+        &b.ckpt,
+        policy.clone(),
+        Some((&original, &ids)),
+        &mut |_| {},
+    )
+    .unwrap();
+    let reports = s.layer_reports().unwrap();
+    assert_eq!(reports.len(), cli.reports.len());
+    let mut refined = 0;
+    for (p, c) in reports.iter().zip(&cli.reports) {
+        assert_eq!((&p.name, p.rank, p.err_stored), (&c.name, c.rank, c.err_stored));
+        refined += p.reason.as_deref().is_some_and(|r| r.starts_with("refined with its block")) as usize;
+    }
+    assert_eq!(refined, 48, "every block matrix refined");
+    // and the refinement changed what is stored: the refit alone stores other factors
+    let mut s0 = session(4.0 * GIB);
+    s0.open(bard()).unwrap();
+    s0.load(&|_, _, _| {}).unwrap();
+    s0.compress_begin(Policy { refine_steps: 0, ..policy }, Some(&text())).unwrap();
+    while s0.compress_step().unwrap().is_some() {}
+    assert_eq!(s0.compress_finish().unwrap().tensor_bytes, refined_bytes, "same ranks, same bytes");
+    assert_ne!(export(&s0), page);
+}

@@ -283,6 +283,7 @@ function applyPreset(name) {
     $('energy').value = o.energy ?? '';
     $('budget').value = o.budget ?? '';
     $('budget-mode').value = o.budgetMode || 'energy';
+    $('refine-steps').value = o.refineSteps ?? 0;
     $('guard').checked = o.guard ?? true;
     $('target-metric').value = '';
     $('target-value').value = '';
@@ -324,9 +325,18 @@ function policyFromForm() {
     budget_mode: $('budget-mode').value,
     break_even_guard: $('guard').checked,
     allocation_check: $('allocation-check').checked,
+    refine_steps: refineSteps(),
     calibration_tokens: num('calibration-tokens') ?? app.defaults.calibration_tokens,
     calibration_window: Number($('eval-window').value) || 512,
   };
+}
+
+// The refit's block-level refinement: a whole number of steps, 0 for none.
+function refineSteps() {
+  const v = $('refine-steps').value.trim();
+  const n = v === '' ? 0 : Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`refinement steps "${v}": a whole number ≥ 0`);
+  return n;
 }
 
 // ---------- the preview: what the setting stores, before it runs ----------
@@ -731,6 +741,7 @@ function describePolicy(p) {
   if (p.rank_for.length) parts.push(p.rank_for.map((r) => `${r.pattern}=${r.rank}`).join(' '));
   if (p.skip.length) parts.push(`skip ${p.skip.join(' ')}`);
   parts.push(p.quant_bits === 8 ? p.quant : 'f32 factors');
+  if (p.refine_steps > 0) parts.push(`refined ${p.refine_steps} steps per block`);
   return aware + parts.join(', ');
 }
 
@@ -1008,7 +1019,7 @@ function exportCheckpoint() {
 // ---------- the report and the link ----------
 // The form's fields, by id: what a link (the URL's hash) and the report carry.
 const FIELDS = ['preset', 'method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode',
-  'guard', 'calibration-tokens', 'eval-tokens', 'eval-window', 'target-metric', 'target-value', 'target-tolerance',
+  'guard', 'allocation-check', 'refine-steps', 'calibration-tokens', 'eval-tokens', 'eval-window', 'target-metric', 'target-value', 'target-tolerance',
   'prompt', 'max-new-tokens', 'temperature', 'top-k', 'top-p', 'seed', 'stop-at-eos'];
 function formFields() {
   return Object.fromEntries(FIELDS.map((id) => [id, $(id).type === 'checkbox' ? ($(id).checked ? '1' : '0') : $(id).value]));
@@ -1116,7 +1127,7 @@ document.addEventListener('keydown', (e) => {
 $('generate').addEventListener('click', generate);
 $('export').addEventListener('click', exportCheckpoint);
 $('preset').addEventListener('change', (e) => applyPreset(e.target.value));
-for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard', 'target-metric', 'target-value', 'target-tolerance']) {
+for (const id of ['method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard', 'allocation-check', 'refine-steps', 'target-metric', 'target-value', 'target-tolerance']) {
   $(id).addEventListener('input', () => { $('preset').value = 'custom'; updatePreview(); });
 }
 $('calibration-tokens').addEventListener('input', updatePreview);

@@ -310,16 +310,25 @@ impl Compressor {
         (0..self.mats.len()).filter(|&i| self.policy.exclusion(&self.mats[i]).is_none()).collect()
     }
 
-    /// Steps in all: a spectrum pass (when the policy needs one), one step per matrix, and the allocation check's
-    /// (method whitened: its steps store the matrices and one more measures; the refit: a step per matrix and one).
-    pub fn total_steps(&self) -> usize {
+    /// Steps in all for a model of `blocks` blocks: a spectrum pass (when the policy needs one), one step per matrix
+    /// (the refit: one per block and the refinement's steps, then one per matrix outside the blocks), and the
+    /// allocation check's (method whitened: its steps store the matrices and one more measures; the refit: a step per
+    /// matrix and one).
+    pub fn total_steps(&self, blocks: usize) -> usize {
         let spectra = if self.policy.needs_spectra() { self.spectrum_targets().len() } else { 0 };
         let check = match (self.policy.checks_allocation(), self.policy.method) {
             (false, _) => 0,
             (true, crate::compression::policy::Method::Refit) => self.mats.len() + 1,
             (true, _) => 1,
         };
-        spectra + self.mats.len() + check
+        let matrices = match self.policy.method {
+            crate::compression::policy::Method::Refit => {
+                let outside = self.mats.len().saturating_sub(crate::compression::refit::MATRICES_PER_BLOCK * blocks);
+                crate::compression::refit::Refit::total_steps(&self.policy, blocks) + outside
+            }
+            _ => self.mats.len(),
+        };
+        spectra + matrices + check
     }
 
     /// Method refit with a loss allocation: spend the budget left after the matrices stored so far on the others,

@@ -46,62 +46,104 @@ struct Factors {
 
 /// `block`'s low-rank matrices refined on `inputs` (the compressed path's hidden states entering it, `[1, t, h]`
 /// per window) against `targets` (the original block's outputs on the same windows): their names and new weights in
-/// the policy's storage. The block itself is not changed.
+/// the policy's storage. The block itself is not changed. [`Refinement`] runs the same steps one at a time.
 pub fn refine_block(
     policy: &Policy,
     block: &Block,
     inputs: &[Tensor],
     targets: &[Tensor],
 ) -> Result<Vec<(String, LinearWeight)>> {
-    if inputs.len() != targets.len() || inputs.is_empty() {
-        return Err(Error::msg(format!(
-            "the refinement needs as many target windows as input windows ({} and {})",
-            inputs.len(),
-            targets.len()
-        )));
+    let Some(mut r) = Refinement::start(policy, block, inputs, targets)? else { return Ok(Vec::new()) };
+    while !r.finished() {
+        r.step()?;
     }
-    let mut trained: Vec<(String, Factors)> = Vec::new();
-    let mut fixed: HashMap<String, Tensor> = HashMap::new();
-    for l in block.linears() {
-        let (out, inp) = l.weight.shape()?;
-        let device = inputs[0].device();
-        match &l.weight {
-            LinearWeight::LowRank { u, s, vh } => {
-                let r = s.cols();
-                let (mut a, sv) = (u.to_f32(), s.to_f32());
-                for row in a.chunks_exact_mut(r.max(1)) {
-                    for (v, k) in row.iter_mut().zip(&sv) {
-                        *v *= k;
+    r.finish()
+}
+
+/// One block's refinement in progress, a step at a time (the page reports each step; the command line runs them
+/// in one call). It holds the block, its factors with their moments, and the batches of windows.
+pub struct Refinement {
+    policy: Policy,
+    block: Block,
+    trained: Vec<(String, Factors)>,
+    fixed: HashMap<String, Tensor>,
+    batches: Vec<(Tensor, Tensor)>,
+    done: usize,
+}
+
+impl Refinement {
+    /// Ready to refine `block`'s low-rank matrices (see [`refine_block`]); `None` when it has none, or the policy
+    /// no steps.
+    pub fn start(policy: &Policy, block: &Block, inputs: &[Tensor], targets: &[Tensor]) -> Result<Option<Self>> {
+        if inputs.len() != targets.len() || inputs.is_empty() {
+            return Err(Error::msg(format!(
+                "the refinement needs as many target windows as input windows ({} and {})",
+                inputs.len(),
+                targets.len()
+            )));
+        }
+        if policy.refine_steps == 0 {
+            return Ok(None);
+        }
+        let mut trained: Vec<(String, Factors)> = Vec::new();
+        let mut fixed: HashMap<String, Tensor> = HashMap::new();
+        for l in block.linears() {
+            let (out, inp) = l.weight.shape()?;
+            let device = inputs[0].device();
+            match &l.weight {
+                LinearWeight::LowRank { u, s, vh } => {
+                    let r = s.cols();
+                    let (mut a, sv) = (u.to_f32(), s.to_f32());
+                    for row in a.chunks_exact_mut(r.max(1)) {
+                        for (v, k) in row.iter_mut().zip(&sv) {
+                            *v *= k;
+                        }
                     }
+                    let a = Tensor::from_vec(a, (out, r), device)?;
+                    let b = Tensor::from_vec(vh.to_f32(), (r, inp), device)?;
+                    let moments = [(a.zeros_like()?, a.zeros_like()?), (b.zeros_like()?, b.zeros_like()?)];
+                    let scale = [rms(&a)? * policy.refine_lr, rms(&b)? * policy.refine_lr];
+                    trained.push((
+                        l.name.clone(),
+                        Factors { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, moments, scale },
+                    ));
                 }
-                let a = Tensor::from_vec(a, (out, r), device)?;
-                let b = Tensor::from_vec(vh.to_f32(), (r, inp), device)?;
-                let moments = [(a.zeros_like()?, a.zeros_like()?), (b.zeros_like()?, b.zeros_like()?)];
-                let scale = [rms(&a)? * policy.refine_lr, rms(&b)? * policy.refine_lr];
-                trained.push((
-                    l.name.clone(),
-                    Factors { a: Var::from_tensor(&a)?, b: Var::from_tensor(&b)?, moments, scale },
-                ));
-            }
-            w => {
-                fixed.insert(l.name.clone(), Tensor::from_vec(w.to_dense_f32()?, (out, inp), device)?);
+                w => {
+                    fixed.insert(l.name.clone(), Tensor::from_vec(w.to_dense_f32()?, (out, inp), device)?);
+                }
             }
         }
+        if trained.is_empty() {
+            return Ok(None);
+        }
+        let batches: Vec<(Tensor, Tensor)> = inputs
+            .chunks(BATCH)
+            .zip(targets.chunks(BATCH))
+            .map(|(x, y)| Ok((Tensor::cat(x, 0)?, Tensor::cat(y, 0)?)))
+            .collect::<Result<_>>()?;
+        Ok(Some(Self { policy: policy.clone(), block: block.clone(), trained, fixed, batches, done: 0 }))
     }
-    if trained.is_empty() {
-        return Ok(Vec::new());
+
+    /// Steps taken, and in all.
+    pub fn progress(&self) -> (usize, usize) {
+        (self.done, self.policy.refine_steps)
     }
-    let batches: Vec<(Tensor, Tensor)> = inputs
-        .chunks(BATCH)
-        .zip(targets.chunks(BATCH))
-        .map(|(x, y)| Ok((Tensor::cat(x, 0)?, Tensor::cat(y, 0)?)))
-        .collect::<Result<_>>()?;
-    for step in 1..=policy.refine_steps {
-        let (x, y) = &batches[(step - 1) % batches.len()];
-        let loss = output_error(block, &trained, &fixed, x, y)?;
+
+    pub fn finished(&self) -> bool {
+        self.done >= self.policy.refine_steps
+    }
+
+    /// One Adam step on the next batch of windows; the block output's mean squared error on it, before the step.
+    pub fn step(&mut self) -> Result<f64> {
+        if self.finished() {
+            return Err(Error::msg("the refinement has taken all its steps"));
+        }
+        let step = self.done + 1;
+        let (x, y) = &self.batches[self.done % self.batches.len()];
+        let loss = output_error(&self.block, &self.trained, &self.fixed, x, y)?;
         let grads = loss.backward()?;
         let (c1, c2) = (1.0 - BETA1.powi(step as i32), 1.0 - BETA2.powi(step as i32));
-        for (_, f) in trained.iter_mut() {
+        for (_, f) in self.trained.iter_mut() {
             for (j, v) in [&f.a, &f.b].into_iter().enumerate() {
                 let Some(g) = grads.get(v.as_tensor()) else { continue };
                 let (m, s2) = &f.moments[j];
@@ -112,8 +154,15 @@ pub fn refine_block(
                 f.moments[j] = (m, s2);
             }
         }
+        self.done = step;
+        Ok(loss.to_scalar::<f32>()? as f64)
     }
-    trained.into_iter().map(|(name, f)| Ok((name, stored(policy, &f)?))).collect()
+
+    /// The refined matrices' names and weights in the policy's storage.
+    pub fn finish(self) -> Result<Vec<(String, LinearWeight)>> {
+        let policy = self.policy;
+        self.trained.into_iter().map(|(name, f)| Ok((name, stored(&policy, &f)?))).collect()
+    }
 }
 
 /// The mean squared error of the block's output with these factors on windows `x` against `y`, as a graph.
@@ -260,9 +309,14 @@ mod tests {
         }
         let after = error(&block, &inputs, &targets);
         assert!(after < 0.8 * before, "block output error {before} → {after}");
-        // nothing to refine without steps: the weights come back as they were stored
-        let none = Policy { refine_steps: 0, ..policy };
-        let same = refine_block(&none, &block, &inputs, &targets).unwrap();
+        // nothing to refine without steps
+        let none = Policy { refine_steps: 0, ..policy.clone() };
+        assert!(refine_block(&none, &block, &inputs, &targets).unwrap().is_empty());
+        // finished before any step, the weights come back as they were stored
+        let r = Refinement::start(&policy, &block, &inputs, &targets).unwrap().unwrap();
+        assert_eq!(r.progress(), (0, 40));
+        let same = r.finish().unwrap();
+        assert_eq!(same.len(), 6);
         for (name, w) in same {
             let a = block.linear(&name).unwrap().weight.to_dense_f32().unwrap();
             let b = w.to_dense_f32().unwrap();

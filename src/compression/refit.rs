@@ -30,8 +30,9 @@
 use crate::compression::pipeline::{factors, Compressor, Factored, StepInfo};
 use crate::compression::policy::{Method, Plan};
 use crate::compression::quant::per_row;
+use crate::compression::refine::Refinement;
 use crate::compression::svd::{self, rel_fro_error};
-use crate::model::gpt_neo::GptNeo;
+use crate::model::gpt_neo::{Block, GptNeo};
 use crate::model::linear::LinearWeight;
 use crate::model::storage::Factor;
 use crate::{Error, Result};
@@ -40,6 +41,9 @@ use faer::linalg::solvers::Solve;
 use faer::Mat;
 use std::collections::HashMap;
 use std::sync::Arc;
+
+/// Linear matrices per block (q, k, v, out_proj, c_fc, c_proj).
+pub const MATRICES_PER_BLOCK: usize = 6;
 
 /// The matrices of a block that read the same input, in the order they run (indices into [`crate::model::gpt_neo::Block::linears`]).
 const GROUPS: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4], &[5]];
@@ -51,6 +55,8 @@ pub struct Refit {
     orig: Vec<Tensor>,
     comp: Vec<Tensor>,
     next: usize,
+    /// The block refitted last, while its refinement (`refine_steps`) takes its steps, one per [`Refit::step`].
+    refining: Option<(Block, Refinement)>,
 }
 
 impl Refit {
@@ -63,20 +69,45 @@ impl Refit {
     /// Start on these calibration windows.
     pub fn on_windows(original: &GptNeo, windows: &[Vec<u32>]) -> Result<Self> {
         let orig = windows.iter().map(|w| original.embed(w)).collect::<Result<Vec<_>>>()?;
-        Ok(Self { original: original.clone(), comp: orig.clone(), orig, next: 0 })
+        Ok(Self { original: original.clone(), comp: orig.clone(), orig, next: 0, refining: None })
     }
 
     pub fn total_blocks(&self) -> usize {
         self.original.blocks().len()
     }
 
+    /// Blocks refitted (a block being refined counts).
     pub fn done(&self) -> usize {
-        self.next
+        self.next + self.refining.is_some() as usize
     }
 
-    /// Refit the next block's matrices and hand them to `c` (accepted as if factored); `false` when every block is
-    /// done. `c` must have made its plans (activation-aware method, calibration given).
+    /// Steps in all for `blocks` blocks: one refit per block, and the refinement's steps after each.
+    pub fn total_steps(policy: &crate::compression::policy::Policy, blocks: usize) -> usize {
+        blocks * (1 + policy.refine_steps)
+    }
+
+    /// Refit the next block's matrices and hand them to `c` (accepted as if factored), or, with `refine_steps`, take
+    /// the next step of the refinement of the block refitted last; `false` when every block is done. `c` must have
+    /// made its plans (activation-aware method, calibration given).
     pub fn step(&mut self, c: &mut Compressor, progress: &mut dyn FnMut(&StepInfo)) -> Result<bool> {
+        let (block, blocks) = (self.next + 1, self.total_blocks());
+        if let Some((_, r)) = self.refining.as_mut() {
+            let loss = r.step()?;
+            let (done, total) = r.progress();
+            progress(&StepInfo {
+                phase: "refine",
+                done,
+                total,
+                name: format!("block {block}/{blocks}, step {done}/{total}, output error {loss:.3e}"),
+                index: None,
+            });
+            if r.finished() {
+                let (mut cb, r) = self.refining.take().ok_or_else(|| Error::msg("the refinement has ended"))?;
+                self.store_refined(c, &mut cb, r)?;
+                self.block_done(c, &cb)?;
+            }
+            return Ok(true);
+        }
         let Some(ob) = self.original.blocks().get(self.next) else {
             c.refitted = true;
             return Ok(false);
@@ -157,24 +188,29 @@ impl Refit {
                 });
             }
         }
-        if c.policy.refine_steps > 0 {
-            // the block's factors, all six matrices at once, against the original block's outputs
-            for (name, w) in crate::compression::refine::refine_block(&c.policy, &cb, &self.comp, &self.orig)? {
-                let i =
-                    c.index_of(&name).ok_or_else(|| Error::tensor(&name, "is not among the compressed matrices"))?;
-                let original = ob.linear(&name).ok_or_else(|| Error::tensor(&name, "is not in its block"))?;
-                let err = svd::stored_error(&original.weight.to_dense_f32()?, &w)?;
-                cb.set_weight(&name, w.clone())?;
-                c.refined(i, w, err)?;
-            }
-            progress(&StepInfo {
-                phase: "refine",
-                done: c.accepted(),
-                total: c.mats.len(),
-                name: format!("block {}", self.next),
-                index: None,
-            });
+        // the block's factors, all six matrices at once, against the original block's outputs, one step per call
+        match Refinement::start(&c.policy, &cb, &self.comp, &self.orig)? {
+            Some(r) => self.refining = Some((cb, r)),
+            None => self.block_done(c, &cb)?,
         }
+        Ok(true)
+    }
+
+    /// The refined factors stored in the block and handed to `c`, with the error of each against the original.
+    fn store_refined(&self, c: &mut Compressor, cb: &mut Block, r: Refinement) -> Result<()> {
+        let ob = self.original.blocks().get(self.next).ok_or_else(|| Error::msg("no block is being refined"))?;
+        for (name, w) in r.finish()? {
+            let i = c.index_of(&name).ok_or_else(|| Error::tensor(&name, "is not among the compressed matrices"))?;
+            let original = ob.linear(&name).ok_or_else(|| Error::tensor(&name, "is not in its block"))?;
+            let err = svd::stored_error(&original.weight.to_dense_f32()?, &w)?;
+            cb.set_weight(&name, w.clone())?;
+            c.refined(i, w, err)?;
+        }
+        Ok(())
+    }
+
+    /// The compressed path carried through the finished block `cb`, as the compressor stores it.
+    fn block_done(&mut self, c: &mut Compressor, cb: &Block) -> Result<()> {
         for h in self.comp.iter_mut() {
             *h = cb.run(h)?;
         }
@@ -182,7 +218,7 @@ impl Refit {
         if self.next == self.total_blocks() {
             c.refitted = true;
         }
-        Ok(true)
+        Ok(())
     }
 }
 

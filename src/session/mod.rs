@@ -336,7 +336,7 @@ impl Session {
             self.calibration_ids = Some(ids);
         }
         let cal = self.calibrator.as_ref();
-        let total_steps = c.total_steps() + cal.map_or(0, |c| c.total_windows());
+        let total_steps = c.total_steps(b.cfg.num_layers) + cal.map_or(0, |c| c.total_windows());
         let calibration_tokens = cal.map(|c| c.tokens());
         let c = self.compressor.insert(c);
         Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens, can_split: c.can_split() })
@@ -445,7 +445,9 @@ impl Session {
             let mut last = None;
             r.step(c, &mut |i| last = Some(i.clone()))?;
             if let Some(mut info) = last {
-                info.name = format!("block {}/{} refitted ({})", r.done(), r.total_blocks(), info.name);
+                if info.phase != "refine" {
+                    info.name = format!("block {}/{} refitted ({})", r.done(), r.total_blocks(), info.name);
+                }
                 return Ok(Some(CompressStep { info, layer: None }));
             }
         }

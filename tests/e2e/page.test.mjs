@@ -246,7 +246,7 @@ try {
       assert.ok(Math.abs(a - b) <= tol, `${what}: ${k}: page ${a} vs CLI ${b}`);
     }
   };
-  const newMethod = async (method, budget, mode, cal) => {
+  const newMethod = async (method, budget, mode, cal, refine = 0) => {
     await page.selectOption('#preset', 'custom');
     await page.selectOption('#method', method);
     await page.fill('#skip', '');
@@ -258,6 +258,7 @@ try {
     await page.check('#guard');
     await page.fill('#calibration-tokens', String(cal));
     await page.fill('#eval-window', String(CAL_WINDOW));
+    await page.fill('#refine-steps', String(refine));
   };
   // the page's ranks (its layer table) and the CLI's (its report)
   const sameRanks = async (dir) => {
@@ -267,12 +268,12 @@ try {
     assert.deepEqual(differ, [], 'the same rank for every matrix');
   };
   // `rel`: the relative agreement asked of the page's compression and the CLI's (wasm and native round differently)
-  const newMethodAgainstCli = async (what, method, budget, mode, cal, rel, flips = 0, relMse = rel) => {
-    await newMethod(method, budget, mode, cal);
+  const newMethodAgainstCli = async (what, method, budget, mode, cal, rel, flips = 0, relMse = rel, refine = 0) => {
+    await newMethod(method, budget, mode, cal, refine);
     assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
     assert.match(await page.textContent('#summary-note'), new RegExp(`tokens ${cal}\\.\\.${cal + TOKENS}`));
     const dir = path.join(tmp, what);
-    cliCompress(dir, cal, ['--method', method, '--budget', budget, '--budget-mode', mode]);
+    cliCompress(dir, cal, ['--method', method, '--budget', budget, '--budget-mode', mode, '--refine-steps', String(refine)]);
     await sameRanks(dir);
     // the allocation check (activation-aware factors under a mode other than the same fraction each): the page found
     // what the CLI found, and says it
@@ -291,6 +292,7 @@ try {
     sameAsCli(got, cliEval(mine, cal), `${what} (the page's export in the CLI)`);
     sameAsCli(got, want, what, rel, flips, relMse);
     console.log(`  ${what}: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)})`);
+    return got;
   };
 
   step('the loss allocation (activation-aware, 20% of linear parameters, 256 calibration tokens): the summary equals the CLI\'s');
@@ -307,7 +309,22 @@ try {
   // difference, measured 2.829 in the page against 2.810 natively (0.68%; perplexity 0.13%, KL 0.09%), so 1.5% is
   // asked of the MSE.
   step('the sequential refit (20% of linear parameters, same fraction each, 2048 calibration tokens): the summary equals the CLI\'s to 0.5%');
-  await newMethodAgainstCli('refit-proportional', 'refit', '0.2', 'proportional', 2048, 5e-3, 4, 1.5e-2);
+  const refit = await newMethodAgainstCli('refit-proportional', 'refit', '0.2', 'proportional', 2048, 5e-3, 4, 1.5e-2);
+
+  // The block-level refinement: Adam steps on each block's factors after its refit, one step per worker call, each
+  // on the progress bar. Two steps per block keep CI short; the same tolerances as the refit (the steps are small:
+  // each factor moves by about 10⁻³ of its root-mean-square entry).
+  step('the refit with 2 refinement steps per block: each step on the progress bar, the summary equals the CLI\'s to 0.5%');
+  const seen = [];
+  const polling = setInterval(async () => {
+    try { seen.push(await page.textContent('#progress-text')); } catch { /* the page is busy */ }
+  }, 100);
+  const refined = await newMethodAgainstCli('refit-refined', 'refit', '0.2', 'proportional', 2048, 5e-3, 4, 1.5e-2, 2);
+  clearInterval(polling);
+  assert.ok(seen.some((t) => /refine: block \d+\/8, step [12]\/2/.test(t || '')), `a refinement step on the progress bar: ${[...new Set(seen)].slice(-5)}`);
+  assert.notEqual(refined.ppl_compressed, refit.ppl_compressed, 'the refinement changed the model');
+  const report = JSON.parse(fs.readFileSync(path.join(tmp, 'refit-refined', 'compression_report.json'), 'utf8'));
+  assert.equal(report.layers.filter((l) => /^refined with its block/.test(l.reason || '')).length, 48, 'the CLI refined every block matrix');
 
   step('a quality target (cosine ≥ 0.95, budget to 0.1): the page walks the CLI\'s path and keeps its budget');
   {
