@@ -73,6 +73,29 @@ fn compress(s: &mut Session, policy: Policy) -> usize {
     layers
 }
 
+/// neo-bard-8l opened and loaded in a session with 4 GiB.
+fn loaded() -> Session {
+    let mut s = session(4.0 * GIB);
+    s.open(bard()).unwrap();
+    s.load(&|_, _, _| {}).unwrap();
+    s
+}
+
+/// The command line's one call on neo-bard-8l, calibrated on `text()`.
+fn cli_compress(policy: Policy) -> semantic_llm_compressor::compression::pipeline::Compressed {
+    let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
+    let original = b.load_model(false).unwrap();
+    let ids = b.tokenizer().unwrap().encode(&text()).unwrap();
+    semantic_llm_compressor::compression::driver::compress_checkpoint(
+        &b.cfg,
+        &b.ckpt,
+        policy,
+        Some((&original, &ids)),
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
 /// The compressed checkpoint the session exports, as bytes.
 fn export(s: &Session) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -86,9 +109,7 @@ fn export(s: &Session) -> Vec<u8> {
 
 /// neo-bard-8l opened and loaded, compressed at rank 16 and evaluated.
 fn compressed_and_evaluated() -> Session {
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
+    let mut s = loaded();
     compress(&mut s, Policy { rank: 16, ..Default::default() });
     s.compress_finish().unwrap();
     evaluate(&mut s, &spec());
@@ -333,9 +354,7 @@ fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
         sensitivity_tokens: 256,
         ..Default::default()
     };
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
+    let mut s = loaded();
     s.compress_begin(policy.clone(), Some(&text())).unwrap();
     let mut phases = std::collections::BTreeSet::new();
     while let Some(step) = s.compress_step().unwrap() {
@@ -353,17 +372,7 @@ fn refit_with_loss_allocation_steps_to_the_same_checkpoint_as_the_cli() {
     let (resident, stored) = (finished.resident_bytes as f64, finished.tensor_bytes as f64);
     assert!(resident < 1.25 * stored, "resident {resident} B for {stored} B of tensors");
     let page = export(&s);
-    let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
-    let original = b.load_model(false).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text()).unwrap();
-    let cli = semantic_llm_compressor::compression::driver::compress_checkpoint(
-        &b.cfg,
-        &b.ckpt,
-        policy,
-        Some((&original, &ids)),
-        &mut |_| {},
-    )
-    .unwrap();
+    let cli = cli_compress(policy);
     let reports = s.layer_reports().unwrap();
     for (p, c) in reports.iter().zip(&cli.reports) {
         assert_eq!((&p.name, p.rank, p.err_activations), (&c.name, c.rank, c.err_activations));
@@ -394,9 +403,7 @@ fn a_target_searched_step_by_step_walks_the_cli_path() {
         ..Default::default()
     };
     let spec: TargetSpec = serde_json::from_str(r#"{"target": {"cosine": 0.97}, "tolerance": 0.1}"#).unwrap();
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
+    let mut s = loaded();
     let text = text();
     let mut state = serde_json::to_value(s.target_begin(&policy, &spec).unwrap()).unwrap();
     let mut budgets = Vec::new();
@@ -527,9 +534,7 @@ fn sensitivity_in_parts_equals_the_whole_table() {
         sensitivity_tokens: 128,
         ..Default::default()
     };
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
+    let mut s = loaded();
     let text = text();
     let whole = s.sensitivity(&policy, &text).unwrap();
     assert_eq!(whole.len(), 8 * 6);
@@ -561,9 +566,7 @@ fn sensitivity_in_parts_equals_the_whole_table() {
 fn the_resident_figure_does_not_depend_on_what_ran_before() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let p = Policy { rank: 64, skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..Default::default() };
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
+    let mut s = loaded();
     compress(&mut s, p.clone());
     let first = s.compress_finish().unwrap().resident_bytes;
     for rank in [16, 200] {
@@ -593,9 +596,7 @@ fn refinement_steps_one_at_a_time_to_the_same_checkpoint_as_the_cli() {
         refine_steps: 3,
         ..Default::default()
     };
-    let mut s = session(4.0 * GIB);
-    s.open(bard()).unwrap();
-    s.load(&|_, _, _| {}).unwrap();
+    let mut s = loaded();
     let total = s.compress_begin(policy.clone(), Some(&text())).unwrap().total_steps;
     let (mut steps, mut refine) = (0, Vec::new());
     while let Some(step) = s.compress_step().unwrap() {
@@ -610,17 +611,7 @@ fn refinement_steps_one_at_a_time_to_the_same_checkpoint_as_the_cli() {
     assert!(refine[23].starts_with("block 8/8, step 3/3"), "{}", refine[23]);
     let refined_bytes = s.compress_finish().unwrap().tensor_bytes;
     let page = export(&s);
-    let b = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("models/neo-bard-8l")).unwrap();
-    let original = b.load_model(false).unwrap();
-    let ids = b.tokenizer().unwrap().encode(&text()).unwrap();
-    let cli = semantic_llm_compressor::compression::driver::compress_checkpoint(
-        &b.cfg,
-        &b.ckpt,
-        policy.clone(),
-        Some((&original, &ids)),
-        &mut |_| {},
-    )
-    .unwrap();
+    let cli = cli_compress(policy.clone());
     let reports = s.layer_reports().unwrap();
     assert_eq!(reports.len(), cli.reports.len());
     let mut refined = 0;
@@ -630,9 +621,7 @@ fn refinement_steps_one_at_a_time_to_the_same_checkpoint_as_the_cli() {
     }
     assert_eq!(refined, 48, "every block matrix refined");
     // and the refinement changed what is stored: the refit alone stores other factors
-    let mut s0 = session(4.0 * GIB);
-    s0.open(bard()).unwrap();
-    s0.load(&|_, _, _| {}).unwrap();
+    let mut s0 = loaded();
     s0.compress_begin(Policy { refine_steps: 0, ..policy }, Some(&text())).unwrap();
     while s0.compress_step().unwrap().is_some() {}
     assert_eq!(s0.compress_finish().unwrap().tensor_bytes, refined_bytes, "same ranks, same bytes");
