@@ -64,13 +64,7 @@ impl ByteSource for BlobSource {
         self.blob.size() as u64
     }
     fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let end = offset.saturating_add(len as u64);
-        if end > self.len() {
-            return Err(Error::file(
-                &self.name,
-                format!("read of {len} bytes at {offset} runs past the end ({} bytes)", self.len()),
-            ));
-        }
+        let end = self.range_end(offset, len)?;
         let slice = self
             .blob
             .slice_with_f64_and_f64(offset as f64, end as f64)
@@ -101,23 +95,14 @@ fn model_files(files: &js_sys::Array) -> Result<ModelFiles> {
     Ok(set)
 }
 
-fn which(w: &str) -> JsResult<Which> {
-    match w {
-        "original" => Ok(Which::Original),
-        "compressed" => Ok(Which::Compressed),
-        other => Err(js_err(Error::msg(format!("there is no \"{other}\" model: original or compressed")))),
-    }
-}
-
 /// The core's default compression policy, so the page's form and the core share one default.
 #[wasm_bindgen]
 pub fn default_policy() -> JsResult<JsValue> {
     to_js(&crate::compression::policy::Policy::default())
 }
 
-/// The randomized SVD as the pipeline runs it, profiled on a synthetic trained-like `m × n` matrix (see
-/// [`crate::compression::svd::profile`]): what `./build.sh bench` runs in the browser. `oversample` and
-/// `power_iters` default to the pipeline's.
+/// The randomized SVD as the pipeline runs it, profiled on a synthetic `m × n` matrix
+/// ([`crate::compression::svd::profile_synthetic`]): what `./build.sh bench` runs in the browser.
 #[wasm_bindgen]
 pub fn profile_svd(
     m: usize,
@@ -125,12 +110,9 @@ pub fn profile_svd(
     rank: usize,
     runs: usize,
     oversample: Option<usize>,
-    power_iters: Option<usize>,
+    iters: Option<usize>,
 ) -> JsResult<JsValue> {
-    use crate::compression::svd::{profile, OVERSAMPLE, POWER_ITERS};
-    let w = crate::model::synth::matrix(m, n, 1).map_err(js_err)?;
-    let (o, q) = (oversample.unwrap_or(OVERSAMPLE), power_iters.unwrap_or(POWER_ITERS));
-    to_js(&profile(&w, m, n, rank, o, q, runs, false).map_err(js_err)?)
+    to_js(&crate::compression::svd::profile_synthetic(m, n, rank, runs, oversample, iters).map_err(js_err)?)
 }
 
 /// Trap on purpose (a panic, which aborts: `RuntimeError: unreachable`), as an allocation failure or a bug would:
@@ -181,10 +163,7 @@ impl Workspace {
 
     /// One step of the compression, or `null` when every step is done.
     pub fn compress_step(&mut self) -> JsResult<JsValue> {
-        match self.0.compress_step().map_err(js_err)? {
-            Some(step) => to_js(&step),
-            None => Ok(JsValue::NULL),
-        }
+        to_js(&self.0.compress_step().map_err(js_err)?)
     }
 
     /// Factor matrix `index` for the coordinating worker: its factors as bytes (see [`Session::compress_factor_out`]).
@@ -213,10 +192,7 @@ impl Workspace {
 
     /// The next step of the evaluation, or `null` when finished.
     pub fn eval_step(&mut self) -> JsResult<JsValue> {
-        match self.0.eval_step().map_err(js_err)? {
-            Some(p) => to_js(&p),
-            None => Ok(JsValue::NULL),
-        }
+        to_js(&self.0.eval_step().map_err(js_err)?)
     }
 
     pub fn eval_partial(&self) -> JsResult<JsValue> {
@@ -244,34 +220,18 @@ impl Workspace {
         Ok(parts)
     }
 
-    pub fn encode(&self, text: &str) -> JsResult<Vec<u32>> {
-        self.0.encode(text).map_err(js_err)
-    }
-
     /// Start generating from `prompt` with the model `which` ("original" or "compressed"); `params` as
     /// [`SamplingParams`] (defaults when absent).
     pub fn generate_start(&mut self, which_model: &str, prompt: &str, params: JsValue) -> JsResult<()> {
-        let params: SamplingParams = if params.is_undefined() || params.is_null() {
-            SamplingParams::default()
-        } else {
-            from_js(params, "generation settings")?
-        };
-        self.0.generate_start(which(which_model)?, prompt, params).map_err(js_err)
+        let params: Option<SamplingParams> = from_js(params, "generation settings")?;
+        self.0
+            .generate_start(Which::parse(which_model).map_err(js_err)?, prompt, params.unwrap_or_default())
+            .map_err(js_err)
     }
 
     /// The next token of the generation `which`: `{id, text, token, done}`, or `null` when it is finished.
     pub fn generate_next(&mut self, which_model: &str) -> JsResult<JsValue> {
-        match self.0.generate_next(which(which_model)?).map_err(js_err)? {
-            Some(s) => to_js(&s),
-            None => Ok(JsValue::NULL),
-        }
-    }
-
-    /// Each block matrix compressed alone with `policy`: `[{name, shape, rank, err_stored, err_activations,
-    /// damage: {kl, cosine, top1, positions}}]` on the first `sensitivity_tokens` of `text`.
-    pub fn sensitivity(&self, policy: JsValue, text: &str) -> JsResult<JsValue> {
-        let policy = from_js(policy, "compression policy")?;
-        to_js(&self.0.sensitivity(&policy, text).map_err(js_err)?)
+        to_js(&self.0.generate_next(Which::parse(which_model).map_err(js_err)?).map_err(js_err)?)
     }
 
     /// [`Workspace::sensitivity`] a matrix at a time: this instance takes every `parts`-th matrix from the `part`-th.
@@ -283,10 +243,7 @@ impl Workspace {
 
     /// The next row of the sensitivity begun, or `null` when this part is done.
     pub fn sensitivity_step(&mut self) -> JsResult<JsValue> {
-        match self.0.sensitivity_step().map_err(js_err)? {
-            Some(r) => to_js(&r),
-            None => Ok(JsValue::NULL),
-        }
+        to_js(&self.0.sensitivity_step().map_err(js_err)?)
     }
 
     /// What `policy` will store, before it runs: `{matrices: [{name, shape, decision, rank, reason, tied,
@@ -332,12 +289,10 @@ impl Default for Workspace {
     }
 }
 
+/// Panics (which abort) are also written to the console, with their message.
 fn console_error_panic_hook() {
-    use std::sync::Once;
-    static SET: Once = Once::new();
+    static SET: std::sync::Once = std::sync::Once::new();
     SET.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
-            web_sys::console::error_1(&format!("panic: {info}").into());
-        }));
+        std::panic::set_hook(Box::new(|info| web_sys::console::error_1(&format!("panic: {info}").into())))
     });
 }

@@ -2,8 +2,10 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 use semantic_llm_compressor::compression::driver::compress_checkpoint;
-use semantic_llm_compressor::compression::pipeline::{considered_matrices, factors, reader, totals, Compressed};
+use semantic_llm_compressor::compression::matrix::{factors, totals};
+use semantic_llm_compressor::compression::pipeline::Compressed;
 use semantic_llm_compressor::compression::policy::{BudgetMode, BudgetUnit, Method, Policy};
+use semantic_llm_compressor::compression::source::{considered_matrices, reader};
 use semantic_llm_compressor::compression::svd::{self, SvdMethod};
 use semantic_llm_compressor::evaluation::metrics::Evaluator;
 use semantic_llm_compressor::model::bundle::ModelBundle;

@@ -65,7 +65,7 @@ fn model_err(config: &str, weights: Vec<u8>, tokenizer: Option<&[u8]>) -> String
         b.load_model(false)?.logits(&[1, 2, 3])?;
         Ok(())
     };
-    run().err().expect("refused").to_string()
+    run().expect_err("refused").to_string()
 }
 
 fn has(e: &str, needles: &[&str]) {

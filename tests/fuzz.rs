@@ -331,7 +331,7 @@ fn mutate_bytes(rng: &mut Rng, b: &mut Vec<u8>) {
     }
     // most faults that matter sit near the start (the length and the header)
     let near = |rng: &mut Rng, len: usize| {
-        if rng.next_u64() % 4 != 0 {
+        if !rng.next_u64().is_multiple_of(4) {
             (rng.next_u64() as usize) % len.min(4096)
         } else {
             (rng.next_u64() as usize) % len
@@ -349,7 +349,7 @@ fn mutate_bytes(rng: &mut Rng, b: &mut Vec<u8>) {
         2 => {
             let n = b.len() as u64;
             let v = [0, 1, 7, 8, n, n - 1, n + 1, 1 << 32, 1 << 63, u64::MAX][(rng.next_u64() % 10) as usize];
-            let k = if rng.next_u64() % 2 == 0 { 0 } else { near(rng, b.len()) };
+            let k = if rng.next_u64().is_multiple_of(2) { 0 } else { near(rng, b.len()) };
             let end = (k + 8).min(b.len());
             b[k..end].copy_from_slice(&v.to_le_bytes()[..end - k]);
         }
@@ -384,7 +384,7 @@ fn mutate_header(rng: &mut Rng, b: &mut Vec<u8>) -> bool {
     }
     let mut json = b[8..8 + n].to_vec();
     mutate_text(rng, &mut json);
-    let len = if rng.next_u64() % 8 == 0 { n } else { json.len() };
+    let len = if rng.next_u64().is_multiple_of(8) { n } else { json.len() };
     let mut out = (len as u64).to_le_bytes().to_vec();
     out.extend_from_slice(&json);
     out.extend_from_slice(&b[8 + n..]);
@@ -400,7 +400,7 @@ enum Shape {
 
 fn mutate(rng: &mut Rng, shape: Shape, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
     // one or two changes mostly (more break the JSON before anything behind it is reached), now and then up to six
-    let n = if rng.next_u64() % 4 == 0 { 1 + rng.next_u64() % 6 } else { 1 + rng.next_u64() % 2 };
+    let n = if rng.next_u64().is_multiple_of(4) { 1 + rng.next_u64() % 6 } else { 1 + rng.next_u64() % 2 };
     for _ in 0..n {
         match (shape, rng.next_u64() % 10) {
             (Shape::Text, 0..=6) => mutate_text(rng, input),

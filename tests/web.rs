@@ -172,7 +172,7 @@ fn workspace_names_missing_files() {
 /// `usize` does here (the page once said "536.9 MB → 115.2 MB").
 #[wasm_bindgen_test]
 fn totals_of_the_1_3b_shape_pass_4_gib() {
-    use semantic_llm_compressor::compression::pipeline::{totals, LayerReport};
+    use semantic_llm_compressor::compression::matrix::{totals, LayerReport};
     use semantic_llm_compressor::compression::policy::{MatrixInfo, Policy};
     use semantic_llm_compressor::compression::preview::preview;
     let (h, f) = (2048, 8192);

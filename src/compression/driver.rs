@@ -3,10 +3,12 @@
 //! The page runs the same steps one at a time through the session.
 
 #[cfg(not(target_arch = "wasm32"))]
-use crate::compression::pipeline::Factored;
-use crate::compression::pipeline::{considered_matrices, reader, Compressed, Compressor, StepInfo};
+use crate::compression::matrix::Factored;
+use crate::compression::matrix::StepInfo;
+use crate::compression::pipeline::{Compressed, Compressor};
 use crate::compression::policy::{Method, Policy};
 use crate::compression::sensitivity::Probe;
+use crate::compression::source::{considered_matrices, reader};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::GptNeoConfig;
 use crate::model::gpt_neo::GptNeo;

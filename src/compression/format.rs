@@ -3,7 +3,7 @@
 //! source fingerprint, config.json and tokenizer.json in `__metadata__`. Loading it back keeps the INT8 codes as
 //! INT8: a compressed model's resident bytes are its stored bytes.
 
-use crate::compression::pipeline::{Decision, Factored, LayerReport};
+use crate::compression::matrix::{Decision, Factored, LayerReport};
 use crate::compression::policy::Policy;
 use crate::model::bundle::is_buffer;
 use crate::model::checkpoint::fingerprint;

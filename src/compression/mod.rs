@@ -8,7 +8,11 @@
 //!   [`refine`] — then each block's factors adjusted together by gradient steps on the block's output error.
 //! * [`driver`] — a whole checkpoint in one call (calibration, probes, refit, factoring on threads).
 //! * [`preview`] — what a policy will store, from the shapes alone, before it runs.
-//! * [`pipeline`] — one matrix per step: plan, factor, quantize, measure; the compressed model.
+//! * [`source`] — the original checkpoint as a compression reads it: the matrices it considers, each read as f32.
+//! * [`matrix`] — one matrix compressed: its job, its stored factors, its report (what the pipeline, the refit and
+//!   the refinement all produce).
+//! * [`pipeline`] — one matrix per step: plan, factor, quantize, measure, the allocation check; the compressed
+//!   model. The refit works for it through [`refit::RefitTarget`] and knows nothing else of it.
 //! * [`format`] — the compressed checkpoint written to a file (FORMAT.md), and dense weights again (`densify`).
 //!
 //! May import: [`crate::model`], [`crate::error`], [`crate::alloc`].
@@ -16,6 +20,7 @@
 pub mod calib;
 pub mod driver;
 pub mod format;
+pub mod matrix;
 pub mod pipeline;
 pub mod policy;
 pub mod preview;
@@ -23,4 +28,5 @@ pub mod quant;
 pub mod refine;
 pub mod refit;
 pub mod sensitivity;
+pub mod source;
 pub mod svd;

@@ -19,7 +19,7 @@
 //! each block's output error by 6–12% and the held-out perplexity ratio from ×1.0459 to ×1.0388 (QUALITY.md).
 //! Memory: the block's autograd graph on one batch of windows (the attention's `[batch, heads, t, t]` a few times).
 
-use crate::compression::pipeline::factors;
+use crate::compression::matrix::factors;
 use crate::compression::policy::Policy;
 use crate::compression::svd::Svd;
 use crate::model::gpt_neo::Block;

@@ -27,8 +27,8 @@
 //! stored. Each layer's report gives the relative error of its stored outputs against the original layer's outputs.
 //! Memory: one block's inputs on the calibration windows, and two n × n statistics at a time.
 
-use crate::compression::pipeline::{factors, Compressor, Factored, StepInfo};
-use crate::compression::policy::{Method, Plan};
+use crate::compression::matrix::{factors, Decision, Factored, LayerReport, StepInfo};
+use crate::compression::policy::{MatrixInfo, Method, Plan, Policy};
 use crate::compression::quant::per_row;
 use crate::compression::refine::Refinement;
 use crate::compression::svd::{self, rel_fro_error};
@@ -47,6 +47,30 @@ pub const MATRICES_PER_BLOCK: usize = 6;
 
 /// The matrices of a block that read the same input, in the order they run (indices into [`crate::model::gpt_neo::Block::linears`]).
 const GROUPS: [&[usize]; 4] = [&[0, 1, 2], &[3], &[4], &[5]];
+
+/// What the refit needs of the compression it works for: its policy and matrices, each matrix's plan (made again on
+/// the refitted spectra with the loss allocation), and somewhere to keep what it stores. The pipeline's compressor is
+/// one; the refit knows nothing else of it.
+pub trait RefitTarget {
+    fn policy(&self) -> &Policy;
+    fn matrices(&self) -> &[MatrixInfo];
+    /// Matrix `i`'s plan, once the plans are made.
+    fn plan(&self, i: usize) -> Option<&Plan>;
+    /// Spend the budget left after the matrices stored so far on the others, with these matrices' spectra replaced.
+    fn replan(&mut self, spectra: &[(usize, Vec<f64>)]) -> Result<()>;
+    /// Keep a matrix the refit stored.
+    fn accept(&mut self, f: Factored) -> Result<()>;
+    /// Matrices kept so far.
+    fn accepted(&self) -> usize;
+    /// Replace a kept matrix's weight by its refinement, `err_stored` its error against the original weight.
+    fn refined(&mut self, i: usize, weight: LinearWeight, err_stored: f64) -> Result<()>;
+    /// Every block has been refitted.
+    fn blocks_refitted(&mut self);
+    /// The index of the matrix named `name`.
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.matrices().iter().position(|m| m.name == name)
+    }
+}
 
 /// The refit of a model's blocks, one block per [`Refit::step`].
 pub struct Refit {
@@ -82,14 +106,14 @@ impl Refit {
     }
 
     /// Steps in all for `blocks` blocks: one refit per block, and the refinement's steps after each.
-    pub fn total_steps(policy: &crate::compression::policy::Policy, blocks: usize) -> usize {
+    pub fn total_steps(policy: &Policy, blocks: usize) -> usize {
         blocks * (1 + policy.refine_steps)
     }
 
     /// Refit the next block's matrices and hand them to `c` (accepted as if factored), or, with `refine_steps`, take
     /// the next step of the refinement of the block refitted last; `false` when every block is done. `c` must have
     /// made its plans (activation-aware method, calibration given).
-    pub fn step(&mut self, c: &mut Compressor, progress: &mut dyn FnMut(&StepInfo)) -> Result<bool> {
+    pub fn step(&mut self, c: &mut dyn RefitTarget, progress: &mut dyn FnMut(&StepInfo)) -> Result<bool> {
         let (block, blocks) = (self.next + 1, self.total_blocks());
         if let Some((_, r)) = self.refining.as_mut() {
             let loss = r.step()?;
@@ -109,7 +133,7 @@ impl Refit {
             return Ok(true);
         }
         let Some(ob) = self.original.blocks().get(self.next) else {
-            c.refitted = true;
+            c.blocks_refitted();
             return Ok(false);
         };
         let names: Vec<String> = ob.linears().iter().map(|l| l.name.clone()).collect();
@@ -125,9 +149,9 @@ impl Refit {
         let orig_out: Vec<Tensor> = self.orig.iter().map(rows).collect::<Result<_>>()?;
         let comp_in: Vec<Tensor> = self.comp.iter().map(rows).collect::<Result<_>>()?;
         let mut cb = ob.clone();
-        let replan = c.policy.refit_replan
-            && c.policy.budget.is_some()
-            && c.policy.budget_mode == crate::compression::policy::BudgetMode::Loss;
+        let p = c.policy();
+        let replan =
+            p.refit_replan && p.budget.is_some() && p.budget_mode == crate::compression::policy::BudgetMode::Loss;
         for group in GROUPS {
             let wanted: Vec<&str> = group.iter().map(|&k| names[k].as_str()).collect();
             let mut xh: HashMap<String, Vec<Tensor>> = HashMap::new();
@@ -151,7 +175,7 @@ impl Refit {
                 };
                 // replanning needs the group's refitted spectra before any of it is truncated; otherwise each
                 // matrix is solved when it is refitted, one at a time (one target held at a time)
-                let solved = if replan && c.policy.exclusion(&c.mats[i]).is_none() {
+                let solved = if replan && c.policy().exclusion(&c.matrices()[i]).is_none() {
                     let target = drift.target(group, &original.weight, x, x_hat)?;
                     Some((solve(c, i, &original.weight, &target, x_hat)?, target))
                 } else {
@@ -182,14 +206,14 @@ impl Refit {
                 progress(&StepInfo {
                     phase: "refit",
                     done: c.accepted(),
-                    total: c.mats.len(),
+                    total: c.matrices().len(),
                     name: name.to_string(),
                     index: Some(i),
                 });
             }
         }
         // the block's factors, all six matrices at once, against the original block's outputs, one step per call
-        match Refinement::start(&c.policy, &cb, &self.comp, &self.orig)? {
+        match Refinement::start(c.policy(), &cb, &self.comp, &self.orig)? {
             Some(r) => self.refining = Some((cb, r)),
             None => self.block_done(c, &cb)?,
         }
@@ -197,7 +221,7 @@ impl Refit {
     }
 
     /// The refined factors stored in the block and handed to `c`, with the error of each against the original.
-    fn store_refined(&self, c: &mut Compressor, cb: &mut Block, r: Refinement) -> Result<()> {
+    fn store_refined(&self, c: &mut dyn RefitTarget, cb: &mut Block, r: Refinement) -> Result<()> {
         let ob = self.original.blocks().get(self.next).ok_or_else(|| Error::msg("no block is being refined"))?;
         for (name, w) in r.finish()? {
             let i = c.index_of(&name).ok_or_else(|| Error::tensor(&name, "is not among the compressed matrices"))?;
@@ -210,13 +234,13 @@ impl Refit {
     }
 
     /// The compressed path carried through the finished block `cb`, as the compressor stores it.
-    fn block_done(&mut self, c: &mut Compressor, cb: &Block) -> Result<()> {
+    fn block_done(&mut self, c: &mut dyn RefitTarget, cb: &Block) -> Result<()> {
         for h in self.comp.iter_mut() {
             *h = cb.run(h)?;
         }
         self.next += 1;
         if self.next == self.total_blocks() {
-            c.refitted = true;
+            c.blocks_refitted();
         }
         Ok(())
     }
@@ -251,15 +275,15 @@ impl Drift<'_> {
 
 /// Run every block's refit on the compressor's calibration text.
 pub fn refit_all(
-    c: &mut Compressor,
+    c: &mut dyn RefitTarget,
     original: &GptNeo,
     ids: &[u32],
     progress: &mut dyn FnMut(&StepInfo),
 ) -> Result<()> {
-    if c.policy.method != Method::Refit {
+    if c.policy().method != Method::Refit {
         return Err(Error::Policy("the refit is the method refit's".into()));
     }
-    let p = &c.policy;
+    let p = c.policy();
     let mut r = Refit::new(original, ids, p.calibration_tokens, p.calibration_window, p.refit_stride)?;
     while r.step(c, progress)? {}
     Ok(())
@@ -295,7 +319,7 @@ fn cross(a: &[Tensor], b: &[Tensor]) -> Result<(Vec<f64>, usize)> {
 /// Matrix `i` refitted as `plan` says: the rank-r `W'` whose outputs on the compressed path's inputs `x_hat` come
 /// closest to `target` (`[rows, out]` per window).
 fn refit_one(
-    c: &Compressor,
+    c: &dyn RefitTarget,
     i: usize,
     plan: &Plan,
     weight: &LinearWeight,
@@ -304,10 +328,10 @@ fn refit_one(
     solved: Option<Solved>,
 ) -> Result<Factored> {
     let t0 = crate::clock::now();
-    let m = c.mats[i].clone();
+    let m = c.matrices()[i].clone();
     let (out, inp) = (m.out, m.inp);
     let w = weight.to_dense_f32()?;
-    let mut rep = crate::compression::pipeline::LayerReport::stored(&m, None);
+    let mut rep = LayerReport::stored(&m, None);
     let stored = match plan {
         Plan::Dense { reason } => {
             rep.reason = Some(reason.clone());
@@ -316,7 +340,7 @@ fn refit_one(
         }
         Plan::Int8 => {
             let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
-            rep.decision = crate::compression::pipeline::Decision::Int8;
+            rep.decision = Decision::Int8;
             Some(lw)
         }
         Plan::LowRank { rank } => {
@@ -330,10 +354,10 @@ fn refit_one(
             let total: f64 = all.iter().map(|v| v * v).sum();
             let kept: f64 = all.iter().take(*rank).map(|v| v * v).sum();
             rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
-            rep.decision = crate::compression::pipeline::Decision::LowRank;
+            rep.decision = Decision::LowRank;
             rep.rank = Some(s.rank());
             rep.params_after = s.rank() * (out + inp + 1);
-            Some(factors(&s, c.policy.factor_quant()))
+            Some(factors(&s, c.policy().factor_quant()))
         }
     };
     if let Some(lw) = &stored {
@@ -356,8 +380,8 @@ pub(crate) struct Solved {
 
 /// Matrix `i` refitted before truncation: `W*`, the unconstrained least squares toward `target` on the compressed
 /// path's inputs, and its whitened SVD by their statistics `Ĝ`.
-fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_hat: &[Tensor]) -> Result<Solved> {
-    let m = &c.mats[i];
+fn solve(c: &dyn RefitTarget, i: usize, weight: &LinearWeight, target: &[Tensor], x_hat: &[Tensor]) -> Result<Solved> {
+    let m = &c.matrices()[i];
     let (out, inp) = (m.out, m.inp);
     let w = weight.to_dense_f32()?;
     let (g, rows) = cross(x_hat, x_hat)?;
@@ -367,8 +391,8 @@ fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_h
     // W* = (Yᵀ X̂ + ρ W) (Ĝ + (λ + ρ) I)⁻¹, i.e. (Ĝ + (λ + ρ) I) W*ᵀ = X̂ᵀ Y + ρ Wᵀ
     let n = inp;
     let mean_diag = (0..n).map(|k| g[k * n + k]).sum::<f64>() / n.max(1) as f64;
-    let lambda = c.policy.damp * mean_diag.max(f64::MIN_POSITIVE);
-    let rho = c.policy.refit_ridge * mean_diag;
+    let lambda = c.policy().damp * mean_diag.max(f64::MIN_POSITIVE);
+    let rho = c.policy().refit_ridge * mean_diag;
     let gd = Mat::from_fn(n, n, |a, b| g[a * n + b] + if a == b { lambda + rho } else { 0.0 });
     let rhs = Mat::from_fn(n, out, |a, b| cy[a * out + b] / rows + rho * w[b * inp + a] as f64);
     let llt = gd.llt(faer::Side::Lower).map_err(|e| {
@@ -378,7 +402,7 @@ fn solve(c: &Compressor, i: usize, weight: &LinearWeight, target: &[Tensor], x_h
         )
     })?;
     let t = llt.solve(&rhs).transpose().to_owned();
-    let (svd, spectrum) = svd::whitened_f64(&t, &g, out.min(inp), c.policy.damp).map_err(|e| tag(&m.name, e))?;
+    let (svd, spectrum) = svd::whitened_f64(&t, &g, out.min(inp), c.policy().damp).map_err(|e| tag(&m.name, e))?;
     Ok(Solved { svd, spectrum })
 }
 

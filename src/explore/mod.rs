@@ -8,11 +8,11 @@
 //! May import: [`crate::compression`], [`crate::evaluation`], [`crate::model`], [`crate::error`].
 
 use crate::compression::driver::compress_checkpoint;
-use crate::compression::pipeline::{
-    considered_matrices, reader, totals, Compressed, CompressionTotals, Compressor, StepInfo,
-};
+use crate::compression::matrix::{totals, CompressionTotals, StepInfo};
+use crate::compression::pipeline::{Compressed, Compressor};
 use crate::compression::policy::{BudgetMode, Method, Policy, RankRule};
 use crate::compression::sensitivity::{Damage, Probe};
+use crate::compression::source::{considered_matrices, reader};
 use crate::evaluation::metrics::{EvalReport, Evaluator};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::GptNeoConfig;

@@ -1,7 +1,7 @@
 //! The model wing: everything needed to read a GPT-Neo checkpoint and run it.
 //!
-//! * [`config`] — config.json as Hugging Face writes it; [`checkpoint`] — safetensors files read by byte range,
-//!   shards; [`tokenizer`] — tokenizer.json, text ↔ ids, the evaluation's windows of ids.
+//! * [`config`] — config.json as Hugging Face writes it; [`checkpoint`] — safetensors files read by byte range
+//!   (its byte sources, one file's header, the shards joined); [`tokenizer`] — tokenizer.json, text ↔ ids, the evaluation's windows of ids.
 //! * [`weights`] — where tensors come from, behind one trait: a plain checkpoint, one with some layers replaced while
 //!   compressing, a compressed checkpoint read back from its file; [`bundle`] — a model's files together.
 //! * [`storage`] — how a matrix is stored (f32, INT8 codes with scales, 16-bit halves) and read back by row blocks;

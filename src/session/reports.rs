@@ -1,6 +1,6 @@
 //! What the session's steps return: small, serializable results (the wasm edge hands them to the page as they are).
 
-use crate::compression::pipeline::{CompressionTotals, LayerReport, StepInfo};
+use crate::compression::matrix::{CompressionTotals, LayerReport, StepInfo};
 use crate::compression::policy::MatrixInfo;
 use crate::evaluation::metrics::EvalReport;
 use crate::model::bundle::{BundleSummary, ModelBundle};

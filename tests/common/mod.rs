@@ -119,7 +119,7 @@ pub fn check_export_roundtrip(
     let b = bundle(config, None, weights);
     let c = compress_checkpoint(&b.cfg, &b.ckpt, policy, None, &mut |_| {}).unwrap();
     assert!(
-        c.reports.iter().any(|r| r.decision != semantic_llm_compressor::compression::pipeline::Decision::Dense),
+        c.reports.iter().any(|r| r.decision != semantic_llm_compressor::compression::matrix::Decision::Dense),
         "nothing was compressed"
     );
     let bytes =

@@ -1,0 +1,15 @@
+//! Compression policy: which weight matrices are factored, at which rank, and how the factors are stored.
+//!
+//! The knobs carry the origin pipeline's names (`rank`, `quant_bits`, `min_dim_for_compression`, skip patterns)
+//! and go past them: per-pattern ranks, an energy threshold, a global size budget, and a break-even guard.
+//!
+//! [`rules`]: the settings and what follows from them alone; [`allocate`]: every matrix's plan, budgets spread over
+//! the matrices.
+
+mod allocate;
+mod rules;
+
+pub use rules::{BudgetMode, BudgetUnit, MatrixInfo, Method, Plan, Policy, RankRule};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,59 @@
+//! Activation-aware ("whitened") truncated SVD: the truncation that minimises the error on the calibration inputs.
+
+use crate::compression::svd::exact::{check_finite, rows_of, rows_of_t, to_mat, Svd};
+use crate::{Error, Result};
+use faer::Mat;
+
+/// Activation-aware ("whitened") truncated SVD of rank `r`: with `G` the mean `x xᵀ` of the layer's inputs
+/// (n × n) and `L` its Cholesky factor (`G + λI = L Lᵀ`, λ = `damp` · mean diagonal, which keeps L invertible when
+/// some inputs never vary), the best rank-r approximation of `W L` is `U Σ Vᵀ`, and `W_r = U Σ (Vᵀ L⁻¹)` minimises
+/// `‖(W − W_r) X‖F` over the calibration inputs X. Returned as an [`Svd`] whose `vh` is `Vᵀ L⁻¹` (not orthonormal).
+pub fn whitened(w: &[f32], m: usize, n: usize, gram: &[f64], r: usize, damp: f64) -> Result<Svd> {
+    check_finite(w, "whitened SVD")?;
+    Ok(whitened_f64(&to_mat(w, m, n), gram, r, damp)?.0)
+}
+
+/// [`whitened`] of an f64 matrix `a` (m × n), also returning every singular value of `A L` (the whitened spectrum:
+/// `Σ_{j>r} σ_j²` is the error `tr(ΔW G ΔWᵀ)` of rank r on the damped statistics).
+pub fn whitened_f64(a: &Mat<f64>, gram: &[f64], r: usize, damp: f64) -> Result<(Svd, Vec<f64>)> {
+    let (m, n) = (a.nrows(), a.ncols());
+    if gram.len() != n * n || gram.iter().any(|x| !x.is_finite()) {
+        return Err(Error::Numeric(format!("whitened SVD: the calibration statistics do not fit a {m}×{n} weight")));
+    }
+    if a.col_iter().any(|c| c.iter().any(|x| !x.is_finite())) {
+        return Err(Error::Numeric("whitened SVD: the matrix has non-finite values".into()));
+    }
+    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    let lambda = damp * mean_diag.max(f64::MIN_POSITIVE);
+    let g = Mat::from_fn(n, n, |i, j| gram[i * n + j] + if i == j { lambda } else { 0.0 });
+    let llt = g.llt(faer::Side::Lower).map_err(|e| {
+        Error::Numeric(format!("whitened SVD: the calibration statistics are not positive definite ({e:?})"))
+    })?;
+    let l = llt.L();
+    let al = a * l;
+    let svd = al.thin_svd().map_err(|e| Error::Numeric(format!("SVD did not converge ({e:?})")))?;
+    let all: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+    let r = r.min(m.min(n));
+    let s: Vec<f64> = all.iter().copied().take(r).collect();
+    let u = svd.U().subcols(0, r).to_owned();
+    // Vh = Vᵀ L⁻¹, i.e. Vhᵀ = L⁻ᵀ V: solve Lᵀ X = V
+    let mut x = svd.V().subcols(0, r).to_owned();
+    faer::linalg::triangular_solve::solve_upper_triangular_in_place(l.transpose(), x.as_mut(), faer::Par::Seq);
+    Ok((Svd { m, n, u: rows_of(u.as_ref()), s, vh: rows_of_t(x.as_ref()) }, all))
+}
+
+/// sqrt(tr((W − W_r) G (W − W_r)ᵀ) / tr(W G Wᵀ)): the relative error on the calibration activations.
+pub fn rel_activation_error(w: &[f32], wr: &[f64], m: usize, n: usize, gram: &[f64]) -> f64 {
+    let g = Mat::from_fn(n, n, |i, j| gram[i * n + j]);
+    let d = Mat::from_fn(m, n, |i, j| w[i * n + j] as f64 - wr[i * n + j]);
+    let a = Mat::from_fn(m, n, |i, j| w[i * n + j] as f64);
+    let quad = |x: &Mat<f64>| {
+        let xg = x * &g;
+        (0..m).map(|i| (0..n).map(|j| xg[(i, j)] * x[(i, j)]).sum::<f64>()).sum::<f64>()
+    };
+    let den = quad(&a);
+    if den <= 0.0 {
+        return 0.0;
+    }
+    (quad(&d).max(0.0) / den).sqrt()
+}

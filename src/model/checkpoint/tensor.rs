@@ -1,0 +1,97 @@
+//! One tensor's bytes as stored, and their conversions (to f32, to 16-bit halves kept as stored, to INT8 codes).
+
+use crate::{Error, Result};
+use candle_core::{Device, Tensor};
+use safetensors::tensor::Dtype;
+
+/// One tensor's bytes as stored, with its dtype and shape.
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// The bytes an element of `dtype` takes, for the dtypes this crate reads.
+pub fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}")
+}
+
+impl RawTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The values as f32 (F32 as is; F16, BF16 and F64 converted). A weight holding Inf or NaN is an error: a
+    /// checkpoint like that is damaged, and every figure computed from it would be meaningless.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        let d = &self.data;
+        let v: Vec<f32> = match self.dtype {
+            Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => {
+                d.chunks_exact(2).map(|c| crate::model::storage::f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+            }
+            Dtype::BF16 => d
+                .chunks_exact(2)
+                .map(|c| crate::model::storage::bf16_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            Dtype::F64 => {
+                d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+            }
+            other => {
+                return Err(Error::tensor(
+                    &self.name,
+                    format!(
+                        "has dtype {other:?}, not a float type (this program reads F32, F16, BF16 and F64 weights)"
+                    ),
+                ))
+            }
+        };
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(Error::tensor(&self.name, format!("holds a non-finite value ({}) at element {i}", v[i])));
+        }
+        Ok(v)
+    }
+
+    /// A 2-D F16/BF16 tensor as a [`crate::model::storage::Factor::Half`] (kept as stored), `None` for other dtypes, an error
+    /// if it holds Inf or NaN.
+    pub fn to_half_factor(&self) -> Result<Option<crate::model::storage::Factor>> {
+        let bf16 = match self.dtype {
+            Dtype::F16 => false,
+            Dtype::BF16 => true,
+            _ => return Ok(None),
+        };
+        let (rows, cols) = match self.shape[..] {
+            [r, c] => (r, c),
+            _ => return Ok(None),
+        };
+        let bits: Vec<u16> = self.data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let bad = |&h: &u16| if bf16 { h & 0x7f80 == 0x7f80 } else { crate::model::storage::f16_is_non_finite(h) };
+        if let Some(i) = bits.iter().position(bad) {
+            return Err(Error::tensor(&self.name, format!("holds a non-finite value (Inf or NaN) at element {i}")));
+        }
+        Ok(Some(crate::model::storage::Factor::Half { rows, cols, bits, bf16 }))
+    }
+
+    /// The values as i8 (I8 tensors only).
+    pub fn to_i8_vec(&self) -> Result<Vec<i8>> {
+        match self.dtype {
+            Dtype::I8 => Ok(self.data.iter().map(|&b| b as i8).collect()),
+            other => Err(Error::tensor(&self.name, format!("expected dtype I8, found {other:?}"))),
+        }
+    }
+
+    /// The values as i32 (I32 tensors only).
+    pub fn to_i32_vec(&self) -> Result<Vec<i32>> {
+        match self.dtype {
+            Dtype::I32 => Ok(self.data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            other => Err(Error::tensor(&self.name, format!("expected dtype I32, found {other:?}"))),
+        }
+    }
+
+    /// The values as an f32 candle tensor.
+    pub fn to_tensor(&self) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.to_f32_vec()?, self.shape.clone(), &Device::Cpu)?)
+    }
+}

@@ -1,0 +1,228 @@
+//! Compressing the original one step at a time (calibration, probes, spectra, the allocation check, the refit a block
+//! or a refinement step at a time, matrices here or in helper workers), and exporting what it made.
+
+use super::{CompressedSlot, Session, Which};
+use crate::compression::calib::Calibrator;
+use crate::compression::format::{decode_factored, encode_factored, Export};
+use crate::compression::matrix::{totals, StepInfo};
+use crate::compression::pipeline::Compressor;
+use crate::compression::policy::{Method, Policy};
+use crate::compression::refit::Refit;
+use crate::compression::sensitivity::Probe;
+use crate::compression::source::{considered_matrices, reader};
+use crate::model::tokenizer::strided_windows;
+use crate::session::reports::*;
+use crate::{Error, Result};
+
+impl Session {
+    /// Start compressing the original with `policy`. The activation-aware method reads the first
+    /// `calibration_tokens` tokens of `calibration_text` through the original model, which must be loaded.
+    pub fn compress_begin(&mut self, policy: Policy, calibration_text: Option<&str>) -> Result<CompressBegin<'_>> {
+        let b = self
+            .bundle
+            .as_ref()
+            .ok_or_else(|| Error::msg("no original model is open: load the demo model or drop a checkpoint first"))?;
+        self.compressed = None;
+        self.evaluator = None;
+        self.generations.retain(|(w, _, _)| *w != Which::Compressed);
+        self.compress_started = crate::clock::now();
+        let c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
+        self.calibrator = None;
+        self.calibration_ids = None;
+        self.refit = None;
+        if c.needs_calibration() {
+            if self.original.is_none() {
+                return Err(Error::Policy(
+                    "activation-aware SVD runs the original model on calibration text, and it is not loaded here"
+                        .into(),
+                ));
+            }
+            let text = calibration_text.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
+            let ids = b.tokenizer()?.encode(text)?;
+            self.calibrator = Some(Calibrator::new(&ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
+            self.calibration_ids = Some(ids);
+        }
+        let cal = self.calibrator.as_ref();
+        let total_steps = c.total_steps(b.cfg.num_layers) + cal.map_or(0, |c| c.total_windows());
+        let calibration_tokens = cal.map(|c| c.tokens());
+        let c = self.compressor.insert(c);
+        Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens, can_split: c.can_split() })
+    }
+
+    /// Factor matrix `index` of the compression begun here, for the worker that coordinates it: the result as bytes
+    /// for [`Session::compress_accept`] (a helper opens the same files, begins the same policy, and holds nothing but
+    /// the matrix it works on).
+    pub fn compress_factor_out(&self, index: usize) -> Result<Vec<u8>> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self.compressor.as_ref().ok_or_else(|| Error::msg("no compression was started"))?;
+        encode_factored(&c.job(index)?.run(&reader(&b.ckpt))?)
+    }
+
+    /// Keep a matrix another worker factored ([`Session::compress_factor_out`]).
+    pub fn compress_accept(&mut self, bytes: Vec<u8>) -> Result<CompressStep<'_>> {
+        let c = self.compressor.as_mut().ok_or_else(|| Error::msg("no compression was started"))?;
+        let f = decode_factored(bytes)?;
+        let (index, name) = (f.index, f.report.name.clone());
+        c.accept(f)?;
+        let info = StepInfo { phase: "factor", done: c.accepted(), total: c.mats.len(), name, index: Some(index) };
+        Ok(CompressStep { info, layer: c.report(index) })
+    }
+
+    /// One step of the compression (a calibration window, a spectrum or a matrix), or `None` when every step is done.
+    pub fn compress_step(&mut self) -> Result<Option<CompressStep<'_>>> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self.compressor.as_mut().ok_or_else(|| Error::msg("no compression was started"))?;
+        if let Some(cal) = self.calibrator.as_mut() {
+            let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+            if cal.step(o)? {
+                let info = StepInfo {
+                    phase: "calibrate",
+                    done: cal.done(),
+                    total: cal.total_windows(),
+                    name: format!("calibration window {}/{}", cal.done(), cal.total_windows()),
+                    index: None,
+                };
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+            if let Some(cal) = self.calibrator.take() {
+                c.set_calibration(cal.finish());
+            }
+        }
+        if let (true, Some(ids)) = (c.needs_probe(), self.calibration_ids.as_ref()) {
+            let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+            let p = &c.policy;
+            let tokens = p.sensitivity_tokens.min(p.calibration_tokens).min(ids.len());
+            // the original's logits and every block's input on those tokens, in f32
+            let cfg = &b.cfg;
+            let bytes = 4.0 * tokens as f64 * (cfg.vocab_size + (cfg.num_layers + 1) * cfg.hidden_size) as f64;
+            let what =
+                if p.needs_sensitivity() { "the loss allocation's probes" } else { "the allocation check's probe" };
+            self.memory.check(what, bytes, 0.9, "use fewer sensitivity tokens")?;
+            if p.checks_allocation() {
+                // the mode's ranks and the same fraction of each matrix, both factored before either is kept: each
+                // about the budget's share of the considered matrices, a byte per INT8 code or four per f32 entry
+                let params: usize = c.mats.iter().filter(|m| !m.tied).map(|m| m.params()).sum();
+                let per = if p.quant_bits == 8 { 1.0 } else { 4.0 };
+                let alt = 2.0 * p.budget.unwrap_or(1.0) * params as f64 * per;
+                self.memory.check(
+                    "the allocation check's two sets of factors",
+                    alt,
+                    0.9,
+                    "turn the allocation check off",
+                )?;
+            }
+            c.set_probe(Probe::new(o, ids, tokens, p.calibration_window)?);
+        }
+        // the refit: once the plans are made, one block per step, then the matrices outside the blocks
+        if c.policy.method == Method::Refit && !c.plans_made() {
+            if let Some(info) = c.spectrum_step(&reader(&b.ckpt))? {
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+        }
+        if c.policy.method == Method::Refit && !c.refitted() && c.plans_made() {
+            // the allocation check's factors, before the refit fits its own to the ranks kept
+            if let Some(info) = c.check_step(&reader(&b.ckpt))? {
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+        }
+        if c.policy.method == Method::Refit && !c.refitted() {
+            let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+            if self.refit.is_none() {
+                let ids =
+                    self.calibration_ids.as_ref().ok_or_else(|| Error::msg("the refit needs calibration text"))?;
+                // both paths' hidden states, and one block's inputs on both paths (q/k/v, out_proj, c_fc, c_proj)
+                // (overlapping windows hold a token once per window it is in)
+                let p = &c.policy;
+                let windows = strided_windows(ids, p.calibration_tokens, p.calibration_window, p.refit_stride)?;
+                let (cfg, rows) = (&b.cfg, windows.iter().map(Vec::len).sum::<usize>() as f64);
+                let per_token = (2 * cfg.hidden_size + 2 * (5 * cfg.hidden_size + cfg.intermediate_size())) as f64;
+                let mut bytes = 4.0 * rows * per_token;
+                if p.refine_steps > 0 {
+                    bytes += crate::compression::refine::graph_bytes(cfg, p.calibration_window);
+                }
+                let advice = if p.refit_stride.is_some() {
+                    "use fewer calibration tokens or a larger refit stride"
+                } else {
+                    "use fewer calibration tokens"
+                };
+                self.memory.check("the refit's calibration states", bytes, 0.9, advice)?;
+                self.refit = Some(Refit::on_windows(o, &windows)?);
+            }
+            let r = self.refit.as_mut().ok_or_else(|| Error::msg("the refit has not started"))?;
+            let mut last = None;
+            r.step(c, &mut |i| last = Some(i.clone()))?;
+            if let Some(mut info) = last {
+                if info.phase != "refine" {
+                    info.name = format!("block {}/{} refitted ({})", r.done(), r.total_blocks(), info.name);
+                }
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+        }
+        let Some(info) = c.step(&reader(&b.ckpt))? else { return Ok(None) };
+        let layer = if info.phase == "factor" { info.index.and_then(|i| c.report(i)) } else { None };
+        Ok(Some(CompressStep { info, layer }))
+    }
+
+    /// Build the compressed model once every step is done.
+    pub fn compress_finish(&mut self) -> Result<Finished> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self.compressor.as_ref().ok_or_else(|| Error::msg("no compression was started"))?;
+        // the compressed model holds its factors (already allocated) and the dense tensors as stored
+        let dense = b.tensor_bytes()
+            - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes() as u64).sum::<u64>();
+        self.memory.check("the compressed model's dense tensors", dense as f64, 0.9, "skip fewer layers")?;
+        // what only the compression needed (the refit's states, the calibration tokens) is not the model's memory
+        self.refit = None;
+        self.calibrator = None;
+        self.calibration_ids = None;
+        let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
+        let done = c.finish(&b.cfg, &b.ckpt)?;
+        let export = Export::new(
+            &b.ckpt,
+            &self.config_json,
+            self.tokenizer_json.as_deref(),
+            &done.weights,
+            &done.reports,
+            &done.policy,
+        )?;
+        let t = totals(&done.reports);
+        let out = Finished {
+            layers_total: done.model.linears().len(),
+            layers_compressed: done.model.compressed_layers(),
+            bytes_untouched: b.tensor_bytes().saturating_sub(t.bytes_considered),
+            totals: t,
+            bytes_original: b.tensor_bytes(),
+            tensor_bytes: export.data_bytes,
+            file_bytes: export.file_bytes(),
+            resident_bytes: done.resident_bytes,
+            allocation_check: done.allocation_check.clone(),
+        };
+        self.compressed = Some(CompressedSlot {
+            model: done.model,
+            weights: Some(done.weights),
+            reports: done.reports,
+            policy: Some(done.policy),
+            tensor_bytes: export.data_bytes,
+            resident_bytes: done.resident_bytes,
+            file_bundle: None,
+            seconds: crate::clock::now() - self.compress_started,
+        });
+        Ok(out)
+    }
+
+    /// Write the compressed checkpoint, piece by piece, with config.json and tokenizer.json inside its metadata so
+    /// the file alone loads back.
+    pub fn export(&self, sink: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        let c = self
+            .compressed
+            .as_ref()
+            .ok_or_else(|| Error::msg("there is no compressed model to export: compress first"))?;
+        let (Some(weights), Some(policy)) = (&c.weights, &c.policy) else {
+            return Err(Error::msg("this compressed model was loaded from a file; it is already exported"));
+        };
+        let export =
+            Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), weights, &c.reports, policy)?;
+        export.write(&b.ckpt, sink)
+    }
+}
