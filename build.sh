@@ -3,8 +3,11 @@
 #   ./build.sh setup   install what a fresh machine lacks (idempotent, quick when all is there)
 #   ./build.sh build   native CLI (target/release/slc) + wasm package (www/pkg)
 #   ./build.sh serve   setup, build, then serve the page on http://localhost:${PORT:-8080}/
-#   ./build.sh test    setup, build, then every test: native, wasm in headless Chromium and Firefox, the page end to
-#                      end, FORMAT.md's Python snippet. A missing prerequisite fails the run; nothing is skipped.
+#   ./build.sh test    setup, build, then the checks (rustfmt, clippy natively and for wasm32 with warnings as errors,
+#                      the page's scripts type-checked from their JSDoc) and every test: native, wasm in headless
+#                      Chromium and Firefox, the page end to end, FORMAT.md's Python snippet. A missing prerequisite
+#                      fails the run; nothing is skipped.
+#   ./build.sh check   the checks alone (after a build: the workers' check reads the wasm package's .d.ts)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
@@ -28,6 +31,7 @@ setup() {
   if ! rustup target list --installed 2>/dev/null | grep -q '^wasm32-unknown-unknown$'; then
     rustup target add wasm32-unknown-unknown
   fi
+  cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1 || rustup component add rustfmt clippy
   local want; want=$(wasm_bindgen_version)
   if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
     # no --locked: the registry mirror lacks one of the CLI's pinned transitive crates
@@ -44,7 +48,7 @@ setup() {
   if [ "$(geckodriver --version 2>/dev/null | awk 'NR==1 {print $2}')" != "$GECKODRIVER_VERSION" ]; then
     cargo install geckodriver --version "$GECKODRIVER_VERSION"
   fi
-  if [ ! -d tests/e2e/node_modules/playwright-core ]; then
+  if [ ! -d tests/e2e/node_modules/playwright-core ] || [ ! -d tests/e2e/node_modules/typescript ]; then
     (cd tests/e2e && npm install --no-audit --no-fund --silent)
   fi
   command -v python3 >/dev/null || die "python3 is needed for the FORMAT.md test"
@@ -62,6 +66,9 @@ check_prerequisites() {
     command -v "$tool" >/dev/null || missing+=("$tool")
   done
   [ -d tests/e2e/node_modules/playwright-core ] || missing+=("npm package playwright-core (tests/e2e)")
+  [ -d tests/e2e/node_modules/typescript ] || missing+=("npm package typescript (tests/e2e)")
+  cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt")
+  cargo clippy --version >/dev/null 2>&1 || missing+=("clippy")
   python3 -c 'import numpy, safetensors' 2>/dev/null || missing+=("python3 with numpy and safetensors")
   [ -d ../shared/models/neo-bard-8l ] || missing+=("../shared (the test fixtures)")
   [ ${#missing[@]} -eq 0 ] || die "missing prerequisites: ${missing[*]}"
@@ -72,7 +79,7 @@ build() {
   cargo build --release --bin slc
   log "build: wasm package"
   cargo build --release --lib --target wasm32-unknown-unknown
-  wasm-bindgen --target web --no-typescript --out-dir www/pkg \
+  wasm-bindgen --target web --out-dir www/pkg \
     target/wasm32-unknown-unknown/release/semantic_llm_compressor.wasm
   ls -l www/pkg/*.wasm
 }
@@ -84,8 +91,25 @@ serve() {
   exec python3 -m http.server "$port" --bind 127.0.0.1 --directory "$ROOT"
 }
 
+# The checks people expect, each failing the run: formatting, clippy's lints natively and for wasm32 (warnings are
+# errors), and the page's scripts type-checked from their JSDoc against protocol.js's typedefs (the main thread with
+# the DOM's types, the workers with the worker's; the wasm package's own .d.ts describes its exports).
+run_checks() {
+  log "check: rustfmt"
+  cargo fmt --check
+  log "check: clippy, native"
+  cargo clippy --all-targets -- -D warnings
+  log "check: clippy, wasm32"
+  cargo clippy --target wasm32-unknown-unknown --lib --tests -- -D warnings
+  log "check: the page's scripts (tsc --checkJs)"
+  local tsc=tests/e2e/node_modules/typescript/bin/tsc
+  node "$tsc" -p www/tsconfig.json
+  node "$tsc" -p www/tsconfig.worker.json
+}
+
 run_tests() {
   check_prerequisites
+  run_checks
   log "test: native (cargo test)"
   cargo test --release
   log "test: wasm in headless Chromium"
@@ -144,7 +168,8 @@ case "${1:-}" in
   setup) setup ;;
   bench) build; run_bench ;;
   build) build ;;
+  check) check_prerequisites; run_checks ;;
   serve) setup; build; serve ;;
   test) setup; build; run_tests ;;
-  *) echo "usage: $0 setup|build|serve|test|bench" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|build|serve|test|check|bench" >&2; exit 2 ;;
 esac

@@ -76,6 +76,7 @@ export function errorCurve(svg, values, rank, stored) {
 
 // every run of the session: compressed bytes vs cosine; each point a button that picks its run (`onPick(i)`), the
 // `selected` ones ringed
+/** @param {SVGSVGElement} svg @param {any[]} list @param {{selected?: number[], onPick?: (i: number) => void}} [o] */
 export function runs(svg, list, { selected = [], onPick } = {}) {
   if (!list.length) return message(svg, 'compress to add a run');
   const xs = list.map((r) => r.bytes), ys = list.map((r) => r.cosine);
@@ -143,6 +144,8 @@ export function sweep(svg, points, { metric = 'cosine', current = null, original
 // The sensitivity heatmap: a row per layer, a column per matrix kind, coloured by KL on a log scale. Every cell is a
 // button: `onPick(row)` (the page adds the matrix to the skip list); the `skipped` names are outlined.
 export const KINDS = [['q_proj', 'q'], ['k_proj', 'k'], ['v_proj', 'v'], ['out_proj', 'out'], ['c_fc', 'fc'], ['c_proj', 'proj']];
+/** @param {SVGSVGElement} svg @param {any[]} rows
+ * @param {{layers?: number, skipped?: string[], onPick?: (row: any) => void}} [o] */
 export function heatmap(svg, rows, { layers, skipped = [], onPick } = {}) {
   if (!rows.length && !layers) { svg.setAttribute('viewBox', `0 0 ${W} ${H}`); return message(svg, 'measure sensitivity to draw it'); }
   const n = layers || 1 + Math.max(...rows.map((r) => layerOf(r.name)));

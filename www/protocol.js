@@ -1,5 +1,6 @@
-// The messages between the page (app.js), the coordinating worker (worker.js) and its helpers (more instances of
-// worker.js), documented once. Both sides import this module.
+// The messages between the page (jobs.js sends them for every feature), the coordinating worker (coordinator.js) and
+// its helpers (helper.js, more worker instances the coordinator starts: team.js), documented once. Every side imports
+// this module, and the type check (www/tsconfig*.json) holds what each side posts to these typedefs.
 //
 // Page → worker: a Command. Worker → page: Events, ending each job with exactly one of "result", "cancelled" or
 // "error", which carries the command's `id` (the page numbers its commands; two jobs may overlap, e.g. a plot's
@@ -76,7 +77,8 @@
  *
  * @typedef {{type: 'defaults', policy: object}} DefaultsEvent   Once, at start: the core's default Policy.
  * @typedef {{type: 'state', state: string, message: string}} StateEvent
- * @typedef {{type: 'progress', task: string, done: number, total: number, label?: string}} ProgressEvent
+ * @typedef {{type: 'progress', task: string, done: number, total: number, label?: string, row?: object}} ProgressEvent
+ *   A helper's sensitivity rows ride on its progress events (`row`).
  * @typedef {{type: 'plan', total_steps: number, matrices: object[], calibration_tokens?: number, can_split: boolean}} PlanEvent
  * @typedef {{type: 'layer', layer: object}} LayerEvent   A matrix's LayerReport, as soon as it is compressed.
  * @typedef {{type: 'target', search: TargetState}} TargetEvent   Before each compression of a target search, and at

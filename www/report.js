@@ -4,6 +4,7 @@
 // the page's, inline; its plots are the page's SVG, inline; it has no script, so it reads the same with scripts off.
 // Everything is copied as DOM nodes and serialized, so text from a user's file stays text.
 
+/** Each section: its id, its heading, the page's elements it copies. @type {[string, string, string[]][]} */
 const SECTIONS = [
   ['report-model', 'The model', ['#model-info']],
   ['report-policy', 'The policy', []],

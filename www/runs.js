@@ -12,10 +12,18 @@ const KEYS = {
 const HIGHER_IS_BETTER = { cosine: true, top1: true, ppl: false, kl: false, linear: false, total: false, seconds: false };
 
 export class Runs {
-  /** @param {{table: HTMLTableElement, compare: HTMLElement, plot: SVGSVGElement, fmt: {bytes, pct, number}}} o */
+  /** @param {{table: HTMLTableElement, compare: HTMLElement, plot: SVGSVGElement, fmt: {bytes: (b: number) => string, pct: (x: number) => string, number: (name: string, v: number) => string}}} o */
   constructor({ table, compare, plot, fmt }) {
-    Object.assign(this, { table, compare, plot, fmt, list: [], selected: [], sort: { key: 'n', dir: 1 } });
-    for (const th of table.querySelectorAll('th[data-key]')) {
+    this.table = table;
+    this.compare = compare;
+    this.plot = plot;
+    this.fmt = fmt;
+    /** @type {any[]} */
+    this.list = [];
+    /** @type {number[]} */
+    this.selected = [];
+    this.sort = { key: 'n', dir: 1 };
+    for (const th of /** @type {NodeListOf<HTMLElement>} */ (table.querySelectorAll('th[data-key]'))) {
       th.querySelector('button').addEventListener('click', () => {
         this.sort = { key: th.dataset.key, dir: this.sort.key === th.dataset.key ? -this.sort.dir : 1 };
         this.render();
@@ -89,7 +97,7 @@ export class Runs {
       for (const [text, cls] of cells) tr.append(Object.assign(document.createElement('td'), { textContent: text, className: cls }));
       return tr;
     }));
-    for (const th of this.table.querySelectorAll('th[data-key]')) {
+    for (const th of /** @type {NodeListOf<HTMLElement>} */ (this.table.querySelectorAll('th[data-key]'))) {
       th.setAttribute('aria-sort', th.dataset.key === key ? (dir > 0 ? 'ascending' : 'descending') : 'none');
     }
     const points = this.list.map((r) => ({ n: r.n, bytes: r.ev.bytes_compressed, cosine: r.ev.cosine, bytes_original: r.ev.bytes_original,
@@ -105,6 +113,7 @@ export class Runs {
     if (pair.length !== 2) return;
     const { bytes, pct, number } = this.fmt;
     const [a, b] = pair;
+    /** @type {[string, string, (v: number) => string][]} */
     const metrics = [
       ['logits cosine', 'cosine', (v) => v.toFixed(4)], ['top-1', 'top1', pct], ['perplexity', 'ppl', (v) => number('ppl', v)],
       ['KL', 'kl', (v) => number('kl', v)], ['linear layers', 'linear', bytes], ['all tensors', 'total', bytes],
