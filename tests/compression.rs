@@ -381,8 +381,7 @@ fn bad_policies_and_files_are_sentences() {
         .unwrap()
         .to_string();
     assert!(e.contains("quant_bits"), "{e}");
-    let e =
-        semantic_llm_compressor::model::checkpoint::Checkpoint::open_dir(&shared("corpus")).err().unwrap().to_string();
+    let e = semantic_llm_compressor::model::bundle::ModelBundle::open_dir(&shared("corpus")).err().unwrap().to_string();
     assert!(e.contains("model.safetensors"), "{e}");
 }
 

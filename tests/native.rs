@@ -48,16 +48,17 @@ fn neo_bard_kept_in_f16_gives_the_same_text() {
     common::check_neo_bard(&model, b.tokenizer().unwrap(), &text, &read("reference/logits.safetensors"));
 }
 
-/// Hub checkpoints come sharded, with attention-mask buffers, with an untied `lm_head.weight`, or in bf16: all load,
-/// and a config that disagrees with the tensors is refused naming the tensor.
+/// Hub checkpoints come sharded, with attention-mask buffers, with an `lm_head.weight` (a copy of the embedding,
+/// recognised as tied and stored once, or a head of its own), or in bf16: all load, and a config that disagrees with
+/// the tensors is refused naming the tensor.
 #[test]
 fn shards_buffers_untied_head_and_bf16() {
     use safetensors::tensor::TensorView;
     use safetensors::Dtype;
-    use semantic_llm_compressor::model::checkpoint::{Checkpoint, FileSource, SafetensorsFile};
+    use semantic_llm_compressor::model::checkpoint::{FileSource, SafetensorsFile};
     let src = shared("fixtures/tiny-gpt-neo-v512");
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
-    let ck = Checkpoint::open_dir(&src).unwrap();
+    let ck = ModelBundle::open_dir(&src).unwrap().ckpt;
     let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> =
         ck.names().map(|n| ck.read(n).unwrap()).map(|r| (r.name, r.dtype, r.shape, r.data)).collect();
     let wte = tensors.iter().find(|t| t.0 == "transformer.wte.weight").unwrap().clone();
@@ -105,8 +106,26 @@ fn shards_buffers_untied_head_and_bf16() {
 
     write(&tmp.join("f32"), &tensors, &cfg);
     let b = ModelBundle::open_dir(&tmp.join("f32")).unwrap();
-    assert!(!b.summary().unwrap().tied_head);
+    assert!(b.summary().unwrap().tied_head && b.ckpt.head_copy(), "a head equal to the embedding is tied");
+    assert!(!b.ckpt.contains("lm_head.weight"), "and stored once");
     assert!(max_diff(&logits(&b, false), &want) < 5e-5);
+    // a head of its own (twice the embedding): untied, and its logits twice the tied model's
+    let twice: Vec<_> = tensors
+        .iter()
+        .map(|t| match t.0.as_str() {
+            "lm_head.weight" => {
+                let data =
+                    t.3.chunks_exact(4).flat_map(|c| (2.0 * f32::from_le_bytes(c.try_into().unwrap())).to_le_bytes());
+                (t.0.clone(), t.1, t.2.clone(), data.collect())
+            }
+            _ => t.clone(),
+        })
+        .collect();
+    write(&tmp.join("untied"), &twice, &cfg);
+    let u = ModelBundle::open_dir(&tmp.join("untied")).unwrap();
+    assert!(!u.summary().unwrap().tied_head && !u.ckpt.head_copy());
+    let doubled: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
+    assert!(max_diff(&logits(&u, false), &doubled) < 1e-4);
 
     // bf16: every float tensor rounded to bf16; kept as stored or converted, the model computes the same thing
     let bf16: Vec<_> = tensors

@@ -1,8 +1,9 @@
-//! A model as the user hands it over: `config.json`, the safetensors checkpoint (one file or shards) and
-//! `tokenizer.json`.
+//! A model as the user hands it over: `config.json`, the checkpoint (safetensors or `pytorch_model.bin`, one file or
+//! shards) and the tokenizer (`tokenizer.json`, or GPT-2's slow files), as [`crate::model::folder`] chose them.
 
 use crate::model::checkpoint::{dtype_name, Checkpoint};
 use crate::model::config::GptNeoConfig;
+use crate::model::folder::{Ignored, ModelFiles, TokenizerFiles};
 use crate::model::gpt_neo::GptNeo;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::weights::{CheckpointWeights, Precision};
@@ -14,6 +15,14 @@ pub struct ModelBundle {
     pub cfg: GptNeoConfig,
     pub ckpt: Checkpoint,
     pub tokenizer: Option<Tokenizer>,
+    /// config.json's text (what an exported checkpoint carries).
+    pub config_json: String,
+    /// The tokenizer as `tokenizer.json` text, whichever form it came in (what an exported checkpoint carries).
+    pub tokenizer_json: Option<String>,
+    /// Where the tokenizer came from: "tokenizer.json", "vocab.json + merges.txt", "the compressed checkpoint".
+    pub tokenizer_source: Option<&'static str>,
+    /// The files handed over that were not read.
+    pub ignored: Vec<Ignored>,
 }
 
 /// One tensor of a checkpoint, as `slc inspect` and the page list it.
@@ -59,6 +68,8 @@ impl ModelBundle {
     pub fn from_parts(config_json: &str, tokenizer_json: Option<&[u8]>, ckpt: Checkpoint) -> Result<Self> {
         let cfg = GptNeoConfig::from_json(config_json)?;
         let tokenizer = tokenizer_json.map(Tokenizer::from_bytes).transpose()?;
+        let tokenizer_source = tokenizer_json.map(|_| "tokenizer.json");
+        let tokenizer_json = tokenizer_json.map(|t| String::from_utf8_lossy(t).into_owned());
         if let Some(t) = &tokenizer {
             // a model may have more embedding rows than tokens (padded vocabularies), never fewer
             if t.vocab_size() > cfg.vocab_size {
@@ -74,7 +85,46 @@ impl ModelBundle {
         if crate::model::weights::is_compressed(&ckpt) {
             crate::model::weights::check_compressed_metadata(&ckpt)?;
         }
-        Ok(Self { cfg, ckpt, tokenizer })
+        Ok(Self {
+            cfg,
+            ckpt,
+            tokenizer,
+            config_json: config_json.to_string(),
+            tokenizer_json,
+            tokenizer_source,
+            ignored: Vec::new(),
+        })
+    }
+
+    /// A model from the files a person handed over ([`ModelFiles::choose`]): config.json and the tokenizer may be
+    /// absent when the checkpoint is a compressed one that carries them.
+    pub fn from_files(files: ModelFiles) -> Result<Self> {
+        let mut chosen = files.choose()?;
+        let config = chosen
+            .config
+            .take()
+            .map(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into())))
+            .transpose()?;
+        // another architecture is said before its weights are opened
+        if let Some(c) = &config {
+            GptNeoConfig::from_json(c)?;
+        }
+        let (tokenizer, ignored) = (chosen.tokenizer.take(), std::mem::take(&mut chosen.ignored));
+        let checkpoint = chosen.checkpoint()?;
+        let (tok_json, source): (Option<Vec<u8>>, Option<&'static str>) = match tokenizer {
+            Some(TokenizerFiles::Json(json)) => (Some(json), Some("tokenizer.json")),
+            Some(TokenizerFiles::Slow { vocab, merges, config, special }) => {
+                let (_, json) = Tokenizer::from_slow_files(&vocab, &merges, config.as_deref(), special.as_deref())?;
+                (Some(json.into_bytes()), Some("vocab.json + merges.txt"))
+            }
+            None => (None, None),
+        };
+        let mut b = Self::from_checkpoint(config.as_deref(), tok_json.as_deref(), checkpoint)?;
+        if tok_json.is_some() {
+            b.tokenizer_source = source;
+        }
+        b.ignored = ignored;
+        Ok(b)
     }
 
     /// Like [`ModelBundle::from_parts`], but config.json and tokenizer.json may be absent when the checkpoint is a
@@ -84,29 +134,21 @@ impl ModelBundle {
         let config = config_json
             .map(str::to_string)
             .or(embedded_cfg)
-            .ok_or_else(|| Error::file("config.json", "is missing (a plain checkpoint needs it beside the weights)"))?;
+            .ok_or_else(|| Error::file("config.json", "is missing: drop it together with the model's weights"))?;
         let embedded_tok = crate::model::weights::embedded_tokenizer(&ckpt);
+        let embedded = tokenizer_json.is_none() && embedded_tok.is_some();
         let tok: Option<Vec<u8>> = tokenizer_json.map(<[u8]>::to_vec).or(embedded_tok.map(String::into_bytes));
-        Self::from_parts(&config, tok.as_deref(), ckpt)
+        let mut b = Self::from_parts(&config, tok.as_deref(), ckpt)?;
+        if embedded {
+            b.tokenizer_source = Some("the compressed checkpoint");
+        }
+        Ok(b)
     }
 
-    /// Open a directory holding config.json, the checkpoint and (optionally) tokenizer.json.
+    /// Open a model's folder ([`crate::model::folder`]: whichever of the Hub's layouts it is in).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open_dir(dir: &std::path::Path) -> Result<Self> {
-        let read = |name: &str| -> Result<Option<Vec<u8>>> {
-            let p = dir.join(name);
-            if !p.exists() {
-                return Ok(None);
-            }
-            std::fs::read(&p)
-                .map(Some)
-                .map_err(|e| Error::file(p.display().to_string(), format!("cannot be read ({e})")))
-        };
-        let config = read("config.json")?
-            .map(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into())))
-            .transpose()?;
-        let tok = read("tokenizer.json")?;
-        Self::from_checkpoint(config.as_deref(), tok.as_deref(), Checkpoint::open_dir(dir)?)
+        Self::from_files(ModelFiles::from_dir(dir)?)
     }
 
     /// Bytes of the checkpoint's tensor data, buffers excluded: the size figure the reports compare.

@@ -77,12 +77,59 @@ fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
     Some(before[open + 1..].to_string()).filter(|k| !k.is_empty() && k.len() < 80)
 }
 
+/// Well-known architectures by `model_type`, as people call them.
+const ARCHITECTURES: [(&str, &str); 12] = [
+    ("gpt2", "GPT-2"),
+    ("gptj", "GPT-J"),
+    ("gpt_neox", "GPT-NeoX"),
+    ("gpt_bigcode", "GPT-BigCode"),
+    ("llama", "Llama"),
+    ("mistral", "Mistral"),
+    ("opt", "OPT"),
+    ("bloom", "BLOOM"),
+    ("falcon", "Falcon"),
+    ("phi", "Phi"),
+    ("qwen2", "Qwen2"),
+    ("bert", "BERT"),
+];
+
+/// An error naming the architecture when `config.json` (as JSON) describes a model other than GPT-Neo: its
+/// `model_type` is another, or its `architectures` list no GPT-Neo class.
+fn other_architecture(v: &serde_json::Value) -> Result<()> {
+    let model_type = v.get("model_type").and_then(|t| t.as_str());
+    let classes: Vec<&str> = v
+        .get("architectures")
+        .and_then(|a| a.as_array())
+        .map_or(vec![], |a| a.iter().filter_map(|c| c.as_str()).collect());
+    let neo_class = classes.iter().any(|c| c.starts_with("GPTNeo") && !c.starts_with("GPTNeoX"));
+    // model_type decides; without one, the classes do (and a config naming neither is left to the parse to refuse)
+    if model_type == Some("gpt_neo") || (model_type.is_none() && (classes.is_empty() || neo_class)) {
+        return Ok(());
+    }
+    let Some(t) = model_type.filter(|t| *t != "gpt_neo").or(classes.first().copied()) else { return Ok(()) };
+    let name = ARCHITECTURES.iter().find(|(k, _)| *k == t).map_or(t, |(_, n)| *n);
+    let what = match (model_type, classes.first()) {
+        (Some(m), Some(c)) => format!("model_type is \"{m}\" ({c})"),
+        (Some(m), None) => format!("model_type is \"{m}\""),
+        (None, Some(c)) => format!("its architecture is {c}"),
+        (None, None) => String::new(),
+    };
+    Err(Error::Config(format!(
+        "this is a {name} model: {what}; this program reads GPT-Neo models (model_type \"gpt_neo\", \
+         GPTNeoForCausalLM)"
+    )))
+}
+
 /// The most layers a config may declare (a bound, so that a damaged count cannot ask for any amount of memory).
 pub const MAX_LAYERS: usize = 1024;
 
 impl GptNeoConfig {
-    /// Parse and check a `config.json`.
+    /// Parse and check a `config.json`. Another architecture's config is refused by name first (a GPT-2 config has
+    /// no `num_layers`, and a parse error would say only that).
     pub fn from_json(text: &str) -> Result<Self> {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+            other_architecture(&v)?;
+        }
         let cfg: GptNeoConfig = serde_json::from_str(text).map_err(|e| {
             // serde names a missing key itself; a bad value it places by line and column: name its key too
             match key_before(text, e.line(), e.column()) {

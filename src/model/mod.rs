@@ -2,6 +2,7 @@
 //!
 //! * [`config`] — config.json as Hugging Face writes it; [`checkpoint`] — safetensors files read by byte range
 //!   (its byte sources, one file's header, the shards joined); [`tokenizer`] — tokenizer.json, text ↔ ids, the evaluation's windows of ids.
+//! * [`folder`] — a model's folder as people have it, sorted by name into what is read and what is ignored.
 //! * [`weights`] — where tensors come from, behind one trait: a plain checkpoint, one with some layers replaced while
 //!   compressing, a compressed checkpoint read back from its file; [`bundle`] — a model's files together.
 //! * [`storage`] — how a matrix is stored (f32, INT8 codes with scales, 16-bit halves) and read back by row blocks;
@@ -14,6 +15,7 @@
 pub mod bundle;
 pub mod checkpoint;
 pub mod config;
+pub mod folder;
 pub mod generate;
 pub mod gpt_neo;
 pub mod kernels;

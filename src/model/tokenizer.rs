@@ -1,7 +1,10 @@
-//! The model's `tokenizer.json`, through the `tokenizers` crate (built without onig so it compiles to wasm32).
-//! Both ways `tokenizer.json` writes BPE merges are read: `"a b"` strings and `["a", "b"]` pairs.
+//! The model's tokenizer, through the `tokenizers` crate (built without onig so it compiles to wasm32): its
+//! `tokenizer.json`, or GPT-2's "slow" files (`vocab.json` and `merges.txt`, with `tokenizer_config.json` and
+//! `special_tokens_map.json`) turned into the `tokenizer.json` transformers builds from them. Both ways
+//! `tokenizer.json` writes BPE merges are read: `"a b"` strings and `["a", "b"]` pairs.
 
 use crate::{Error, Result};
+use serde_json::{json, Value};
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -12,6 +15,20 @@ impl Tokenizer {
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("cannot be loaded ({e})")))?;
         Ok(Self { inner })
+    }
+
+    /// GPT-2's slow tokenizer files as transformers turns them into a fast tokenizer (its `GPT2Converter`): a byte-level
+    /// BPE over `vocab.json` and the merges of `merges.txt`, no prefix space unless `tokenizer_config.json` asks for
+    /// one, the byte-level decoder and post-processor, and the special tokens the two JSON files name (GPT-Neo's
+    /// `<|endoftext|>`) matched whole. Returns the `tokenizer.json` text (what an exported checkpoint carries) too.
+    pub fn from_slow_files(
+        vocab_json: &[u8],
+        merges_txt: &[u8],
+        tokenizer_config: Option<&[u8]>,
+        special_tokens_map: Option<&[u8]>,
+    ) -> Result<(Self, String)> {
+        let json = slow_to_json(vocab_json, merges_txt, tokenizer_config, special_tokens_map)?;
+        Ok((Self::from_bytes(json.as_bytes())?, json))
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -40,6 +57,100 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// The text of the `tokenizer.json` that transformers builds from GPT-2's slow files (see
+/// [`Tokenizer::from_slow_files`]).
+fn slow_to_json(
+    vocab_json: &[u8],
+    merges_txt: &[u8],
+    tokenizer_config: Option<&[u8]>,
+    special_tokens_map: Option<&[u8]>,
+) -> Result<String> {
+    let bad = |file: &str, what: String| Error::file(file, what);
+    let vocab: serde_json::Map<String, Value> = serde_json::from_slice(vocab_json)
+        .map_err(|e| bad("vocab.json", format!("is not a JSON object of tokens to ids ({e})")))?;
+    if let Some((t, _)) = vocab.iter().find(|(_, id)| id.as_u64().is_none_or(|i| i > u32::MAX as u64)) {
+        return Err(bad("vocab.json", format!("gives token {t:?} an id that is not a whole number")));
+    }
+    let text = std::str::from_utf8(merges_txt).map_err(|_| bad("merges.txt", "is not UTF-8 text".into()))?;
+    let mut merges = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() || (n == 0 && line.starts_with("#version")) {
+            continue;
+        }
+        let (a, b) = line
+            .split_once(' ')
+            .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '))
+            .ok_or_else(|| bad("merges.txt", format!("line {} is not two tokens separated by a space", n + 1)))?;
+        for t in [a, b] {
+            if !vocab.contains_key(t) {
+                return Err(bad("merges.txt", format!("line {} merges {t:?}, which vocab.json does not have", n + 1)));
+            }
+        }
+        merges.push(Value::String(format!("{a} {b}")));
+    }
+    let read = |file: &str, bytes: Option<&[u8]>| -> Result<Value> {
+        bytes
+            .map_or(Ok(Value::Null), |b| serde_json::from_slice(b).map_err(|e| bad(file, format!("is not JSON ({e})"))))
+    };
+    let config = read("tokenizer_config.json", tokenizer_config)?;
+    let special_map = read("special_tokens_map.json", special_tokens_map)?;
+    // a special token is written as its text, or as {"content": text, ...}
+    let content = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+        _ => None,
+    };
+    let mut specials: Vec<String> = Vec::new();
+    for source in [&special_map, &config] {
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+            specials.extend(source.get(key).and_then(content));
+        }
+        if let Some(extra) = source.get("additional_special_tokens").and_then(|v| v.as_array()) {
+            specials.extend(extra.iter().filter_map(content));
+        }
+    }
+    // newer tokenizer_config.json files list their added tokens by id
+    let mut added: Vec<(u64, String)> = Vec::new();
+    if let Some(decoder) = config.get("added_tokens_decoder").and_then(|v| v.as_object()) {
+        for (id, t) in decoder {
+            if let (Ok(id), Some(c)) = (id.parse::<u64>(), content(t)) {
+                added.push((id, c));
+            }
+        }
+    }
+    for s in specials {
+        if added.iter().all(|(_, c)| *c != s) {
+            let id = vocab.get(&s).and_then(|v| v.as_u64()).ok_or_else(|| {
+                bad("special_tokens_map.json", format!("names the special token {s:?}, which vocab.json does not have"))
+            })?;
+            added.push((id, s));
+        }
+    }
+    added.sort();
+    let add_prefix_space = config.get("add_prefix_space").and_then(|v| v.as_bool()).unwrap_or(false);
+    let byte_level = |prefix: bool, trim: bool| json!({"type": "ByteLevel", "add_prefix_space": prefix, "trim_offsets": trim, "use_regex": true});
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added.iter().map(|(id, c)| json!({
+            "id": id, "content": c, "single_word": false, "lstrip": false, "rstrip": false, "normalized": true,
+            "special": true
+        })).collect::<Vec<_>>(),
+        "normalizer": null,
+        "pre_tokenizer": byte_level(add_prefix_space, true),
+        "post_processor": byte_level(true, false),
+        "decoder": byte_level(true, true),
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false,
+            "vocab": vocab, "merges": merges
+        }
+    });
+    Ok(tokenizer.to_string())
 }
 
 /// Turns a growing list of ids into text pieces, holding back a piece that ends inside a UTF-8 character (byte-level

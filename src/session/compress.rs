@@ -179,8 +179,8 @@ impl Session {
         let done = c.finish(&b.cfg, &b.ckpt)?;
         let export = Export::new(
             &b.ckpt,
-            &self.config_json,
-            self.tokenizer_json.as_deref(),
+            &b.config_json,
+            b.tokenizer_json.as_deref(),
             &done.weights,
             &done.reports,
             &done.policy,
@@ -221,8 +221,7 @@ impl Session {
         let (Some(weights), Some(policy)) = (&c.weights, &c.policy) else {
             return Err(Error::msg("this compressed model was loaded from a file; it is already exported"));
         };
-        let export =
-            Export::new(&b.ckpt, &self.config_json, self.tokenizer_json.as_deref(), weights, &c.reports, policy)?;
+        let export = Export::new(&b.ckpt, &b.config_json, b.tokenizer_json.as_deref(), weights, &c.reports, policy)?;
         export.write(&b.ckpt, sink)
     }
 }

@@ -3,7 +3,7 @@
 //! from its file), generate from both, export — and what opening a new model invalidates. Plain Rust: the wasm edge
 //! only converts `File`s, JS values and errors, and `cargo test` runs every scenario natively (tests/session.rs).
 //!
-//! One file a part of the work: [`files`] (what was handed over), `compress` (and export), `evaluate`, `generate`,
+//! One file a part of the work: `compress` (and export), `evaluate`, `generate`,
 //! `explore` (spectra, previews, sensitivity, sweeps, the target search); [`memory`] (the heap budget) and
 //! [`reports`] (what each step returns). The session's state is this module's [`Session`].
 //!
@@ -13,7 +13,6 @@
 mod compress;
 mod evaluate;
 mod explore;
-pub mod files;
 mod generate;
 pub mod memory;
 pub mod reports;
@@ -27,15 +26,15 @@ use crate::evaluation::metrics::Evaluator;
 use crate::evaluation::streaming::StreamingEvaluator;
 use crate::explore::{SensitivityRun, TargetSearch};
 use crate::model::bundle::ModelBundle;
-use crate::model::checkpoint::{fingerprint, Checkpoint, SafetensorsFile};
+use crate::model::checkpoint::fingerprint;
+pub use crate::model::folder::ModelFiles;
 use crate::model::generate::Generation;
 use crate::model::gpt_neo::GptNeo;
 use crate::model::linear::LinearWeight;
 use crate::model::tokenizer::{TextStream, Tokenizer};
-use crate::model::weights::{is_compressed, Precision};
+use crate::model::weights::Precision;
 use crate::{Error, Result};
 pub use evaluate::EvalSpec;
-pub use files::ModelFiles;
 pub use memory::MemoryBudget;
 pub use reports::*;
 use serde::{Deserialize, Serialize};
@@ -108,8 +107,6 @@ pub struct Session {
     /// When the compression in progress began ([`crate::clock::now`]).
     compress_started: f64,
     generations: Vec<(Which, Generation, TextStream)>,
-    config_json: String,
-    tokenizer_json: Option<String>,
     memory: MemoryBudget,
     /// The heap's size, for [`Session::memory`].
     heap: fn() -> f64,
@@ -135,8 +132,6 @@ impl Session {
             sensitivity: None,
             compress_started: 0.0,
             generations: Vec::new(),
-            config_json: String::new(),
-            tokenizer_json: None,
             memory,
             heap: heap.unwrap_or(live_heap),
         }
@@ -152,32 +147,14 @@ impl Session {
     /// checkpoint replaces the session; a compressed one becomes the compressed model (compared with the loaded
     /// original when it was made from it).
     pub fn open(&mut self, files: ModelFiles) -> Result<OpenReport> {
-        if files.weights.is_empty() {
-            return Err(Error::msg(
-                "no .safetensors file among the files: a model needs model.safetensors (or its shards)",
-            ));
-        }
-        let config = files
-            .config
-            .map(|b| String::from_utf8(b).map_err(|_| Error::Config("is not UTF-8 text".into())))
-            .transpose()?;
-        let index = files.index.map(|b| String::from_utf8_lossy(&b).into_owned());
-        let opened = files.weights.into_iter().map(SafetensorsFile::open).collect::<Result<Vec<_>>>()?;
-        let ckpt = Checkpoint::new(opened, index.as_deref())?;
-        let compressed = is_compressed(&ckpt);
-        if !compressed && config.is_none() {
-            return Err(Error::file(
-                "config.json",
-                "is missing: drop it together with the model's .safetensors file(s)",
-            ));
-        }
-        let tok = files.tokenizer;
-        let bundle = ModelBundle::from_checkpoint(config.as_deref(), tok.as_deref(), ckpt)?;
+        let bundle = ModelBundle::from_files(files)?;
+        let compressed = bundle.is_compressed();
         let summary = bundle.summary()?;
         let mut missing = Vec::new();
         if bundle.tokenizer.is_none() {
-            missing.push("tokenizer.json (needed to turn text into tokens)".to_string());
+            missing.push("tokenizer.json, or vocab.json and merges.txt (needed to turn text into tokens)".to_string());
         }
+        let ignored = bundle.ignored.iter().map(|i| format!("{} ({})", i.name, i.why)).collect();
         let meta = |k: &str| {
             bundle
                 .ckpt
@@ -234,7 +211,7 @@ impl Session {
             return Ok(OpenReport {
                 summary,
                 missing,
-                ignored: files.ignored,
+                ignored,
                 kind: OpenedKind::Compressed,
                 matches_original,
                 layers,
@@ -242,13 +219,11 @@ impl Session {
             });
         }
         *self = Session::new(self.memory, Some(self.heap));
-        self.config_json = config.unwrap_or_default();
-        self.tokenizer_json = tok.map(|t| String::from_utf8_lossy(&t).into_owned());
         self.bundle = Some(bundle);
         Ok(OpenReport {
             summary,
             missing,
-            ignored: files.ignored,
+            ignored,
             kind: OpenedKind::Original,
             matches_original: false,
             layers: None,

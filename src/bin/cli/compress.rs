@@ -224,9 +224,8 @@ pub(super) fn compress(a: &CompressArgs) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.output_dir)
         .map_err(|e| Error::file(a.output_dir.display().to_string(), e.to_string()))?;
-    let config = std::fs::read_to_string(a.input_dir.join("config.json"))?;
-    let tok_path = a.input_dir.join("tokenizer.json");
-    let tokenizer = if tok_path.exists() { Some(std::fs::read_to_string(&tok_path)?) } else { None };
+    // as read, whichever form the tokenizer came in (slow files become the tokenizer.json they stand for)
+    let (config, tokenizer) = (b.config_json.clone(), b.tokenizer_json.clone());
     let export = Export::new(&b.ckpt, &config, tokenizer.as_deref(), &c.weights, &c.reports, &c.policy)?;
     let out_path = a.output_dir.join("model.safetensors");
     let mut file = std::io::BufWriter::new(

@@ -28,7 +28,7 @@ struct Cli {
 enum Cmd {
     /// Show a checkpoint's config and every tensor's name, dtype, shape and size.
     Inspect {
-        /// Directory with config.json and model.safetensors (or shards).
+        /// A model's folder: config.json, model.safetensors or pytorch_model.bin (or their shards), the tokenizer.
         dir: PathBuf,
         #[arg(long)]
         json: bool,

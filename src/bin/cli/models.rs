@@ -256,10 +256,8 @@ pub(super) fn densify(dir: &std::path::Path, out: &std::path::Path) -> Result<()
     std::fs::create_dir_all(out)?;
     let bytes = safetensors::serialize(views, None).map_err(|e| Error::msg(e.to_string()))?;
     write_file(&out.join("model.safetensors"), &bytes)?;
-    let cfg = semantic_llm_compressor::model::weights::embedded_config(&b.ckpt)
-        .map_or_else(|| std::fs::read_to_string(dir.join("config.json")), Ok)?;
-    write_file(&out.join("config.json"), cfg.as_bytes())?;
-    if let Some(t) = semantic_llm_compressor::model::weights::embedded_tokenizer(&b.ckpt) {
+    write_file(&out.join("config.json"), b.config_json.as_bytes())?;
+    if let Some(t) = &b.tokenizer_json {
         write_file(&out.join("tokenizer.json"), t.as_bytes())?;
     }
     println!("wrote {} ({} tensors, linear layers as dense f32)", out.display(), tensors.len());

@@ -2,35 +2,13 @@
 //! read on its own when asked for.
 
 use crate::model::checkpoint::source::ByteSource;
-use crate::model::checkpoint::tensor::RawTensor;
+use crate::model::checkpoint::tensor::{RawTensor, TensorFile, TensorInfo};
 use crate::{Error, Result};
 use safetensors::tensor::Dtype;
 use std::collections::HashMap;
 
 /// The largest header we accept (safetensors' own limit is 100 MB).
 const MAX_HEADER: u64 = 100_000_000;
-
-/// Where one tensor lies in its file, as the header says: dtype, shape and byte range (relative to the end of the
-/// header). Offsets are `u64` on every target, so a file past 4 GiB reads the same in wasm32 as natively.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorInfo {
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    pub start: u64,
-    pub end: u64,
-}
-
-impl TensorInfo {
-    /// Bytes of data.
-    pub fn bytes(&self) -> u64 {
-        self.end - self.start
-    }
-
-    /// Elements (u64: a buffer of bytes past 4 GiB counts more than a wasm32 `usize` holds).
-    pub fn numel(&self) -> u64 {
-        self.shape.iter().map(|&d| d as u64).product()
-    }
-}
 
 /// A parsed header: the tensors in file order and the free-form `__metadata__`.
 #[derive(Debug)]
@@ -284,5 +262,38 @@ impl SafetensorsFile {
         })?;
         let data = self.source.read_at(self.data_start + info.start, len)?;
         Ok(RawTensor { name: name.to_string(), dtype: info.dtype, shape: info.shape.clone(), data })
+    }
+
+    /// `len` bytes of tensor `name`'s data from byte `offset` of it.
+    pub fn read_slice(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let info = self.info(name).ok_or_else(|| Error::tensor(name, format!("not found in {}", self.file_name())))?;
+        if offset.checked_add(len as u64).is_none_or(|end| end > info.bytes()) {
+            return Err(Error::tensor(name, format!("has {} bytes; bytes {offset}.. were asked for", info.bytes())));
+        }
+        self.source.read_at(self.data_start + info.start + offset, len)
+    }
+}
+
+impl TensorFile for SafetensorsFile {
+    fn file_name(&self) -> &str {
+        SafetensorsFile::file_name(self)
+    }
+    fn file_len(&self) -> u64 {
+        SafetensorsFile::file_len(self)
+    }
+    fn names(&self) -> Vec<String> {
+        SafetensorsFile::names(self)
+    }
+    fn info(&self, name: &str) -> Option<&TensorInfo> {
+        SafetensorsFile::info(self, name)
+    }
+    fn metadata(&self) -> Option<&HashMap<String, String>> {
+        SafetensorsFile::metadata(self)
+    }
+    fn read(&self, name: &str) -> Result<RawTensor> {
+        SafetensorsFile::read(self, name)
+    }
+    fn read_slice(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        SafetensorsFile::read_slice(self, name, offset, len)
     }
 }

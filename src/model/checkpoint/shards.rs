@@ -1,18 +1,19 @@
-//! A whole checkpoint: one file, or the shards a `model.safetensors.index.json` lists, joined into one namespace of
-//! tensors; its fingerprint.
+//! A whole checkpoint: one file, or the shards an index (`model.safetensors.index.json`,
+//! `pytorch_model.bin.index.json`) lists, joined into one namespace of tensors, in whichever format they are; a head
+//! saved as a copy of the token embedding recognised as tied; its fingerprint.
 
-use crate::model::checkpoint::safetensors::{SafetensorsFile, TensorInfo};
-#[cfg(not(target_arch = "wasm32"))]
-use crate::model::checkpoint::source::FileSource;
-use crate::model::checkpoint::tensor::RawTensor;
+use crate::model::checkpoint::tensor::{RawTensor, TensorFile, TensorInfo};
 use crate::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
-/// A whole checkpoint: one file, or the shards listed by `model.safetensors.index.json`.
+/// A whole checkpoint: one file, or the shards its index lists.
 pub struct Checkpoint {
-    files: Vec<SafetensorsFile>,
+    files: Vec<Box<dyn TensorFile>>,
     /// tensor name -> index into `files`
     index: BTreeMap<String, usize>,
+    /// `lm_head.weight` was saved beside the token embedding with the same values: recognised as tied and left out
+    /// (stored once).
+    head_copy: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -21,11 +22,20 @@ struct ShardIndex {
 }
 
 impl Checkpoint {
-    /// Join already opened files. With `index_json` (the text of `model.safetensors.index.json`), every shard it names
-    /// must be among `files` (matched by the last path component) and every tensor must be where it says.
-    pub fn new(files: Vec<SafetensorsFile>, index_json: Option<&str>) -> Result<Self> {
+    /// Join already opened files of one format (safetensors, say). With `index_json` (the text of
+    /// `model.safetensors.index.json`), every shard it names must be among `files` (matched by the last path
+    /// component) and every tensor must be where it says.
+    pub fn new<F: TensorFile + 'static>(files: Vec<F>, index_json: Option<&str>) -> Result<Self> {
+        let files = files.into_iter().map(|f| Box::new(f) as Box<dyn TensorFile>).collect();
+        Self::from_files(files, index_json.map(|text| ("model.safetensors.index.json", text)))
+    }
+
+    /// Join already opened files; `index` is the shard index's file name and text, when there is one.
+    pub fn from_files(files: Vec<Box<dyn TensorFile>>, index: Option<(&str, &str)>) -> Result<Self> {
+        let index_json = index.map(|(_, text)| text);
+        let index_name = index.map_or("the shard index", |(name, _)| name);
         if files.is_empty() {
-            return Err(Error::msg("no .safetensors file was given"));
+            return Err(Error::msg("no weights file was given"));
         }
         let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
@@ -40,51 +50,66 @@ impl Checkpoint {
             }
         }
         if let Some(text) = index_json {
-            let idx: ShardIndex = serde_json::from_str(text)
-                .map_err(|e| Error::file("model.safetensors.index.json", format!("cannot be parsed ({e})")))?;
+            let idx: ShardIndex =
+                serde_json::from_str(text).map_err(|e| Error::file(index_name, format!("cannot be parsed ({e})")))?;
             let base = |p: &str| p.rsplit(['/', '\\']).next().unwrap_or(p).to_string();
             for (tensor, shard) in &idx.weight_map {
                 let Some(pos) = files.iter().position(|f| base(f.file_name()) == base(shard)) else {
                     return Err(Error::file(
                         shard.clone(),
-                        format!("is listed in model.safetensors.index.json (for `{tensor}`) but was not given"),
+                        format!("is listed in {index_name} (for `{tensor}`) but was not given"),
                     ));
                 };
                 if index.get(tensor) != Some(&pos) {
                     return Err(Error::tensor(
                         tensor,
-                        format!("model.safetensors.index.json puts it in {shard}, which does not hold it"),
+                        format!("{index_name} puts it in {shard}, which does not hold it"),
                     ));
                 }
             }
         }
-        Ok(Self { files, index })
+        let mut ckpt = Self { files, index, head_copy: false };
+        if ckpt.head_is_embedding_copy()? {
+            ckpt.index.remove("lm_head.weight");
+            ckpt.head_copy = true;
+        }
+        Ok(ckpt)
     }
 
-    /// Open a checkpoint directory: `model.safetensors`, or the shards of `model.safetensors.index.json`.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn open_dir(dir: &std::path::Path) -> Result<Self> {
-        let index_path = dir.join("model.safetensors.index.json");
-        if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path)
-                .map_err(|e| Error::file(index_path.display().to_string(), e.to_string()))?;
-            let idx: ShardIndex = serde_json::from_str(&text)
-                .map_err(|e| Error::file(index_path.display().to_string(), format!("cannot be parsed ({e})")))?;
-            let shards: std::collections::BTreeSet<&String> = idx.weight_map.values().collect();
-            let files = shards
-                .into_iter()
-                .map(|s| SafetensorsFile::open(Box::new(FileSource::open(&dir.join(s))?)))
-                .collect::<Result<Vec<_>>>()?;
-            return Self::new(files, Some(&text));
+    /// Whether `lm_head.weight` holds the token embedding's values: the same bytes of the same file (PyTorch saves a
+    /// tied head as a second name of one storage), or, of the same dtype and shape, equal values (compared a slice at a
+    /// time, stopping at the first difference).
+    fn head_is_embedding_copy(&self) -> Result<bool> {
+        let emb = embedding_name(self);
+        let (Some(h), Some(e)) = (self.index.get("lm_head.weight"), self.index.get(&emb)) else { return Ok(false) };
+        let (Some(hi), Some(ei)) = (self.info("lm_head.weight"), self.info(&emb)) else { return Ok(false) };
+        if hi.dtype != ei.dtype || hi.shape != ei.shape {
+            return Ok(false);
         }
-        let single = dir.join("model.safetensors");
-        if !single.exists() {
-            return Err(Error::file(
-                dir.display().to_string(),
-                "holds neither model.safetensors nor model.safetensors.index.json",
-            ));
+        if h == e && hi.start == ei.start && hi.end == ei.end {
+            return Ok(true);
         }
-        Self::new(vec![SafetensorsFile::open(Box::new(FileSource::open(&single)?))?], None)
+        const SLICE: u64 = 4 << 20;
+        let mut at = 0;
+        while at < hi.bytes() {
+            let n = SLICE.min(hi.bytes() - at) as usize;
+            if self.read_slice("lm_head.weight", at, n)? != self.read_slice(&emb, at, n)? {
+                return Ok(false);
+            }
+            at += n as u64;
+        }
+        Ok(true)
+    }
+
+    /// `len` bytes of tensor `name`'s data from byte `offset` of it.
+    pub fn read_slice(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let &i = self.index.get(name).ok_or_else(|| Error::tensor(name, "is missing from the checkpoint"))?;
+        self.files[i].read_slice(name, offset, len)
+    }
+
+    /// Whether a head saved as a copy of the token embedding was recognised as tied and left out.
+    pub fn head_copy(&self) -> bool {
+        self.head_copy
     }
 
     /// All tensor names, sorted.
@@ -105,7 +130,7 @@ impl Checkpoint {
         self.files[i].read(name)
     }
 
-    pub fn files(&self) -> &[SafetensorsFile] {
+    pub fn files(&self) -> &[Box<dyn TensorFile>] {
         &self.files
     }
 

@@ -1,8 +1,51 @@
-//! One tensor's bytes as stored, and their conversions (to f32, to 16-bit halves kept as stored, to INT8 codes).
+//! A file of tensors, whatever its format ([`TensorFile`]: safetensors, a PyTorch archive), where each tensor lies in
+//! it ([`TensorInfo`]), and one tensor's bytes as stored with their conversions (to f32, to 16-bit halves kept as
+//! stored, to INT8 codes).
 
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
 use safetensors::tensor::Dtype;
+use std::collections::HashMap;
+
+/// A file of named tensors, each read on its own by its byte range.
+pub trait TensorFile {
+    /// The file's name, for error messages.
+    fn file_name(&self) -> &str;
+    /// Its size in bytes.
+    fn file_len(&self) -> u64;
+    /// Tensor names in file order.
+    fn names(&self) -> Vec<String>;
+    fn info(&self, name: &str) -> Option<&TensorInfo>;
+    /// The free-form metadata (safetensors' `__metadata__`), if the format has any.
+    fn metadata(&self) -> Option<&HashMap<String, String>>;
+    /// One tensor's bytes as stored.
+    fn read(&self, name: &str) -> Result<RawTensor>;
+    /// `len` bytes of tensor `name`'s data from byte `offset` of it: a slice, for what reads a large tensor piece by
+    /// piece.
+    fn read_slice(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+}
+
+/// Where one tensor lies in its file, as the header says: dtype, shape and byte range (relative to the end of the
+/// header). Offsets are `u64` on every target, so a file past 4 GiB reads the same in wasm32 as natively.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: u64,
+    pub end: u64,
+}
+
+impl TensorInfo {
+    /// Bytes of data.
+    pub fn bytes(&self) -> u64 {
+        self.end - self.start
+    }
+
+    /// Elements (u64: a buffer of bytes past 4 GiB counts more than a wasm32 `usize` holds).
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().map(|&d| d as u64).product()
+    }
+}
 
 /// One tensor's bytes as stored, with its dtype and shape.
 #[derive(Clone, Debug)]
