@@ -1,7 +1,8 @@
 //! Fuzzing the readers a user's files reach: a seeded mutation loop (structure-aware for the safetensors header, which
-//! is JSON behind a length) over five targets — the header and range reader, the config parser, the shard index,
+//! is JSON behind a length) over seven targets — the header and range reader, the config parser, the shard index,
 //! the compressed-format loader (a whole compressed checkpoint opened as the page opens it, and the factored matrix a
-//! helper worker sends) and the policy parser (parsed, checked and planned). Each input must end in `Ok` or `Err`:
+//! helper worker sends), the policy parser (parsed, checked and planned), `pytorch_model.bin` (its zip directory, its
+//! pickle read as data, every tensor) and GPT-2's slow tokenizer files (`vocab.json` and `merges.txt`). Each input must end in `Ok` or `Err`:
 //! a panic, an input that runs for more than [`HANG_SECONDS`], one whose peak heap passes [`HEAP_CAP`] (measured by
 //! the counting allocator) or that asks for a single allocation above [`HARD_CAP`] fails the target and is written to
 //! `target/fuzz/`; committed to `tests/fuzz/corpus/<target>/` it stays a regression input, since every
@@ -15,7 +16,7 @@ use semantic_llm_compressor::alloc::{self, CountingAlloc};
 use semantic_llm_compressor::compression::format::decode_factored;
 use semantic_llm_compressor::compression::policy::{MatrixInfo, Policy, RankRule};
 use semantic_llm_compressor::model::bundle::ModelBundle;
-use semantic_llm_compressor::model::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
+use semantic_llm_compressor::model::checkpoint::{Checkpoint, MemSource, PytorchFile, SafetensorsFile, TensorFile};
 use semantic_llm_compressor::model::config::GptNeoConfig;
 use semantic_llm_compressor::model::generate::Rng;
 use semantic_llm_compressor::session::{MemoryBudget, ModelFiles, Session};
@@ -165,6 +166,36 @@ fn compressed(bytes: &[u8]) -> usize {
         depth = depth.max(1);
     }
     depth
+}
+
+/// A `pytorch_model.bin`: its zip directory and its pickle read, then every tensor.
+fn pytorch(bytes: &[u8]) -> usize {
+    let Ok(f) = PytorchFile::open(Box::new(MemSource::new("pytorch_model.bin", bytes.to_vec()))) else { return 0 };
+    let mut depth = 1;
+    for name in f.names() {
+        if let Ok(t) = f.read(&name) {
+            depth = depth.max(2);
+            if t.to_f32_vec().is_ok() {
+                depth = 3;
+            }
+        }
+    }
+    depth
+}
+
+/// GPT-2's slow tokenizer files, `vocab.json` and `merges.txt` joined by a line holding a NUL: the tokenizer built,
+/// then a text through it and back.
+fn slow(bytes: &[u8]) -> usize {
+    let at = bytes.windows(3).position(|w| w == b"\n\0\n").unwrap_or(bytes.len());
+    let (vocab, merges) = (&bytes[..at], bytes.get(at + 3..).unwrap_or(&[]));
+    let Ok((t, _)) = semantic_llm_compressor::model::tokenizer::Tokenizer::from_slow_files(vocab, merges, None, None)
+    else {
+        return 0;
+    };
+    match t.encode("the quick <|endoftext|> brown fox") {
+        Ok(ids) if t.decode(&ids).is_ok() => 2,
+        _ => 1,
+    }
 }
 
 /// GPT-Neo-125M's matrices, and trained-like spectra for the policies that need them.
@@ -396,6 +427,7 @@ fn mutate_header(rng: &mut Rng, b: &mut Vec<u8>) -> bool {
 enum Shape {
     Text,
     Safetensors,
+    Bytes,
 }
 
 fn mutate(rng: &mut Rng, shape: Shape, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
@@ -549,6 +581,16 @@ fn fuzz_index() {
 #[test]
 fn fuzz_compressed() {
     fuzz("compressed", compressed, Shape::Safetensors, vec![]);
+}
+
+#[test]
+fn fuzz_pytorch() {
+    fuzz("pytorch", pytorch, Shape::Bytes, vec![]);
+}
+
+#[test]
+fn fuzz_slow() {
+    fuzz("slow", slow, Shape::Text, vec![]);
 }
 
 #[test]

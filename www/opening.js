@@ -15,12 +15,19 @@ function describeModel(report) {
     ['parameters', `${(s.parameters / 1e6).toFixed(2)} M`],
     ['dtype', Object.entries(s.dtypes).map(([d, n]) => `${d} ×${n}`).join(', ')],
     ['files', `${s.files.join(', ')} — ${fmtBytes(s.file_bytes)}`],
-    ['head', s.tied_head ? 'tied to the token embedding' : 'lm_head.weight'],
+    ['head', s.tied_head ? `tied to the token embedding${s.head_copy ? ' (lm_head.weight was saved as a copy of it: stored once)' : ''}` : 'untied head (lm_head.weight)'],
   ];
+  if (s.tokenizer_source) facts.push(['tokenizer', s.tokenizer_source]);
+  if (report.ignored && report.ignored.length) facts.push(['ignored', `${report.ignored.length} file${report.ignored.length > 1 ? 's' : ''} not read: ${report.ignored.join(', ')}`]);
   if (report.summary.compressed && report.policy) facts.push(['policy', describePolicy(report.policy)]);
   if (report.load_error) facts.push(['not loaded', report.load_error]);
   const held = { 'f32': ' (f32)', 'as-stored': ' (f16/bf16 kept as stored: f32 would not fit)', 'f16': ' (converted to f16: f32 would not fit)' };
   if (report.loaded) facts.push(['in memory', `${fmtBytes(report.loaded.resident_bytes)} measured${held[report.loaded.precision]}`]);
+  // what cannot run here is said where the generate button is, before anyone presses it
+  $('gen-limit').hidden = !report.load_error;
+  $('gen-limit').textContent = report.load_error
+    ? `Only the compressed model can generate here: the original does not fit in this tab (${report.load_error}).`
+    : '';
   const dl = $('model-info');
   dl.replaceChildren();
   for (const [k, v] of facts) {
@@ -86,29 +93,32 @@ export async function filesFromDrop(dt) {
   const entries = [...dt.items].map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
   if (!entries.length) return [...dt.files];
   const out = [];
-  const walk = async (entry) => {
+  const walk = async (entry, depth) => {
     if (entry.isFile) out.push(await new Promise((res, rej) => entry.file(res, rej)));
-    else if (entry.isDirectory) {
+    // a dropped folder's hidden folders (.git, .cache) hold nothing of the model: not walked
+    else if (entry.isDirectory && !(depth > 0 && entry.name.startsWith('.'))) {
       const reader = entry.createReader();
       for (;;) {
         const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
         if (!batch.length) break;
-        for (const e of batch) await walk(e);
+        for (const e of batch) await walk(e, depth + 1);
       }
     }
   };
-  for (const e of entries) await walk(e);
+  for (const e of entries) await walk(e, 0);
   return out;
 }
 
 // a name for exported files: the demo's, the folder's, or the checkpoint file's
 function nameFrom(files) {
   const folder = files.find((f) => f.webkitRelativePath)?.webkitRelativePath.split('/')[0];
-  const weights = files.find((f) => f.name.endsWith('.safetensors'))?.name.replace(/\.safetensors$/, '');
+  const weights = files.find((f) => /\.(safetensors|bin)$/.test(f.name))?.name.replace(/\.(safetensors|bin)$/, '');
   return folder || (weights && weights !== 'model' ? weights : 'model');
 }
 
 export function openFiles(files) {
+  // a chosen folder's files inside its hidden folders (.git, .cache) are not the model's
+  files = files.filter((f) => !(f.webkitRelativePath || '').split('/').slice(1, -1).some((d) => d.startsWith('.')));
   if (!files.length) return;
   const name = nameFrom(files);
   open({ files }, name);

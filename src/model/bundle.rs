@@ -53,7 +53,11 @@ pub struct BundleSummary {
     pub file_bytes: u64,
     pub files: Vec<String>,
     pub tied_head: bool,
+    /// `lm_head.weight` was saved as a copy of the token embedding: recognised as tied, stored once.
+    pub head_copy: bool,
     pub has_tokenizer: bool,
+    /// Where the tokenizer came from: "tokenizer.json", "vocab.json + merges.txt", "the compressed checkpoint".
+    pub tokenizer_source: Option<String>,
     /// Set when the checkpoint is one this program exported in compressed form.
     pub compressed: bool,
     pub tensors: Vec<TensorSummary>,
@@ -272,7 +276,9 @@ impl ModelBundle {
             file_bytes: self.ckpt.file_bytes(),
             files: self.ckpt.files().iter().map(|f| f.file_name().to_string()).collect(),
             tied_head: !self.ckpt.contains("lm_head.weight"),
+            head_copy: self.ckpt.head_copy(),
             has_tokenizer: self.tokenizer.is_some(),
+            tokenizer_source: self.tokenizer_source.map(str::to_string),
             compressed,
             tensors,
         })

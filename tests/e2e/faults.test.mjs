@@ -1,5 +1,5 @@
-// End-to-end test of failure in the page (Debian's Chromium, headless, playwright-core): damaged files refused with
-// their sentence in #error and the page usable after them; the worker made to trap mid-compression and to hang
+// End-to-end test of failure in the page (Debian's Chromium, headless, playwright-core): damaged files (and refused
+// pytorch_model.bin files, another architecture's config) refused with their sentence in #error and the page usable after them; the worker made to trap mid-compression and to hang
 // mid-generation (a test-only message, the page loaded with ?test-faults), each time the page saying what
 // happened, a new worker taking over and the next job succeeding; a helper that traps mid-compression and one
 // mid-evaluation, replaced without the job failing and with the same figures; no request leaving the origin.
@@ -10,6 +10,7 @@ import os from 'node:os';
 import { start, step, ROOT } from './harness.mjs';
 
 const DEMO = path.join(ROOT, 'www/models/neo-bard-8l');
+const HUB = path.join(ROOT, 'tests/fixtures/tiny-hub');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'slc-faults-'));
 
 // damaged copies of the demo model, as a user might drop them
@@ -56,6 +57,25 @@ const cases = [
       'model.safetensors': weights,
     }),
     message: /^(tokenizer\.json: has 50257 tokens, but the model's vocab_size is 50000|tensor `[^`]+wte\.weight`)/,
+  },
+  // a Hub folder whose pytorch_model.bin is refused (tests/fixtures/bad-bin, made by tests/fixtures/make_hub.py)
+  ...[['os-system', /^pytorch_model\.bin: asks to load `posix\.system`, which a state dict does not need: refused/],
+    ['compressed', /^pytorch_model\.bin: entry `[^`]+data\/0` is compressed \(zip method 8\)/],
+    ['truncated', /^pytorch_model\.bin: is truncated or damaged/],
+    ['legacy', /^pytorch_model\.bin: is in PyTorch's legacy format/]].map(([bad, message]) => ({
+    what: `a pytorch_model.bin (${bad})`,
+    files: damaged(`bin-${bad}`, {
+      'config.json': fs.readFileSync(path.join(HUB, 'config.json')),
+      'vocab.json': fs.readFileSync(path.join(HUB, 'vocab.json')),
+      'merges.txt': fs.readFileSync(path.join(HUB, 'merges.txt')),
+      'pytorch_model.bin': fs.readFileSync(path.join(ROOT, `tests/fixtures/bad-bin/${bad}.bin`)),
+    }),
+    message,
+  })),
+  {
+    what: "a GPT-2 model's config.json",
+    files: damaged('gpt2', { 'config.json': fs.readFileSync(path.join(ROOT, 'tests/configs/other/gpt2.json')), 'model.safetensors': weights }),
+    message: /^config\.json: this is a GPT-2 model: model_type is "gpt2" \(GPT2LMHeadModel\); this program reads GPT-Neo models/,
   },
 ];
 

@@ -365,6 +365,42 @@ try {
   assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
   assert.match(await page.textContent('#model-info'), /19\.44 M/);
 
+  step('Hub folders (slow tokenizer files, pytorch_model.bin one file or sharded, files it ignores), every file uploaded: the same continuation and figures as the safetensors + tokenizer.json form');
+  {
+    const fixtures = path.join(ROOT, 'tests/fixtures');
+    const all = (dir) => fs.readdirSync(dir).map((f) => path.join(dir, f));
+    const fast = [...all(path.join(fixtures, 'tiny-fast')), path.join(ROOT, '../shared/fixtures/tiny-gpt-neo-v512/model.safetensors')];
+    // the tiny model reads 128 positions: rank 4 everywhere, evaluated on 512 tokens in windows of 128
+    const run = async (files) => {
+      await setFiles(files);
+      assert.equal(await waitState(['ready', 'error']), 'ready', await errorText());
+      const info = await page.textContent('#model-info');
+      await page.selectOption('#preset', 'origin-all');
+      await page.fill('#eval-tokens', '512');
+      await page.fill('#eval-window', '128');
+      await page.fill('#prompt', 'ROMEO. O my love,');
+      await jobOn(page, () => page.click('#generate'));
+      const text = await page.textContent('#gen-original');
+      assert.equal(await clickJob('#compress', ['done', 'error']), 'done', await errorText());
+      return { info, text, figures: await summary() };
+    };
+    const want = await run(fast);
+    assert.match(want.info, /tokenizer\s*tokenizer\.json/);
+    for (const dir of ['tiny-hub', 'tiny-hub-sharded']) {
+      const got = await run(all(path.join(fixtures, dir)));
+      assert.match(got.info, /tokenizer\s*vocab\.json \+ merges\.txt/, dir);
+      assert.match(got.info, /tied to the token embedding \(lm_head\.weight was saved as a copy of it: stored once\)/, dir);
+      assert.match(got.info, /ignored\s*6 files not read: .*flax_model\.msgpack \(Flax weights\).*tf_model\.h5 \(TensorFlow weights\)/, dir);
+      assert.equal(got.text, want.text, `${dir}: the greedy continuation`);
+      const { seconds: _a, ...a } = got.figures;
+      const { seconds: _b, ...b } = want.figures;
+      assert.deepEqual(a, b, `${dir}: the evaluation figures`);
+    }
+    console.log(`  continuation ${JSON.stringify(want.text.slice(0, 40))}…; cosine ${want.figures.cosine}, perplexity ${want.figures.ppl_compressed}`);
+    await page.fill('#eval-tokens', String(TOKENS));
+    await page.fill('#eval-window', String(WINDOW));
+  }
+
   step('a checkpoint whose weights lie past byte 4 GiB (a 4.4 GB sparse file) opens from input#files and generates like slc');
   {
     // a random-weight model of the demo's shape behind an ignored 4.4 GB buffer: every offset passes 2^32

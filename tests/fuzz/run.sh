@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(header config index compressed policy)
+[ ${#targets[@]} -gt 0 ] || targets=(header config index compressed policy pytorch slow)
 cargo test --release --test fuzz --no-run
 mkdir -p target/fuzz
 pids=()
