@@ -101,18 +101,18 @@ pub fn default_policy() -> JsResult<JsValue> {
     to_js(&crate::compression::policy::Policy::default())
 }
 
-/// The randomized SVD as the pipeline runs it, profiled on a synthetic `m × n` matrix
-/// ([`crate::compression::svd::profile_synthetic`]): what `./build.sh bench` runs in the browser.
+/// The randomized SVD as the pipeline runs it, profiled on a synthetic matrix (`spec`:
+/// [`crate::compression::svd::ProfileSpec`]): what `./build.sh bench` runs in the browser.
 #[wasm_bindgen]
-pub fn profile_svd(
-    m: usize,
-    n: usize,
-    rank: usize,
-    runs: usize,
-    oversample: Option<usize>,
-    iters: Option<usize>,
-) -> JsResult<JsValue> {
-    to_js(&crate::compression::svd::profile_synthetic(m, n, rank, runs, oversample, iters).map_err(js_err)?)
+pub fn profile_svd(spec: JsValue) -> JsResult<JsValue> {
+    let spec: crate::compression::svd::ProfileSpec = from_js(spec, "SVD profile")?;
+    to_js(&spec.run().map_err(js_err)?)
+}
+
+/// How fast this worker computes ([`crate::session::speed`]): what the page's estimates start from.
+#[wasm_bindgen]
+pub fn measure_speed() -> JsResult<JsValue> {
+    to_js(&crate::session::speed::measure().map_err(js_err)?)
 }
 
 /// Trap on purpose (a panic, which aborts: `RuntimeError: unreachable`), as an allocation failure or a bug would:
@@ -128,6 +128,8 @@ pub struct Workspace(Session);
 
 #[wasm_bindgen]
 impl Workspace {
+    // JavaScript makes it with `new Workspace()`; nothing in Rust wants a Default
+    #[allow(clippy::new_without_default)]
     #[wasm_bindgen(constructor)]
     pub fn new() -> Workspace {
         console_error_panic_hook();
@@ -166,9 +168,19 @@ impl Workspace {
         to_js(&self.0.compress_step().map_err(js_err)?)
     }
 
-    /// Factor matrix `index` for the coordinating worker: its factors as bytes (see [`Session::compress_factor_out`]).
-    pub fn compress_factor_out(&self, index: usize) -> JsResult<Vec<u8>> {
-        self.0.compress_factor_out(index).map_err(js_err)
+    /// The work other workers can do now: `{phase, todo}`, or `null` ([`Session::compress_shareable`]).
+    pub fn compress_shareable(&self) -> JsResult<JsValue> {
+        to_js(&self.0.compress_shareable())
+    }
+
+    /// Matrix `index`'s shareable work, as bytes for a helper's `run_work`.
+    pub fn compress_work_out(&self, index: usize) -> JsResult<Vec<u8>> {
+        self.0.compress_work_out(index).map_err(js_err)
+    }
+
+    /// A helper's side: the work done, as bytes for the coordinator's `compress_accept`.
+    pub fn run_work(&self, bytes: Vec<u8>) -> JsResult<Vec<u8>> {
+        self.0.run_work(bytes).map_err(js_err)
     }
 
     /// Keep a matrix a helper factored; the step, as `compress_step` gives it.
@@ -234,8 +246,7 @@ impl Workspace {
         to_js(&self.0.generate_next(Which::parse(which_model).map_err(js_err)?).map_err(js_err)?)
     }
 
-    /// [`Workspace::sensitivity`] a matrix at a time: this instance takes every `parts`-th matrix from the `part`-th.
-    /// Returns how many it measures.
+    /// The sensitivity table, every `parts`-th matrix from the `part`-th; how many this instance measures.
     pub fn sensitivity_begin(&mut self, policy: JsValue, text: &str, part: usize, parts: usize) -> JsResult<usize> {
         let policy = from_js(policy, "compression policy")?;
         self.0.sensitivity_begin(&policy, text, part, parts).map_err(js_err)
@@ -246,23 +257,19 @@ impl Workspace {
         to_js(&self.0.sensitivity_step().map_err(js_err)?)
     }
 
-    /// What `policy` will store, before it runs: `{matrices: [{name, shape, decision, rank, reason, tied,
-    /// bytes_before, bytes_after}], linear_bytes_before, linear_bytes_after, bytes_untouched, total_bytes_before,
-    /// total_bytes_after, decided_when_run, …}`.
+    /// What `policy` will store, before it runs ([`crate::compression::preview::Preview`]).
     pub fn preview(&self, policy: JsValue) -> JsResult<JsValue> {
         let policy = from_js(policy, "compression policy")?;
         to_js(&self.0.preview(&policy).map_err(js_err)?)
     }
 
-    /// Recipes × budgets measured (`spec`: `{text, recipes, budgets, base, eval_tokens}`): quality against stored
-    /// bytes per point.
+    /// Recipes × budgets measured ([`crate::session::SweepSpec`]): quality against stored bytes per point.
     pub fn sweep(&self, spec: JsValue) -> JsResult<JsValue> {
         let spec = from_js(spec, "sweep settings")?;
         to_js(&self.0.sweep(&spec).map_err(js_err)?)
     }
 
-    /// Start a quality-target search (`spec`: `{target: {cosine: T} | {"ppl-ratio": R}, tolerance}`) with `policy`'s
-    /// method and allocation: `{next_budget, split, best, met, path}`.
+    /// Start a quality-target search ([`crate::session::TargetSpec`]) with `policy`'s method and allocation.
     pub fn target_begin(&mut self, policy: JsValue, spec: JsValue) -> JsResult<JsValue> {
         let policy = from_js(policy, "compression policy")?;
         let spec = from_js(spec, "quality target")?;
@@ -280,12 +287,6 @@ impl Workspace {
 
     pub fn memory(&self) -> JsResult<JsValue> {
         to_js(&self.0.memory())
-    }
-}
-
-impl Default for Workspace {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

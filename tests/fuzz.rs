@@ -136,7 +136,7 @@ fn index(bytes: &[u8]) -> usize {
 }
 
 /// A compressed checkpoint opened alone, as the page opens one (memory checked against a small tab), and run; and
-/// the same bytes as a factored matrix from a helper.
+/// the same bytes as a factored matrix, as a helper's result and as a helper's work.
 fn compressed(bytes: &[u8]) -> usize {
     let mut depth = 0;
     let mut s = Session::new(MemoryBudget::new((HEAP_CAP / 2) as f64, None), None);
@@ -162,7 +162,12 @@ fn compressed(bytes: &[u8]) -> usize {
             }
         }
     }
-    if decode_factored(bytes.to_vec()).is_ok() {
+    // the same bytes as what a helper sends back, and as what it is sent
+    use semantic_llm_compressor::compression::work::{decode_done, decode_work};
+    if decode_factored(bytes.to_vec()).is_ok()
+        || decode_done(bytes.to_vec()).is_ok()
+        || decode_work(bytes.to_vec()).is_ok()
+    {
         depth = depth.max(1);
     }
     depth
@@ -641,5 +646,7 @@ fn write_seeds() {
     files.add("model.safetensors", Box::new(MemSource::new("model.safetensors", weights))).unwrap();
     session.open(files).unwrap();
     session.compress_begin(Policy { rank: 4, ..Default::default() }, None).unwrap();
-    std::fs::write(dir.join("factored-matrix-0.safetensors"), session.compress_factor_out(0).unwrap()).unwrap();
+    let work = session.compress_work_out(0).unwrap();
+    std::fs::write(dir.join("work-factor-0.safetensors"), &work).unwrap();
+    std::fs::write(dir.join("done-factor-0.safetensors"), session.run_work(work).unwrap()).unwrap();
 }

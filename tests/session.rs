@@ -266,12 +266,13 @@ fn matrices_shared_among_workers_give_the_same_checkpoint() {
     let mut helpers: Vec<Session> = (0..2).map(|_| session(4.0 * GIB)).collect();
     for h in &mut helpers {
         h.open(bard()).unwrap();
-        h.compress_begin(policy.clone(), None).unwrap();
     }
+    let share = owner.compress_shareable().unwrap();
+    assert_eq!((share.phase, share.todo.len()), ("factor", n));
     // the matrices in reverse, alternating between the helpers
     let mut reports = 0;
     for (k, i) in (0..n).rev().enumerate() {
-        let bytes = helpers[k % 2].compress_factor_out(i).unwrap();
+        let bytes = helpers[k % 2].run_work(owner.compress_work_out(i).unwrap()).unwrap();
         if k == 0 {
             // a result accepted twice is refused, naming the matrix
             let again = bytes.clone();
@@ -626,4 +627,68 @@ fn refinement_steps_one_at_a_time_to_the_same_checkpoint_as_the_cli() {
     while s0.compress_step().unwrap().is_some() {}
     assert_eq!(s0.compress_finish().unwrap().tensor_bytes, refined_bytes, "same ranks, same bytes");
     assert_ne!(export(&s0), page);
+}
+
+/// The original is evaluated once per span: a later evaluation on the same tokens makes the original's logits from
+/// its kept final states with the head alone, and every figure is the same to the last bit as when the original runs
+/// again (a fresh session) — for a second compression, and for the same one evaluated twice.
+#[test]
+fn the_original_is_evaluated_once_per_span_and_the_figures_are_the_same_to_the_bit() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let figures = |r: &EvalSummary| serde_json::to_string(&r.eval).unwrap();
+    let mut s = loaded();
+    compress(&mut s, Policy { rank: 32, ..Default::default() });
+    s.compress_finish().unwrap();
+    let first = evaluate(&mut s, &spec());
+    assert_eq!(s.original_windows_reused(), 0, "the first evaluation runs the original");
+    let windows = first.eval.windows;
+    compress(&mut s, Policy { rank: 16, ..Default::default() });
+    s.compress_finish().unwrap();
+    let second = evaluate(&mut s, &spec());
+    assert_eq!(s.original_windows_reused(), windows, "the second reuses every window's states");
+    let again = evaluate(&mut s, &spec());
+    assert_eq!(figures(&again), figures(&second), "the same evaluation twice");
+
+    let mut fresh = loaded();
+    compress(&mut fresh, Policy { rank: 16, ..Default::default() });
+    fresh.compress_finish().unwrap();
+    let want = evaluate(&mut fresh, &spec());
+    assert_eq!(fresh.original_windows_reused(), 0);
+    assert_eq!(figures(&second), figures(&want), "kept states and a fresh run of the original give the same figures");
+    assert_eq!(second.eval.ppl_original.to_bits(), want.eval.ppl_original.to_bits());
+    // another span runs the original again
+    let other = EvalSpec { skip: 256, ..spec() };
+    evaluate(&mut s, &other);
+    assert_eq!(s.original_windows_reused(), 2 * windows, "a new span is not found among the kept states");
+}
+
+/// Work one compression has done is not done again by the next: the origin's fix keeps the attention matrices of the
+/// origin's setting as they were factored (taken, not factored again), and its checkpoint is the same to the byte as
+/// a fresh session's; a policy that factors differently (another rank) takes nothing.
+#[test]
+fn a_compression_takes_what_the_one_before_factored_the_same_way() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use semantic_llm_compressor::model::storage::QuantScheme;
+    let origin = Policy { rank: 16, quant: QuantScheme::PerTensor, break_even_guard: false, ..Default::default() };
+    let fix = Policy { skip: vec!["mlp.c_fc".into(), "mlp.c_proj".into()], ..origin.clone() };
+    let mut s = loaded();
+    let todo = s.compress_begin(origin.clone(), None).unwrap().todo.len();
+    assert_eq!(todo, 49, "the first compression factors every matrix");
+    while s.compress_step().unwrap().is_some() {}
+    s.compress_finish().unwrap();
+    let begin = s.compress_begin(fix.clone(), None).unwrap();
+    let names: Vec<String> = begin.todo.iter().map(|&i| begin.matrices[i].name.clone()).collect();
+    assert!(
+        names.iter().all(|n| n.contains("mlp") || n.contains("lm_head")),
+        "only the MLP and the head are left: {names:?}"
+    );
+    while s.compress_step().unwrap().is_some() {}
+    s.compress_finish().unwrap();
+    let mut fresh = loaded();
+    compress(&mut fresh, fix);
+    fresh.compress_finish().unwrap();
+    assert_eq!(export(&s), export(&fresh), "taken factors are the ones the work would make");
+    // another rank: nothing is taken
+    let other = s.compress_begin(Policy { rank: 8, ..origin }, None).unwrap().todo.len();
+    assert_eq!(other, 49);
 }

@@ -3,7 +3,8 @@
 // sweep's points, a sensitivity table's parts. It is the one instance whose results reach the page.
 import { errorEvent, isMemoryError } from './protocol.js';
 import {
-  Cancelled, checkpoint, default_policy, heapBytes, instance, need, post, progress, ready, serve, state, Workspace,
+  Cancelled, checkpoint, default_policy, heapBytes, instance, measure_speed, need, post, progress, ready, serve, state,
+  Workspace,
 } from './instance.js';
 import {
   compressionTeam, exportedFile, held, HELPER_MODEL_LIMIT, holdModels, loadOriginal, originalTeam, partOnHelper,
@@ -90,23 +91,22 @@ async function evaluateIfItFits(spec) {
   }
 }
 
-// Every matrix factored by the team, whole matrices taken from one queue; this worker keeps the results. Returns the
-// largest heap each helper reached.
-async function factorOnTeam(team, begin, policy) {
-  const heaps = team.map(() => 0);
-  let done = 0;
-  await shareQueue(team, begin.matrices.length, {
-    call: (h, index) => h.call({ cmd: 'h_factor', index }),
-    prepare: (h) => h.call({ cmd: 'h_compress', original: held.originalFiles, policy }),
-    accept: (index, got, k) => {
-      heaps[k] = Math.max(heaps[k], got.heap);
+// The work of a compression's phase that helpers can do (a spectrum, the allocation check's candidates, a matrix's
+// factors: `share.todo`), taken from one queue; this worker keeps the results. Each helper's largest heap is noted.
+async function workOnTeam(team, share, total, counted, heaps) {
+  await shareQueue(team, share.todo.length, {
+    call: async (h, i) => {
+      const bytes = instance.ws.compress_work_out(share.todo[i]);
+      return h.call({ cmd: 'h_work', bytes }, [bytes.buffer]);
+    },
+    prepare: (h) => h.call({ cmd: 'h_open', original: held.originalFiles, reuse: false }),
+    accept: (_, got, k) => {
+      heaps[k] = Math.max(heaps[k] || 0, got.heap);
       const step = instance.ws.compress_accept(got.bytes);
-      done += 1;
-      progress('compress', done, begin.total_steps, `factor: ${step.name} (${team.length} workers)`);
+      progress('compress', counted(), total, `${step.phase}: ${step.name} (${team.length} workers)`);
       if (step.layer) post({ type: 'layer', layer: step.layer });
     },
   });
-  return heaps;
 }
 
 // One compression with `policy`, its matrices shared among helpers where it can be; the compressed model replaces
@@ -115,19 +115,28 @@ async function compressOnce(policy, calibration, evalSpec) {
   state('compressing', 'compressing');
   const begin = instance.ws.compress_begin(policy, calibration);
   post({ type: 'plan', ...begin });
-  const team = begin.can_split ? await compressionTeam(policy, evalSpec && evalSpec.workers) : [];
-  const helperHeaps = team.length ? await factorOnTeam(team, begin, policy) : [];
-  let done = 0;
+  // the matrices the compression before made the same way are taken already: they count as done
+  let done = begin.matrices.length - begin.todo.length;
+  const counted = () => ++done;
+  // helpers take the phases' shareable work (spectra, the allocation check, factors) as it comes; this worker the
+  // rest (calibration, probes, the refit, the check's measurement) and everything when there are none
+  let team = null;
+  const helperHeaps = [];
   for (;;) {
     await checkpoint();
+    const share = instance.ws.compress_shareable();
+    if (share && team === null) team = await compressionTeam(evalSpec && evalSpec.workers);
+    if (share && team.length) {
+      await workOnTeam(team, share, begin.total_steps, counted, helperHeaps);
+      continue;
+    }
     const step = instance.ws.compress_step();
     if (step === null || step === undefined) break;
-    done += 1;
-    progress('compress', done, begin.total_steps, `${step.phase}: ${step.name}`);
+    progress('compress', counted(), begin.total_steps, `${step.phase}: ${step.name}`);
     if (step.layer) post({ type: 'layer', layer: step.layer });
   }
   const finished = instance.ws.compress_finish();
-  const workers = { count: Math.max(1, team.length), heaps: [await heapBytes(), ...helperHeaps] };
+  const workers = { count: Math.max(1, team ? team.length : 0), heaps: [await heapBytes(), ...helperHeaps] };
   held.compressedFile = () => new File(instance.ws.export(), 'compressed.safetensors');
   held.generation += 1;
   return { begin, finished, workers };
@@ -390,6 +399,6 @@ serve(commands, {
     if (helper) tellHelpers({ cmd: 'test_fault', kind });
     return !!helper;
   },
-  quick: { preview: ({ policy }) => (instance.ws ? instance.ws.preview(policy) : null) },
+  quick: { preview: ({ policy }) => (instance.ws ? instance.ws.preview(policy) : null), speed: () => measure_speed() },
 });
 ready.then(() => { post({ type: 'defaults', policy: default_policy() }); state('idle', 'ready for a model'); }, (err) => post(errorEvent('init', new Error(`the WebAssembly module could not be loaded: ${err.message || err}`))));

@@ -3,6 +3,7 @@
 import * as plots from './plots.js';
 import { $, app, fmtBytes, pct, setState, showError } from './page.js';
 import { run } from './jobs.js';
+import * as estimate from './estimate.js';
 import { evalSpec, policyFromForm } from './form.js';
 
 // A sweep (methods × budgets, each compressed and measured) and a sensitivity table (each matrix compressed alone),
@@ -45,7 +46,8 @@ export function runSweep() {
   try { spec = sweepSettings(); } catch (err) { showError(err.message); return; }
   app.sweepPoints = [];
   drawSweep();
-  $('sweep-note').textContent = `Sweeping ${spec.recipes.join(', ')} at ${spec.budgets.join(', ')}…`;
+  const expected = estimate.sweep(app.model.summary, spec);
+  $('sweep-note').textContent = `Sweeping ${spec.recipes.join(', ')} at ${spec.budgets.join(', ')}${expected ? `: expected to take about ${estimate.say(expected)} on this machine` : ''}…`;
   run({ cmd: 'sweep', ...spec, evalSpec: evalSpec() }, (r) => {
     app.sweepPoints = r.points;
     drawSweep();
@@ -97,7 +99,8 @@ export function measureSensitivity() {
   app.sensRows = [];
   drawHeatmap();
   const how = policy.probe ? `${(100 * policy.probe).toFixed(0)}% of each matrix's parameters` : `rank ${policy.rank}`;
-  $('sens-note').textContent = `Measuring every matrix alone at ${how}…`;
+  const expected = estimate.sensitivity(app.model.summary, policy);
+  $('sens-note').textContent = `Measuring every matrix alone at ${how}${expected ? `: expected to take about ${estimate.say(expected)} on this machine` : ''}…`;
   run({ cmd: 'sensitivity', policy, evalSpec: evalSpec() }, (r) => {
     app.sensRows = r.rows;
     drawHeatmap();

@@ -71,7 +71,9 @@ export async function generateJob(which) {
   app.gen = { original: [], compressed: [], diverged: -1 };
   for (const w of which) { $(`gen-${w}`).replaceChildren(); $(`rate-${w}`).textContent = ''; }
   const prompt = $('prompt').value;
-  await send({ cmd: 'generate', prompt, params: samplingParams(), which });
+  const r = await send({ cmd: 'generate', prompt, params: samplingParams(), which });
+  // each model's decode rate (tokens/s after the first), what the next estimates of a generation start from
+  app.lastRates = Object.fromEntries(which.map((w) => [w, r[w].tokens_per_s]));
   keepGeneration(prompt, which);
   setBusy(false);
   return Object.fromEntries(which.map((w) => [w, app.gen[w].map((t) => t.span.textContent).join('')]));

@@ -1,7 +1,7 @@
 // A helper worker: one more wasm instance that the coordinator (coordinator.js) starts to share a job's work. It
 // answers the h_* commands of protocol.js, each on the models the coordinator tells it to hold: one part of an
 // evaluation's windows, one matrix of a compression, one point of a sweep, one part of a sensitivity table.
-import { checkpoint, faultPoint, heapBytes, instance, need, post, progress, serve, Workspace } from './instance.js';
+import { checkpoint, faultPoint, heapBytes, instance, need, post, progress, serve, Transfer, Workspace } from './instance.js';
 
 /** A fresh Workspace holding the original's files, opened (and, with `load`, loaded). @param {File[]} files */
 function original(files, load) {
@@ -12,28 +12,31 @@ function original(files, load) {
 }
 
 const commands = {
-  // hold the same original and compressed models as the coordinator
+  // hold the same original and compressed models as the coordinator (the original kept when it is the one held, with
+  // what its evaluations kept: a later evaluation on the same tokens does not run it again)
   /** @param {Omit<import('./protocol.js').HelperModelsCommand, 'cmd'>} c */
-  async h_models({ original: files, compressed }) {
-    const ws = original(files, true);
+  async h_models({ original: files, compressed, reuse }) {
+    const ws = reuse && instance.ws ? instance.ws : original(files, true);
     const r = ws.open([compressed]);
     if (!r.matches_original) throw new Error('the compressed model does not belong to the original');
     return true;
   },
 
-  // open the original's files (nothing is loaded) and begin the coordinator's compression
-  /** @param {Omit<import('./protocol.js').HelperCompressCommand, 'cmd'>} c */
-  async h_compress({ original: files, policy }) {
-    original(files, false).compress_begin(policy, undefined);
+  // hold the original's files open (nothing loaded), to read the weights a compression's work needs; with `reuse`,
+  // the original this helper holds already
+  /** @param {Omit<import('./protocol.js').HelperOpenCommand, 'cmd'>} c */
+  async h_open({ original: files, reuse }) {
+    if (!(reuse && instance.ws)) original(files, false);
     return true;
   },
 
-  // factor one matrix and hand back its factors as bytes
-  /** @param {Omit<import('./protocol.js').HelperFactorCommand, 'cmd'>} c */
-  async h_factor({ index }) {
+  // one unit of a compression's work (a spectrum, a matrix's factors, the allocation check's candidates), handed back
+  // as bytes (transferred, not copied)
+  /** @param {Omit<import('./protocol.js').HelperWorkCommand, 'cmd'>} c */
+  async h_work({ bytes }) {
     faultPoint();
-    const bytes = need().compress_factor_out(index);
-    return { bytes, heap: await heapBytes() };
+    const out = need().run_work(bytes);
+    return new Transfer({ bytes: out, heap: await heapBytes() }, [out.buffer]);
   },
 
   // evaluate one part of the windows and hand back the sums

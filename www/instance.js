@@ -3,10 +3,10 @@
 // Workspace, the events it posts (protocol.js), cancellation and the fault points the tests use, the heartbeat, and
 // the loop that runs one command at a time. Long jobs run step by step and yield between steps (a macrotask), so a
 // {cmd: "cancel"} gets through and ends the job cleanly.
-import init, { Workspace, default_policy, test_trap } from './pkg/semantic_llm_compressor.js';
+import init, { Workspace, default_policy, measure_speed, test_trap } from './pkg/semantic_llm_compressor.js';
 import { errorEvent, isFatal, HEARTBEAT_MS } from './protocol.js';
 
-export { Workspace, default_policy };
+export { Workspace, default_policy, measure_speed };
 
 /** The wasm module, once instantiated. */
 export const ready = init();
@@ -25,6 +25,15 @@ export const tick = () => new Promise((r) => setTimeout(r, 0));
 export const state = (state, message) => post({ type: 'state', state, message });
 /** @param {string} task @param {number} done @param {number} total @param {string} [label] */
 export const progress = (task, done, total, label) => post({ type: 'progress', task, done, total, label });
+
+/** A command's result whose buffers are moved to whoever asked, not copied (a compression's work is megabytes). */
+export class Transfer {
+  /** @param {any} value @param {Transferable[]} list */
+  constructor(value, list) {
+    this.value = value;
+    this.list = list;
+  }
+}
 
 /** A job ended by a cancel. */
 export class Cancelled extends Error {}
@@ -102,7 +111,8 @@ export function serve(commands, { doing, onStart, onCancel, onFault, quick = {} 
     if (onStart) onStart();
     try {
       const result = await run(args);
-      post({ type: 'result', cmd, id, result });
+      if (result instanceof Transfer) post({ type: 'result', cmd, id, result: result.value }, result.list);
+      else post({ type: 'result', cmd, id, result });
     } catch (err) {
       if (err instanceof Cancelled) post({ type: 'cancelled', cmd, id });
       else if (isFatal(err)) {

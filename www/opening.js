@@ -1,7 +1,8 @@
 // Opening a model: the demo, dropped folders or chosen files, or a compressed checkpoint exported here; what was
 // found, described.
 import { $, app, fmtBytes, runs, setBusy, setState } from './page.js';
-import { run } from './jobs.js';
+import { ask, run } from './jobs.js';
+import * as estimate from './estimate.js';
 import { applyPreset, describePolicy, evalSpec, labelPresets, updatePreview } from './form.js';
 import { drawHeatmap, drawSweep } from './explorer.js';
 import { clearSummary, renderLayers, renderSummary, resetResults } from './results.js';
@@ -41,6 +42,8 @@ function describeModel(report) {
 export function open(msg, name) {
   run({ cmd: 'open', evalSpec: evalSpec(), ...msg }, (report) => {
     if (report.kind === 'original') {
+      // the worker's speed, once: what the estimates of long jobs start from
+      if (!estimate.hasSpeed()) ask({ cmd: 'speed' }).then(estimate.setSpeed, () => {});
       app.source = msg.demo ? { demo: true } : { files: msg.files };
       app.checkpoint = null;
       app.model = report;

@@ -27,7 +27,8 @@ export const app = {
   task: null,           // {name, start}
   source: null,         // what was opened ({files} or {demo: true}): a new worker reopens it if the old one dies
   checkpoint: null,     // the last compression as a File (kept when small enough), for a new worker to take over
-  story: { running: false, cancelled: false }, // the origin's story, while it is told
+  story: { running: false, cancelled: false, plan: null }, // the origin's story, while it is told (plan: its estimate)
+  lastRates: null,      // the last generation's decode rates, by model
   beat: 0,              // when the worker last spoke, and the wasm memory it reported
   heap: 0,
 };
@@ -70,7 +71,11 @@ export function showProgress(m) {
   $('progress-text').textContent = `${m.task} ${m.done}/${m.total}${m.label ? ' · ' + m.label : ''}`;
   const elapsed = (performance.now() - app.task.start) / 1000;
   const left = m.done > 0 ? elapsed / m.done * (m.total - m.done) : NaN;
-  $('progress-eta').textContent = Number.isFinite(left) && m.done < m.total ? `about ${fmtSeconds(left)} left` : '';
+  // while the story runs, its own time left: the rest of the step running now and every step after it
+  const story = app.story.plan ? app.story.plan.left() : NaN;
+  $('progress-eta').textContent = Number.isFinite(story)
+    ? `about ${fmtSeconds(story)} left in the story`
+    : Number.isFinite(left) && m.done < m.total ? `about ${fmtSeconds(left)} left` : '';
 }
 
 export const fmtBytes = (b) => b >= 1e9 ? (b / 1e9).toFixed(2) + ' GB' : b >= 1e6 ? (b / 1e6).toFixed(1) + ' MB' : b >= 1e3 ? (b / 1e3).toFixed(1) + ' kB' : `${b} B`;

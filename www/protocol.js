@@ -48,38 +48,45 @@
  * @typedef {{cmd: 'sensitivity', policy: object, evalSpec?: EvalSettings}} SensitivityCommand   Every block matrix
  *   compressed alone with `policy`, measured on its first `sensitivity_tokens`; parts shared among helpers; streams
  *   "row" events. Result: {rows, seconds, workers, helpers_replaced}; a row is a Rust explore::SensitivityRow.
+ * @typedef {{cmd: 'speed'}} SpeedCommand   A quick question like a preview: the worker's speed measured on small
+ *   products (Rust session::speed::Speed), what the page's estimates of a job's time start from.
  * @typedef {{cmd: 'cancel'}} CancelCommand   Ends the running job with a "cancelled" event.
  * @typedef {{cmd: 'restore', files?: File[], demo?: boolean, checkpoint?: File, memoryLimit?: number}} RestoreCommand
  *   A new worker takes over from one that died: open and load the original again and, when there was one, the
  *   compressed checkpoint (no evaluation). Result: {original: OpenReport, compressed: OpenReport|null}.
  * @typedef {{cmd: 'test_fault', kind: 'trap'|'hang', helper?: boolean}} TestFaultCommand   For the end-to-end tests:
  *   the worker (or its helpers) traps or stops answering at the next step of its job.
- * @typedef {{cmd: 'h_models', original: File[], compressed: File}} HelperModelsCommand
- *   Coordinator → helper: hold the same two models. Result: true.
+ * @typedef {{cmd: 'h_models', original: File[], compressed: File, reuse?: boolean}} HelperModelsCommand
+ *   Coordinator → helper: hold the same two models; with `reuse`, the helper already holds this original loaded
+ *   (and the states its evaluations kept) and opens the compressed model alone. Result: true.
  * @typedef {{cmd: 'h_eval'} & EvalSpec} HelperEvalCommand
  *   Coordinator → helper: evaluate one part. Result: the part's sums (Rust evaluation::metrics::PartialSums).
- * @typedef {{cmd: 'h_compress', original: File[], policy: object}} HelperCompressCommand
- *   Coordinator → helper: open the original's files (nothing loaded) and begin the same compression. Result: true.
+ * @typedef {{cmd: 'h_open', original: File[], reuse?: boolean}} HelperOpenCommand
+ *   Coordinator → helper: hold the original's files open (nothing loaded), to read the weights a compression's work
+ *   needs; with `reuse`, the original it holds already. Result: true.
+ * @typedef {{cmd: 'h_work', bytes: Uint8Array}} HelperWorkCommand   Coordinator → helper: one unit of a compression's
+ *   work (Rust compression::work: a spectrum, a matrix's factors, the allocation check's two candidates), as bytes
+ *   (transferred). Result: {bytes, heap}: what it made, for the coordinator's Workspace.compress_accept, and the
+ *   helper's wasm memory.
  * @typedef {{cmd: 'h_original', original: File[]}} HelperOriginalCommand   Coordinator → helper: open and load the
- *   original alone. Result: true.
+ *   original alone (its compressed model dropped). Result: true.
  * @typedef {{cmd: 'h_point', index: number, spec: object}} HelperPointCommand   Coordinator → helper: one sweep point
  *   (Rust session::SweepSpec with one recipe and one budget). Result: the Rust explore::Point.
  * @typedef {{cmd: 'h_sensitivity', policy: object, text: string, part: number, parts: number}} HelperSensitivityCommand
  *   Coordinator → helper: every `parts`-th block matrix from the `part`-th; each row rides on a "progress" event
  *   (task 'sensitivity', `row`). Result: true.
- * @typedef {{cmd: 'h_factor', index: number}} HelperFactorCommand
- *   Coordinator → helper: factor matrix `index`. Result: its factors and report as bytes (Uint8Array) for the
- *   coordinator's Workspace.compress_accept.
- * @typedef {OpenCommand|CompressCommand|EvaluateCommand|GenerateCommand|ExportCommand|SpectrumCommand|
- *   MemoryLimitCommand|PreviewCommand|SweepCommand|SensitivityCommand|CancelCommand|RestoreCommand|TestFaultCommand|
- *   HelperModelsCommand|HelperEvalCommand|HelperCompressCommand|HelperFactorCommand|HelperOriginalCommand|
+ *  * @typedef {OpenCommand|CompressCommand|EvaluateCommand|GenerateCommand|ExportCommand|SpectrumCommand|
+ *   MemoryLimitCommand|PreviewCommand|SpeedCommand|SweepCommand|SensitivityCommand|CancelCommand|RestoreCommand|TestFaultCommand|
+ *   HelperModelsCommand|HelperEvalCommand|HelperOpenCommand|HelperWorkCommand|HelperOriginalCommand|
  *   HelperPointCommand|HelperSensitivityCommand} Command
  *
  * @typedef {{type: 'defaults', policy: object}} DefaultsEvent   Once, at start: the core's default Policy.
  * @typedef {{type: 'state', state: string, message: string}} StateEvent
  * @typedef {{type: 'progress', task: string, done: number, total: number, label?: string, row?: object}} ProgressEvent
  *   A helper's sensitivity rows ride on its progress events (`row`).
- * @typedef {{type: 'plan', total_steps: number, matrices: object[], calibration_tokens?: number, can_split: boolean}} PlanEvent
+ * @typedef {{type: 'plan', total_steps: number, matrices: object[], calibration_tokens?: number, can_split: boolean,
+ *   todo: number[]}} PlanEvent   `todo`: the matrices still to factor (the others the compression before made the
+ *   same way, taken as they are)
  * @typedef {{type: 'layer', layer: object}} LayerEvent   A matrix's LayerReport, as soon as it is compressed.
  * @typedef {{type: 'target', search: TargetState}} TargetEvent   Before each compression of a target search, and at
  *   its end.

@@ -4,6 +4,7 @@ import * as plots from './plots.js';
 import { $, app, fmtBytes, fmtNumber, pct, reveal, runs, setBusy, setState, showError } from './page.js';
 import { send } from './jobs.js';
 import { describePolicy, evalSpec, policyFromForm, saveSettingInUrl, targetFromForm } from './form.js';
+import * as estimate from './estimate.js';
 import { drawSweep } from './explorer.js';
 
 // The target search's path: every budget tried, the kept one marked.
@@ -160,7 +161,12 @@ export function compress() {
   let policy;
   let target;
   try { policy = policyFromForm(); target = targetFromForm(); } catch (err) { showError(err.message); return; }
-  compressJob(policy, target).catch((err) => {
+  // a long compression (the refit's refinement, an activation-aware check) says what it will take before it starts
+  const expected = app.model ? estimate.compression(app.model.summary, policy) : 0;
+  const t0 = performance.now();
+  compressJob(policy, target, {}, { expected }).then((r) => {
+    if (expected) estimate.learn(estimate.kindOf(policy), expected, r.compress_seconds || (performance.now() - t0) / 1000);
+  }, (err) => {
     if (err.lost) return; // workerLost has said what happened
     if (err.cancelled) resetResults();
     else showError(err.message);
@@ -169,9 +175,10 @@ export function compress() {
 
 // One compression and its evaluation (`evalOverride` changes the evaluation's settings), its results rendered;
 // resolves with the worker's result, rejects as the job does.
-export async function compressJob(policy, target, evalOverride = {}, { reveal: show = true } = {}) {
+export async function compressJob(policy, target, evalOverride = {}, { reveal: show = true, expected = 0 } = {}) {
   saveSettingInUrl();
   resetResults();
+  if (expected > 20) $('summary-note').textContent = `Compressing: expected to take about ${estimate.say(expected)} on this machine, from what it has measured so far.`;
   if (show) reveal('results-panel');
   const t0 = performance.now();
   const r = await send({ cmd: 'compress', policy, evalSpec: { ...evalSpec(), ...evalOverride }, target });

@@ -2,8 +2,10 @@
 // the same prompt, laid out as one comparison that nothing moves in while it streams.
 import { $, app, fmtBytes, fmtNumber, pct, reduceMotion, reveal, setBusy, setState, showError } from './page.js';
 import { applyPreset, evalSpec, fixFraction, originRank, policyFromForm } from './form.js';
+import { ask } from './jobs.js';
 import { compressJob } from './results.js';
 import { generateJob } from './generation.js';
+import * as estimate from './estimate.js';
 
 // The origin's presets in order, each compressed, evaluated on the same tokens (those after the calibration text,
 // so that the calibrated step is measured on text it did not see) and continuing the same prompt; laid out as one
@@ -40,12 +42,16 @@ export async function tellStory() {
   body.replaceChildren();
   $('story-panel').hidden = false;
   $('story').disabled = true;
-  app.story = { running: true, cancelled: false };
+  app.story = { running: true, cancelled: false, plan: null };
   // how the story ended, for whoever waits on it (the status also reads 'done' after each step's compression)
   const told = (how) => { $('story-panel').dataset.told = how; };
   told('running');
   const skip = app.defaults.calibration_tokens;
-  $('story-note').textContent = `Prompt: ${JSON.stringify($('prompt').value)}. Every step is evaluated on the same ${evalSpec().tokens} tokens of the built-in text, those after its first ${skip} (the calibration text of the activation-aware step).`;
+  // what each step will take, from what this session has measured so far (before anything runs)
+  const plan = await storyPlan(steps, skip);
+  app.story.plan = plan;
+  $('story-panel').dataset.expected = String(Math.round(plan.total));
+  $('story-note').textContent = `Prompt: ${JSON.stringify($('prompt').value)}. Every step is evaluated on the same ${evalSpec().tokens} tokens of the built-in text, those after its first ${skip} (the calibration text of the activation-aware step). Expected to take about ${estimate.say(plan.total)} on this machine, from ${plan.basis}.`;
   let done = 0;
   // every row laid out before the first run, its cells sized for what will fill them: nothing moves as results
   // stream in
@@ -67,9 +73,13 @@ export async function tellStory() {
     continuation(r.cells[7], 'waiting');
     return r;
   });
+  const s = app.model.summary;
+  const t0 = performance.now();
   try {
+    plan.begin(0);
     const { original } = await generateJob(['original']);
     continuation(first.cells[7], original);
+    estimate.learnGeneration(s, null, app.lastRates && app.lastRates.original, app.model.loaded);
     for (const [i, step] of steps.entries()) {
       if (app.story.cancelled) throw Object.assign(new Error('cancelled'), { cancelled: true });
       $('preset').value = step.preset;
@@ -77,7 +87,14 @@ export async function tellStory() {
       const { tr, cells } = rows[i];
       continuation(cells[7], 'compressing…');
       tr.scrollIntoView({ block: 'nearest', behavior: reduceMotion ? 'auto' : 'smooth' });
-      const r = await compressJob(policyFromForm(), undefined, { skip }, { reveal: false });
+      plan.begin(1 + 2 * i);
+      const policy = policyFromForm();
+      const r = await compressJob(policy, undefined, { skip }, { reveal: false });
+      // what the step took, against what was expected of it: the next estimates are corrected by it
+      estimate.learn(estimate.kindOf(policy), plan.parts[1 + 2 * i].compress, r.compress_seconds);
+      if (r.evaluation) estimate.learn('evaluate', plan.parts[1 + 2 * i].evaluate, r.evaluation.seconds);
+      estimate.evaluated({ ...evalSpec(), skip });
+      plan.begin(2 + 2 * i);
       const ev = r.evaluation;
       const lin = r.finished.totals;
       const values = [ev.cosine.toFixed(4), pct(ev.top1), `${fmtNumber('ppl_compressed', ev.ppl_compressed)} (original ${fmtNumber('ppl_original', ev.ppl_original)})`,
@@ -89,9 +106,12 @@ export async function tellStory() {
       continuation(cells[7], 'generating…');
       const { compressed } = await generateJob(['compressed']);
       continuation(cells[7], compressed);
+      estimate.learnGeneration(s, policy, app.lastRates && app.lastRates.compressed, app.model.loaded);
       done += 1;
     }
-    $('story-note').textContent += ' The story is told: the setting breaks the model, keeping the MLP dense saves it at little saving, and activation-aware SVD at the same parameter count compresses every layer and keeps the quality.';
+    plan.begin(plan.parts.length);
+    $('story-panel').dataset.seconds = ((performance.now() - t0) / 1000).toFixed(1);
+    $('story-note').textContent += ` The story is told (in ${estimate.say((performance.now() - t0) / 1000)}): the setting breaks the model, keeping the MLP dense saves it at little saving, and activation-aware SVD at the same parameter count compresses every layer and keeps the quality.`;
     setState('done', 'story told');
     told('done');
   } catch (err) {
@@ -110,8 +130,58 @@ export async function tellStory() {
     }
   } finally {
     app.story.running = false;
+    app.story.plan = null;
     setBusy(app.pending.size > 0);
     // the button was disabled while the story ran, which drops the focus: give it back to a keyboard user
     if (document.activeElement === document.body) $('story').focus();
   }
+}
+
+/**
+ * What the story will take, part by part (the original's continuation, then each step's compression and evaluation,
+ * and its continuation), from the worker's measured speed and the jobs this session has timed; `begin(k)` marks the
+ * start of part k, and `left()` is the time left in the whole story (the part running now counted by what it was
+ * expected to take, less what it has taken), which the progress band shows.
+ */
+async function storyPlan(steps, skip) {
+  if (!estimate.hasSpeed()) {
+    try { estimate.setSpeed(await ask({ cmd: 'speed' })); } catch { /* no estimate then */ }
+  }
+  const s = app.model.summary;
+  const spec = { ...evalSpec(), skip };
+  const tokens = Number($('max-new-tokens').value) || 30;
+  const keep = $('preset').value;
+  /** @type {{compress?: number, evaluate?: number, generate: number, total: number}[]} */
+  const parts = [{ generate: estimate.generation(s, null, tokens, app.model.loaded), total: 0 }];
+  let first = true;
+  for (const step of steps) {
+    applyPreset(step.preset);
+    const policy = policyFromForm();
+    const known = { spectra: !first && !!(policy.budget || policy.energy) };
+    const compress = estimate.compression(s, policy, { known });
+    const evaluate = estimate.evaluation(s, policy, spec);
+    estimate.evaluated(spec);
+    if (policy.budget || policy.energy) first = false;
+    parts.push({ compress, evaluate, generate: 0, total: compress + evaluate });
+    parts.push({ generate: estimate.generation(s, policy, tokens, app.model.loaded), total: 0 });
+  }
+  $('preset').value = keep;
+  applyPreset(keep);
+  for (const p of parts) p.total = (p.compress || 0) + (p.evaluate || 0) + (p.generate || 0);
+  const total = parts.reduce((a, p) => a + p.total, 0);
+  const plan = {
+    parts,
+    total,
+    basis: estimate.hasSpeed() ? 'its measured speed and the jobs timed so far' : 'no measurement yet (a rough guess)',
+    current: 0,
+    started: performance.now(),
+    begin(k) { plan.current = k; plan.started = performance.now(); },
+    left() {
+      const now = parts[plan.current];
+      const spent = (performance.now() - plan.started) / 1000;
+      const rest = parts.slice(plan.current + 1).reduce((a, p) => a + p.total, 0);
+      return Math.max(0, (now ? now.total : 0) - spent) + rest;
+    },
+  };
+  return plan;
 }

@@ -24,9 +24,11 @@ export const HELPER_MODEL_LIMIT = 1.2e9;
 export const held = { originalFiles: null, compressedFile: null, generation: 0, originalGeneration: 0, lastLoaded: null, replaced: 0 };
 
 /**
- * @typedef {{w: Worker, generation: number, originalGen: number, pending: ?{resolve: Function, reject: Function},
+ * A helper and what it holds: the compressed model of `generation` (-1: none), the original of `originalGen` (-1:
+ * none), `loaded` or only opened (for a compression's reads).
+ * @typedef {{w: Worker, generation: number, originalGen: number, loaded: boolean, pending: ?{resolve: Function, reject: Function},
  *   onProgress: ?((m: import('./protocol.js').ProgressEvent) => void), alive: boolean, beat: number, heap: number,
- *   doing?: string, die: (why: string) => void, call: (msg: import('./protocol.js').Command) => Promise<any>}} Helper
+ *   doing?: string, die: (why: string) => void, call: (msg: import('./protocol.js').Command, transfer?: Transferable[]) => Promise<any>}} Helper
  */
 /** @type {Helper[]} */
 export const helpers = [];
@@ -36,7 +38,7 @@ const watchdogMs = Number(new URLSearchParams(self.location.search).get('watchdo
 
 const describeHelperCommand = (msg) => ({
   h_models: 'loaded the models', h_eval: `evaluated part ${msg.part + 1} of ${msg.parts}`,
-  h_compress: 'opened the checkpoint to compress', h_factor: `factored matrix ${msg.index + 1}`,
+  h_open: 'opened the checkpoint to compress', h_work: 'did a compression\'s work',
   h_original: 'loaded the original', h_point: `compressed and measured sweep point ${msg.index + 1}`,
   h_sensitivity: `measured sensitivity part ${msg.part + 1} of ${msg.parts}`,
 }[msg.cmd] || msg.cmd);
@@ -50,7 +52,7 @@ const describeHelperCommand = (msg) => ({
 export function startHelper() {
   const w = new Worker(new URL('./helper.js', import.meta.url), { type: 'module' });
   /** @type {Helper} */
-  const h = { w, generation: -1, originalGen: -1, pending: null, onProgress: null, alive: true, beat: performance.now(), heap: 0, die: null, call: null };
+  const h = { w, generation: -1, originalGen: -1, loaded: false, pending: null, onProgress: null, alive: true, beat: performance.now(), heap: 0, die: null, call: null };
   h.die = (why) => {
     if (!h.alive) return;
     h.alive = false;
@@ -74,12 +76,12 @@ export function startHelper() {
   };
   w.onerror = (e) => { e.preventDefault(); h.die(e.message || 'it failed to run'); };
   w.onmessageerror = () => h.die('a message from it could not be read');
-  h.call = (msg) => new Promise((resolve, reject) => {
+  h.call = (msg, transfer) => new Promise((resolve, reject) => {
     if (!h.alive) { reject(Object.assign(new Error('a helper worker is gone'), { helperDied: true })); return; }
     h.doing = describeHelperCommand(msg);
     h.beat = performance.now();
     h.pending = { resolve, reject };
-    w.postMessage(msg);
+    w.postMessage(msg, transfer || []);
   });
   return h;
 }
@@ -101,11 +103,14 @@ export function exportedFile() {
   return held.compressedFile;
 }
 
-/** Bring helper `h` up to date with the coordinator's two models. @param {Helper} h */
+/** Bring helper `h` up to date with the coordinator's two models: the compressed one alone when it already holds the
+ * original loaded (and the states its evaluations kept). @param {Helper} h */
 export async function holdModels(h) {
-  await h.call({ cmd: 'h_models', original: held.originalFiles, compressed: /** @type {File} */ (held.compressedFile) });
+  const reuse = h.loaded && h.originalGen === held.originalGeneration;
+  await h.call({ cmd: 'h_models', original: held.originalFiles, compressed: /** @type {File} */ (held.compressedFile), reuse });
   h.generation = held.generation;
   h.originalGen = held.originalGeneration;
+  h.loaded = true;
 }
 
 /** The helpers, up to date with the coordinator's models, that can evaluate; [] when none can. */
@@ -127,17 +132,19 @@ export async function readyHelpers() {
   return ready;
 }
 
-/** Helpers that open the original's files and begin the same compression; [] when there is none to have.
- * @param {object} policy @param {number} [workers] */
-export async function compressionTeam(policy, workers) {
+/** Helpers that hold the original's files open (to read the weights a compression's work needs; loaded or not);
+ * [] when there is none to have. @param {number} [workers] */
+export async function compressionTeam(workers) {
   if (COMPRESS_HELPERS < 2 || workers === 1 || !held.originalFiles) return [];
   while (helpers.length < COMPRESS_HELPERS) helpers.push(startHelper());
   const team = [];
   await Promise.all(helpers.slice(0, COMPRESS_HELPERS).filter((h) => h.alive).map(async (h) => {
-    h.generation = -1; // it will hold the compression's files, not the evaluation's models
-    h.originalGen = -1;
+    // the original it holds already, or its files opened afresh (nothing loaded)
+    const reuse = h.originalGen === held.originalGeneration;
+    if (!reuse) { h.generation = -1; h.originalGen = -1; h.loaded = false; }
     try {
-      await h.call({ cmd: 'h_compress', original: held.originalFiles, policy });
+      await h.call({ cmd: 'h_open', original: held.originalFiles, reuse });
+      h.originalGen = held.originalGeneration;
       team.push(h);
     } catch (err) {
       console.warn(`compression helper unavailable: ${err.message}`);
@@ -154,7 +161,7 @@ export async function originalTeam() {
   const team = [];
   await Promise.all(helpers.slice(0, COMPRESS_HELPERS).filter((h) => h.alive).map(async (h) => {
     try {
-      if (h.originalGen !== held.originalGeneration) await loadOriginal(h);
+      if (h.originalGen !== held.originalGeneration || !h.loaded) await loadOriginal(h);
       team.push(h);
     } catch (err) {
       console.warn(`explorer helper unavailable: ${err.message}`);
@@ -168,6 +175,7 @@ export async function loadOriginal(h) {
   await h.call({ cmd: 'h_original', original: held.originalFiles });
   h.generation = -1; // it holds the original alone, not the evaluation's pair
   h.originalGen = held.originalGeneration;
+  h.loaded = true;
 }
 
 /**

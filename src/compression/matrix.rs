@@ -156,7 +156,20 @@ pub struct FactorJob {
     plan: Plan,
     policy: Policy,
     spectrum: Option<Vec<f64>>,
+    /// Whether `spectrum` is the weight's own singular values (not a whitened spectrum): then the report of
+    /// activation-aware factors takes it instead of computing it again.
+    spectrum_plain: bool,
     gram: Option<Vec<f64>>,
+}
+
+/// A [`FactorJob`] but for its vectors (the spectrum, the calibration statistics): what another worker is told.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct JobDescription {
+    pub index: usize,
+    pub matrix: MatrixInfo,
+    pub plan: Plan,
+    pub policy: Policy,
+    pub spectrum_plain: bool,
 }
 
 /// A matrix factored: its report and what is stored (none when it stays dense).
@@ -178,44 +191,152 @@ impl FactorJob {
         spectrum: Option<Vec<f64>>,
         gram: Option<Vec<f64>>,
     ) -> Self {
-        Self { index, matrix, plan, policy, spectrum, gram }
+        let spectrum_plain = !policy.needs_sensitivity();
+        Self { index, matrix, plan, policy, spectrum, spectrum_plain, gram }
+    }
+
+    /// The job but for its vectors ([`FactorJob::from_description`] makes it again).
+    pub fn describe(&self) -> JobDescription {
+        JobDescription {
+            index: self.index,
+            matrix: self.matrix.clone(),
+            plan: self.plan.clone(),
+            policy: self.policy.clone(),
+            spectrum_plain: self.spectrum_plain,
+        }
+    }
+
+    /// The job [`FactorJob::describe`] described, with its vectors.
+    pub fn from_description(d: JobDescription, spectrum: Option<Vec<f64>>, gram: Option<Vec<f64>>) -> Self {
+        Self {
+            index: d.index,
+            matrix: d.matrix,
+            plan: d.plan,
+            policy: d.policy,
+            spectrum,
+            spectrum_plain: d.spectrum_plain,
+            gram,
+        }
+    }
+
+    pub fn spectrum(&self) -> Option<&[f64]> {
+        self.spectrum.as_deref()
+    }
+
+    pub fn gram(&self) -> Option<&[f64]> {
+        self.gram.as_deref()
+    }
+
+    /// What this job's result depends on, written out, when another compression may use its result instead of
+    /// doing the work again: a plain SVD's factors (or a dense weight's INT8 codes) are a function of the weight, the
+    /// plan, the storage and the SVD's method and seed, so the same key gives the same factors to the bit. `None` for
+    /// what depends on more (activation-aware factors: the calibration) and for what costs nothing (a dense plan).
+    pub fn reuse_key(&self) -> Option<String> {
+        if self.gram.is_some() || matches!(self.plan, Plan::Dense { .. }) || self.policy.method.is_activation_aware() {
+            return None;
+        }
+        let p = &self.policy;
+        Some(format!(
+            "{}|{:?}|{:?}|{:?}|{:?}|{}|spectrum:{}",
+            self.matrix.name,
+            self.plan,
+            p.factor_quant(),
+            p.method,
+            p.svd,
+            p.seed,
+            self.spectrum.is_some()
+        ))
     }
 
     /// Factor the matrix as planned and measure what is stored; `read(name)` returns it as f32, row-major.
     pub fn run(self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Factored> {
+        Ok(self.run_with(read, None)?.0)
+    }
+
+    /// [`FactorJob::run`], and the same matrix under `alt` too (the allocation check's other candidate) from one read
+    /// of the weight and, for activation-aware factors, one whitened decomposition: each result the same to the bit
+    /// as its own job's.
+    pub fn run_with(
+        self,
+        read: &dyn Fn(&str) -> Result<Vec<f32>>,
+        alt: Option<Plan>,
+    ) -> Result<(Factored, Option<Factored>)> {
         let t0 = now();
-        let FactorJob { index, matrix: m, plan, policy, spectrum, gram } = self;
-        let mut weight = None;
-        let (out, inp) = (m.out, m.inp);
-        let spectrum = spectrum.as_ref().map(|s| s.iter().map(|&x| x as f32).collect());
-        let mut rep = LayerReport::stored(&m, spectrum);
+        let m = &self.matrix;
         let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+        let plans: Vec<&Plan> = std::iter::once(&self.plan).chain(alt.as_ref()).collect();
+        let needs_weight = plans.iter().any(|p| !matches!(p, Plan::Dense { .. }));
+        let w = if needs_weight { Some(read(&m.name)?) } else { None };
+        let low_rank = plans.iter().any(|p| matches!(p, Plan::LowRank { .. }));
+        // activation-aware: one whitened decomposition for every rank asked, and the weight's own spectrum for the
+        // report (the spectrum pass's, when it computed the plain one)
+        let whitened = match (&self.gram, &w) {
+            (Some(g), Some(w)) if low_rank => {
+                Some(svd::Whitened::new(&svd::to_mat(w, m.out, m.inp), g, self.policy.damp).map_err(tag)?)
+            }
+            _ => None,
+        };
+        let plain_spectrum: Option<Vec<f32>> = match (&whitened, &w) {
+            (Some(_), Some(w)) => Some(match (&self.spectrum, self.spectrum_plain) {
+                (Some(s), true) => s.iter().map(|&x| x as f32).collect(),
+                _ => svd::singular_values(w, m.out, m.inp).map_err(tag)?.iter().map(|&x| x as f32).collect(),
+            }),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let t = now();
+            let mut f = self.factor(plan, w.as_deref(), whitened.as_ref(), plain_spectrum.as_ref())?;
+            // one matrix's reading and decomposition are shared: the first result carries their time
+            f.report.seconds = if out.is_empty() { now() - t0 } else { now() - t };
+            out.push(f);
+        }
+        let mut it = out.into_iter();
+        let first = it.next().ok_or_else(|| Error::msg("a job without a plan"))?;
+        Ok((first, it.next()))
+    }
+
+    /// The matrix under `plan`, its weight `w` read (unless dense), `whitened` its decomposition (activation-aware).
+    fn factor(
+        &self,
+        plan: &Plan,
+        w: Option<&[f32]>,
+        whitened: Option<&svd::Whitened>,
+        plain_spectrum: Option<&Vec<f32>>,
+    ) -> Result<Factored> {
+        let m = &self.matrix;
+        let (out, inp) = (m.out, m.inp);
+        let spectrum = self.spectrum.as_ref().map(|s| s.iter().map(|&x| x as f32).collect());
+        let mut rep = LayerReport::stored(m, spectrum);
+        let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+        let weight = w.ok_or_else(|| Error::tensor(&m.name, "was not read"));
+        let mut stored = None;
         match plan {
             Plan::Dense { reason } => {
-                rep.reason = Some(reason);
+                rep.reason = Some(reason.clone());
                 rep.err_stored = Some(0.0);
             }
             Plan::Int8 => {
-                let w = read(&m.name)?;
-                let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
+                let w = weight?;
+                let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(w, out, inp))));
                 rep.decision = Decision::Int8;
-                rep.err_stored = Some(svd::stored_error(&w, &lw).map_err(tag)?);
+                rep.err_stored = Some(svd::stored_error(w, &lw).map_err(tag)?);
                 rep.storage = lw.describe();
                 rep.bytes_after = lw.bytes();
-                weight = Some(lw);
+                stored = Some(lw);
             }
             Plan::LowRank { rank } => {
-                let w = read(&m.name)?;
-                let seed = policy.seed ^ fnv(&m.name);
+                let (w, rank) = (weight?, *rank);
+                let seed = self.policy.seed ^ fnv(&m.name);
                 // The exact path yields every singular value for free; keep them for the report.
-                let mut s: Svd = match (&gram, policy.svd) {
-                    (Some(g), _) => {
-                        rep.singular_values =
-                            Some(svd::singular_values(&w, out, inp).map_err(tag)?.iter().map(|&x| x as f32).collect());
-                        svd::whitened(&w, out, inp, g, rank, policy.damp).map_err(tag)?
+                let mut s: Svd = match whitened {
+                    Some(d) => {
+                        rep.singular_values = plain_spectrum.cloned();
+                        d.truncate(rank)
                     }
-                    (None, method) => {
-                        let (s, all) = svd::truncated_with_spectrum(&w, out, inp, rank, method, seed).map_err(tag)?;
+                    None => {
+                        let (s, all) =
+                            svd::truncated_with_spectrum(w, out, inp, rank, self.policy.svd, seed).map_err(tag)?;
                         if let Some(all) = all {
                             rep.singular_values = Some(all.iter().map(|&x| x as f32).collect());
                         }
@@ -224,29 +345,35 @@ impl FactorJob {
                 };
                 s.canonicalize_signs();
                 rep.err_svd =
-                    Some(if gram.is_some() { rel_fro_error(&w, &s.reconstruct()) } else { s.projection_error(&w) });
+                    Some(if whitened.is_some() { rel_fro_error(w, &s.reconstruct()) } else { s.projection_error(w) });
                 if let Some(sv) = &rep.singular_values {
                     let all: Vec<f64> = sv.iter().map(|&x| x as f64).collect();
                     let total: f64 = all.iter().map(|x| x * x).sum();
                     let kept: f64 = all.iter().take(rank).map(|x| x * x).sum();
                     rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
                 }
-                let lw = factors(&s, policy.factor_quant());
-                rep.err_stored = Some(svd::stored_error(&w, &lw).map_err(tag)?);
-                if let Some(g) = &gram {
-                    let back: Vec<f64> = lw.to_dense_f32()?.iter().map(|&x| x as f64).collect();
-                    rep.err_activations = Some(svd::rel_activation_error(&w, &back, out, inp, g));
+                let lw = factors(&s, self.policy.factor_quant());
+                rep.err_stored = Some(svd::stored_error(w, &lw).map_err(tag)?);
+                if let (Some(d), LinearWeight::LowRank { u, s: sv, vh }) = (whitened, &lw) {
+                    // P = U diag(S) and V as stored
+                    let (r, sv) = (sv.cols(), sv.to_f32());
+                    let p: Vec<f64> = u
+                        .to_f32()
+                        .chunks_exact(r.max(1))
+                        .flat_map(|row| row.iter().zip(&sv).map(|(x, k)| (x * k) as f64))
+                        .collect();
+                    let v: Vec<f64> = vh.to_f32().iter().map(|&x| x as f64).collect();
+                    rep.err_activations = Some(d.activation_error(w, &p, &v, r));
                 }
                 rep.decision = Decision::LowRank;
                 rep.rank = Some(s.rank());
                 rep.storage = lw.describe();
                 rep.params_after = s.rank() * (out + inp + 1);
                 rep.bytes_after = lw.bytes();
-                weight = Some(lw);
+                stored = Some(lw);
             }
         }
-        rep.seconds = now() - t0;
-        Ok(Factored { index, report: rep, weight })
+        Ok(Factored { index: self.index, report: rep, weight: stored })
     }
 }
 

@@ -30,3 +30,4 @@ pub mod refit;
 pub mod sensitivity;
 pub mod source;
 pub mod svd;
+pub mod work;

@@ -49,6 +49,11 @@ pub struct Compressor {
     /// Each matrix factored both ways during the check: (the mode's ranks, the same fraction each).
     checked: Vec<Option<(Factored, Factored)>>,
     check: Option<AllocationCheck>,
+    /// Matrices an earlier compression factored, by [`FactorJob::reuse_key`]: a job with the same key takes its
+    /// result instead of doing the work again.
+    reuse: HashMap<String, Factored>,
+    /// The weights' own singular values an earlier compression computed, by matrix name.
+    known_spectra: HashMap<String, Vec<f64>>,
 }
 
 /// What the allocation check found ([`Policy::checks_allocation`]): the budget's ranks as its mode spreads them and
@@ -90,6 +95,8 @@ impl Compressor {
             alt_plans: Vec::new(),
             checked: Vec::new(),
             check: None,
+            reuse: HashMap::new(),
+            known_spectra: HashMap::new(),
         };
         if !c.policy.needs_spectra() {
             c.start_factoring()?;
@@ -211,11 +218,18 @@ impl Compressor {
     /// pass is over.
     pub fn spectrum_step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
         let targets = self.spectrum_targets();
-        if self.next >= targets.len() {
+        // spectra known already (the weights' own, from an earlier compression) or done elsewhere are not computed
+        if !self.policy.needs_sensitivity() {
+            for &i in &targets {
+                if self.spectra[i].is_none() {
+                    self.spectra[i] = self.known_spectra.remove(&self.mats[i].name);
+                }
+            }
+        }
+        let Some(i) = targets.iter().copied().find(|&i| self.spectra[i].is_none()) else {
             self.start_factoring()?;
             return Ok(None);
-        }
-        let i = targets[self.next];
+        };
         let m = &self.mats[i];
         let w = read(&m.name)?;
         let s = if self.policy.needs_sensitivity() {
@@ -226,10 +240,9 @@ impl Compressor {
             svd::singular_values(&w, m.out, m.inp).map_err(|e| Error::tensor(&m.name, e.to_string()))?
         };
         self.spectra[i] = Some(s);
-        self.next += 1;
         Ok(Some(StepInfo {
             phase: "spectrum",
-            done: self.next,
+            done: targets.iter().filter(|&&i| self.spectra[i].is_some()).count(),
             total: targets.len(),
             name: m.name.clone(),
             index: Some(i),
@@ -274,7 +287,7 @@ impl Compressor {
                     return Ok(None);
                 }
                 let i = self.next;
-                let f = self.job(i)?.run(read)?;
+                let f = self.run_job(i, read)?;
                 self.accept(f)?;
                 Ok(Some(StepInfo {
                     phase: "factor",
@@ -307,6 +320,136 @@ impl Compressor {
         let error: f64 = all.iter().skip(rank).map(|x| x * x).sum();
         let sensitivity = if error > 0.0 { damage.kl / error } else { 0.0 };
         Ok((all, Some(ProbeReport { rank, damage, error, sensitivity })))
+    }
+
+    /// Matrices an earlier compression factored ([`Compressor::reusable`]): a matrix planned the same way takes that
+    /// result. Every matrix whose plan is made already (no spectrum pass) is taken at once; returns their indices.
+    pub fn reuse(&mut self, factored: HashMap<String, Factored>) -> Result<Vec<usize>> {
+        self.reuse = factored;
+        let mut taken = Vec::new();
+        if matches!(self.phase, Phase::Factor) && !self.check_pending() {
+            for i in 0..self.mats.len() {
+                if let Some(f) = self.reused(i)? {
+                    self.accept(f)?;
+                    taken.push(i);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Matrix `i`'s result from an earlier compression, when its job is the same.
+    fn reused(&mut self, i: usize) -> Result<Option<Factored>> {
+        // activation-aware factors depend on the calibration: never taken (and their jobs need its statistics)
+        if self.reuse.is_empty()
+            || self.policy.method.is_activation_aware()
+            || self.done.get(i).is_some_and(Option::is_some)
+        {
+            return Ok(None);
+        }
+        // a copy of the factors, made now: the compressed model's memory is measured from the compressor's start (the
+        // earlier ones stay as they are until it finishes, so that nothing from before it is freed in between)
+        Ok(self.job(i)?.reuse_key().and_then(|k| self.reuse.get(&k)).map(|f| Factored {
+            index: i,
+            report: f.report.clone(),
+            weight: f.weight.as_ref().map(|w| w.deep_copy()),
+        }))
+    }
+
+    /// Matrix `i` factored as planned, or taken from an earlier compression.
+    fn run_job(&mut self, i: usize, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Factored> {
+        match self.reused(i)? {
+            Some(f) => Ok(f),
+            None => self.job(i)?.run(read),
+        }
+    }
+
+    /// The weights' own singular values, by matrix name, known from an earlier compression of the same original: the
+    /// spectrum pass takes them instead of computing them.
+    pub fn know_spectra(&mut self, spectra: HashMap<String, Vec<f64>>) {
+        self.known_spectra = spectra;
+    }
+
+    /// The weights' own singular values this compression computed or took (none when its spectra are whitened).
+    pub fn plain_spectra(&self) -> Vec<(String, Vec<f64>)> {
+        if self.policy.needs_sensitivity() {
+            return Vec::new();
+        }
+        self.mats.iter().zip(&self.spectra).filter_map(|(m, s)| Some((m.name.clone(), s.clone()?))).collect()
+    }
+
+    /// The work that other workers can do now, by matrix index: the spectrum pass's (the weights' own spectra), the
+    /// allocation check's candidates, or the factoring (not the refit's blocks, which follow one another); its
+    /// phase's name. `None` when what is left runs here (calibration, probes, the refit, the check's measurement).
+    pub fn shareable(&self) -> Option<(&'static str, Vec<usize>)> {
+        if self.needs_calibration() || self.needs_probe() {
+            return None;
+        }
+        let todo = match self.phase {
+            Phase::Spectra if !self.policy.needs_sensitivity() => {
+                let known = |i: &usize| self.known_spectra.contains_key(&self.mats[*i].name);
+                let t: Vec<usize> =
+                    self.spectrum_targets().into_iter().filter(|&i| self.spectra[i].is_none() && !known(&i)).collect();
+                ("spectrum", t)
+            }
+            Phase::Factor if self.check_pending() => {
+                ("check", (0..self.mats.len()).filter(|&i| self.checked.get(i).is_some_and(Option::is_none)).collect())
+            }
+            Phase::Factor if self.policy.method != crate::compression::policy::Method::Refit => {
+                ("factor", (0..self.mats.len()).filter(|&i| self.done[i].is_none()).collect())
+            }
+            _ => return None,
+        };
+        Some(todo).filter(|(_, t)| !t.is_empty())
+    }
+
+    /// Matrix `i`'s shareable work in the current phase ([`Compressor::shareable`]).
+    pub fn work(&self, i: usize) -> Result<crate::compression::work::Work> {
+        use crate::compression::work::Work;
+        let m = self.mats.get(i).ok_or_else(|| self.no_matrix(i))?;
+        Ok(match self.shareable().map(|(phase, _)| phase) {
+            Some("spectrum") => Work::Spectrum { index: i, matrix: m.clone() },
+            Some("check") => Work::Check(self.job(i)?, self.alt_plans[i].clone()),
+            Some("factor") => Work::Factor(self.job(i)?),
+            _ => return Err(Error::msg(format!("matrix {} has no work to share now", m.name))),
+        })
+    }
+
+    /// Keep what another worker did ([`Compressor::work`]); the step it makes.
+    pub fn accept_done(&mut self, done: crate::compression::work::Done) -> Result<StepInfo> {
+        use crate::compression::work::Done;
+        let n = self.mats.len();
+        let (phase, index, name) = match done {
+            Done::Spectrum { index, values } => {
+                let m = self.mats.get(index).ok_or_else(|| self.no_matrix(index))?;
+                if !matches!(self.phase, Phase::Spectra) || self.spectra[index].is_some() {
+                    return Err(Error::tensor(&m.name, "had its spectrum computed twice"));
+                }
+                self.spectra[index] = Some(values);
+                ("spectrum", index, m.name.clone())
+            }
+            Done::Checked(pair) => {
+                let (a, b) = *pair;
+                let i = a.index;
+                let name = self.mats.get(i).ok_or_else(|| self.no_matrix(i))?.name.clone();
+                match self.checked.get_mut(i) {
+                    Some(slot @ None) => *slot = Some((a, b)),
+                    _ => return Err(Error::tensor(&name, "was checked twice, or outside the allocation check")),
+                }
+                ("check", i, name)
+            }
+            Done::Factored(f) => {
+                let (i, name) = (f.index, f.report.name.clone());
+                self.accept(*f)?;
+                ("factor", i, name)
+            }
+        };
+        let done = match phase {
+            "spectrum" => self.spectra.iter().filter(|s| s.is_some()).count(),
+            "check" => self.checked.iter().filter(|c| c.is_some()).count(),
+            _ => self.accepted(),
+        };
+        Ok(StepInfo { phase, done, total: n, name, index: Some(index) })
     }
 
     /// Whether the factoring can be shared among workers: every plan is made up front (no spectrum pass) and no
@@ -384,10 +527,16 @@ impl Compressor {
         }
         let n = self.mats.len();
         if let Some(i) = self.checked.iter().position(Option::is_none) {
-            let mine = self.job(i)?.run(read)?;
-            let same = match &self.alt_plans[i] {
-                p if *p == self.plans[i] => mine.clone(),
-                p => self.job_with(i, p.clone())?.run(read)?,
+            // both candidates from one read and, activation-aware, one whitened decomposition
+            let (mine, same) = match &self.alt_plans[i] {
+                p if *p == self.plans[i] => {
+                    let mine = self.job(i)?.run(read)?;
+                    (mine.clone(), mine)
+                }
+                p => {
+                    let (mine, same) = self.job(i)?.run_with(read, Some(p.clone()))?;
+                    (mine, same.ok_or_else(|| Error::msg("the allocation check's other candidate is missing"))?)
+                }
             };
             self.checked[i] = Some((mine, same));
             let done = self.checked.iter().filter(|c| c.is_some()).count();
@@ -485,6 +634,8 @@ pub struct Compressed {
     pub resident_bytes: usize,
     /// What the allocation check found, when it ran ([`Policy::checks_allocation`]).
     pub allocation_check: Option<AllocationCheck>,
+    /// What a later compression may take instead of doing the work again ([`Compressor::reuse`]).
+    pub reusable: HashMap<String, Factored>,
 }
 
 impl Compressor {
@@ -501,9 +652,18 @@ impl Compressor {
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| Error::msg("the compression has not finished"))?;
         let model = build_compressed(cfg, ckpt, &self.weights)?;
+        let mut reusable = HashMap::new();
+        for (i, report) in reports.iter().enumerate().filter(|_| !self.policy.method.is_activation_aware()) {
+            if let Some(key) = self.job(i)?.reuse_key() {
+                let weight = self.weights.get(&report.name).cloned();
+                reusable.insert(key, Factored { index: i, report: report.clone(), weight });
+            }
+        }
         // Everything allocated since the compressor started and still alive: the factors, the dense tensors the
-        // compressed model holds as stored, and the (small) layer reports.
+        // compressed model holds as stored, and the (small) layer reports (not the earlier compression's factors,
+        // allocated before it and freed now).
         let resident_bytes = crate::alloc::live_bytes().saturating_sub(self.live_at_start);
+        drop(std::mem::take(&mut self.reuse));
         Ok(Compressed {
             model,
             weights: self.weights,
@@ -511,6 +671,7 @@ impl Compressor {
             policy: self.policy,
             resident_bytes,
             allocation_check: self.check,
+            reusable,
         })
     }
 }

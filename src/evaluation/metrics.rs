@@ -17,8 +17,51 @@ use crate::model::gpt_neo::GptNeo;
 use crate::model::kernels::{compare_rows, exp_row};
 use crate::model::tokenizer::windows;
 use crate::{Error, Result};
+use candle_core::Tensor;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// The original model's final hidden states (after its last LayerNorm) on the windows it has run, by the window's
+/// ids: its logits on a window seen before are made again from them by the head alone, the same to the bit
+/// ([`GptNeo::head_of`]), so that evaluating another compression on the same tokens runs the original's blocks no
+/// more. What the metrics need of the original per position is kept this way rather than its logits (a window of
+/// 512 positions is 512 × hidden floats instead of 512 × vocab). Up to `max_bytes`; a new original means a new one.
+pub struct OriginalStates {
+    states: HashMap<Vec<u32>, Tensor>,
+    bytes: usize,
+    max_bytes: usize,
+    /// Windows whose states were found here.
+    pub hits: usize,
+}
+
+impl Default for OriginalStates {
+    fn default() -> Self {
+        Self { states: HashMap::new(), bytes: 0, max_bytes: 256 << 20, hits: 0 }
+    }
+}
+
+impl OriginalStates {
+    /// One that keeps nothing.
+    pub fn none() -> Self {
+        Self { max_bytes: 0, ..Self::default() }
+    }
+
+    /// The original's logits on `ids`, `[t, vocab]`: from its kept states when it has run this window before.
+    pub fn logits(&mut self, original: &GptNeo, ids: &[u32]) -> Result<Tensor> {
+        if let Some(x) = self.states.get(ids) {
+            self.hits += 1;
+            return original.head_of(x);
+        }
+        let x = original.final_states(ids)?;
+        let size = x.elem_count() * x.dtype().size_in_bytes() + 4 * ids.len();
+        let logits = original.head_of(&x)?;
+        if self.bytes + size <= self.max_bytes {
+            self.bytes += size;
+            self.states.insert(ids.to_vec(), x);
+        }
+        Ok(logits)
+    }
+}
 
 /// The running sums of an evaluation; sums of parts evaluated separately (in other workers) add up.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -242,6 +285,17 @@ impl Evaluator {
 
     /// Evaluate the next window with the original and every model of `compressed` (always the same list).
     pub fn step_many(&mut self, original: &GptNeo, compressed: &[&GptNeo]) -> Result<bool> {
+        self.step_with(original, compressed, &mut OriginalStates::none())
+    }
+
+    /// [`Evaluator::step_many`], the original's logits made from `states` where it has run the window before (and
+    /// kept there otherwise).
+    pub fn step_with(
+        &mut self,
+        original: &GptNeo,
+        compressed: &[&GptNeo],
+        states: &mut OriginalStates,
+    ) -> Result<bool> {
         let index = self.offset + self.next * self.stride;
         let Some(ids) = self.windows.get(index) else { return Ok(false) };
         if self.sums.is_empty() {
@@ -252,7 +306,7 @@ impl Evaluator {
             return Err(Error::msg("an evaluation must compare the same models at every window"));
         }
         let vocab = original.cfg.vocab_size;
-        let lo: Vec<f32> = original.logits(ids)?.flatten_all()?.to_vec1()?;
+        let lo: Vec<f32> = states.logits(original, ids)?.flatten_all()?.to_vec1()?;
         for (s, model) in self.sums.iter_mut().zip(compressed.iter().map(Some).chain(std::iter::repeat(None))) {
             let lc: Option<Vec<f32>> =
                 model.map(|c| c.logits(ids).and_then(|t| Ok(t.flatten_all()?.to_vec1()?))).transpose()?;

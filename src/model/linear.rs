@@ -51,6 +51,16 @@ impl LinearWeight {
         }
     }
 
+    /// The same weight in storage of its own (an `Arc` shares; this copies).
+    pub fn deep_copy(&self) -> Self {
+        let own = |f: &Arc<Factor>| Arc::new(Factor::clone(f));
+        match self {
+            LinearWeight::Dense(t) => LinearWeight::Dense(t.copy().unwrap_or_else(|_| t.clone())),
+            LinearWeight::Matrix(f) => LinearWeight::Matrix(own(f)),
+            LinearWeight::LowRank { u, s, vh } => LinearWeight::LowRank { u: own(u), s: own(s), vh: own(vh) },
+        }
+    }
+
     /// The rank kept, for low-rank storage.
     pub fn rank(&self) -> Option<usize> {
         match self {

@@ -3,13 +3,14 @@
 
 use super::{CompressedSlot, Session, Which};
 use crate::compression::calib::Calibrator;
-use crate::compression::format::{decode_factored, encode_factored, Export};
+use crate::compression::format::Export;
 use crate::compression::matrix::{totals, StepInfo};
 use crate::compression::pipeline::Compressor;
 use crate::compression::policy::{Method, Policy};
 use crate::compression::refit::Refit;
 use crate::compression::sensitivity::Probe;
 use crate::compression::source::{considered_matrices, reader};
+use crate::compression::work::{decode_done, decode_work, encode_done, encode_work};
 use crate::model::tokenizer::strided_windows;
 use crate::session::reports::*;
 use crate::{Error, Result};
@@ -26,7 +27,11 @@ impl Session {
         self.evaluator = None;
         self.generations.retain(|(w, _, _)| *w != Which::Compressed);
         self.compress_started = crate::clock::now();
-        let c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
+        let mut c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
+        // the weights' own spectra an earlier compression of this original computed are not computed again
+        c.know_spectra(self.plain_spectra.clone());
+        // what the compression before factored the same way is taken, not done again (planned up front: taken now)
+        let reused = c.reuse(std::mem::take(&mut self.factor_reuse))?;
         self.calibrator = None;
         self.calibration_ids = None;
         self.refit = None;
@@ -46,26 +51,37 @@ impl Session {
         let total_steps = c.total_steps(b.cfg.num_layers) + cal.map_or(0, |c| c.total_windows());
         let calibration_tokens = cal.map(|c| c.tokens());
         let c = self.compressor.insert(c);
-        Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens, can_split: c.can_split() })
+        let todo = (0..c.mats.len()).filter(|i| !reused.contains(i)).collect();
+        Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens, can_split: c.can_split(), todo })
     }
 
-    /// Factor matrix `index` of the compression begun here, for the worker that coordinates it: the result as bytes
-    /// for [`Session::compress_accept`] (a helper opens the same files, begins the same policy, and holds nothing but
-    /// the matrix it works on).
-    pub fn compress_factor_out(&self, index: usize) -> Result<Vec<u8>> {
-        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+    /// The work of the compression begun here that other workers can do now ([`Compressor::shareable`]): a phase's
+    /// matrices, each handed out by [`Session::compress_work_out`]; `None` when what is left runs here.
+    pub fn compress_shareable(&self) -> Option<Shareable> {
+        let c = self.compressor.as_ref()?;
+        c.shareable().map(|(phase, todo)| Shareable { phase, todo })
+    }
+
+    /// Matrix `index`'s shareable work as bytes, for a helper's [`Session::run_work`] (a helper needs only the same
+    /// files open: the work carries its plan, policy, spectrum and calibration statistics).
+    pub fn compress_work_out(&self, index: usize) -> Result<Vec<u8>> {
         let c = self.compressor.as_ref().ok_or_else(|| Error::msg("no compression was started"))?;
-        encode_factored(&c.job(index)?.run(&reader(&b.ckpt))?)
+        encode_work(&c.work(index)?)
     }
 
-    /// Keep a matrix another worker factored ([`Session::compress_factor_out`]).
+    /// A helper's side: do the work [`Session::compress_work_out`] wrote, reading the weights from this session's
+    /// open files; the result as bytes for the coordinator's [`Session::compress_accept`].
+    pub fn run_work(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
+        encode_done(&decode_work(bytes)?.run(&reader(&b.ckpt))?)
+    }
+
+    /// Keep what another worker did ([`Session::run_work`]).
     pub fn compress_accept(&mut self, bytes: Vec<u8>) -> Result<CompressStep<'_>> {
         let c = self.compressor.as_mut().ok_or_else(|| Error::msg("no compression was started"))?;
-        let f = decode_factored(bytes)?;
-        let (index, name) = (f.index, f.report.name.clone());
-        c.accept(f)?;
-        let info = StepInfo { phase: "factor", done: c.accepted(), total: c.mats.len(), name, index: Some(index) };
-        Ok(CompressStep { info, layer: c.report(index) })
+        let info = c.accept_done(decode_done(bytes)?)?;
+        let layer = if info.phase == "factor" { info.index.and_then(|i| c.report(i)) } else { None };
+        Ok(CompressStep { info, layer })
     }
 
     /// One step of the compression (a calibration window, a spectrum or a matrix), or `None` when every step is done.
@@ -176,6 +192,7 @@ impl Session {
         self.calibrator = None;
         self.calibration_ids = None;
         let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
+        self.plain_spectra.extend(c.plain_spectra());
         let done = c.finish(&b.cfg, &b.ckpt)?;
         let export = Export::new(
             &b.ckpt,
@@ -197,6 +214,7 @@ impl Session {
             resident_bytes: done.resident_bytes,
             allocation_check: done.allocation_check.clone(),
         };
+        self.factor_reuse = done.reusable;
         self.compressed = Some(CompressedSlot {
             model: done.model,
             weights: Some(done.weights),

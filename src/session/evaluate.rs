@@ -77,7 +77,7 @@ impl Session {
         let (done, total) = match self.evaluator.as_mut().ok_or_else(|| Error::msg("no evaluation was started"))? {
             Evaluation::InMemory(ev) => {
                 let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
-                if !ev.step(o, c)? {
+                if !ev.step_with(o, c.as_slice(), &mut self.original_states)? {
                     return Ok(None);
                 }
                 (ev.done(), ev.total_windows())
@@ -123,5 +123,11 @@ impl Session {
             resident_bytes: c.resident_bytes,
         });
         Ok(EvalSummary::new(eval, streamed, b, self.original.as_ref(), c))
+    }
+
+    /// Windows whose original logits were made from the kept states ([`OriginalStates`]) rather than by running
+    /// the original again, since the model was opened.
+    pub fn original_windows_reused(&self) -> usize {
+        self.original_states.hits
     }
 }

@@ -113,6 +113,9 @@ impl Session {
 
     /// Singular values of one weight matrix of the original (for the spectrum plot).
     pub fn spectrum(&self, name: &str) -> Result<Vec<f32>> {
+        if let Some(s) = self.plain_spectra.get(name) {
+            return Ok(s.iter().map(|&x| x as f32).collect());
+        }
         let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
         let m = considered_matrices(&b.cfg, &b.ckpt)?
             .into_iter()

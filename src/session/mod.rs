@@ -16,13 +16,14 @@ mod explore;
 mod generate;
 pub mod memory;
 pub mod reports;
+pub mod speed;
 
 use crate::compression::calib::Calibrator;
-use crate::compression::matrix::LayerReport;
+use crate::compression::matrix::{Factored, LayerReport};
 use crate::compression::pipeline::Compressor;
 use crate::compression::policy::Policy;
 use crate::compression::refit::Refit;
-use crate::evaluation::metrics::Evaluator;
+use crate::evaluation::metrics::{Evaluator, OriginalStates};
 use crate::evaluation::streaming::StreamingEvaluator;
 use crate::explore::{SensitivityRun, TargetSearch};
 use crate::model::bundle::ModelBundle;
@@ -100,6 +101,15 @@ pub struct Session {
     refit: Option<Refit>,
     compressed: Option<CompressedSlot>,
     evaluator: Option<Evaluation>,
+    /// The original's final hidden states on the windows it was evaluated on: a later evaluation on the same tokens
+    /// runs only its head ([`OriginalStates`]). A new original starts a new session, and so new states.
+    original_states: OriginalStates,
+    /// The last compression's plain factors, by what they depend on: the next compression takes those it plans the
+    /// same way instead of factoring them again ([`crate::compression::pipeline::Compressor::reuse`]).
+    factor_reuse: HashMap<String, Factored>,
+    /// The original's weights' own singular values, by matrix name, as compressions computed them (the spectrum pass
+    /// of a later one takes them).
+    plain_spectra: HashMap<String, Vec<f64>>,
     /// A quality target searched one compression at a time ([`Session::target_begin`]).
     target: Option<TargetSearch>,
     /// A sensitivity table measured a matrix at a time ([`Session::sensitivity_begin`]).
@@ -128,6 +138,9 @@ impl Session {
             refit: None,
             compressed: None,
             evaluator: None,
+            original_states: OriginalStates::default(),
+            factor_reuse: HashMap::new(),
+            plain_spectra: HashMap::new(),
             target: None,
             sensitivity: None,
             compress_started: 0.0,

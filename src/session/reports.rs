@@ -49,6 +49,16 @@ pub struct CompressBegin<'a> {
     pub calibration_tokens: Option<usize>,
     /// Whether the matrices can be shared among workers (no spectrum pass, no calibration).
     pub can_split: bool,
+    /// The matrices still to factor (by index): those the compression before had not factored the same way.
+    pub todo: Vec<usize>,
+}
+
+/// Work of a compression that other workers can do now: its phase ("spectrum", "check", "factor") and the matrices
+/// left in it, by index.
+#[derive(Serialize)]
+pub struct Shareable {
+    pub phase: &'static str,
+    pub todo: Vec<usize>,
 }
 
 /// One step of a compression; `layer` is the matrix's report when one was just factored.

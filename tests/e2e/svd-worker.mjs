@@ -5,7 +5,7 @@ self.onmessage = async (e) => {
   await init();
   const [m, n, os, q] = e.data;
   try {
-    self.postMessage(profile_svd(m, n, 128, 3, os, q));
+    self.postMessage(profile_svd({ m, n, rank: 128, runs: 3, oversample: os, power_iters: q }));
   } catch (err) {
     self.postMessage({ error: String(err) });
   }

@@ -186,7 +186,7 @@ impl Default for Policy {
 }
 
 /// A weight matrix the policy looks at.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MatrixInfo {
     pub name: String,
     pub out: usize,
@@ -209,7 +209,7 @@ impl MatrixInfo {
 }
 
 /// What to do with one matrix.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Plan {
     Dense { reason: String },

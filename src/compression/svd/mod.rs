@@ -28,9 +28,9 @@ pub use exact::{
     exact, rank_for_energy, rel_fro_error, rel_fro_error_f32, reserve_scratch, singular_values, stored_error,
     sum_squares, tail_error, Svd,
 };
-pub use profile::{narrow_products, profile, profile_synthetic, SvdProfile};
+pub use profile::{narrow_products, profile, ProfileSpec, SvdProfile};
 pub use randomized::{product_units, randomized, randomized_staged, OVERSAMPLE, POWER_ITERS, RANDOMIZED_STAGES};
-pub use whitened::{rel_activation_error, whitened, whitened_f64};
+pub use whitened::{rel_activation_error, whitened, whitened_f64, Whitened};
 
 use crate::Result;
 

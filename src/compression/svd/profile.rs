@@ -77,18 +77,25 @@ pub fn narrow_products(w: &[f32], m: usize, n: usize, b: usize, l: usize, rounds
         .collect())
 }
 
-/// [`profile`] on `slc synth`'s trained-like `m × n` matrix (seed 1), with the pipeline's oversampling and iterations
-/// where none are given: what `./build.sh bench` runs in the browser.
-pub fn profile_synthetic(
-    m: usize,
-    n: usize,
-    rank: usize,
-    runs: usize,
-    oversample: Option<usize>,
-    power_iters: Option<usize>,
-) -> Result<SvdProfile> {
-    let w = crate::model::synth::matrix(m, n, 1)?;
-    profile(&w, m, n, rank, oversample.unwrap_or(OVERSAMPLE), power_iters.unwrap_or(POWER_ITERS), runs, false)
+/// What to profile on `slc synth`'s trained-like `m × n` matrix (seed 1): what `./build.sh bench` runs in the
+/// browser. The pipeline's oversampling and iterations where none are given.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct ProfileSpec {
+    pub m: usize,
+    pub n: usize,
+    pub rank: usize,
+    pub runs: usize,
+    pub oversample: Option<usize>,
+    pub power_iters: Option<usize>,
+}
+
+impl ProfileSpec {
+    pub fn run(&self) -> Result<SvdProfile> {
+        let (m, n) = (self.m, self.n);
+        let w = crate::model::synth::matrix(m, n, 1)?;
+        let (o, q) = (self.oversample.unwrap_or(OVERSAMPLE), self.power_iters.unwrap_or(POWER_ITERS));
+        profile(&w, m, n, self.rank, o, q, self.runs, false)
+    }
 }
 
 /// Time [`randomized`] with the given oversampling and iterations on the `m × n` matrix `w`, best of `runs`, stage by stage, beside a plain

@@ -180,3 +180,28 @@ fn non_finite_input_is_an_error() {
     let e = randomized(&big, 40, 60, 4, 4, 1, 0).unwrap_err().to_string();
     assert!(e.contains("-inf") && e.contains("index 2000"), "{e}");
 }
+
+#[test]
+fn the_activation_error_from_the_decomposition_equals_the_direct_one() {
+    let (m, n, rows) = (24, 40, 300);
+    let w = random(m, n, 31);
+    let mut rng = Rng::new(9);
+    let x: Vec<f64> = (0..rows * n).map(|k| rng.normal() * (1.0 + 5.0 * ((k % n) as f64 / n as f64))).collect();
+    let mut gram = vec![0f64; n * n];
+    for r in 0..rows {
+        for i in 0..n {
+            for j in 0..n {
+                gram[i * n + j] += x[r * n + i] * x[r * n + j] / rows as f64;
+            }
+        }
+    }
+    let d = Whitened::new(&to_mat(&w, m, n), &gram, 0.01).unwrap();
+    for r in [1, 5, 12] {
+        let s = d.truncate(r);
+        // P = U diag(S), V = Vh
+        let p: Vec<f64> = (0..m * r).map(|k| s.u[k] * s.s[k % r]).collect();
+        let direct = rel_activation_error(&w, &s.reconstruct(), m, n, &gram);
+        let via = d.activation_error(&w, &p, &s.vh, r);
+        assert!((direct - via).abs() < 1e-9 * direct.max(1.0), "rank {r}: {direct} vs {via}");
+    }
+}

@@ -16,30 +16,91 @@ pub fn whitened(w: &[f32], m: usize, n: usize, gram: &[f64], r: usize, damp: f64
 /// [`whitened`] of an f64 matrix `a` (m × n), also returning every singular value of `A L` (the whitened spectrum:
 /// `Σ_{j>r} σ_j²` is the error `tr(ΔW G ΔWᵀ)` of rank r on the damped statistics).
 pub fn whitened_f64(a: &Mat<f64>, gram: &[f64], r: usize, damp: f64) -> Result<(Svd, Vec<f64>)> {
-    let (m, n) = (a.nrows(), a.ncols());
-    if gram.len() != n * n || gram.iter().any(|x| !x.is_finite()) {
-        return Err(Error::Numeric(format!("whitened SVD: the calibration statistics do not fit a {m}×{n} weight")));
+    let d = Whitened::new(a, gram, damp)?;
+    Ok((d.truncate(r), d.all))
+}
+
+/// The whitened decomposition of one matrix in full (`A L = U Σ Vᵀ`, `G + λI = L Lᵀ`), truncated at any rank
+/// afterwards: the allocation check factors a matrix at two ranks from one decomposition, each truncation the same
+/// to the bit as [`whitened_f64`] at that rank.
+pub struct Whitened {
+    m: usize,
+    n: usize,
+    /// `L`, lower triangular.
+    l: Mat<f64>,
+    /// `A L`.
+    al: Mat<f64>,
+    svd: faer::linalg::solvers::Svd<f64>,
+    /// Every singular value of `A L`, descending.
+    pub all: Vec<f64>,
+    /// λ, the damping added to the statistics' diagonal.
+    pub lambda: f64,
+}
+
+impl Whitened {
+    pub fn new(a: &Mat<f64>, gram: &[f64], damp: f64) -> Result<Self> {
+        let (m, n) = (a.nrows(), a.ncols());
+        if gram.len() != n * n || gram.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Numeric(format!(
+                "whitened SVD: the calibration statistics do not fit a {m}×{n} weight"
+            )));
+        }
+        if a.col_iter().any(|c| c.iter().any(|x| !x.is_finite())) {
+            return Err(Error::Numeric("whitened SVD: the matrix has non-finite values".into()));
+        }
+        let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
+        let lambda = damp * mean_diag.max(f64::MIN_POSITIVE);
+        let g = Mat::from_fn(n, n, |i, j| gram[i * n + j] + if i == j { lambda } else { 0.0 });
+        let llt = g.llt(faer::Side::Lower).map_err(|e| {
+            Error::Numeric(format!("whitened SVD: the calibration statistics are not positive definite ({e:?})"))
+        })?;
+        let l = llt.L().to_owned();
+        let al = a * &l;
+        let svd = al.thin_svd().map_err(|e| Error::Numeric(format!("SVD did not converge ({e:?})")))?;
+        let all: Vec<f64> = svd.S().column_vector().iter().copied().collect();
+        Ok(Self { m, n, l, al, svd, all, lambda })
     }
-    if a.col_iter().any(|c| c.iter().any(|x| !x.is_finite())) {
-        return Err(Error::Numeric("whitened SVD: the matrix has non-finite values".into()));
+
+    /// The rank-`r` truncation as an [`Svd`] whose `vh` is `Vᵀ L⁻¹`.
+    pub fn truncate(&self, r: usize) -> Svd {
+        let (m, n) = (self.m, self.n);
+        let r = r.min(m.min(n));
+        let s: Vec<f64> = self.all.iter().copied().take(r).collect();
+        let u = self.svd.U().subcols(0, r).to_owned();
+        // Vh = Vᵀ L⁻¹, i.e. Vhᵀ = L⁻ᵀ V: solve Lᵀ X = V
+        let mut x = self.svd.V().subcols(0, r).to_owned();
+        faer::linalg::triangular_solve::solve_upper_triangular_in_place(self.l.transpose(), x.as_mut(), faer::Par::Seq);
+        Svd { m, n, u: rows_of(u.as_ref()), s, vh: rows_of_t(x.as_ref()) }
     }
-    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
-    let lambda = damp * mean_diag.max(f64::MIN_POSITIVE);
-    let g = Mat::from_fn(n, n, |i, j| gram[i * n + j] + if i == j { lambda } else { 0.0 });
-    let llt = g.llt(faer::Side::Lower).map_err(|e| {
-        Error::Numeric(format!("whitened SVD: the calibration statistics are not positive definite ({e:?})"))
-    })?;
-    let l = llt.L();
-    let al = a * l;
-    let svd = al.thin_svd().map_err(|e| Error::Numeric(format!("SVD did not converge ({e:?})")))?;
-    let all: Vec<f64> = svd.S().column_vector().iter().copied().collect();
-    let r = r.min(m.min(n));
-    let s: Vec<f64> = all.iter().copied().take(r).collect();
-    let u = svd.U().subcols(0, r).to_owned();
-    // Vh = Vᵀ L⁻¹, i.e. Vhᵀ = L⁻ᵀ V: solve Lᵀ X = V
-    let mut x = svd.V().subcols(0, r).to_owned();
-    faer::linalg::triangular_solve::solve_upper_triangular_in_place(l.transpose(), x.as_mut(), faer::Par::Seq);
-    Ok((Svd { m, n, u: rows_of(u.as_ref()), s, vh: rows_of_t(x.as_ref()) }, all))
+
+    /// sqrt(tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)) for `ΔW = W − P V` (`w` the weight, the stored factors `P = U diag(S)` m × r
+    /// and `V` r × n as f64 row-major): the relative error on the calibration activations ([`rel_activation_error`]),
+    /// from this decomposition's `A L` without an m × n × n product. With `G + λI = L Lᵀ`:
+    /// `tr(D G Dᵀ) = ‖D L‖² − λ‖D‖²` with `D L = A L − P (V L)`, and `tr(W G Wᵀ) = Σ σ² − λ‖W‖²`.
+    pub fn activation_error(&self, w: &[f32], p: &[f64], v: &[f64], r: usize) -> f64 {
+        let (m, n) = (self.m, self.n);
+        let (pm, vm) = (faer::MatRef::from_row_major_slice(p, m, r), faer::MatRef::from_row_major_slice(v, r, n));
+        let wl = pm * (vm * &self.l);
+        let pv = pm * vm;
+        let (mut dl2, mut d2, mut w2) = (0f64, 0f64, 0f64);
+        for i in 0..m {
+            for j in 0..n {
+                let e = self.al[(i, j)] - wl[(i, j)];
+                dl2 += e * e;
+                let x = w[i * n + j] as f64;
+                let d = x - pv[(i, j)];
+                d2 += d * d;
+                w2 += x * x;
+            }
+        }
+        let den = self.all.iter().map(|s| s * s).sum::<f64>() - self.lambda * w2;
+        let num = (dl2 - self.lambda * d2).max(0.0);
+        if den <= 0.0 {
+            0.0
+        } else {
+            (num / den).sqrt()
+        }
+    }
 }
 
 /// sqrt(tr((W − W_r) G (W − W_r)ᵀ) / tr(W G Wᵀ)): the relative error on the calibration activations.

@@ -151,10 +151,20 @@ impl GptNeo {
         self.head.forward(x)
     }
 
-    /// Logits for one sequence of ids, `[t, vocab]`.
+    /// Logits for one sequence of ids, `[t, vocab]`: [`GptNeo::head_of`] the [`GptNeo::final_states`].
     pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        self.head_of(&self.final_states(ids)?)
+    }
+
+    /// The hidden states of one sequence of ids after the final LayerNorm, `[1, t, hidden]`: what the head reads.
+    pub fn final_states(&self, ids: &[u32]) -> Result<Tensor> {
         let ids = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
-        Ok(self.forward(&ids, None)?.squeeze(0)?)
+        Ok(self.trunk(&ids, None, false, &mut |_, _| Ok(()))?.0)
+    }
+
+    /// The head alone on [`GptNeo::final_states`]: the logits `[t, vocab]`, the same to the bit as [`GptNeo::logits`].
+    pub fn head_of(&self, states: &Tensor) -> Result<Tensor> {
+        Ok(self.head.head.forward(states)?.squeeze(0)?)
     }
 
     /// Run one sequence of ids as [`GptNeo::logits`] does, showing every linear layer's input (the head's too) to
