@@ -32,6 +32,11 @@ pub enum Error {
     #[error("{0}")]
     Numeric(String),
 
+    /// The GPU failed: no device, out of its memory, lost, or a limit the model needs is not there. The work it was
+    /// doing can run on the CPU.
+    #[error("{0}")]
+    Gpu(String),
+
     /// Anything else, said as a sentence.
     #[error("{0}")]
     Msg(String),
@@ -60,6 +65,7 @@ pub enum ErrorKind {
     Setting,
     Memory,
     Numeric,
+    Gpu,
     Other,
 }
 
@@ -73,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Setting => "setting",
             ErrorKind::Memory => "memory",
             ErrorKind::Numeric => "numeric",
+            ErrorKind::Gpu => "gpu",
             ErrorKind::Other => "other",
         }
     }
@@ -89,6 +96,7 @@ impl Error {
             Error::Policy(_) => ErrorKind::Setting,
             Error::Memory(_) => ErrorKind::Memory,
             Error::Numeric(_) | Error::Candle(_) => ErrorKind::Numeric,
+            Error::Gpu(_) => ErrorKind::Gpu,
             Error::Msg(_) | Error::Json(_) => ErrorKind::Other,
         }
     }

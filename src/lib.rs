@@ -10,6 +10,8 @@
 //!   Imports [`model`].
 //! * [`explore`] — many compressions of one model, each measured: sweeps of methods × budgets, the smallest model
 //!   meeting a quality target, the per-matrix sensitivity table. Imports [`compression`], [`evaluation`], [`model`].
+//! * [`gpu`] — the forward pass and the evaluation's metrics on the GPU (`wgpu`: WebGPU in the browser, Vulkan,
+//!   Metal or DX12 natively), beside the CPU's. Imports [`model`], [`evaluation`].
 //! * [`session`] — one person's work with one model as the page runs it (open, load, compress, evaluate, generate,
 //!   export; what a new model invalidates; memory checks). Imports the wings above.
 //! * [`error`], [`alloc`] and [`clock`] — the one error type, the counting allocator and the clock, below everything.
@@ -23,6 +25,7 @@ pub mod compression;
 pub mod error;
 pub mod evaluation;
 pub mod explore;
+pub mod gpu;
 pub mod model;
 pub mod session;
 

@@ -63,6 +63,26 @@ impl OriginalStates {
     }
 }
 
+/// What the figures need of one position's logits, over the vocabulary: each model's largest logit, Σ e^(logit −
+/// largest), the target's logit and the (first) argmax; between the two, Σ o·c, Σ o², Σ c², Σ (o − c)² and
+/// Σ e^(o − max o)(o − c). The CPU computes them from its logits, the GPU from logits it never reads back.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PositionStats {
+    pub max_o: f32,
+    pub sum_o: f64,
+    pub target_o: f32,
+    pub top_o: usize,
+    pub max_c: f32,
+    pub sum_c: f64,
+    pub target_c: f32,
+    pub top_c: usize,
+    pub dot: f64,
+    pub norm_o: f64,
+    pub norm_c: f64,
+    pub sq_err: f64,
+    pub kl_raw: f64,
+}
+
 /// The running sums of an evaluation; sums of parts evaluated separately (in other workers) add up.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct Sums {
@@ -87,33 +107,63 @@ impl Sums {
         let (mut po, mut pc) = (Vec::new(), Vec::new());
         for (p, o) in lo.chunks_exact(vocab).enumerate() {
             // e^(o − max) once per position: its sum gives log Σ e^o, and it weighs the KL terms
-            let (mo, sum_o) = exp_row(o, &mut po);
-            let lse_o = mo as f64 + sum_o.ln();
+            let (max_o, sum_o) = exp_row(o, &mut po);
             let target = ids.get(p + 1).map(|&t| t as usize);
-            if let Some(t) = target {
-                self.nll_orig += lse_o - o[t] as f64;
-                self.predictions += 1;
+            let mut s = PositionStats {
+                max_o,
+                sum_o,
+                target_o: target.map_or(0.0, |t| o[t]),
+                top_o: argmax(o),
+                ..PositionStats::default()
+            };
+            if let Some(lc) = lc {
+                let c = &lc[p * vocab..(p + 1) * vocab];
+                let (max_c, sum_c) = exp_row(c, &mut pc);
+                let [dot, norm_o, norm_c, sq_err, kl_raw] = compare_rows(o, c, &po);
+                s = PositionStats {
+                    max_c,
+                    sum_c,
+                    target_c: target.map_or(0.0, |t| c[t]),
+                    dot,
+                    norm_o,
+                    norm_c,
+                    sq_err,
+                    kl_raw,
+                    top_c: argmax(c),
+                    ..s
+                };
             }
-            self.positions += 1;
-            let Some(lc) = lc else { continue };
-            let c = &lc[p * vocab..(p + 1) * vocab];
-            let (mc, sum_c) = exp_row(c, &mut pc);
-            let lse_c = mc as f64 + sum_c.ln();
-            if let Some(t) = target {
-                self.nll_comp += lse_c - c[t] as f64;
-            }
-            // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
-            let [dot, no, nc, se, kl] = compare_rows(o, c, &po);
-            let kl = kl / sum_o - lse_o + lse_c;
-            self.cos_sum += if no > 0.0 && nc > 0.0 { dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
-            self.dot += dot;
-            self.norm_o += no;
-            self.norm_c += nc;
-            self.sq_err += se;
-            self.logits += o.len();
-            self.kl_sum += kl.max(0.0);
-            self.top1_agree += (argmax(o) == argmax(c)) as usize;
+            self.add_position(&s, target.is_some(), lc.is_some(), vocab);
         }
+    }
+
+    /// Add one position's [`PositionStats`] (`target`: whether it predicts a token; `compare`: whether the
+    /// compressed model's terms are there).
+    pub fn add_position(&mut self, s: &PositionStats, target: bool, compare: bool, vocab: usize) {
+        let lse_o = s.max_o as f64 + s.sum_o.ln();
+        if target {
+            self.nll_orig += lse_o - s.target_o as f64;
+            self.predictions += 1;
+        }
+        self.positions += 1;
+        if !compare {
+            return;
+        }
+        let lse_c = s.max_c as f64 + s.sum_c.ln();
+        if target {
+            self.nll_comp += lse_c - s.target_c as f64;
+        }
+        // KL(p_o ‖ p_c) = Σ p_o (log p_o − log p_c) = Σ p_o (o − c) − lse_o + lse_c, as Σ p_o = 1
+        let kl = s.kl_raw / s.sum_o - lse_o + lse_c;
+        let (no, nc) = (s.norm_o, s.norm_c);
+        self.cos_sum += if no > 0.0 && nc > 0.0 { s.dot / (no.sqrt() * nc.sqrt()) } else { 0.0 };
+        self.dot += s.dot;
+        self.norm_o += no;
+        self.norm_c += nc;
+        self.sq_err += s.sq_err;
+        self.logits += vocab;
+        self.kl_sum += kl.max(0.0);
+        self.top1_agree += (s.top_o == s.top_c) as usize;
     }
 
     pub(crate) fn report(
@@ -316,6 +366,36 @@ impl Evaluator {
         }
         self.next += 1;
         Ok(true)
+    }
+
+    /// The window the next step evaluates: its index and ids, or `None` when this part is finished.
+    pub fn next_window(&self) -> Option<(usize, &[u32])> {
+        let index = self.offset + self.next * self.stride;
+        self.windows.get(index).map(|w| (index, w.as_slice()))
+    }
+
+    /// Take the next window's figures as computed elsewhere (the GPU): its [`PositionStats`], one a position, with
+    /// the compressed model's terms when `compare`.
+    pub fn accept_window(&mut self, stats: &[PositionStats], compare: bool, vocab: usize) -> Result<()> {
+        let Some((index, ids)) = self.next_window() else { return Err(Error::msg("the evaluation has finished")) };
+        let n = ids.len();
+        if stats.len() != n {
+            return Err(Error::msg(format!("{} positions' figures for a window of {n}", stats.len())));
+        }
+        if self.sums.is_empty() {
+            self.sums = vec![BTreeMap::new()];
+            self.compare = compare;
+        }
+        if self.sums.len() != 1 || self.compare != compare {
+            return Err(Error::msg("an evaluation must compare the same models at every window"));
+        }
+        let mut one = Sums::default();
+        for (p, s) in stats.iter().enumerate() {
+            one.add_position(s, p + 1 < n, compare, vocab);
+        }
+        self.sums[0].insert(index, one);
+        self.next += 1;
+        Ok(())
     }
 
     /// The report for the first (or only) compressed model.

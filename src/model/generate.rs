@@ -1,6 +1,7 @@
 //! Text generation: greedy decoding, or sampling with temperature, top-k, top-p and a seed, with a KV cache.
 //! Stops at the end-of-sequence token, at a token limit, or at the model's last position.
 
+use crate::model::config::GptNeoConfig;
 use crate::model::gpt_neo::{GptNeo, KvCache};
 use crate::{Error, Result};
 use candle_core::{Device, Tensor};
@@ -149,6 +150,9 @@ impl Sampler {
 pub struct Generation {
     cache: KvCache,
     pending: Vec<u32>,
+    /// Positions run so far, and how many the model reads.
+    positions: usize,
+    max_positions: usize,
     sampler: Sampler,
     max_new: usize,
     eos: Option<u32>,
@@ -160,26 +164,34 @@ pub struct Generation {
 impl Generation {
     /// Start from `prompt` (an empty prompt starts from the BOS token).
     pub fn new(model: &GptNeo, prompt: &[u32], params: SamplingParams) -> Result<Self> {
+        Self::for_config(&model.cfg, prompt, params)
+    }
+
+    /// [`Generation::new`] for a model of config `cfg`, wherever it runs (the GPU's steps go through
+    /// [`Generation::pending`] and [`Generation::accept`]).
+    pub fn for_config(cfg: &GptNeoConfig, prompt: &[u32], params: SamplingParams) -> Result<Self> {
         params.validate()?;
-        let pending =
-            if prompt.is_empty() {
-                vec![model.cfg.bos_token_id.or(model.cfg.eos_token_id).ok_or_else(|| {
-                    Error::msg("the prompt is empty and config.json names no bos_token_id to start from")
-                })?]
-            } else {
-                prompt.to_vec()
-            };
-        if pending.len() >= model.cfg.max_position_embeddings {
+        let pending = if prompt.is_empty() {
+            vec![cfg
+                .bos_token_id
+                .or(cfg.eos_token_id)
+                .ok_or_else(|| Error::msg("the prompt is empty and config.json names no bos_token_id to start from"))?]
+        } else {
+            prompt.to_vec()
+        };
+        if pending.len() >= cfg.max_position_embeddings {
             return Err(Error::msg(format!(
                 "the prompt has {} tokens; the model reads at most {}",
                 pending.len(),
-                model.cfg.max_position_embeddings
+                cfg.max_position_embeddings
             )));
         }
-        let eos = if params.stop_at_eos { model.cfg.eos_token_id } else { None };
+        let eos = if params.stop_at_eos { cfg.eos_token_id } else { None };
         Ok(Self {
-            cache: KvCache::new(model.cfg.num_layers),
+            cache: KvCache::new(cfg.num_layers),
             pending,
+            positions: 0,
+            max_positions: cfg.max_position_embeddings,
             max_new: params.max_new_tokens,
             sampler: Sampler::new(params),
             eos,
@@ -207,22 +219,44 @@ impl Generation {
 
     /// Produce the next token, or `None` when finished.
     pub fn step(&mut self, model: &GptNeo) -> Result<Option<u32>> {
-        if self.done
-            || self.tokens.len() >= self.max_new
-            || self.cache.seq_len + self.pending.len() > model.cfg.max_position_embeddings
-        {
-            self.done = true;
+        if self.pending().is_none() {
             return Ok(None);
         }
         let ids = Tensor::from_slice(&self.pending, (1, self.pending.len()), &Device::Cpu)?;
         let logits: Vec<f32> = model.forward_last(&ids, Some(&mut self.cache))?.squeeze(0)?.to_vec1()?;
-        let next = self.sampler.sample(&logits);
+        Ok(Some(self.accept(&logits)))
+    }
+
+    /// The ids the next step runs after the positions already run (the prompt, then each new token), or `None`
+    /// when the generation is finished.
+    pub fn pending(&mut self) -> Option<&[u32]> {
+        if self.done || self.tokens.len() >= self.max_new || self.positions + self.pending.len() > self.max_positions {
+            self.done = true;
+            return None;
+        }
+        Some(&self.pending)
+    }
+
+    /// Tokens it may still produce.
+    pub fn remaining(&self) -> usize {
+        self.max_new.saturating_sub(self.tokens.len())
+    }
+
+    /// Positions run so far.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+
+    /// The next token, from the logits of the last position of [`Generation::pending`]'s ids.
+    pub fn accept(&mut self, logits: &[f32]) -> u32 {
+        let next = self.sampler.sample(logits);
+        self.positions += self.pending.len();
         self.tokens.push(next);
         self.pending = vec![next];
         if Some(next) == self.eos || self.tokens.len() >= self.max_new {
             self.done = true;
         }
-        Ok(Some(next))
+        next
     }
 }
 

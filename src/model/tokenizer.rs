@@ -12,6 +12,7 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        check_bpe_merges(bytes)?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| Error::Tokenizer(format!("cannot be loaded ({e})")))?;
         Ok(Self { inner })
@@ -84,9 +85,12 @@ fn slow_to_json(
             .split_once(' ')
             .filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '))
             .ok_or_else(|| bad("merges.txt", format!("line {} is not two tokens separated by a space", n + 1)))?;
-        for t in [a, b] {
+        for t in [a, b, &format!("{a}{b}")] {
             if !vocab.contains_key(t) {
-                return Err(bad("merges.txt", format!("line {} merges {t:?}, which vocab.json does not have", n + 1)));
+                return Err(bad(
+                    "merges.txt",
+                    format!("line {} merges into {t:?}, which vocab.json does not have", n + 1),
+                ));
             }
         }
         merges.push(Value::String(format!("{a} {b}")));
@@ -151,6 +155,40 @@ fn slow_to_json(
         }
     });
     Ok(tokenizer.to_string())
+}
+
+/// Checks what the `tokenizers` crate's BPE builder takes on trust (and panics on): that every merge's result is a
+/// token of the vocabulary. A merge whose parts are missing, or a file that is not JSON, is left to the crate, which
+/// reports it.
+fn check_bpe_merges(bytes: &[u8]) -> Result<()> {
+    let Ok(json) = serde_json::from_slice::<Value>(bytes) else { return Ok(()) };
+    let model = &json["model"];
+    let (Some(vocab), Some(merges)) = (model["vocab"].as_object(), model["merges"].as_array()) else { return Ok(()) };
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("");
+    for (n, merge) in merges.iter().enumerate() {
+        let (a, b) = match merge {
+            Value::String(s) => match s.split(' ').collect::<Vec<_>>()[..] {
+                [a, b] => (a, b),
+                _ => continue,
+            },
+            Value::Array(pair) => match pair.as_slice() {
+                [Value::String(a), Value::String(b)] => (a.as_str(), b.as_str()),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if !vocab.contains_key(a) || !vocab.contains_key(b) {
+            continue;
+        }
+        let merged = b.get(prefix.len()..).map(|rest| format!("{a}{rest}"));
+        if merged.as_ref().is_none_or(|m| !vocab.contains_key(m)) {
+            return Err(Error::Tokenizer(format!(
+                "cannot be loaded (merge {} joins {a:?} and {b:?} into a token its vocabulary does not have)",
+                n + 1
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Turns a growing list of ids into text pieces, holding back a piece that ends inside a UTF-8 character (byte-level
@@ -244,5 +282,22 @@ mod tests {
         }
         assert!(strided_windows(&ids, 40, 16, Some(0)).is_err());
         assert!(strided_windows(&ids, 40, 1, Some(1)).is_err());
+    }
+
+    #[test]
+    fn a_merge_into_a_token_the_vocabulary_lacks_is_refused_not_a_panic() {
+        // the tokenizers crate copies the joined token into a buffer as long as the vocabulary's longest token
+        let vocab = br#"{"a": 0, "b": 1, "c": 2, "bc": 3, "abc": 4}"#;
+        let err = Tokenizer::from_slow_files(vocab, b"#version: 0.2\nbc b\n", None, None).err().unwrap();
+        assert!(err.to_string().contains("line 2 merges into \"bcb\""), "{err}");
+        let (tok, _) = Tokenizer::from_slow_files(vocab, b"b c\na bc\n", None, None).unwrap();
+        assert_eq!(tok.encode("abc").unwrap(), [4]);
+        for merges in [r#"["bc b"]"#, r#"[["bc", "b"]]"#] {
+            let json = format!(
+                r#"{{"version": "1.0", "model": {{"type": "BPE", "vocab": {{"a": 0, "b": 1, "c": 2, "bc": 3, "abc": 4}}, "merges": {merges}}}}}"#
+            );
+            let err = Tokenizer::from_bytes(json.as_bytes()).err().unwrap();
+            assert!(err.to_string().contains("merge 1 joins \"bc\" and \"b\""), "{err}");
+        }
     }
 }

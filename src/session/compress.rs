@@ -19,6 +19,7 @@ impl Session {
     /// Start compressing the original with `policy`. The activation-aware method reads the first
     /// `calibration_tokens` tokens of `calibration_text` through the original model, which must be loaded.
     pub fn compress_begin(&mut self, policy: Policy, calibration_text: Option<&str>) -> Result<CompressBegin<'_>> {
+        self.gpu_forget(false);
         let b = self
             .bundle
             .as_ref()
@@ -215,6 +216,7 @@ impl Session {
             allocation_check: done.allocation_check.clone(),
         };
         self.factor_reuse = done.reusable;
+        self.gpu_forget(false);
         self.compressed = Some(CompressedSlot {
             model: done.model,
             weights: Some(done.weights),

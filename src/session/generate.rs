@@ -20,6 +20,7 @@ impl Session {
         )?;
         let g = Generation::new(model, &ids, params)?;
         self.generations.retain(|(w, _, _)| *w != which);
+        self.gpu_drop_decoder(which);
         self.generations.push((which, g, TextStream::default()));
         Ok(())
     }

@@ -14,6 +14,7 @@ mod compress;
 mod evaluate;
 mod explore;
 mod generate;
+pub mod gpu;
 pub mod memory;
 pub mod reports;
 pub mod speed;
@@ -118,6 +119,8 @@ pub struct Session {
     compress_started: f64,
     generations: Vec<(Which, Generation, TextStream)>,
     memory: MemoryBudget,
+    /// The GPU, when one is in use, and the models put on it.
+    gpu: Option<gpu::GpuState>,
     /// The heap's size, for [`Session::memory`].
     heap: fn() -> f64,
 }
@@ -146,6 +149,7 @@ impl Session {
             compress_started: 0.0,
             generations: Vec::new(),
             memory,
+            gpu: None,
             heap: heap.unwrap_or(live_heap),
         }
     }
@@ -197,6 +201,7 @@ impl Session {
                 };
             self.generations.retain(|(w, _, _)| *w != Which::Compressed);
             self.compressed = None;
+            self.gpu_forget(false);
             self.evaluator = None;
             let need = bundle.estimate_model_bytes(true) as f64;
             self.memory.check("the compressed model", need, 0.8, "the file itself is fine")?;
@@ -208,6 +213,7 @@ impl Session {
                 // compared with nothing: it becomes the session's only model
                 self.bundle = None;
                 self.original = None;
+                self.gpu_forget(true);
                 self.sensitivity = None;
                 self.generations.clear();
             }
@@ -231,7 +237,10 @@ impl Session {
                 policy,
             });
         }
+        let gpu = self.gpu.take();
         *self = Session::new(self.memory, Some(self.heap));
+        self.gpu = gpu;
+        self.gpu_forget(true);
         self.bundle = Some(bundle);
         Ok(OpenReport {
             summary,
@@ -247,10 +256,23 @@ impl Session {
     /// Load the original model's weights (f32, or kept in f16/bf16 when f32 would not fit), calling
     /// `progress(done, total, tensor)` after each tensor.
     pub fn load(&mut self, progress: &dyn Fn(usize, usize, &str)) -> Result<Loaded> {
+        self.gpu_forget(true);
         let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
         // f32 if it fits; else 16-bit matrices as stored; else every matrix in f16
         let at = |p: Precision| (p, b.estimate_bytes_at(p) as f64);
         let tries = [at(Precision::F32), at(Precision::AsStored), at(Precision::F16)];
+        let tensor_bytes = b.tensor_bytes();
+        if self.gpu.is_some() && !self.memory.fits(tries[0].1, 0.8) {
+            // the GPU reads it from its file as stored; no copy of it is made here
+            return Ok(Loaded {
+                bytes: 0,
+                keep_half: false,
+                precision: Precision::AsStored,
+                resident_bytes: 0,
+                tensor_bytes,
+                on_gpu_only: true,
+            });
+        }
         let Some(&(precision, _)) = tries.iter().find(|(_, bytes)| self.memory.fits(*bytes, 0.8)) else {
             return Err(self.memory.no_room(
                 "the original model (every matrix in f16)",
@@ -265,7 +287,7 @@ impl Session {
         let model = model?;
         let bytes = model.weight_bytes();
         self.original = Some(model);
-        Ok(Loaded { bytes, keep_half, precision, resident_bytes: resident, tensor_bytes: b.tensor_bytes() })
+        Ok(Loaded { bytes, keep_half, precision, resident_bytes: resident, tensor_bytes, on_gpu_only: false })
     }
 
     fn bundle_and_original(&self) -> Result<(&ModelBundle, &GptNeo)> {

@@ -39,6 +39,8 @@ pub struct Loaded {
     pub precision: crate::model::weights::Precision,
     pub resident_bytes: usize,
     pub tensor_bytes: u64,
+    /// Left in its file for the GPU to read, a tensor at a time (a GPU is in use and f32 would not fit here).
+    pub on_gpu_only: bool,
 }
 
 /// A compression just started.

@@ -141,6 +141,11 @@ impl GptNeo {
         self.emb.forward(&Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?, 0)
     }
 
+    /// The embeddings and the head (what the GPU wing uploads besides the blocks).
+    pub(crate) fn ends(&self) -> (&Embeddings, &Head) {
+        (&self.emb, &self.head)
+    }
+
     /// The blocks, in order.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks

@@ -1,0 +1,269 @@
+//! The compiled kernels, and a [`Batch`] that records dispatches and copies and submits them at once: each
+//! dispatch's parameters go into one uniform buffer, a 256-byte slot each, written before the work is submitted.
+
+use super::Gpu;
+use wgpu::{BindGroupLayout, Buffer, ComputePipeline};
+
+/// How a weight matrix is stored on the GPU: the `KIND` its kernels are compiled for (`wgsl/weight.wgsl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    F32 = 0,
+    F16 = 1,
+    Bf16 = 2,
+    Int8PerRow = 3,
+    Int8PerTensor = 4,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::F32, Kind::F16, Kind::Bf16, Kind::Int8PerRow, Kind::Int8PerTensor];
+
+    /// Bits an element takes.
+    pub fn bits(self) -> u64 {
+        match self {
+            Kind::F32 => 32,
+            Kind::F16 | Kind::Bf16 => 16,
+            Kind::Int8PerRow | Kind::Int8PerTensor => 8,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::F32 => "f32",
+            Kind::F16 => "f16",
+            Kind::Bf16 => "bf16",
+            Kind::Int8PerRow => "int8 per-row",
+            Kind::Int8PerTensor => "int8 per-tensor",
+        }
+    }
+}
+
+/// A binding's kind: read-only storage, read-write storage, uniform.
+#[derive(Clone, Copy)]
+enum Slot {
+    R,
+    W,
+    U,
+}
+
+/// One kernel: its pipeline and the layout of its one bind group.
+pub struct Kernel {
+    pipeline: ComputePipeline,
+    layout: BindGroupLayout,
+    name: &'static str,
+}
+
+/// Every kernel, compiled once per device (the weight-reading ones once per [`Kind`]).
+pub struct Kernels {
+    /// x · Wᵀ in tiles, by weight kind.
+    pub linear: Vec<Kernel>,
+    /// One row of x times W, by weight kind.
+    pub gemv: Vec<Kernel>,
+    /// The embeddings, by the token embedding's kind.
+    pub embed: Vec<Kernel>,
+    pub bmm: Kernel,
+    pub softmax: Kernel,
+    pub layernorm: Kernel,
+    pub metrics: Kernel,
+    pub copy: Kernel,
+    pub madd: Kernel,
+}
+
+const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
+
+fn layout(device: &wgpu::Device, slots: &[Slot]) -> BindGroupLayout {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match s {
+                    Slot::R => wgpu::BufferBindingType::Storage { read_only: true },
+                    Slot::W => wgpu::BufferBindingType::Storage { read_only: false },
+                    Slot::U => wgpu::BufferBindingType::Uniform,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries })
+}
+
+fn kernel(
+    device: &wgpu::Device,
+    name: &'static str,
+    source: &str,
+    entry: &str,
+    slots: &[Slot],
+    constants: &[(&str, f64)],
+) -> Kernel {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(name),
+        source: wgpu::ShaderSource::Wgsl(source.into()),
+    });
+    let layout = layout(device, slots);
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(name),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(name),
+        layout: Some(&pl),
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions { constants, zero_initialize_workgroup_memory: true },
+        cache: None,
+    });
+    Kernel { pipeline, layout, name }
+}
+
+impl Kernels {
+    pub fn new(device: &wgpu::Device) -> Self {
+        use Slot::*;
+        let weighted = |name: &'static str, body: &str, slots: &[Slot]| -> Vec<Kernel> {
+            let source = format!("{WEIGHT}\n{body}");
+            Kind::ALL
+                .iter()
+                .map(|k| kernel(device, name, &source, "main", slots, &[("KIND", *k as u32 as f64)]))
+                .collect()
+        };
+        let rrrrwu = [R, R, R, R, W, U];
+        let probe = include_str!("wgsl/probe.wgsl");
+        Kernels {
+            linear: weighted("linear", include_str!("wgsl/linear.wgsl"), &rrrrwu),
+            gemv: weighted("gemv", include_str!("wgsl/gemv.wgsl"), &rrrrwu),
+            embed: weighted("embed", include_str!("wgsl/embed.wgsl"), &rrrrwu),
+            bmm: kernel(device, "bmm", include_str!("wgsl/bmm.wgsl"), "main", &[R, R, W, U], &[]),
+            softmax: kernel(device, "softmax", include_str!("wgsl/softmax.wgsl"), "main", &[W, U], &[]),
+            layernorm: kernel(device, "layernorm", include_str!("wgsl/layernorm.wgsl"), "main", &[R, R, R, W, U], &[]),
+            metrics: kernel(device, "metrics", include_str!("wgsl/metrics.wgsl"), "main", &[R, R, R, W, U], &[]),
+            copy: kernel(device, "copy", probe, "copy", &[R, W, U], &[]),
+            madd: kernel(device, "madd", probe, "madd", &[R, W, U], &[]),
+        }
+    }
+}
+
+/// A kernel's parameters: 32-bit words in the order of its `Params` struct.
+#[derive(Clone, Default)]
+pub struct Params(pub Vec<u32>);
+
+impl Params {
+    pub fn u(mut self, v: usize) -> Self {
+        self.0.push(v as u32);
+        self
+    }
+    pub fn i(mut self, v: i32) -> Self {
+        self.0.push(v as u32);
+        self
+    }
+    pub fn f(mut self, v: f32) -> Self {
+        self.0.push(v.to_bits());
+        self
+    }
+}
+
+const SLOT: u64 = 256;
+
+enum Op<'k> {
+    Dispatch { kernel: &'k Kernel, buffers: Vec<Buffer>, params: usize, groups: [u32; 3] },
+    Copy { src: Buffer, src_off: u64, dst: Buffer, dst_off: u64, bytes: u64 },
+}
+
+/// Dispatches and copies recorded in order, then submitted together by [`Batch::submit`].
+pub struct Batch<'g> {
+    gpu: &'g Gpu,
+    ops: Vec<Op<'g>>,
+    params: Vec<u8>,
+}
+
+/// `n` workgroups as (x, y) within the 65535 a dimension allows.
+pub fn spread(n: usize) -> [u32; 3] {
+    let n = n.max(1) as u32;
+    if n <= 65535 {
+        [n, 1, 1]
+    } else {
+        [65535, n.div_ceil(65535), 1]
+    }
+}
+
+impl<'g> Batch<'g> {
+    pub fn new(gpu: &'g Gpu) -> Self {
+        Batch { gpu, ops: Vec::new(), params: Vec::new() }
+    }
+
+    pub fn gpu(&self) -> &'g Gpu {
+        self.gpu
+    }
+
+    /// Run `kernel` over `groups` workgroups with `buffers` bound in order and `params` as its uniform.
+    pub fn dispatch(&mut self, kernel: &'g Kernel, buffers: &[&Buffer], params: Params, groups: [u32; 3]) {
+        let at = self.params.len();
+        for w in &params.0 {
+            self.params.extend_from_slice(&w.to_le_bytes());
+        }
+        self.params.resize(at + SLOT as usize, 0);
+        let buffers = buffers.iter().map(|b| (*b).clone()).collect();
+        self.ops.push(Op::Dispatch { kernel, buffers, params: at, groups });
+    }
+
+    /// Copy `bytes` from `src` at `src_off` to `dst` at `dst_off`.
+    pub fn copy(&mut self, src: &Buffer, src_off: u64, dst: &Buffer, dst_off: u64, bytes: u64) {
+        self.ops.push(Op::Copy { src: src.clone(), src_off, dst: dst.clone(), dst_off, bytes });
+    }
+
+    /// Submit everything recorded.
+    pub fn submit(self) {
+        let gpu = self.gpu;
+        let device = &gpu.device;
+        let uniforms = (!self.params.is_empty()).then(|| {
+            let b = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("parameters"),
+                size: self.params.len() as u64,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            gpu.queue.write_buffer(&b, 0, &self.params);
+            b
+        });
+        let mut enc = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        let mut i = 0;
+        while i < self.ops.len() {
+            if let Op::Copy { src, src_off, dst, dst_off, bytes } = &self.ops[i] {
+                enc.copy_buffer_to_buffer(src, *src_off, dst, *dst_off, *bytes);
+                i += 1;
+                continue;
+            }
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+            while let Some(Op::Dispatch { kernel, buffers, params, groups }) = self.ops.get(i) {
+                let Some(uniforms) = uniforms.as_ref() else { break };
+                let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+                    .iter()
+                    .enumerate()
+                    .map(|(b, buf)| wgpu::BindGroupEntry { binding: b as u32, resource: buf.as_entire_binding() })
+                    .collect();
+                entries.push(wgpu::BindGroupEntry {
+                    binding: buffers.len() as u32,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: uniforms,
+                        offset: *params as u64,
+                        size: wgpu::BufferSize::new(SLOT),
+                    }),
+                });
+                let group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(kernel.name),
+                    layout: &kernel.layout,
+                    entries: &entries,
+                });
+                pass.set_pipeline(&kernel.pipeline);
+                pass.set_bind_group(0, &group, &[]);
+                pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                i += 1;
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+    }
+}

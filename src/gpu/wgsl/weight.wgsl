@@ -1,0 +1,32 @@
+// How a chunk of a weight matrix is stored (`override KIND`), and its element (r, c) as f32: rows of `cols`
+// elements, row-major, in 32-bit words. 0: f32; 1: f16 in pairs (low half first); 2: bf16 in pairs; 3: INT8 codes four
+// to a word (lowest byte first) with one scale per row; 4: INT8 codes with one scale and one zero point.
+override KIND: u32 = 0u;
+
+// The code of element `e` (sign-extended from its byte).
+fn code(e: u32) -> i32 {
+    return bitcast<i32>(w[e >> 2u] << (24u - 8u * (e & 3u))) >> 24u;
+}
+
+fn weight(r: u32, c: u32, cols: u32) -> f32 {
+    let e = r * cols + c;
+    switch KIND {
+        case 0u: {
+            return bitcast<f32>(w[e]);
+        }
+        case 1u: {
+            let v = unpack2x16float(w[e >> 1u]);
+            return select(v.x, v.y, (e & 1u) == 1u);
+        }
+        case 2u: {
+            let word = w[e >> 1u];
+            return bitcast<f32>(select(word << 16u, word & 0xffff0000u, (e & 1u) == 1u));
+        }
+        case 3u: {
+            return f32(code(e)) * wscale[r];
+        }
+        default: {
+            return f32(code(e) - zero_point()) * wscale[0];
+        }
+    }
+}
