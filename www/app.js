@@ -17,6 +17,13 @@ on('plan', (m) => startTable(m.matrices));
 on('layer', (m) => addLayer(m.layer));
 on('target', (m) => renderTarget(m.search));
 on('token', addToken);
+on('device', (m) => {
+  const d = $('device');
+  d.textContent = m.label;
+  d.dataset.gpu = String(m.gpu);
+  d.title = m.why ? `${m.label}: ${m.why}` : m.label;
+  app.device = m.label;
+});
 on('point', (m) => { app.sweepPoints[m.index] = m.point; drawSweep(); });
 on('row', (m) => { app.sensRows.push(m.row); drawHeatmap(); });
 

@@ -6,6 +6,7 @@ import {
   Cancelled, checkpoint, default_policy, heapBytes, instance, measure_speed, need, post, progress, ready, serve, state,
   Workspace,
 } from './instance.js';
+import { attachGpu, deviceLabel, findGpu, gpuNextToken, onGpu, prepareGpu, withGpu } from './gpu.js';
 import {
   compressionTeam, exportedFile, held, HELPER_MODEL_LIMIT, holdModels, loadOriginal, originalTeam, partOnHelper,
   readyHelpers, shareQueue, tellHelpers,
@@ -45,6 +46,7 @@ async function evaluate(spec) {
   state('evaluating', 'evaluating');
   const t0 = performance.now();
   const text = await evalText(spec);
+  if (onGpu()) return withGpu(() => evaluateOnGpu(spec, text, t0));
   const team = (spec.workers === 1 ? [] : await readyHelpers()).slice(0, Math.max(0, (spec.workers || Infinity) - 1));
   const parts = 1 + team.length;
   const skip = spec.skip || 0;
@@ -77,7 +79,23 @@ async function evaluate(spec) {
     await Promise.allSettled(partials);
     throw err;
   }
-  return { ...instance.ws.eval_report(), seconds: (performance.now() - t0) / 1000, workers: parts, helpers_replaced: held.replaced, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)' };
+  return { ...instance.ws.eval_report(), seconds: (performance.now() - t0) / 1000, workers: parts, helpers_replaced: held.replaced, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)', device: deviceLabel(parts) };
+}
+
+// The same evaluation on the GPU, window by window: each window's figures computed there, 13 numbers a position
+// read back.
+async function evaluateOnGpu(spec, text, t0) {
+  await prepareGpu();
+  const begin = instance.ws.gpu_eval_begin({ text, skip: spec.skip || 0, tokens: spec.tokens, window: spec.window, part: 0, parts: 1 });
+  progress('evaluate', 0, begin.all_steps, `window 0/${begin.all_steps} (GPU)`);
+  for (;;) {
+    await checkpoint();
+    const work = instance.ws.gpu_eval_submit();
+    if (!work) break;
+    const step = instance.ws.gpu_eval_accept(await work.wait());
+    progress('evaluate', step.done, begin.all_steps, `window ${step.done}/${begin.all_steps} (GPU)`);
+  }
+  return { ...instance.ws.eval_report(), seconds: (performance.now() - t0) / 1000, workers: 1, helpers_replaced: 0, text_name: spec.text ? 'your text' : 'eval-dev.txt (built in)', device: deviceLabel(1) };
 }
 
 
@@ -142,12 +160,55 @@ async function compressOnce(policy, calibration, evalSpec) {
   return { begin, finished, workers };
 }
 
+// Original and compressed continuations, a token of each in turn, each timed on its own; `next(which)` gives a
+// model's next token (on the CPU or the GPU) or null.
+/** @param {Omit<import('./protocol.js').GenerateCommand, 'cmd'>} c @param {(which: string) => Promise<any>} next */
+async function generate({ prompt, params, which }, next) {
+  state('generating', 'generating');
+  const models = which || ['original', 'compressed'];
+  const run = {};
+  for (const m of models) {
+    instance.ws.generate_start(m, prompt, params);
+    run[m] = { n: 0, spent: 0, first: 0, active: true };
+  }
+  for (;;) {
+    await checkpoint();
+    let any = false;
+    for (const m of models) {
+      const r = run[m];
+      if (!r.active) continue;
+      const t = performance.now();
+      const step = await next(m);
+      const dt = performance.now() - t;
+      if (step === null || step === undefined) { r.active = false; continue; }
+      any = true;
+      r.n += 1;
+      if (r.n === 1) r.first = dt; else r.spent += dt;
+      // decode rate: tokens after the first, which also reads the prompt
+      const rate = r.n > 1 ? (r.n - 1) / (r.spent / 1000) : 0;
+      post({ type: 'token', which: m, id: step.id, text: step.text, token: step.token, n: r.n, tokens_per_s: rate });
+      const total = params && params.max_new_tokens ? params.max_new_tokens : 30;
+      progress('generate', Math.max(...models.map((k) => run[k].n)), total, `${m} token ${r.n}`);
+      if (step.done) r.active = false;
+    }
+    if (!any) break;
+  }
+  const out = {};
+  for (const m of models) out[m] = { tokens: run[m].n, tokens_per_s: run[m].n > 1 ? (run[m].n - 1) / (run[m].spent / 1000) : 0 };
+  out.device = deviceLabel(1);
+  return out;
+}
+
+
 const commands = {
   /** @param {Omit<import('./protocol.js').OpenCommand, 'cmd'>} c */
   async open({ files, demo, evalSpec }) {
     state('loading', 'loading');
     if (demo) files = await demoFiles();
-    if (!instance.ws) instance.ws = new Workspace();
+    if (!instance.ws) {
+      instance.ws = new Workspace();
+      await attachGpu();
+    }
     progress('load', 0, 1, 'reading headers');
     const report = instance.ws.open(files);
     await checkpoint();
@@ -227,7 +288,10 @@ const commands = {
 
   /** @param {Omit<import('./protocol.js').MemoryLimitCommand, 'cmd'>} c */
   async memory_limit({ bytes }) {
-    if (!instance.ws) instance.ws = new Workspace();
+    if (!instance.ws) {
+      instance.ws = new Workspace();
+      await attachGpu();
+    }
     instance.ws.set_memory_limit(bytes);
     return true;
   },
@@ -240,40 +304,13 @@ const commands = {
 
   // Original and compressed continuations, a token of each in turn, each timed on its own.
   /** @param {Omit<import('./protocol.js').GenerateCommand, 'cmd'>} c */
-  async generate({ prompt, params, which }) {
+  async generate(c) {
     need();
-    state('generating', 'generating');
-    const models = which || ['original', 'compressed'];
-    const run = {};
-    for (const m of models) {
-      instance.ws.generate_start(m, prompt, params);
-      run[m] = { n: 0, spent: 0, first: 0, active: true };
-    }
-    for (;;) {
-      await checkpoint();
-      let any = false;
-      for (const m of models) {
-        const r = run[m];
-        if (!r.active) continue;
-        const t = performance.now();
-        const step = instance.ws.generate_next(m);
-        const dt = performance.now() - t;
-        if (step === null || step === undefined) { r.active = false; continue; }
-        any = true;
-        r.n += 1;
-        if (r.n === 1) r.first = dt; else r.spent += dt;
-        // decode rate: tokens after the first, which also reads the prompt
-        const rate = r.n > 1 ? (r.n - 1) / (r.spent / 1000) : 0;
-        post({ type: 'token', which: m, id: step.id, text: step.text, token: step.token, n: r.n, tokens_per_s: rate });
-        const total = params && params.max_new_tokens ? params.max_new_tokens : 30;
-        progress('generate', Math.max(...models.map((k) => run[k].n)), total, `${m} token ${r.n}`);
-        if (step.done) r.active = false;
-      }
-      if (!any) break;
-    }
-    const out = {};
-    for (const m of models) out[m] = { tokens: run[m].n, tokens_per_s: run[m].n > 1 ? (run[m].n - 1) / (run[m].spent / 1000) : 0 };
-    return out;
+    if (!onGpu()) return generate(c, async (m) => instance.ws.generate_next(m));
+    return withGpu(async () => {
+      await prepareGpu();
+      return generate(c, gpuNextToken);
+    });
   },
 
   /** @param {Omit<import('./protocol.js').ExportCommand, 'cmd'>} c */
@@ -401,4 +438,4 @@ serve(commands, {
   },
   quick: { preview: ({ policy }) => (instance.ws ? instance.ws.preview(policy) : null), speed: () => measure_speed() },
 });
-ready.then(() => { post({ type: 'defaults', policy: default_policy() }); state('idle', 'ready for a model'); }, (err) => post(errorEvent('init', new Error(`the WebAssembly module could not be loaded: ${err.message || err}`))));
+ready.then(async () => { post({ type: 'defaults', policy: default_policy() }); await findGpu(); state('idle', 'ready for a model'); }, (err) => post(errorEvent('init', new Error(`the WebAssembly module could not be loaded: ${err.message || err}`))));

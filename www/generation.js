@@ -49,6 +49,10 @@ export function generate() {
     } else if (which.length === 1) {
       $('gen-note').textContent = `Only the ${which[0]} model is loaded; compress to compare.`;
     }
+    if (r.device) {
+      $('gen-note').textContent += ` Generated on ${r.device}.`;
+      $('gen-note').dataset.device = r.device;
+    }
     if (which.includes('original') && app.precision === 'f16') {
       $('gen-note').textContent += ' The original ran with its f32 weights converted to f16: f32 does not fit in this tab.';
     }

@@ -3,10 +3,10 @@
 // Workspace, the events it posts (protocol.js), cancellation and the fault points the tests use, the heartbeat, and
 // the loop that runs one command at a time. Long jobs run step by step and yield between steps (a macrotask), so a
 // {cmd: "cancel"} gets through and ends the job cleanly.
-import init, { Workspace, default_policy, measure_speed, test_trap } from './pkg/semantic_llm_compressor.js';
+import init, { Workspace, default_policy, gpu_bench, gpu_device, measure_speed, test_trap } from './pkg/semantic_llm_compressor.js';
 import { errorEvent, isFatal, HEARTBEAT_MS } from './protocol.js';
 
-export { Workspace, default_policy, measure_speed };
+export { Workspace, default_policy, gpu_bench, gpu_device, measure_speed };
 
 /** The wasm module, once instantiated. */
 export const ready = init();

@@ -6,6 +6,8 @@ import { $, app, clearError, fmtBytes, fmtSeconds, MEMORY, setBusy, setState, sh
 // that stopped), every job it had ends with a sentence saying so, and a new worker reopens the model and the last
 // compression, so that what the page shows stays usable. ?watchdog=MS shortens the wait for a heartbeat (tests).
 const WATCHDOG = Number(new URLSearchParams(location.search).get('watchdog')) || 180000;
+// ?device=cpu|gpu forces where evaluations and generations run (the worker reads it)
+const DEVICE = new URLSearchParams(location.search).get('device');
 
 let worker = null;
 
@@ -26,6 +28,7 @@ export function postToWorker(msg) {
 function startWorker() {
   const url = new URL('./coordinator.js', import.meta.url);
   if (WATCHDOG !== 180000) url.searchParams.set('watchdog', String(WATCHDOG));
+  if (DEVICE) url.searchParams.set('device', DEVICE);
   const w = new Worker(url, { type: 'module' });
   w.onmessage = (e) => { if (w === worker) onWorkerMessage(e.data); };
   w.onerror = (e) => { e.preventDefault(); if (w === worker) workerLost(`an uncaught error: ${e.message || 'unknown'}`); };
@@ -85,7 +88,7 @@ function onWorkerMessage(m) {
     case 'defaults': app.defaults = m.policy; if (app.onDefaults) { const f = app.onDefaults; app.onDefaults = null; f(); } break;
     case 'state': setState(m.state, m.message); break;
     case 'progress': showProgress(m); break;
-    case 'plan': case 'layer': case 'target': case 'token': case 'point': case 'row':
+    case 'plan': case 'layer': case 'target': case 'token': case 'point': case 'row': case 'device':
       if (handlers[m.type]) handlers[m.type](m);
       break;
     case 'result': settle(m, (p) => p.resolve(m.result)); break;

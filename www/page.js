@@ -29,6 +29,7 @@ export const app = {
   checkpoint: null,     // the last compression as a File (kept when small enough), for a new worker to take over
   story: { running: false, cancelled: false, plan: null }, // the origin's story, while it is told (plan: its estimate)
   lastRates: null,      // the last generation's decode rates, by model
+  device: '',           // where evaluations and generations run (the worker's label)
   beat: 0,              // when the worker last spoke, and the wasm memory it reported
   heap: 0,
 };

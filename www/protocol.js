@@ -31,9 +31,10 @@
  *   "target" events). Result: {finished, evaluation, eval_error, compress_seconds, workers: {count, heaps}, memory,
  *   target: TargetState|null, layers}; `heaps` is each worker's wasm memory in bytes (this worker, then each helper
  *   at its largest); `layers` is every matrix's Rust LayerReport.
- * @typedef {{cmd: 'evaluate', evalSpec: EvalSettings}} EvaluateCommand   Result: the Rust EvalSummary + seconds.
+ * @typedef {{cmd: 'evaluate', evalSpec: EvalSettings}} EvaluateCommand   Result: the Rust EvalSummary + seconds, workers and
+ *   `device` (where it ran: "GPU: name (backend)" or "CPU: wasm SIMD, N workers").
  * @typedef {{cmd: 'generate', prompt: string, params: SamplingParams, which: ('original'|'compressed')[]}} GenerateCommand
- *   Streams "token" events. Result: {[which]: {tokens, tokens_per_s}}.
+ *   Streams "token" events. Result: {[which]: {tokens, tokens_per_s}, device}.
  * @typedef {{cmd: 'export', name: string}} ExportCommand   Result: {blob, name}.
  * @typedef {{cmd: 'spectrum', name: string}} SpectrumCommand   Result: {name, values}.
  * @typedef {{cmd: 'memory_limit', bytes: number}} MemoryLimitCommand   Result: true.
@@ -94,21 +95,23 @@
  *   tokens_per_s: number}} TokenEvent
  * @typedef {{type: 'point', index: number, point: object}} PointEvent   A sweep's point `index` (an explore::Point).
  * @typedef {{type: 'row', row: object}} RowEvent   A sensitivity table's row (an explore::SensitivityRow).
+ * @typedef {{type: 'device', label: string, gpu: boolean, why: string}} DeviceEvent   Where evaluations and generations
+ *   run ("GPU: name (backend)" or "CPU: wasm SIMD, …"), and why not on the GPU; at start and when the GPU fails.
  * @typedef {{type: 'result', cmd: string, id?: number, result: any}} ResultEvent
  * @typedef {{type: 'cancelled', cmd: string, id?: number}} CancelledEvent
  * @typedef {{type: 'error', cmd: string, id?: number, kind: ErrorKind, message: string, fatal?: boolean, heap?: number,
  *   doing?: string}} ErrorEvent   `fatal`: the worker is lost (see isFatal) and must be replaced; `heap` is the wasm
  *   memory it held, `doing` what it was doing.
  * @typedef {{type: 'alive', heap: number, doing: string}} AliveEvent   Every HEARTBEAT_MS from every worker.
- * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|PointEvent|RowEvent|ResultEvent|CancelledEvent|ErrorEvent|
+ * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|PointEvent|RowEvent|DeviceEvent|ResultEvent|CancelledEvent|ErrorEvent|
  *   AliveEvent} Event
  *
- * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'other'} ErrorKind
+ * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'gpu'|'other'} ErrorKind
  *   From the Rust error's variant (error::ErrorKind); code branches on it, never on the message's words.
  */
 
 /** The kinds an error can have. @type {readonly ErrorKind[]} */
-export const ERROR_KINDS = Object.freeze(['file', 'tensor', 'config', 'tokenizer', 'setting', 'memory', 'numeric', 'other']);
+export const ERROR_KINDS = Object.freeze(['file', 'tensor', 'config', 'tokenizer', 'setting', 'memory', 'numeric', 'gpu', 'other']);
 
 /** An "error" event for `err` (a wasm error carries its kind; anything else is "other"). @returns {ErrorEvent} */
 export function errorEvent(cmd, err) {

@@ -134,8 +134,9 @@ export function renderSummary(ev, extra = {}) {
   card.classList.toggle('bad', cos !== null && cos !== undefined && cos < 0.9);
   const mb = (k) => (values[k] ? fmtBytes(values[k]) : '–');
   $('summary-note').textContent = ev.convention
-    ? `On ${ev.text_name || 'the text'}: ${ev.convention}. Sizes: original ${mb('bytes_original')}, compressed ${mb('bytes_compressed')} of tensors; the compressed model holds ${mb('resident_bytes_compressed')} in memory (measured by the allocator).`
+    ? `On ${ev.text_name || 'the text'}: ${ev.convention}. Sizes: original ${mb('bytes_original')}, compressed ${mb('bytes_compressed')} of tensors; the compressed model holds ${mb('resident_bytes_compressed')} in memory (measured by the allocator).${ev.device ? ` Computed on ${ev.device}.` : ''}`
     : '';
+  $('summary').dataset.device = ev.device || '';
 }
 
 export function clearSummary() {

@@ -7,6 +7,7 @@
 //!   where it is larger than one binding; uploaded a tensor at a time from memory or from the checkpoint's bytes.
 //! * [`model`] — the model on the GPU: a window at once for evaluation, a token at a time with a key-value cache.
 //! * [`metrics`] — the head and the per-position figures of two models' logits, which never leave the GPU.
+//! * [`run`] — an evaluation and a generation driven to their end (the command line, benchmarks, tests).
 //! * [`bench`] — the kernels measured against the adapter's own bandwidth and throughput.
 //!
 //! Reading results back is asynchronous on the web: work is submitted by plain functions, and a [`Readback`] is
@@ -14,10 +15,11 @@
 //!
 //! May import: [`crate::model`], [`crate::evaluation`], [`crate::error`].
 
-// pub mod bench;
+pub mod bench;
 pub mod kernels;
 pub mod metrics;
 pub mod model;
+pub mod run;
 pub mod tensor;
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests;
@@ -38,12 +40,14 @@ pub struct AdapterFacts {
     /// The largest buffer and storage binding the device accepts, in bytes.
     pub max_buffer_bytes: u64,
     pub max_binding_bytes: u64,
+    /// A CPU that presents itself as a GPU (lavapipe, SwiftShader).
+    pub software: bool,
 }
 
 impl AdapterFacts {
-    /// "llvmpipe (LLVM 15.0.6, 256 bits), Vulkan".
+    /// "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, software)".
     pub fn label(&self) -> String {
-        format!("{} ({})", self.name, self.backend)
+        format!("{} ({}{})", self.name, self.backend, if self.software { ", software" } else { "" })
     }
 }
 
@@ -121,10 +125,19 @@ impl Gpu {
         let limits = device.limits();
         let facts = AdapterFacts {
             name: if info.name.is_empty() { "unnamed adapter".into() } else { info.name.clone() },
-            backend: format!("{:?}", info.backend),
+            backend: match info.backend {
+                wgpu::Backend::Vulkan => "Vulkan",
+                wgpu::Backend::Metal => "Metal",
+                wgpu::Backend::Dx12 => "DirectX 12",
+                wgpu::Backend::Gl => "OpenGL",
+                wgpu::Backend::BrowserWebGpu => "WebGPU",
+                _ => "other",
+            }
+            .to_string(),
             driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
             max_buffer_bytes: limits.max_buffer_size,
             max_binding_bytes: limits.max_storage_buffer_binding_size,
+            software: info.device_type == wgpu::DeviceType::Cpu,
         };
         let kernels = kernels::Kernels::new(&device);
         let gpu = Gpu { device, queue, facts, kernels, faults, binding_cap: cap };
@@ -284,8 +297,9 @@ impl Readback {
 /// The errors a piece of work may raise, caught in scopes opened before it ([`Gpu::scope`]).
 pub struct Scope {
     doing: String,
-    oom: wgpu::ErrorScopeGuard,
+    // dropped in this order (the reverse of their pushing), when the work fails before it is submitted
     validation: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
 }
 
 type ScopeResult = Pin<Box<dyn Future<Output = Option<wgpu::Error>>>>;
@@ -304,7 +318,7 @@ impl Gpu {
     pub fn scope(&self, doing: &str) -> Scope {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        Scope { doing: doing.to_string(), oom, validation }
+        Scope { doing: doing.to_string(), validation, oom }
     }
 
     /// Close `scope` after the work is submitted; `readback` is what it reads back.

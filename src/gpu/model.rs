@@ -450,6 +450,24 @@ impl GpuModel {
         }
     }
 
+    /// Multiply-adds of one position through its linear layers and head (a low-rank layer's at its rank).
+    pub fn linear_macs(&self) -> u64 {
+        let macs = |l: &GpuLinear| match &l.weight {
+            GpuWeight::Matrix(m) => (m.rows * m.cols) as u64,
+            GpuWeight::LowRank { u, vh, .. } => (u.rows * u.cols + vh.rows * vh.cols) as u64,
+        };
+        self.blocks.iter().flat_map(|b| b.lin.iter()).chain(std::iter::once(&self.head)).map(macs).sum()
+    }
+
+    /// Bytes of weights a decoding step reads: every linear layer's and the head's storage.
+    pub fn decode_bytes(&self) -> u64 {
+        let bytes = |l: &GpuLinear| match &l.weight {
+            GpuWeight::Matrix(m) => m.bytes(),
+            GpuWeight::LowRank { u, vh, .. } => u.bytes() + vh.bytes(),
+        };
+        self.blocks.iter().flat_map(|b| b.lin.iter()).chain(std::iter::once(&self.head)).map(bytes).sum()
+    }
+
     /// Bytes of weights it holds on the GPU (a tensor shared with another model counted here too).
     pub fn bytes(&self) -> u64 {
         let m = |w: &GpuWeight| match w {

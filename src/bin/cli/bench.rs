@@ -20,6 +20,23 @@ pub(super) enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The GPU kernels against the adapter's own copy bandwidth and multiply-add throughput (both measured here);
+    /// with `--model`, an evaluation window and decoding against their bounds, beside the CPU path.
+    Gpu {
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Tokens of the evaluation window (and rows of the tiled products).
+        #[arg(long, default_value_t = 512)]
+        tokens: usize,
+        /// Tokens decoded after the first.
+        #[arg(long = "decode-tokens", default_value_t = 32)]
+        decode_tokens: usize,
+        /// Leave out the CPU path (a model too large to hold here).
+        #[arg(long = "no-cpu")]
+        no_cpu: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Randomized SVD stage by stage on synthetic trained-like matrices (`slc synth`'s), beside a plain f32 product
     /// of the same shape, with its error against the exact truncation.
     Svd {

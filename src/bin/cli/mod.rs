@@ -2,6 +2,7 @@
 
 mod bench;
 mod compress;
+mod gpu;
 mod io;
 mod models;
 mod progress;
@@ -34,25 +35,7 @@ enum Cmd {
         json: bool,
     },
     /// Continue a prompt (greedy unless a temperature is given).
-    Generate {
-        #[arg(long)]
-        model: PathBuf,
-        #[arg(long)]
-        prompt: String,
-        #[arg(long = "max-new-tokens", alias = "max_new_tokens", default_value_t = 30)]
-        max_new_tokens: usize,
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
-        #[arg(long = "top-k", alias = "top_k", default_value_t = 0)]
-        top_k: usize,
-        #[arg(long = "top-p", alias = "top_p", default_value_t = 1.0)]
-        top_p: f64,
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Print {"ids": [...], "text": "..."} instead of the text.
-        #[arg(long)]
-        json: bool,
-    },
+    Generate(Box<GenerateArgs>),
     /// Compress a checkpoint by truncated SVD + INT8 and write the compressed checkpoint.
     Compress(Box<CompressArgs>),
     /// Per-layer reconstruction error at each rank (the origin's debug_svd_roundtrip).
@@ -69,23 +52,7 @@ enum Cmd {
         json: bool,
     },
     /// Compare a compressed model with the original on a text: perplexity, cosine, MSE, top-1, KL, sizes.
-    Eval {
-        #[arg(long)]
-        original: PathBuf,
-        #[arg(long)]
-        compressed: PathBuf,
-        #[arg(long)]
-        text: PathBuf,
-        #[arg(long, default_value_t = 8192)]
-        tokens: usize,
-        #[arg(long, default_value_t = 512)]
-        window: usize,
-        /// Evaluate on the tokens after the first N (e.g. those a calibration read).
-        #[arg(long = "skip-tokens", alias = "skip_tokens", default_value_t = 0)]
-        skip_tokens: usize,
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(Box<EvalArgs>),
     /// Rebuild dense f32 weights from a compressed checkpoint (a plain checkpoint transformers can load).
     Densify {
         #[arg(long)]
@@ -120,23 +87,79 @@ enum Cmd {
     Bench(BenchCmd),
 }
 
+/// Where the forward passes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// candle's kernels and this crate's, on every core.
+    Cpu,
+    /// The first GPU adapter wgpu finds (Vulkan, Metal or DX12), with the same WGSL kernels as the page.
+    Gpu,
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long = "max-new-tokens", alias = "max_new_tokens", default_value_t = 30)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long = "top-k", alias = "top_k", default_value_t = 0)]
+    top_k: usize,
+    #[arg(long = "top-p", alias = "top_p", default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Print {"ids": [...], "text": "..."} instead of the text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[arg(long)]
+    original: PathBuf,
+    #[arg(long)]
+    compressed: PathBuf,
+    #[arg(long)]
+    text: PathBuf,
+    #[arg(long, default_value_t = 8192)]
+    tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Evaluate on the tokens after the first N (e.g. those a calibration read).
+    #[arg(long = "skip-tokens", alias = "skip_tokens", default_value_t = 0)]
+    skip_tokens: usize,
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Inspect { dir, json } => inspect(&dir, json),
-        Cmd::Generate { model, prompt, max_new_tokens, temperature, top_k, top_p, seed, json } => {
-            let params = SamplingParams { temperature, top_k, top_p, seed, max_new_tokens, stop_at_eos: true };
-            generate(&model, &prompt, params, json)
+        Cmd::Generate(a) => {
+            let (temperature, top_k, top_p, seed) = (a.temperature, a.top_k, a.top_p, a.seed);
+            let params =
+                SamplingParams { temperature, top_k, top_p, seed, max_new_tokens: a.max_new_tokens, stop_at_eos: true };
+            generate(&a.model, &a.prompt, params, a.device, a.json)
         }
         Cmd::Compress(args) => compress(&args),
         Cmd::Sensitivity(args) => sensitivity(&args),
         Cmd::Sweep(args) => sweep(&args),
         Cmd::Roundtrip { model, ranks, quant, json } => roundtrip(&model, &ranks, quant, json),
-        Cmd::Eval { original, compressed, text, tokens, window, skip_tokens, json } => {
-            eval(&original, &compressed, &text, skip_tokens, tokens, window, json)
-        }
+        Cmd::Eval(a) => eval(&a),
         Cmd::Densify { model, output_dir } => densify(&model, &output_dir),
         Cmd::Synth { config, out, dtype, seed, pad_bytes } => synth(&config, &out, dtype, seed, pad_bytes),
         Cmd::Bench(BenchCmd::Decode { model, prompt, tokens, runs }) => bench_decode(&model, &prompt, tokens, runs),
+        Cmd::Bench(BenchCmd::Gpu { model, tokens, decode_tokens, no_cpu, json }) => {
+            gpu::bench_gpu(model.as_deref(), tokens, decode_tokens, !no_cpu, json)
+        }
         Cmd::Bench(BenchCmd::Svd { shapes, rank, power_iters, oversample, runs, exact, json, save }) => {
             bench_svd(&shapes, rank, oversample, power_iters, runs, exact, json, save.as_deref())
         }

@@ -2,7 +2,11 @@
 
 use super::io::write_file;
 use super::progress::Progress;
+use super::{Device, EvalArgs};
 use semantic_llm_compressor::evaluation::metrics::Evaluator;
+use semantic_llm_compressor::gpu::model::GpuModel;
+use semantic_llm_compressor::gpu::tensor::Uploads;
+use semantic_llm_compressor::gpu::{block_on, run, Gpu};
 use semantic_llm_compressor::model::bundle::ModelBundle;
 use semantic_llm_compressor::model::generate::{Generation, SamplingParams};
 use semantic_llm_compressor::model::storage::QuantScheme;
@@ -54,27 +58,63 @@ pub(super) fn inspect(dir: &std::path::Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn generate(dir: &std::path::Path, prompt: &str, params: SamplingParams, json: bool) -> Result<()> {
+pub(super) fn generate(
+    dir: &std::path::Path,
+    prompt: &str,
+    params: SamplingParams,
+    device: Device,
+    json: bool,
+) -> Result<()> {
     let b = ModelBundle::open_dir(dir)?;
     let tok = b.tokenizer()?;
-    let model = b.load_model(false)?;
     let ids = tok.encode(prompt)?;
-    let mut g = Generation::new(&model, &ids, params)?;
     let mut stream = TextStream::default();
     let mut out = std::io::stdout();
-    while let Some(id) = g.step(&model)? {
+    let mut show = |id: u32| -> Result<()> {
         if !json {
             write!(out, "{}", stream.push(tok, id)?)?;
             out.flush()?;
         }
-    }
+        Ok(())
+    };
+    let tokens = match device {
+        Device::Cpu => {
+            let model = b.load_model(false)?;
+            let mut g = Generation::new(&model, &ids, params)?;
+            while let Some(id) = g.step(&model)? {
+                show(id)?;
+            }
+            g.tokens
+        }
+        Device::Gpu => {
+            let (gpu, model) = gpu_model(&b)?;
+            block_on(run::generate(&gpu, &model, &ids, params, &mut show))?
+        }
+    };
     if json {
-        let text = tok.decode(&g.tokens)?;
-        println!("{}", serde_json::json!({"ids": g.tokens, "text": text}));
+        let text = tok.decode(&tokens)?;
+        println!("{}", serde_json::json!({"ids": tokens, "text": text}));
     } else {
         println!();
     }
     Ok(())
+}
+
+/// The first GPU adapter, with the model of `b` on it: a compressed checkpoint as the CPU loads it, a plain one read
+/// from its file a tensor at a time.
+fn gpu_model(b: &ModelBundle) -> Result<(Gpu, GpuModel)> {
+    let gpu = block_on(Gpu::new())?.ok_or_else(|| Error::Gpu("no GPU adapter was found".into()))?;
+    eprintln!("GPU: {}", gpu.facts.label());
+    let model = gpu_upload(&gpu, b, &mut Uploads::default())?;
+    Ok((gpu, model))
+}
+
+fn gpu_upload(gpu: &Gpu, b: &ModelBundle, uploads: &mut Uploads) -> Result<GpuModel> {
+    if b.is_compressed() {
+        GpuModel::from_cpu(gpu, &b.load_model(false)?, uploads, &mut |_, _| {})
+    } else {
+        GpuModel::from_checkpoint(gpu, &b.cfg, &b.ckpt, uploads, &mut |_, _| {})
+    }
 }
 
 pub(super) fn roundtrip(dir: &std::path::Path, ranks: &[usize], scheme: QuantScheme, json: bool) -> Result<()> {
@@ -126,29 +166,35 @@ pub(super) fn roundtrip(dir: &std::path::Path, ranks: &[usize], scheme: QuantSch
     Ok(())
 }
 
-pub(super) fn eval(
-    original: &std::path::Path,
-    compressed: &std::path::Path,
-    text: &std::path::Path,
-    skip: usize,
-    tokens: usize,
-    window: usize,
-    json: bool,
-) -> Result<()> {
-    let ob = ModelBundle::open_dir(original)?;
-    let cb = ModelBundle::open_dir(compressed)?;
+pub(super) fn eval(a: &EvalArgs) -> Result<()> {
+    let ob = ModelBundle::open_dir(&a.original)?;
+    let cb = ModelBundle::open_dir(&a.compressed)?;
     let om = ob.load_model(false)?;
     // measured: live heap bytes the compressed model holds once loaded
     let (cm, resident, peak) = alloc::measure(|| cb.load_model(false));
     let cm = cm?;
-    let text = std::fs::read_to_string(text)
-        .map_err(|e| Error::file(text.display().to_string(), format!("cannot be read ({e})")))?;
+    let text = std::fs::read_to_string(&a.text)
+        .map_err(|e| Error::file(a.text.display().to_string(), format!("cannot be read ({e})")))?;
     let ids = ob.tokenizer()?.encode(&text)?;
-    let mut ev = Evaluator::after(&ids, skip, tokens, window, 0, 1)?;
-    let bar = Progress::new("window", json);
-    while ev.step(&om, Some(&cm))? {
-        bar.set(ev.done(), ev.total_windows(), "");
-    }
+    let mut ev = Evaluator::after(&ids, a.skip_tokens, a.tokens, a.window, 0, 1)?;
+    let bar = Progress::new("window", a.json);
+    let device = match a.device {
+        Device::Cpu => {
+            while ev.step(&om, Some(&cm))? {
+                bar.set(ev.done(), ev.total_windows(), "");
+            }
+            "CPU".to_string()
+        }
+        Device::Gpu => {
+            let gpu = block_on(Gpu::new())?.ok_or_else(|| Error::Gpu("no GPU adapter was found".into()))?;
+            eprintln!("GPU: {}", gpu.facts.label());
+            let mut uploads = Uploads::default();
+            let og = GpuModel::from_cpu(&gpu, &om, &mut uploads, &mut |_, _| {})?;
+            let cg = GpuModel::from_cpu(&gpu, &cm, &mut uploads, &mut |_, _| {})?;
+            block_on(run::evaluate(&gpu, &og, Some(&cg), &mut ev, &mut |d, t| bar.set(d, t, "")))?;
+            format!("GPU: {}", gpu.facts.label())
+        }
+    };
     bar.finish();
     let r = ev.report();
     let layers: Option<serde_json::Value> =
@@ -162,11 +208,12 @@ pub(super) fn eval(
         "file_bytes_compressed": cb.ckpt.file_bytes(),
         "peak_load_bytes_compressed": peak,
         "layers": layers,
+        "device": device,
     });
     if let (Some(a), Some(b)) = (v.as_object_mut(), extra.as_object()) {
         a.extend(b.clone());
     }
-    if json {
+    if a.json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }

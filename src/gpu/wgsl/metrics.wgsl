@@ -56,13 +56,13 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     var ic = 0xffffffffu;
     for (var j = li; j < p.v; j += 256u) {
         let o = lo[base + j];
-        if (o > mo || io == 0xffffffffu && o == mo) {
+        if (o > mo || (io == 0xffffffffu && o == mo)) {
             mo = o;
             io = j;
         }
         if (p.compare != 0u) {
             let c = lc[base + j];
-            if (c > mc || ic == 0xffffffffu && c == mc) {
+            if (c > mc || (ic == 0xffffffffu && c == mc)) {
                 mc = c;
                 ic = j;
             }

@@ -1,0 +1,186 @@
+//! The GPU kernels measured against the adapter's own bounds, both measured in the same run: its copy bandwidth
+//! (bytes read and written per second by a copy kernel) and its multiply-add throughput (operations per second of
+//! independent multiply-adds from registers, two a multiply-add). A kernel reading weights (the one-row products
+//! decoding runs) is set against the bandwidth; a kernel doing arithmetic (the tiled products of an evaluation
+//! window) against the throughput. Runs unchanged on any adapter, natively (`slc bench gpu`) and in the browser.
+
+use super::kernels::{spread, Batch, Kind, Params};
+use super::model::{matmul, GpuModel};
+use super::tensor::{GpuMatrix, MatrixSource};
+use super::Gpu;
+use crate::clock::now;
+use crate::model::generate::Rng;
+use crate::model::storage::{Factor, QMat};
+use crate::Result;
+use serde::{Deserialize, Serialize};
+
+/// The adapter's bounds.
+#[derive(Clone, Debug, Serialize)]
+pub struct Bounds {
+    /// Bytes read and written per second by the copy kernel.
+    pub copy_bytes_per_s: f64,
+    /// Multiply-add operations per second (two per multiply-add).
+    pub flops: f64,
+}
+
+/// One kernel measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelFigure {
+    pub kernel: String,
+    pub seconds: f64,
+    /// Bytes it must read (weights) per run, and that over the bandwidth bound.
+    pub bytes: f64,
+    pub bytes_per_s: f64,
+    /// Its operations per run, and their rate.
+    pub flops: f64,
+    pub flops_per_s: f64,
+    /// Its rate over the bound it is held to: bandwidth for one-row products, throughput for tiled ones.
+    pub of_bound: f64,
+}
+
+/// What to measure: the model shape's matrices (`hidden` × `inner`), a window of `tokens`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct BenchSpec {
+    pub hidden: usize,
+    pub inner: usize,
+    pub tokens: usize,
+}
+
+/// Time `record`ed work: repeated until a run of them takes a quarter of a second, then per repetition.
+pub async fn time<'g>(gpu: &'g Gpu, record: &mut dyn FnMut(&mut Batch<'g>)) -> Result<f64> {
+    let sync = gpu.buffer("sync", 4);
+    let mut reps = 1;
+    loop {
+        let t0 = now();
+        let mut batch = Batch::new(gpu);
+        for _ in 0..reps {
+            record(&mut batch);
+        }
+        batch.submit();
+        gpu.read_back(&sync, 0, 4).read().await?;
+        let dt = now() - t0;
+        gpu.check("timing a kernel")?;
+        if dt > 0.25 || reps >= 4096 {
+            return Ok(dt / reps as f64);
+        }
+        reps *= if dt < 0.01 { 8 } else { 2 };
+    }
+}
+
+/// The adapter's copy bandwidth and multiply-add throughput.
+pub async fn bounds(gpu: &Gpu) -> Result<Bounds> {
+    let bytes = (64u64 << 20).min(gpu.max_binding() / 4 * 4);
+    let (src, dst) = (gpu.buffer("copy source", bytes), gpu.buffer("copy target", bytes));
+    let vec4s = (bytes / 16) as usize;
+    let k = &gpu.kernels;
+    let groups = 1024;
+    let copy = time(gpu, &mut |b| {
+        b.dispatch(&k.copy, &[&src, &dst], Params::default().u(vec4s).f(0.0), [groups, 1, 1]);
+    })
+    .await?;
+    let threads = 256 * 1024;
+    let out = gpu.buffer("madd out", threads as u64 * 16);
+    let iters = 1024;
+    let madd = time(gpu, &mut |b| {
+        b.dispatch(&k.madd, &[&src, &out], Params::default().u(iters).f(0.999), [1024, 1, 1]);
+    })
+    .await?;
+    Ok(Bounds {
+        copy_bytes_per_s: 2.0 * bytes as f64 / copy,
+        flops: threads as f64 * iters as f64 * 8.0 * 4.0 * 2.0 / madd,
+    })
+}
+
+fn matrix(gpu: &Gpu, kind: Kind, rows: usize, cols: usize) -> Result<GpuMatrix> {
+    let mut r = Rng::new((rows * cols) as u64);
+    let f = match kind {
+        Kind::Int8PerRow | Kind::Int8PerTensor => {
+            let per_tensor = kind == Kind::Int8PerTensor;
+            Factor::Int8(QMat {
+                rows,
+                cols,
+                codes: (0..rows * cols).map(|_| (r.next_u64() % 255) as i8).collect(),
+                scales: vec![0.01; if per_tensor { 1 } else { rows }],
+                zero_points: if per_tensor { vec![3] } else { vec![] },
+            })
+        }
+        Kind::F16 | Kind::Bf16 => Factor::Half {
+            rows,
+            cols,
+            bits: (0..rows * cols).map(|_| half::f16::from_f32(r.approx_normal() * 0.02).to_bits()).collect(),
+            bf16: kind == Kind::Bf16,
+        },
+        Kind::F32 => Factor::f32((0..rows * cols).map(|_| r.approx_normal() * 0.02).collect(), rows, cols),
+    };
+    GpuMatrix::upload(gpu, "bench", &MatrixSource::Factor(&f))
+}
+
+/// The one-row and tiled products of every storage at the shape's three matrix sizes.
+pub async fn kernels(gpu: &Gpu, spec: &BenchSpec, bounds: &Bounds) -> Result<Vec<KernelFigure>> {
+    let (d, inner, t) = (spec.hidden, spec.inner, spec.tokens);
+    let mut out = Vec::new();
+    let x = gpu.buffer("x", (t * d.max(inner) * 4) as u64);
+    let y = gpu.buffer("y", (t * d.max(inner) * 4) as u64);
+    let dummy = gpu.buffer("placeholder", 4);
+    for kind in Kind::ALL {
+        for (n, k) in [(d, d), (inner, d), (d, inner)] {
+            let m = matrix(gpu, kind, n, k)?;
+            let wbytes = (n * k) as f64 * kind.bits() as f64 / 8.0;
+            for rows in [1, t] {
+                let s = time(gpu, &mut |b| matmul(b, &m, &x, 0, k, rows, &y, 0, n, &dummy, 0)).await?;
+                let flops = 2.0 * (rows * n * k) as f64;
+                let (bps, fps) = (wbytes / s, flops / s);
+                let of_bound = if rows == 1 { bps / bounds.copy_bytes_per_s } else { fps / bounds.flops };
+                out.push(KernelFigure {
+                    kernel: format!(
+                        "{} {} {rows}×{k}·({n}×{k})ᵀ",
+                        if rows == 1 { "gemv" } else { "tiled" },
+                        kind.name()
+                    ),
+                    seconds: s,
+                    bytes: wbytes,
+                    bytes_per_s: bps,
+                    flops,
+                    flops_per_s: fps,
+                    of_bound,
+                });
+            }
+        }
+    }
+    // attention over a window: the scores, the masked softmax and their mix with the values, for one head
+    let hd = 64.min(d);
+    let q = gpu.buffer("q", (t * d * 4) as u64);
+    let scores = gpu.buffer("scores", (t * t * 4) as u64);
+    let s = time(gpu, &mut |b| {
+        let k = &b.gpu().kernels;
+        let sp = Params::default().u(t).u(t).u(hd).u(0).u(hd).u(d).u(1).u(0).u(hd).u(d).u(1).u(0).u(t * t).u(t);
+        b.dispatch(&k.bmm, &[&q, &x, &scores], sp.u(1).u(1).u(0), [t.div_ceil(64) as u32, t.div_ceil(64) as u32, 1]);
+        b.dispatch(&k.softmax, &[&scores], Params::default().u(t).u(t).u(0).u(u32::MAX as usize).u(t), spread(t));
+        let pv = Params::default().u(t).u(hd).u(t).u(0).u(t * t).u(t).u(1).u(0).u(hd).u(1).u(d).u(0).u(hd).u(d);
+        b.dispatch(&k.bmm, &[&scores, &x, &y], pv.u(1).u(0).u(0), [1, t.div_ceil(64) as u32, 1]);
+    })
+    .await?;
+    // causal: about half the score tiles are computed
+    let flops = 2.0 * 2.0 * (t * t * hd) as f64 / 2.0;
+    out.push(KernelFigure {
+        kernel: format!("attention, one head of {hd}, {t} queries"),
+        seconds: s,
+        bytes: 0.0,
+        bytes_per_s: 0.0,
+        flops,
+        flops_per_s: flops / s,
+        of_bound: flops / s / bounds.flops,
+    });
+    Ok(out)
+}
+
+/// Floating-point operations of a window of `t` tokens through `model` (its linear layers at their stored ranks,
+/// attention, the head on every position), multiply-adds counted twice.
+pub fn window_flops(model: &GpuModel, t: usize) -> f64 {
+    let c = &model.cfg;
+    let (d, t) = (c.hidden_size as f64, t as f64);
+    let mut f = model.linear_macs() as f64 * 2.0 * t;
+    // scores and their mix, causal (half), every layer
+    f += c.num_layers as f64 * 2.0 * 2.0 * t * t * d / 2.0;
+    f
+}
