@@ -10,6 +10,8 @@
 #   ./build.sh check   the checks alone (after a build: the workers' check reads the wasm package's .d.ts)
 set -euo pipefail
 cd "$(dirname "$0")"
+# the Vulkan loader warns on every start without it
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 ROOT=$(pwd)
 
 log() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
@@ -41,6 +43,8 @@ setup() {
   command -v chromium >/dev/null || pkgs+=(chromium)
   command -v chromedriver >/dev/null || pkgs+=(chromium-driver)
   command -v firefox-esr >/dev/null || pkgs+=(firefox-esr)
+  # a Vulkan device without a GPU (Mesa's lavapipe) for the GPU wing's native tests, and vulkaninfo to see it
+  has_vulkan_device || pkgs+=(mesa-vulkan-drivers vulkan-tools)
   if [ ${#pkgs[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
@@ -54,6 +58,11 @@ setup() {
   command -v python3 >/dev/null || die "python3 is needed for the FORMAT.md test"
   python3 -c 'import numpy, safetensors' 2>/dev/null || python3 -m pip install -q -r tests/format/requirements.txt
   check_prerequisites
+}
+
+# A Vulkan device the GPU wing's native tests run on (lavapipe where there is no GPU).
+has_vulkan_device() {
+  command -v vulkaninfo >/dev/null && vulkaninfo --summary 2>/dev/null | grep -q 'deviceName'
 }
 
 # Everything the tests need, or a loud failure naming what is missing.
@@ -70,6 +79,7 @@ check_prerequisites() {
   cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt")
   cargo clippy --version >/dev/null 2>&1 || missing+=("clippy")
   python3 -c 'import numpy, safetensors' 2>/dev/null || missing+=("python3 with numpy and safetensors")
+  has_vulkan_device || missing+=("a Vulkan device (mesa-vulkan-drivers)")
   [ -d ../shared/models/neo-bard-8l ] || missing+=("../shared (the test fixtures)")
   [ ${#missing[@]} -eq 0 ] || die "missing prerequisites: ${missing[*]}"
 }
@@ -126,6 +136,8 @@ run_tests() {
   node tests/e2e/faults.test.mjs
   log "test: the page as a talk, keyboard only: the origin's story, the report, the link (Playwright + Chromium)"
   node tests/e2e/talk.test.mjs
+  log "test: the GPU in the page against the CPU (Playwright + Chromium's SwiftShader WebGPU adapter)"
+  node tests/e2e/gpu.test.mjs
   log "all tests passed"
 }
 

@@ -149,7 +149,7 @@ pub async fn gpu_bench(spec: JsValue) -> JsResult<JsValue> {
     let gpu = Gpu::new().await.map_err(js_err)?.ok_or_else(|| js_err(Error::Gpu("no WebGPU adapter".into())))?;
     let bounds = crate::gpu::bench::bounds(&gpu).await.map_err(js_err)?;
     let kernels = crate::gpu::bench::kernels(&gpu, &spec, &bounds).await.map_err(js_err)?;
-    to_js(&serde_json::json!({"adapter": gpu.facts, "bounds": bounds, "kernels": kernels}))
+    to_js(&serde_json::json!({"adapter": gpu.facts, "plan": gpu.plan(), "bounds": bounds, "kernels": kernels}))
 }
 
 /// Work submitted to the GPU: [`GpuWork::wait`] for its bytes (or its error, of kind "gpu").

@@ -4,8 +4,8 @@
 //! decoding runs) is set against the bandwidth; a kernel doing arithmetic (the tiled products of an evaluation
 //! window) against the throughput. Runs unchanged on any adapter, natively (`slc bench gpu`) and in the browser.
 
-use super::kernels::{spread, Batch, Kind, Params};
-use super::model::{matmul, GpuModel};
+use super::kernels::{spread, Batch, Kind, Params, Plan, Variant};
+use super::model::{bmm, matmul_as, GpuModel};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::Gpu;
 use crate::clock::now;
@@ -44,6 +44,9 @@ pub struct BenchSpec {
     pub hidden: usize,
     pub inner: usize,
     pub tokens: usize,
+    /// The vocabulary, for the head's product (0: none).
+    #[serde(default)]
+    pub vocab: usize,
 }
 
 /// Time `record`ed work: repeated until a run of them takes a quarter of a second, then per repetition.
@@ -91,6 +94,61 @@ pub async fn bounds(gpu: &Gpu) -> Result<Bounds> {
     })
 }
 
+/// Seconds of the products `plan` runs for `rows` rows of x through `mats` (each `d` × `d`): the best of three after
+/// one to warm up.
+#[allow(clippy::too_many_arguments)]
+async fn product_seconds(
+    gpu: &Gpu,
+    plan: Plan,
+    mats: &[GpuMatrix],
+    d: usize,
+    rows: usize,
+    x: &wgpu::Buffer,
+    y: &wgpu::Buffer,
+    dummy: &wgpu::Buffer,
+) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for run in 0..4 {
+        let t0 = now();
+        let mut b = Batch::new(gpu);
+        for m in mats {
+            matmul_as(&mut b, plan, m, x, 0, d, rows, y, 0, d, dummy, 0);
+        }
+        b.submit();
+        gpu.read_back(y, 0, 4).read().await?;
+        if run > 0 {
+            best = best.min(now() - t0);
+        }
+    }
+    gpu.check("measuring the product kernels")?;
+    Ok(best)
+}
+
+/// Which kernels suit this adapter: the tiled and the rows products timed side by side on the 125M shape's
+/// square matrix in f32 and INT8, for a window of 64 rows and for one row.
+pub async fn tune(gpu: &Gpu) -> Result<Plan> {
+    let (d, t) = (768, 64);
+    let x = gpu.buffer("tuning x", (t * d * 4) as u64);
+    let y = gpu.buffer("tuning y", (t * d * 4) as u64);
+    let dummy = gpu.buffer("placeholder", 4);
+    let mats = [matrix(gpu, Kind::F32, d, d)?, matrix(gpu, Kind::Int8PerRow, d, d)?];
+    let mut plan = Plan::default();
+    for (rows, slot) in [(t, 0), (1, 1)] {
+        let mut secs = [0.0; 2];
+        for (i, v) in [Variant::Tiled, Variant::Rows].into_iter().enumerate() {
+            let p = Plan { many: v, one: v };
+            secs[i] = product_seconds(gpu, p, &mats, d, rows, &x, &y, &dummy).await?;
+        }
+        let best = if secs[1] < secs[0] { Variant::Rows } else { Variant::Tiled };
+        if slot == 0 {
+            plan.many = best;
+        } else {
+            plan.one = best;
+        }
+    }
+    Ok(plan)
+}
+
 fn matrix(gpu: &Gpu, kind: Kind, rows: usize, cols: usize) -> Result<GpuMatrix> {
     let mut r = Rng::new((rows * cols) as u64);
     let f = match kind {
@@ -120,21 +178,27 @@ pub async fn kernels(gpu: &Gpu, spec: &BenchSpec, bounds: &Bounds) -> Result<Vec
     let (d, inner, t) = (spec.hidden, spec.inner, spec.tokens);
     let mut out = Vec::new();
     let x = gpu.buffer("x", (t * d.max(inner) * 4) as u64);
-    let y = gpu.buffer("y", (t * d.max(inner) * 4) as u64);
+    let y = gpu.buffer("y", (t * d.max(inner).max(spec.vocab) * 4) as u64);
     let dummy = gpu.buffer("placeholder", 4);
     for kind in Kind::ALL {
-        for (n, k) in [(d, d), (inner, d), (d, inner)] {
+        let head = (spec.vocab > 0).then_some((spec.vocab, d));
+        for (n, k) in [(d, d), (inner, d), (d, inner)].into_iter().chain(head) {
             let m = matrix(gpu, kind, n, k)?;
             let wbytes = (n * k) as f64 * kind.bits() as f64 / 8.0;
-            for rows in [1, t] {
-                let s = time(gpu, &mut |b| matmul(b, &m, &x, 0, k, rows, &y, 0, n, &dummy, 0)).await?;
+            for (rows, variant) in [(1, Variant::Tiled), (1, Variant::Rows), (t, Variant::Tiled), (t, Variant::Rows)] {
+                let plan = Plan { many: variant, one: variant };
+                let s = time(gpu, &mut |b| matmul_as(b, plan, &m, &x, 0, k, rows, &y, 0, n, &dummy, 0)).await?;
                 let flops = 2.0 * (rows * n * k) as f64;
                 let (bps, fps) = (wbytes / s, flops / s);
                 let of_bound = if rows == 1 { bps / bounds.copy_bytes_per_s } else { fps / bounds.flops };
                 out.push(KernelFigure {
                     kernel: format!(
                         "{} {} {rows}×{k}·({n}×{k})ᵀ",
-                        if rows == 1 { "gemv" } else { "tiled" },
+                        match (variant, rows) {
+                            (Variant::Rows, _) => "rows",
+                            (_, 1) => "gemv",
+                            _ => "tiled",
+                        },
                         kind.name()
                     ),
                     seconds: s,
@@ -147,30 +211,48 @@ pub async fn kernels(gpu: &Gpu, spec: &BenchSpec, bounds: &Bounds) -> Result<Vec
             }
         }
     }
+    // what a dispatch costs with no work in it: the floor under every small product (decoding runs ~11 a layer)
+    let s = time(gpu, &mut |b| {
+        for _ in 0..100 {
+            b.dispatch(&b.gpu().kernels.copy, &[&x, &y], Params::default().u(0).f(0.0), [1, 1, 1]);
+        }
+    })
+    .await?;
+    out.push(KernelFigure {
+        kernel: "an empty dispatch (of 100 in a row)".into(),
+        seconds: s / 100.0,
+        bytes: 0.0,
+        bytes_per_s: 0.0,
+        flops: 0.0,
+        flops_per_s: 0.0,
+        of_bound: 0.0,
+    });
     // attention over a window: the scores, the masked softmax and their mix with the values, for one head
     let hd = 64.min(d);
     let q = gpu.buffer("q", (t * d * 4) as u64);
     let scores = gpu.buffer("scores", (t * t * 4) as u64);
-    let s = time(gpu, &mut |b| {
-        let k = &b.gpu().kernels;
-        let sp = Params::default().u(t).u(t).u(hd).u(0).u(hd).u(d).u(1).u(0).u(hd).u(d).u(1).u(0).u(t * t).u(t);
-        b.dispatch(&k.bmm, &[&q, &x, &scores], sp.u(1).u(1).u(0), [t.div_ceil(64) as u32, t.div_ceil(64) as u32, 1]);
-        b.dispatch(&k.softmax, &[&scores], Params::default().u(t).u(t).u(0).u(u32::MAX as usize).u(t), spread(t));
-        let pv = Params::default().u(t).u(hd).u(t).u(0).u(t * t).u(t).u(1).u(0).u(hd).u(1).u(d).u(0).u(hd).u(d);
-        b.dispatch(&k.bmm, &[&scores, &x, &y], pv.u(1).u(0).u(0), [1, t.div_ceil(64) as u32, 1]);
-    })
-    .await?;
-    // causal: about half the score tiles are computed
-    let flops = 2.0 * 2.0 * (t * t * hd) as f64 / 2.0;
-    out.push(KernelFigure {
-        kernel: format!("attention, one head of {hd}, {t} queries"),
-        seconds: s,
-        bytes: 0.0,
-        bytes_per_s: 0.0,
-        flops,
-        flops_per_s: flops / s,
-        of_bound: flops / s / bounds.flops,
-    });
+    {
+        let s = time(gpu, &mut |b| {
+            let sp = Params::default().u(t).u(t).u(hd).u(0).u(hd).u(d).u(1).u(0).u(hd).u(d).u(1).u(0).u(t * t).u(t);
+            bmm(b, sp.u(1).u(1).u(0), [&q, &x, &scores], t, t, 1);
+            let k = &b.gpu().kernels;
+            b.dispatch(&k.softmax, &[&scores], Params::default().u(t).u(t).u(0).u(u32::MAX as usize).u(t), spread(t));
+            let pv = Params::default().u(t).u(hd).u(t).u(0).u(t * t).u(t).u(1).u(0).u(hd).u(1).u(d).u(0).u(hd).u(d);
+            bmm(b, pv.u(1).u(0).u(0), [&scores, &x, &y], t, hd, 1);
+        })
+        .await?;
+        // causal: about half the scores are computed
+        let flops = 2.0 * 2.0 * (t * t * hd) as f64 / 2.0;
+        out.push(KernelFigure {
+            kernel: format!("attention, one head of {hd}, {t} queries"),
+            seconds: s,
+            bytes: 0.0,
+            bytes_per_s: 0.0,
+            flops,
+            flops_per_s: flops / s,
+            of_bound: flops / s / bounds.flops,
+        });
+    }
     Ok(out)
 }
 

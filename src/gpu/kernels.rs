@@ -26,6 +26,13 @@ impl Kind {
         }
     }
 
+    /// Whether the rows kernel can read a matrix of `cols` columns and x at `x_off` with rows `x_stride` apart:
+    /// every row of both must start on 16 bytes, as it reads whole vec4 words.
+    pub fn rows_fit(self, cols: usize, x_off: usize, x_stride: usize) -> bool {
+        let per_16_bytes = 128 / self.bits() as usize;
+        cols % per_16_bytes == 0 && x_off % 4 == 0 && x_stride % 4 == 0
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::F32 => "f32",
@@ -58,14 +65,50 @@ pub struct Kernels {
     pub linear: Vec<Kernel>,
     /// One row of x times W, by weight kind.
     pub gemv: Vec<Kernel>,
+    /// x · Wᵀ without workgroup memory, eight rows of x to a workgroup, by weight kind.
+    pub rows: Vec<Kernel>,
+    /// The same for one row of x.
+    pub rows1: Vec<Kernel>,
     /// The embeddings, by the token embedding's kind.
     pub embed: Vec<Kernel>,
     pub bmm: Kernel,
+    /// The same for a few rows.
+    pub bmm_small: Kernel,
+
     pub softmax: Kernel,
     pub layernorm: Kernel,
     pub metrics: Kernel,
     pub copy: Kernel,
     pub madd: Kernel,
+}
+
+/// Rows of x a workgroup of the rows kernel takes, and its rows of W in 256s; the same for one row of x.
+pub const ROWS: usize = 8;
+pub const ROWS_G: usize = 2;
+pub const ROWS1_G: usize = 2;
+
+/// Which of two kernels computes a product of many rows of x, and which one of one row: the tiled ones (workgroup
+/// memory, lanes along k) suit GPUs; the rows kernels (no workgroup memory, lanes along W's rows, x read
+/// uniformly) suit adapters that run invocations as the SIMD lanes of CPU threads. Measured on each adapter when
+/// its device is made ([`super::Gpu::new`]); both are tested against the CPU on every adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Plan {
+    pub many: Variant,
+    pub one: Variant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Variant {
+    /// `linear.wgsl` for many rows, `gemv.wgsl` for one.
+    Tiled,
+    /// `rows.wgsl`.
+    Rows,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan { many: Variant::Tiled, one: Variant::Tiled }
+    }
 }
 
 const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
@@ -132,12 +175,24 @@ impl Kernels {
                 .collect()
         };
         let rrrrwu = [R, R, R, R, W, U];
+        // the rows kernel's rows of x per workgroup size an array, so they are a constant, not an override
+        let rows = |name: &'static str, n: usize, g: usize| -> Vec<Kernel> {
+            let head = format!("const ROWS: u32 = {n}u;\nconst G: u32 = {g}u;");
+            let source = format!("{head}\n{WEIGHT}\n{}", include_str!("wgsl/rows.wgsl"));
+            Kind::ALL
+                .iter()
+                .map(|k| kernel(device, name, &source, "main", &rrrrwu, &[("KIND", *k as u32 as f64)]))
+                .collect()
+        };
         let probe = include_str!("wgsl/probe.wgsl");
         Kernels {
             linear: weighted("linear", include_str!("wgsl/linear.wgsl"), &rrrrwu),
             gemv: weighted("gemv", include_str!("wgsl/gemv.wgsl"), &rrrrwu),
+            rows: rows("rows", ROWS, ROWS_G),
+            rows1: rows("rows, one", 1, ROWS1_G),
             embed: weighted("embed", include_str!("wgsl/embed.wgsl"), &rrrrwu),
             bmm: kernel(device, "bmm", include_str!("wgsl/bmm.wgsl"), "main", &[R, R, W, U], &[]),
+            bmm_small: kernel(device, "bmm, small", include_str!("wgsl/bmm.wgsl"), "small", &[R, R, W, U], &[]),
             softmax: kernel(device, "softmax", include_str!("wgsl/softmax.wgsl"), "main", &[W, U], &[]),
             layernorm: kernel(device, "layernorm", include_str!("wgsl/layernorm.wgsl"), "main", &[R, R, R, W, U], &[]),
             metrics: kernel(device, "metrics", include_str!("wgsl/metrics.wgsl"), "main", &[R, R, R, W, U], &[]),

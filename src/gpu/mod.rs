@@ -65,6 +65,8 @@ pub struct Gpu {
     pub facts: AdapterFacts,
     pub(crate) kernels: kernels::Kernels,
     faults: Arc<Mutex<Faults>>,
+    /// Which products' kernels run, measured when the device is made.
+    plan: Mutex<kernels::Plan>,
     /// A smaller largest binding than the device's, to test splitting on any adapter (`u64::MAX`: none).
     binding_cap: u64,
 }
@@ -140,9 +142,24 @@ impl Gpu {
             software: info.device_type == wgpu::DeviceType::Cpu,
         };
         let kernels = kernels::Kernels::new(&device);
-        let gpu = Gpu { device, queue, facts, kernels, faults, binding_cap: cap };
+        let plan = Mutex::new(kernels::Plan::default());
+        let gpu = Gpu { device, queue, facts, kernels, faults, plan, binding_cap: cap };
         gpu.check("compiling the kernels")?;
+        let plan = bench::tune(&gpu).await?;
+        gpu.set_plan(plan);
         Ok(Some(gpu))
+    }
+
+    /// The kernels products run with.
+    pub fn plan(&self) -> kernels::Plan {
+        self.plan.lock().map(|p| *p).unwrap_or_default()
+    }
+
+    /// Run products with `plan`'s kernels from now on.
+    pub fn set_plan(&self, plan: kernels::Plan) {
+        if let Ok(mut p) = self.plan.lock() {
+            *p = plan;
+        }
     }
 
     /// An error for what the device reported since the last check, naming what was being done.

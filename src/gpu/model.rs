@@ -3,7 +3,7 @@
 //! the output projection added to the residual, LayerNorm, the MLP with gelu_new added to the residual — and the
 //! final LayerNorm. A window runs whole (evaluation); generation runs a token at a time on a key-value cache.
 
-use super::kernels::{spread, Batch, Params};
+use super::kernels::{spread, Batch, Params, Plan, Variant, ROWS, ROWS1_G, ROWS_G};
 use super::tensor::{upload_stored_vector, upload_vector, GpuMatrix, GpuWeight, MatrixSource, Uploads};
 use super::Gpu;
 use crate::model::checkpoint::Checkpoint;
@@ -412,12 +412,7 @@ impl GpuModel {
                 .u(1)
                 .u(1)
                 .u(pos0);
-            batch.dispatch(
-                &kern.bmm,
-                &[&s.q, kb, &s.scores],
-                p,
-                [l.div_ceil(64) as u32, t.div_ceil(64) as u32, hn as u32],
-            );
+            bmm(batch, p, [&s.q, kb, &s.scores], t, l, hn);
             let w = window.min(u32::MAX as usize);
             let p = Params::default().u(t).u(l).u(pos0).u(w).u(hn * t);
             batch.dispatch(&kern.softmax, &[&s.scores], p, spread(hn * t));
@@ -440,12 +435,7 @@ impl GpuModel {
                 .u(1)
                 .u(0)
                 .u(0);
-            batch.dispatch(
-                &kern.bmm,
-                &[&s.scores, vb, &s.att],
-                p,
-                [hd.div_ceil(64) as u32, t.div_ceil(64) as u32, hn as u32],
-            );
+            bmm(batch, p, [&s.scores, vb, &s.att], t, hd, hn);
             g0 += hn;
         }
     }
@@ -493,6 +483,23 @@ pub(crate) const BIAS: u32 = 2;
 pub(crate) const GELU: u32 = 4;
 pub(crate) const ACCUMULATE: u32 = 8;
 
+/// Attention for at most this many queries at once (decoding) runs `bmm.wgsl`'s `small` products, one output an
+/// invocation, not its 64 × 64 tiles.
+const SMALL: usize = 4;
+
+/// The batched product `p` describes, `m` × `n` outputs in each of `batches`: the small kernel for decoding, else
+/// the tiled one. (A register-tiled kernel without workgroup memory, like the rows kernel, measured 6× slower than
+/// the tiled one on lavapipe: its loads are strided scalars.)
+pub(crate) fn bmm<'g>(batch: &mut Batch<'g>, p: Params, buffers: [&Buffer; 3], m: usize, n: usize, batches: usize) {
+    let kern = &batch.gpu().kernels;
+    let (kernel, groups) = if m <= SMALL {
+        (&kern.bmm_small, [n.div_ceil(64) as u32, m as u32, batches as u32])
+    } else {
+        (&kern.bmm, [n.div_ceil(64) as u32, m.div_ceil(64) as u32, batches as u32])
+    };
+    batch.dispatch(kernel, &buffers, p, groups);
+}
+
 /// `y[t, y_off + n] (op)= x[t] · m[n]` for `t` rows of x (each `x_stride` apart from `x_off`), y rows `y_stride`
 /// wide; the tiled kernel, or the one-row kernel when `t` is 1.
 #[allow(clippy::too_many_arguments)]
@@ -509,7 +516,28 @@ pub(crate) fn matmul<'g>(
     vecb: &Buffer,
     mode: u32,
 ) {
+    let plan = batch.gpu().plan();
+    matmul_as(batch, plan, m, x, x_off, x_stride, t, y, y_off, y_stride, vecb, mode)
+}
+
+/// [`matmul`] with the kernels `plan` names.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_as<'g>(
+    batch: &mut Batch<'g>,
+    plan: Plan,
+    m: &GpuMatrix,
+    x: &Buffer,
+    x_off: usize,
+    x_stride: usize,
+    t: usize,
+    y: &Buffer,
+    y_off: usize,
+    y_stride: usize,
+    vecb: &Buffer,
+    mode: u32,
+) {
     let kern = &batch.gpu().kernels;
+    let kind = m.kind as usize;
     for ch in &m.chunks {
         let params = Params::default()
             .u(t)
@@ -523,11 +551,24 @@ pub(crate) fn matmul<'g>(
             .u(mode as usize)
             .i(m.zero_point);
         let buffers = [x, &ch.data, &ch.scales, vecb, y];
-        if t == 1 {
-            batch.dispatch(&kern.gemv[m.kind as usize], &buffers, params, spread(ch.rows.div_ceil(8)));
-        } else {
-            let groups = [ch.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1];
-            batch.dispatch(&kern.linear[m.kind as usize], &buffers, params, groups);
+        let mut variant = if t == 1 { plan.one } else { plan.many };
+        if !m.kind.rows_fit(m.cols, x_off, x_stride) {
+            variant = Variant::Tiled;
+        }
+        match (variant, t) {
+            (Variant::Tiled, 1) => batch.dispatch(&kern.gemv[kind], &buffers, params, spread(ch.rows.div_ceil(8))),
+            (Variant::Tiled, _) => {
+                let groups = [ch.rows.div_ceil(64) as u32, t.div_ceil(64) as u32, 1];
+                batch.dispatch(&kern.linear[kind], &buffers, params, groups)
+            }
+            (Variant::Rows, 1) => {
+                let groups = [ch.rows.div_ceil(256 * ROWS1_G) as u32, 1, 1];
+                batch.dispatch(&kern.rows1[kind], &buffers, params, groups)
+            }
+            (Variant::Rows, _) => {
+                let groups = [ch.rows.div_ceil(256 * ROWS_G) as u32, t.div_ceil(ROWS) as u32, 1];
+                batch.dispatch(&kern.rows[kind], &buffers, params, groups)
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Every GPU kernel against the CPU path, on the adapter there is (natively lavapipe in CI: a missing adapter fails).
 
-use super::kernels::{Batch, Params};
-use super::model::{matmul, ACCUMULATE, BIAS, GELU, SCALE};
+use super::kernels::{Batch, Params, Plan, Variant};
+use super::model::{matmul, matmul_as, ACCUMULATE, BIAS, GELU, SCALE};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::{block_on, Gpu};
 use crate::evaluation::metrics::{PositionStats, Sums};
@@ -71,7 +71,17 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
 #[test]
 fn the_linear_kernels_equal_the_cpu_for_every_storage_shape_and_epilogue() {
     // shapes with partial tiles, rows not a whole number of words, and one row of x (the one-row kernel)
-    for (t, n, k) in [(1, 70, 36), (1, 33, 37), (5, 70, 37), (70, 130, 64), (2, 9, 6)] {
+    for (t, n, k) in [
+        (1, 70, 36),
+        (1, 33, 37),
+        (5, 70, 37),
+        (70, 130, 64),
+        (2, 9, 6),
+        (9, 300, 40),
+        (1, 300, 40),
+        (11, 70, 48),
+        (1, 70, 48),
+    ] {
         let w = randoms(n * k, (n * k) as u64);
         let x = randoms(t * k, 7);
         let bias = randoms(n, 9);
@@ -102,12 +112,16 @@ fn the_linear_kernels_equal_the_cpu_for_every_storage_shape_and_epilogue() {
                     (BIAS | ACCUMULATE, &accumulated),
                     (SCALE, &scaled),
                 ] {
-                    let y = gpu.upload("y", &bytes(&res));
-                    let mut batch = Batch::new(gpu);
-                    matmul(&mut batch, &m, &xb, 0, k, t, &y, 0, n, &vb, mode);
-                    batch.submit();
-                    let got = read(gpu, &y, t * n);
-                    assert_close(&got, want, 2e-5, &format!("{name} {t}×{k}·({n}×{k})ᵀ {split}, mode {mode}"));
+                    // both kernels of each pair, whichever this adapter runs
+                    for v in [Variant::Tiled, Variant::Rows] {
+                        let y = gpu.upload("y", &bytes(&res));
+                        let mut batch = Batch::new(gpu);
+                        matmul_as(&mut batch, Plan { many: v, one: v }, &m, &xb, 0, k, t, &y, 0, n, &vb, mode);
+                        batch.submit();
+                        let got = read(gpu, &y, t * n);
+                        let what = format!("{name} {t}×{k}·({n}×{k})ᵀ {split}, mode {mode}, {v:?}");
+                        assert_close(&got, want, 2e-5, &what);
+                    }
                 }
             }
         }

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { start, step, ROOT } from './harness.mjs';
 
 const HUB = path.join(ROOT, 'tests/fixtures/tiny-hub');
-const TOKENS = 1024, WINDOW = 512;
+// 512 tokens keep the run short on a 2-core machine; top-1 is allowed 2 positions per 1024 of them
+const TOKENS = 512;
 
 const { server, browser } = await start({ gpu: true });
 let failed = false;
@@ -36,7 +37,7 @@ try {
   };
   // every figure at full precision (each card's title holds the number as computed)
   const figures = (p) => p.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, Number(n.title)])));
-  const settings = async (p, { rank, quant, minDim }) => {
+  const settings = async (p, { rank, quant, minDim }, window) => {
     await p.selectOption('#method', 'svd');
     await p.fill('#rank', String(rank));
     await p.fill('#skip', '');
@@ -44,7 +45,7 @@ try {
     await p.fill('#min-dim', String(minDim));
     if (!(await p.isVisible('#eval-tokens'))) await p.click('#eval-settings summary');
     await p.fill('#eval-tokens', String(TOKENS));
-    await p.fill('#eval-window', String(WINDOW));
+    await p.fill('#eval-window', String(window));
   };
   const compareFigures = (gpu, cpu, what) => {
     const rel = (a, b) => Math.abs(a - b) / Math.abs(b);
@@ -52,7 +53,7 @@ try {
     assert.ok(rel(gpu.ppl_compressed, cpu.ppl_compressed) < 1e-4, `${what}: perplexity of the compressed ${gpu.ppl_compressed} vs ${cpu.ppl_compressed}`);
     assert.ok(Math.abs(gpu.cosine - cpu.cosine) < 1e-5, `${what}: cosine ${gpu.cosine} vs ${cpu.cosine}`);
     assert.ok(Math.abs(gpu.kl - cpu.kl) < 1e-4, `${what}: KL ${gpu.kl} vs ${cpu.kl}`);
-    assert.ok(Math.abs(gpu.top1 - cpu.top1) * TOKENS <= 2, `${what}: top-1 ${gpu.top1} vs ${cpu.top1}`);
+    assert.ok(Math.abs(gpu.top1 - cpu.top1) * TOKENS <= 2 * TOKENS / 1024 + 1e-9, `${what}: top-1 ${gpu.top1} vs ${cpu.top1}`);
     for (const k of ['bytes_original', 'bytes_compressed', 'layers_compressed']) assert.equal(gpu[k], cpu[k], `${what}: ${k}`);
     console.log(`  ${what}: ppl ${gpu.ppl_compressed} vs ${cpu.ppl_compressed}, cosine ${gpu.cosine} vs ${cpu.cosine}, KL ${gpu.kl} vs ${cpu.kl}, top-1 ${gpu.top1} vs ${cpu.top1}`);
   };
@@ -74,16 +75,17 @@ try {
   assert.match(await cpu.getAttribute('#device', 'title'), /device=cpu/);
 
   const cases = [
-    ['the demo model', async (p) => jobOn(p, () => p.click('#load-demo'))],
-    ['an uploaded Hub folder', async (p) => jobOn(p, () => p.setInputFiles('#files', fs.readdirSync(HUB).map((f) => path.join(HUB, f))))],
+    // (windows as long as each model reads: the tiny one's 128 positions)
+    ['the demo model', 256, async (p) => jobOn(p, () => p.click('#load-demo'))],
+    ['an uploaded Hub folder', 128, async (p) => jobOn(p, () => p.setInputFiles('#files', fs.readdirSync(HUB).map((f) => path.join(HUB, f))))],
   ];
-  for (const [model, load] of cases) {
+  for (const [model, window, load] of cases) {
     for (const [setting, s] of [['low-rank INT8 per row', { rank: 16, quant: 'per-row', minDim: 0 }], ["the origin's per-tensor INT8", { rank: 32, quant: 'per-tensor', minDim: 0 }]]) {
       step(`${model}, ${setting}: evaluated and continued on both devices`);
       const got = {};
       for (const [name, p] of [['gpu', gpu], ['cpu', cpu]]) {
         await load(p);
-        await settings(p, s);
+        await settings(p, s, window);
         await jobOn(p, () => p.click('#compress'), ['done', 'error']);
         got[name] = { figures: await figures(p), device: await p.$eval('#summary', (e) => e.dataset.device), text: await continuation(p) };
       }

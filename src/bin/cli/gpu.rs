@@ -26,6 +26,8 @@ struct Whole {
 #[derive(Serialize)]
 struct Report {
     adapter: semantic_llm_compressor::gpu::AdapterFacts,
+    /// The products' kernels measured fastest on this adapter when its device was made.
+    plan: semantic_llm_compressor::gpu::kernels::Plan,
     bounds: Bounds,
     kernels: Vec<KernelFigure>,
     whole: Vec<Whole>,
@@ -46,8 +48,10 @@ pub(super) fn bench_gpu(model: Option<&Path>, tokens: usize, decode: usize, cpu:
     let bounds = block_on(bench::bounds(&gpu))?;
     let bundle = model.map(ModelBundle::open_dir).transpose()?;
     let spec = match &bundle {
-        Some(b) => BenchSpec { hidden: b.cfg.hidden_size, inner: b.cfg.intermediate_size(), tokens },
-        None => BenchSpec { hidden: 768, inner: 3072, tokens },
+        Some(b) => {
+            BenchSpec { hidden: b.cfg.hidden_size, inner: b.cfg.intermediate_size(), tokens, vocab: b.cfg.vocab_size }
+        }
+        None => BenchSpec { hidden: 768, inner: 3072, tokens, vocab: 0 },
     };
     let kernels = block_on(bench::kernels(&gpu, &spec, &bounds))?;
     let mut whole = Vec::new();
@@ -113,12 +117,13 @@ pub(super) fn bench_gpu(model: Option<&Path>, tokens: usize, decode: usize, cpu:
             cpu_seconds: cpu_tok,
         });
     }
-    let r = Report { adapter: gpu.facts.clone(), bounds, kernels, whole };
+    let r = Report { adapter: gpu.facts.clone(), plan: gpu.plan(), bounds, kernels, whole };
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
     println!("adapter: {} (driver {})", r.adapter.label(), r.adapter.driver);
+    println!("products measured fastest: {:?} for many rows of x, {:?} for one", r.plan.many, r.plan.one);
     println!(
         "bounds: copy {:.2} GB/s (read + written), multiply-add {:.1} GFLOP/s",
         r.bounds.copy_bytes_per_s / 1e9,

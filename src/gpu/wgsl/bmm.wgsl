@@ -91,3 +91,23 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
         }
     }
 }
+
+// The same products for a few rows (decoding): one output an invocation, no workgroup memory, the sum over k in
+// the same order as `main`'s.
+@compute @workgroup_size(64)
+fn small(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let i = gid.y;
+    let batch = gid.z;
+    if (i >= p.m || j >= p.n || (p.causal != 0u && j > p.pos0 + i)) {
+        return;
+    }
+    let ab = p.a_off + batch * p.a_sb + i * p.a_si;
+    let bb = p.b_off + batch * p.b_sb + j * p.b_sj;
+    var acc = 0.0;
+    for (var k = 0u; k < p.k; k++) {
+        acc += a[ab + k * p.a_sk] * bm[bb + k * p.b_sk];
+    }
+    c[p.c_off + batch * p.c_sb + i * p.c_si + j * p.c_sj] = acc;
+}
+

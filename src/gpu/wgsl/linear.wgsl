@@ -22,6 +22,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
 
+fn word(i: u32) -> u32 {
+    return w[i];
+}
+
 fn zero_point() -> i32 {
     return p.zp;
 }
