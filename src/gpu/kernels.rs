@@ -30,7 +30,7 @@ impl Kind {
     /// every row of both must start on 16 bytes, as it reads whole vec4 words.
     pub fn rows_fit(self, cols: usize, x_off: usize, x_stride: usize) -> bool {
         let per_16_bytes = 128 / self.bits() as usize;
-        cols % per_16_bytes == 0 && x_off % 4 == 0 && x_stride % 4 == 0
+        cols.is_multiple_of(per_16_bytes) && x_off.is_multiple_of(4) && x_stride.is_multiple_of(4)
     }
 
     pub fn name(self) -> &'static str {
@@ -84,8 +84,8 @@ pub struct Kernels {
 
 /// Rows of x a workgroup of the rows kernel takes, and its rows of W in 256s; the same for one row of x.
 pub const ROWS: usize = 8;
-pub const ROWS_G: usize = 2;
-pub const ROWS1_G: usize = 2;
+pub const ROWS_G: usize = 1;
+pub const ROWS1_G: usize = 1;
 
 /// Which of two kernels computes a product of many rows of x, and which one of one row: the tiled ones (workgroup
 /// memory, lanes along k) suit GPUs; the rows kernels (no workgroup memory, lanes along W's rows, x read

@@ -201,7 +201,7 @@ impl Gpu {
 
     /// Write `data` at `offset` (bytes) of `buffer`, padding its end to a whole word.
     pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, data: &[u8]) {
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             self.queue.write_buffer(buffer, offset, data);
         } else {
             let mut padded = data.to_vec();

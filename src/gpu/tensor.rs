@@ -237,6 +237,8 @@ fn content_hash(parts: &[&[u8]]) -> u64 {
 
 impl Uploads {
     /// `src` on the GPU: the matrix uploaded before under `name` with the same content, or a new upload.
+    // natively wgpu's handles are Send + Sync; in the browser nothing is shared between threads, and one type serves both
+    #[allow(clippy::arc_with_non_send_sync)]
     pub fn matrix(&mut self, gpu: &Gpu, name: &str, src: &MatrixSource) -> Result<Arc<GpuMatrix>> {
         let key = match src {
             // what a checkpoint holds under a name is one thing
@@ -269,6 +271,7 @@ impl Uploads {
     }
 
     /// A linear layer's weight of the CPU model on the GPU.
+    #[allow(clippy::arc_with_non_send_sync)]
     pub fn weight(&mut self, gpu: &Gpu, name: &str, w: &LinearWeight) -> Result<GpuWeight> {
         Ok(match w {
             LinearWeight::Dense(t) => GpuWeight::Matrix(self.matrix(gpu, name, &MatrixSource::Tensor(t))?),
