@@ -2,7 +2,8 @@
 //! store the factors (INT8 or f32), and measure the reconstruction error of what is actually stored.
 //!
 //! [`Compressor`] works one matrix per [`Compressor::step`], reading each weight from the checkpoint by its byte
-//! range, so a page can show progress, stop between matrices, and never hold the dense model twice.
+//! range, so a page can show progress, stop between matrices, and never hold the dense model twice. Beside it:
+//! `share` (matrices handed to helpers, earlier results reused) and `check` (the allocation check).
 
 use crate::compression::matrix::{factors, FactorJob, Factored, LayerReport, ProbeReport, StepInfo};
 use crate::compression::policy::{MatrixInfo, Plan, Policy};
@@ -15,8 +16,12 @@ use crate::model::config::GptNeoConfig;
 use crate::model::gpt_neo::GptNeo;
 use crate::model::linear::LinearWeight;
 use crate::{Error, Result};
-use serde::Serialize;
 use std::collections::HashMap;
+
+mod check;
+mod share;
+
+pub use check::AllocationCheck;
 
 enum Phase {
     Spectra,
@@ -54,22 +59,6 @@ pub struct Compressor {
     reuse: HashMap<String, Factored>,
     /// The weights' own singular values an earlier compression computed, by matrix name.
     known_spectra: HashMap<String, Vec<f64>>,
-}
-
-/// What the allocation check found ([`Policy::checks_allocation`]): the budget's ranks as its mode spreads them and
-/// the same fraction of each matrix, both stored as they would be, measured on the calibration text's first tokens.
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
-pub struct AllocationCheck {
-    /// The budget mode the policy asked for ("energy", "uniform", "loss").
-    pub mode: crate::compression::policy::BudgetMode,
-    /// Its ranks, all matrices at once: KL of the final logits against the original's (nats per position), cosine.
-    pub mode_damage: Damage,
-    /// The same fraction of each matrix, the same way.
-    pub proportional_damage: Damage,
-    /// Whether the mode's own ranks were kept (otherwise the same fraction of each matrix is stored).
-    pub kept_mode: bool,
-    /// Calibration tokens measured on (the first ones).
-    pub tokens: usize,
 }
 
 impl Compressor {
@@ -322,142 +311,6 @@ impl Compressor {
         Ok((all, Some(ProbeReport { rank, damage, error, sensitivity })))
     }
 
-    /// Matrices an earlier compression factored ([`Compressor::reusable`]): a matrix planned the same way takes that
-    /// result. Every matrix whose plan is made already (no spectrum pass) is taken at once; returns their indices.
-    pub fn reuse(&mut self, factored: HashMap<String, Factored>) -> Result<Vec<usize>> {
-        self.reuse = factored;
-        let mut taken = Vec::new();
-        if matches!(self.phase, Phase::Factor) && !self.check_pending() {
-            for i in 0..self.mats.len() {
-                if let Some(f) = self.reused(i)? {
-                    self.accept(f)?;
-                    taken.push(i);
-                }
-            }
-        }
-        Ok(taken)
-    }
-
-    /// Matrix `i`'s result from an earlier compression, when its job is the same.
-    fn reused(&mut self, i: usize) -> Result<Option<Factored>> {
-        // activation-aware factors depend on the calibration: never taken (and their jobs need its statistics)
-        if self.reuse.is_empty()
-            || self.policy.method.is_activation_aware()
-            || self.done.get(i).is_some_and(Option::is_some)
-        {
-            return Ok(None);
-        }
-        // a copy of the factors, made now: the compressed model's memory is measured from the compressor's start (the
-        // earlier ones stay as they are until it finishes, so that nothing from before it is freed in between)
-        Ok(self.job(i)?.reuse_key().and_then(|k| self.reuse.get(&k)).map(|f| Factored {
-            index: i,
-            report: f.report.clone(),
-            weight: f.weight.as_ref().map(|w| w.deep_copy()),
-        }))
-    }
-
-    /// Matrix `i` factored as planned, or taken from an earlier compression.
-    fn run_job(&mut self, i: usize, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Factored> {
-        match self.reused(i)? {
-            Some(f) => Ok(f),
-            None => self.job(i)?.run(read),
-        }
-    }
-
-    /// The weights' own singular values, by matrix name, known from an earlier compression of the same original: the
-    /// spectrum pass takes them instead of computing them.
-    pub fn know_spectra(&mut self, spectra: HashMap<String, Vec<f64>>) {
-        self.known_spectra = spectra;
-    }
-
-    /// The weights' own singular values this compression computed or took (none when its spectra are whitened).
-    pub fn plain_spectra(&self) -> Vec<(String, Vec<f64>)> {
-        if self.policy.needs_sensitivity() {
-            return Vec::new();
-        }
-        self.mats.iter().zip(&self.spectra).filter_map(|(m, s)| Some((m.name.clone(), s.clone()?))).collect()
-    }
-
-    /// The work that other workers can do now, by matrix index: the spectrum pass's (the weights' own spectra), the
-    /// allocation check's candidates, or the factoring (not the refit's blocks, which follow one another); its
-    /// phase's name. `None` when what is left runs here (calibration, probes, the refit, the check's measurement).
-    pub fn shareable(&self) -> Option<(&'static str, Vec<usize>)> {
-        if self.needs_calibration() || self.needs_probe() {
-            return None;
-        }
-        let todo = match self.phase {
-            Phase::Spectra if !self.policy.needs_sensitivity() => {
-                let known = |i: &usize| self.known_spectra.contains_key(&self.mats[*i].name);
-                let t: Vec<usize> =
-                    self.spectrum_targets().into_iter().filter(|&i| self.spectra[i].is_none() && !known(&i)).collect();
-                ("spectrum", t)
-            }
-            Phase::Factor if self.check_pending() => {
-                ("check", (0..self.mats.len()).filter(|&i| self.checked.get(i).is_some_and(Option::is_none)).collect())
-            }
-            Phase::Factor if self.policy.method != crate::compression::policy::Method::Refit => {
-                ("factor", (0..self.mats.len()).filter(|&i| self.done[i].is_none()).collect())
-            }
-            _ => return None,
-        };
-        Some(todo).filter(|(_, t)| !t.is_empty())
-    }
-
-    /// Matrix `i`'s shareable work in the current phase ([`Compressor::shareable`]).
-    pub fn work(&self, i: usize) -> Result<crate::compression::work::Work> {
-        use crate::compression::work::Work;
-        let m = self.mats.get(i).ok_or_else(|| self.no_matrix(i))?;
-        Ok(match self.shareable().map(|(phase, _)| phase) {
-            Some("spectrum") => Work::Spectrum { index: i, matrix: m.clone() },
-            Some("check") => Work::Check(self.job(i)?, self.alt_plans[i].clone()),
-            Some("factor") => Work::Factor(self.job(i)?),
-            _ => return Err(Error::msg(format!("matrix {} has no work to share now", m.name))),
-        })
-    }
-
-    /// Keep what another worker did ([`Compressor::work`]); the step it makes.
-    pub fn accept_done(&mut self, done: crate::compression::work::Done) -> Result<StepInfo> {
-        use crate::compression::work::Done;
-        let n = self.mats.len();
-        let (phase, index, name) = match done {
-            Done::Spectrum { index, values } => {
-                let m = self.mats.get(index).ok_or_else(|| self.no_matrix(index))?;
-                if !matches!(self.phase, Phase::Spectra) || self.spectra[index].is_some() {
-                    return Err(Error::tensor(&m.name, "had its spectrum computed twice"));
-                }
-                self.spectra[index] = Some(values);
-                ("spectrum", index, m.name.clone())
-            }
-            Done::Checked(pair) => {
-                let (a, b) = *pair;
-                let i = a.index;
-                let name = self.mats.get(i).ok_or_else(|| self.no_matrix(i))?.name.clone();
-                match self.checked.get_mut(i) {
-                    Some(slot @ None) => *slot = Some((a, b)),
-                    _ => return Err(Error::tensor(&name, "was checked twice, or outside the allocation check")),
-                }
-                ("check", i, name)
-            }
-            Done::Factored(f) => {
-                let (i, name) = (f.index, f.report.name.clone());
-                self.accept(*f)?;
-                ("factor", i, name)
-            }
-        };
-        let done = match phase {
-            "spectrum" => self.spectra.iter().filter(|s| s.is_some()).count(),
-            "check" => self.checked.iter().filter(|c| c.is_some()).count(),
-            _ => self.accepted(),
-        };
-        Ok(StepInfo { phase, done, total: n, name, index: Some(index) })
-    }
-
-    /// Whether the factoring can be shared among workers: every plan is made up front (no spectrum pass) and no
-    /// calibration statistics are needed, so each worker needs only the files and the policy.
-    pub fn can_split(&self) -> bool {
-        !self.policy.needs_spectra() && !self.policy.method.is_activation_aware()
-    }
-
     /// Matrix `i`'s work, to run here or elsewhere (once the plans are made).
     pub fn job(&self, i: usize) -> Result<FactorJob> {
         let plan = self.plans.get(i).cloned().ok_or_else(|| self.no_matrix(i))?;
@@ -509,77 +362,6 @@ impl Compressor {
             self.phase = Phase::Done;
         }
         Ok(())
-    }
-
-    /// Whether the allocation check is still to run.
-    pub fn check_pending(&self) -> bool {
-        self.policy.checks_allocation() && self.check.is_none()
-    }
-
-    /// One step of the allocation check ([`Policy::checks_allocation`]), once the plans are made and before any
-    /// matrix is stored: a matrix's activation-aware factors at the mode's rank and at the same fraction each; once
-    /// every matrix has both, both sets are measured on the probe and the plans of the one closer to the original's
-    /// logits are kept (the mode's on a tie). Method whitened stores the factors it kept; the refit fits its own to
-    /// those ranks. `None` when there is nothing (left) to check.
-    pub fn check_step(&mut self, read: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<Option<StepInfo>> {
-        if !self.check_pending() || !matches!(self.phase, Phase::Factor) {
-            return Ok(None);
-        }
-        let n = self.mats.len();
-        if let Some(i) = self.checked.iter().position(Option::is_none) {
-            // both candidates from one read and, activation-aware, one whitened decomposition
-            let (mine, same) = match &self.alt_plans[i] {
-                p if *p == self.plans[i] => {
-                    let mine = self.job(i)?.run(read)?;
-                    (mine.clone(), mine)
-                }
-                p => {
-                    let (mine, same) = self.job(i)?.run_with(read, Some(p.clone()))?;
-                    (mine, same.ok_or_else(|| Error::msg("the allocation check's other candidate is missing"))?)
-                }
-            };
-            self.checked[i] = Some((mine, same));
-            let done = self.checked.iter().filter(|c| c.is_some()).count();
-            let name = format!("{} (both allocations)", self.mats[i].name);
-            return Ok(Some(StepInfo { phase: "check", done, total: n + 1, name, index: Some(i) }));
-        }
-        let probe = self.probe.as_ref().ok_or_else(|| Error::msg("the allocation check's probe has not been set"))?;
-        let pairs: Vec<(Factored, Factored)> = std::mem::take(&mut self.checked)
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::msg("the allocation check measured before every matrix was factored both ways"))?;
-        // what the probe can replace: the blocks' matrices (an untied head outside them is left as the original's)
-        let stored = |f: &Factored| {
-            f.weight.clone().filter(|_| probe.block_of(&f.report.name).is_some()).map(|w| (f.report.name.clone(), w))
-        };
-        let mode_damage = probe.damage_of(&pairs.iter().filter_map(|(a, _)| stored(a)).collect())?;
-        let proportional_damage = probe.damage_of(&pairs.iter().filter_map(|(_, b)| stored(b)).collect())?;
-        let kept_mode = mode_damage.kl <= proportional_damage.kl;
-        let alt_plans = std::mem::take(&mut self.alt_plans);
-        if !kept_mode {
-            self.plans = alt_plans;
-        }
-        let check = AllocationCheck {
-            mode: self.policy.budget_mode,
-            mode_damage,
-            proportional_damage,
-            kept_mode,
-            tokens: mode_damage.positions,
-        };
-        let name = format!(
-            "allocation checked: {} KL {:.4}, same fraction each {:.4}: {} kept",
-            check.mode.name(),
-            mode_damage.kl,
-            proportional_damage.kl,
-            if kept_mode { check.mode.name() } else { "same fraction each" }
-        );
-        self.check = Some(check);
-        if self.policy.method == crate::compression::policy::Method::Whitened {
-            for (mine, same) in pairs {
-                self.accept(if kept_mode { mine } else { same })?;
-            }
-        }
-        Ok(Some(StepInfo { phase: "check", done: n + 1, total: n + 1, name, index: None }))
     }
 
     /// Replace an accepted matrix's stored weight by its block-level refinement ([`crate::compression::refine`]),

@@ -1,36 +1,40 @@
 //! The WebAssembly boundary: the only module that knows about JavaScript, and it decides nothing. It turns `File`s
 //! into byte sources read in slices, JS values into the [`Session`]'s typed inputs and its results back, and errors
 //! into JS `Error`s that carry the sentence the page shows and a `kind` taken from the error's variant (the worker
-//! branches on the kind). Everything here runs inside a Web Worker (`FileReaderSync` exists only there).
+//! branches on the kind). Everything here runs inside a Web Worker (`FileReaderSync` exists only there): `files`
+//! (the user's `File`s as byte sources), `gpu` (the WebGPU device and the session's GPU steps), the rest here.
 
-use crate::gpu::{Gpu, Pending};
-use crate::model::checkpoint::ByteSource;
 use crate::model::generate::SamplingParams;
 use crate::session::memory::{MemoryBudget, WASM_LIMIT};
-use crate::session::{EvalSpec, ModelFiles, Session, Which};
-use crate::{Error, Result};
+use crate::session::{EvalSpec, Session, Which};
+use crate::Error;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+
+mod files;
+mod gpu;
+
+use files::model_files;
 
 /// Count live heap bytes, so the page's memory figures are measured.
 #[global_allocator]
 static ALLOC: crate::alloc::CountingAlloc = crate::alloc::CountingAlloc;
 
-type JsResult<T> = std::result::Result<T, JsValue>;
+pub(super) type JsResult<T> = std::result::Result<T, JsValue>;
 
 /// An `Error` whose `message` is the sentence and whose `kind` names the variant.
-fn js_err(e: Error) -> JsValue {
+pub(super) fn js_err(e: Error) -> JsValue {
     let err = js_sys::Error::new(&e.to_string());
     let _ = js_sys::Reflect::set(&err, &"kind".into(), &e.kind().as_str().into());
     err.into()
 }
 
-fn to_js<T: Serialize>(v: &T) -> JsResult<JsValue> {
+pub(super) fn to_js<T: Serialize>(v: &T) -> JsResult<JsValue> {
     v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).map_err(|e| js_err(Error::msg(e.to_string())))
 }
 
-fn from_js<T: serde::de::DeserializeOwned>(v: JsValue, what: &str) -> JsResult<T> {
+pub(super) fn from_js<T: serde::de::DeserializeOwned>(v: JsValue, what: &str) -> JsResult<T> {
     serde_wasm_bindgen::from_value(v).map_err(|e| js_err(Error::Policy(format!("{what}: {e}"))))
 }
 
@@ -40,60 +44,6 @@ fn heap_bytes() -> f64 {
         .buffer()
         .unchecked_into::<js_sys::ArrayBuffer>()
         .byte_length() as f64
-}
-
-/// A `File` (or `Blob`) read in slices with `FileReaderSync`, so only the bytes asked for enter wasm memory.
-pub struct BlobSource {
-    name: String,
-    blob: web_sys::Blob,
-    reader: web_sys::FileReaderSync,
-}
-
-impl BlobSource {
-    pub fn new(name: String, blob: web_sys::Blob) -> Result<Self> {
-        let reader = web_sys::FileReaderSync::new()
-            .map_err(|_| Error::file(&name, "cannot be read here: FileReaderSync exists only inside a Web Worker"))?;
-        Ok(Self { name, blob, reader })
-    }
-}
-
-impl ByteSource for BlobSource {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn len(&self) -> u64 {
-        self.blob.size() as u64
-    }
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let end = self.range_end(offset, len)?;
-        let slice = self
-            .blob
-            .slice_with_f64_and_f64(offset as f64, end as f64)
-            .map_err(|_| Error::file(&self.name, "cannot be sliced"))?;
-        let buf = self
-            .reader
-            .read_as_array_buffer(&slice)
-            .map_err(|e| Error::file(&self.name, format!("cannot be read ({e:?})")))?;
-        let arr = js_sys::Uint8Array::new(&buf);
-        if arr.length() as usize != len {
-            return Err(Error::file(&self.name, format!("short read: {} of {len} bytes", arr.length())));
-        }
-        let mut out = vec![0u8; len];
-        arr.copy_to(&mut out);
-        Ok(out)
-    }
-}
-
-/// The user's `File`s, sorted by name.
-fn model_files(files: &js_sys::Array) -> Result<ModelFiles> {
-    let mut set = ModelFiles::default();
-    for f in files.iter() {
-        let file: web_sys::File =
-            f.dyn_into().map_err(|_| Error::msg("an item given as a model file is not a File"))?;
-        let name = file.name();
-        set.add(&name, Box::new(BlobSource::new(name.clone(), file.into())?))?;
-    }
-    Ok(set)
 }
 
 /// The core's default compression policy, so the page's form and the core share one default.
@@ -123,49 +73,9 @@ pub fn test_trap(what: &str) {
     panic!("test trap: {what}");
 }
 
-/// A GPU device, until a [`Workspace`] takes it.
-#[wasm_bindgen]
-pub struct GpuDevice(Gpu);
-
-#[wasm_bindgen]
-impl GpuDevice {
-    /// The adapter's name, backend and limits.
-    pub fn facts(&self) -> JsResult<JsValue> {
-        to_js(&self.0.facts)
-    }
-}
-
-/// The first WebGPU adapter's device, or `undefined` when this browser offers none.
-#[wasm_bindgen]
-pub async fn gpu_device() -> JsResult<Option<GpuDevice>> {
-    Ok(Gpu::new().await.map_err(js_err)?.map(GpuDevice))
-}
-
-/// The GPU kernels against the adapter's own bandwidth and throughput ([`crate::gpu::bench`]), on a device of its
-/// own; `spec` as [`crate::gpu::bench::BenchSpec`].
-#[wasm_bindgen]
-pub async fn gpu_bench(spec: JsValue) -> JsResult<JsValue> {
-    let spec: crate::gpu::bench::BenchSpec = from_js(spec, "GPU benchmark")?;
-    let gpu = Gpu::new().await.map_err(js_err)?.ok_or_else(|| js_err(Error::Gpu("no WebGPU adapter".into())))?;
-    let bounds = crate::gpu::bench::bounds(&gpu).await.map_err(js_err)?;
-    let kernels = crate::gpu::bench::kernels(&gpu, &spec, &bounds).await.map_err(js_err)?;
-    to_js(&serde_json::json!({"adapter": gpu.facts, "plan": gpu.plan(), "bounds": bounds, "kernels": kernels}))
-}
-
-/// Work submitted to the GPU: [`GpuWork::wait`] for its bytes (or its error, of kind "gpu").
-#[wasm_bindgen]
-pub struct GpuWork(Pending);
-
-#[wasm_bindgen]
-impl GpuWork {
-    pub async fn wait(self) -> JsResult<Vec<u8>> {
-        self.0.wait().await.map_err(js_err)
-    }
-}
-
 /// One model session in a worker (see [`Session`]).
 #[wasm_bindgen]
-pub struct Workspace(Session);
+pub struct Workspace(pub(crate) Session);
 
 #[wasm_bindgen]
 impl Workspace {
@@ -328,59 +238,6 @@ impl Workspace {
 
     pub fn memory(&self) -> JsResult<JsValue> {
         to_js(&self.0.memory())
-    }
-
-    /// Run evaluations and generations on `device` from now on; the adapter's facts.
-    pub fn gpu_attach(&mut self, device: GpuDevice) -> JsResult<JsValue> {
-        to_js(&self.0.gpu_attach(device.0))
-    }
-
-    /// The adapter in use, or `null`.
-    pub fn gpu_facts(&self) -> JsResult<JsValue> {
-        to_js(&self.0.gpu_facts())
-    }
-
-    /// Stop using the GPU (after a fault): what it held.
-    pub fn gpu_detach(&mut self) -> Option<String> {
-        self.0.gpu_detach()
-    }
-
-    /// Put the models on the GPU; `progress(done, total, what)` after each block.
-    pub fn gpu_prepare(&mut self, progress: Option<js_sys::Function>) -> JsResult<GpuWork> {
-        let mut report = |done: usize, total: usize, what: &str| {
-            if let Some(f) = &progress {
-                let _ = f.call3(&JsValue::NULL, &(done as f64).into(), &(total as f64).into(), &what.into());
-            }
-        };
-        Ok(GpuWork(self.0.gpu_prepare(&mut report).map_err(js_err)?))
-    }
-
-    /// Start an evaluation on the GPU: `spec` as for `eval_begin` (one part).
-    pub fn gpu_eval_begin(&mut self, spec: JsValue) -> JsResult<JsValue> {
-        let spec: EvalSpec = from_js(spec, "evaluation settings")?;
-        to_js(&self.0.gpu_eval_begin(&spec).map_err(js_err)?)
-    }
-
-    /// The next window, submitted; `undefined` when finished.
-    pub fn gpu_eval_submit(&mut self) -> JsResult<Option<GpuWork>> {
-        Ok(self.0.gpu_eval_submit().map_err(js_err)?.map(GpuWork))
-    }
-
-    /// A window's bytes read back: `{done, total}`.
-    pub fn gpu_eval_accept(&mut self, bytes: Vec<u8>) -> JsResult<JsValue> {
-        to_js(&self.0.gpu_eval_accept(&bytes).map_err(js_err)?)
-    }
-
-    /// The next step of the generation `which_model` on the GPU, submitted; `undefined` when finished.
-    pub fn gpu_generate_submit(&mut self, which_model: &str) -> JsResult<Option<GpuWork>> {
-        let which = Which::parse(which_model).map_err(js_err)?;
-        Ok(self.0.gpu_generate_submit(which).map_err(js_err)?.map(GpuWork))
-    }
-
-    /// The logits read back: the next token, `{id, text, token, done}`.
-    pub fn gpu_generate_accept(&mut self, which_model: &str, bytes: Vec<u8>) -> JsResult<JsValue> {
-        let which = Which::parse(which_model).map_err(js_err)?;
-        to_js(&self.0.gpu_generate_accept(which, &bytes).map_err(js_err)?)
     }
 }
 
