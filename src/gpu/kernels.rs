@@ -112,6 +112,7 @@ impl Default for Plan {
 }
 
 const WEIGHT: &str = include_str!("wgsl/weight.wgsl");
+const PRODUCT: &str = include_str!("wgsl/product.wgsl");
 
 fn layout(device: &wgpu::Device, slots: &[Slot]) -> BindGroupLayout {
     let entries: Vec<wgpu::BindGroupLayoutEntry> = slots
@@ -178,7 +179,7 @@ impl Kernels {
         // the rows kernel's rows of x per workgroup size an array, so they are a constant, not an override
         let rows = |name: &'static str, n: usize, g: usize| -> Vec<Kernel> {
             let head = format!("const ROWS: u32 = {n}u;\nconst G: u32 = {g}u;");
-            let source = format!("{head}\n{WEIGHT}\n{}", include_str!("wgsl/rows.wgsl"));
+            let source = format!("{head}\n{WEIGHT}\n{PRODUCT}\n{}", include_str!("wgsl/rows.wgsl"));
             Kind::ALL
                 .iter()
                 .map(|k| kernel(device, name, &source, "main", &rrrrwu, &[("KIND", *k as u32 as f64)]))
@@ -186,8 +187,8 @@ impl Kernels {
         };
         let probe = include_str!("wgsl/probe.wgsl");
         Kernels {
-            linear: weighted("linear", include_str!("wgsl/linear.wgsl"), &rrrrwu),
-            gemv: weighted("gemv", include_str!("wgsl/gemv.wgsl"), &rrrrwu),
+            linear: weighted("linear", &[PRODUCT, include_str!("wgsl/linear.wgsl")].concat(), &rrrrwu),
+            gemv: weighted("gemv", &[PRODUCT, include_str!("wgsl/gemv.wgsl")].concat(), &rrrrwu),
             rows: rows("rows", ROWS, ROWS_G),
             rows1: rows("rows, one", 1, ROWS1_G),
             embed: weighted("embed", include_str!("wgsl/embed.wgsl"), &rrrrwu),

@@ -3,40 +3,14 @@
 // order: decoding is bound by that read. Rows whose length is not a whole number of words are read an element at
 // a time. The epilogue is the tiled kernel's (`mode`).
 
-struct Params {
-    t: u32,
-    n: u32,
-    k: u32,
-    n0: u32,
-    x_off: u32,
-    x_stride: u32,
-    y_off: u32,
-    y_stride: u32,
-    mode: u32,
-    zp: i32,
-}
-
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> wscale: array<f32>;
-@group(0) @binding(3) var<storage, read> vecb: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
 
 fn word(i: u32) -> u32 {
     return w[i];
 }
 
-fn zero_point() -> i32 {
-    return p.zp;
-}
-
 var<workgroup> part: array<f32, 256>;
-
-fn gelu_new(v: f32) -> f32 {
-    let u = 0.7978846 * (v + 0.044715 * v * v * v);
-    return v / (1.0 + exp(-2.0 * u));
-}
 
 fn xv4(k: u32) -> vec4<f32> {
     let b = p.x_off + k;
@@ -122,19 +96,5 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
     } else if (KIND == 4u) {
         v = v * wscale[0];
     }
-    let col = p.n0 + n;
-    if ((p.mode & 1u) != 0u) {
-        v = v * vecb[col];
-    }
-    if ((p.mode & 2u) != 0u) {
-        v = v + vecb[col];
-    }
-    if ((p.mode & 4u) != 0u) {
-        v = gelu_new(v);
-    }
-    let yi = p.y_off + col;
-    if ((p.mode & 8u) != 0u) {
-        v = y[yi] + v;
-    }
-    y[yi] = v;
+    epilogue(v, 0u, n);
 }

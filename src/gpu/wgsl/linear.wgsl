@@ -1,33 +1,12 @@
 // y[t, n0 + n] (op)= x[t, :] · W[n, :] for the rows n of one chunk of W, 64 × 64 outputs per workgroup of 16 × 16
-// invocations (4 × 4 each), through tiles of 16 columns of x and W in workgroup memory. The epilogue applies, in
-// this order and as `mode` asks: a per-column scale (1), a bias (2), gelu_new (4), accumulation into y (8).
-
-struct Params {
-    t: u32,          // rows of x
-    n: u32,          // rows of this chunk of W (outputs it makes)
-    k: u32,          // columns of x and W
-    n0: u32,         // the chunk's first row: its outputs' first column in y
-    x_off: u32,
-    x_stride: u32,
-    y_off: u32,
-    y_stride: u32,
-    mode: u32,
-    zp: i32,
-}
+// invocations (4 × 4 each), through tiles of 16 columns of x and W in workgroup memory; then `product.wgsl`'s
+// epilogue.
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<u32>;
-@group(0) @binding(2) var<storage, read> wscale: array<f32>;
-@group(0) @binding(3) var<storage, read> vecb: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
 
 fn word(i: u32) -> u32 {
     return w[i];
-}
-
-fn zero_point() -> i32 {
-    return p.zp;
 }
 
 const TM: u32 = 64u;
@@ -36,11 +15,6 @@ const TK: u32 = 16u;
 
 var<workgroup> xs: array<f32, 1024>; // [TK][TM]
 var<workgroup> ws: array<f32, 1024>; // [TK][TN]
-
-fn gelu_new(v: f32) -> f32 {
-    let u = 0.7978846 * (v + 0.044715 * v * v * v);
-    return v / (1.0 + exp(-2.0 * u));
-}
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>,
@@ -89,22 +63,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
             if (n >= p.n) {
                 break;
             }
-            let col = p.n0 + n;
-            var v = acc[i][j];
-            if ((p.mode & 1u) != 0u) {
-                v = v * vecb[col];
-            }
-            if ((p.mode & 2u) != 0u) {
-                v = v + vecb[col];
-            }
-            if ((p.mode & 4u) != 0u) {
-                v = gelu_new(v);
-            }
-            let yi = p.y_off + t * p.y_stride + col;
-            if ((p.mode & 8u) != 0u) {
-                v = y[yi] + v;
-            }
-            y[yi] = v;
+            epilogue(acc[i][j], t, n);
         }
     }
 }

@@ -5,37 +5,11 @@
 // runs is measured on each adapter (`kernels::Plan`). Needs rows of W and x that start on 16 bytes (`Kind::rows_fit`);
 // the epilogue is the tiled kernel's (`mode`).
 
-struct Params {
-    t: u32,
-    n: u32,
-    k: u32,
-    n0: u32,
-    x_off: u32,
-    x_stride: u32,
-    y_off: u32,
-    y_stride: u32,
-    mode: u32,
-    zp: i32,
-}
-
 @group(0) @binding(0) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> w4: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> wscale: array<f32>;
-@group(0) @binding(3) var<storage, read> vecb: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-@group(0) @binding(5) var<uniform> p: Params;
 
 fn word(i: u32) -> u32 {
     return w4[i >> 2u][i & 3u];
-}
-
-fn zero_point() -> i32 {
-    return p.zp;
-}
-
-fn gelu_new(v: f32) -> f32 {
-    let u = 0.7978846 * (v + 0.044715 * v * v * v);
-    return v / (1.0 + exp(-2.0 * u));
 }
 
 fn codes4(q: u32) -> vec4<f32> {
@@ -138,27 +112,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
             break;
         }
         let f = row_factor(n);
-        let col = p.n0 + n;
         for (var i = 0u; i < ROWS; i++) {
             let t = t0 + i;
             if (t >= p.t) {
                 break;
             }
-            var v = acc[i * G + j / 4u][j % 4u] * f;
-            if ((p.mode & 1u) != 0u) {
-                v = v * vecb[col];
-            }
-            if ((p.mode & 2u) != 0u) {
-                v = v + vecb[col];
-            }
-            if ((p.mode & 4u) != 0u) {
-                v = gelu_new(v);
-            }
-            let yi = p.y_off + t * p.y_stride + col;
-            if ((p.mode & 8u) != 0u) {
-                v = y[yi] + v;
-            }
-            y[yi] = v;
+            epilogue(acc[i * G + j / 4u][j % 4u] * f, t, n);
         }
     }
 }
