@@ -193,8 +193,8 @@ impl Session {
         self.calibrator = None;
         self.calibration_ids = None;
         let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
-        self.plain_spectra.extend(c.plain_spectra());
-        let done = c.finish(&b.cfg, &b.ckpt)?;
+        let mut done = c.finish(&b.cfg, &b.ckpt)?;
+        self.plain_spectra.extend(std::mem::take(&mut done.plain_spectra));
         let export = Export::new(
             &b.ckpt,
             &b.config_json,

@@ -243,6 +243,16 @@ fn the_resident_figure_does_not_depend_on_what_ran_before() {
     let again = s.compress_finish().unwrap().resident_bytes;
     assert_eq!(first, again, "the same compression after others");
     assert!(first > 0);
+    // a policy whose plans need the weights' spectra, which a later compression takes instead of computing them
+    // (the talk's story ends on one): fresh, then after itself
+    let budget = Policy { budget: Some(0.5), ..Default::default() };
+    let mut fresh = loaded();
+    compress(&mut fresh, budget.clone());
+    let first = fresh.compress_finish().unwrap().resident_bytes;
+    compress(&mut fresh, Policy { rank: 16, ..Default::default() });
+    fresh.compress_finish().unwrap();
+    compress(&mut fresh, budget);
+    assert_eq!(first, fresh.compress_finish().unwrap().resident_bytes, "a budget's compression after others");
 }
 
 /// The block-level refinement in the page's steps: one call per Adam step, each reported ("refine", block and step),

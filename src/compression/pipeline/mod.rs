@@ -418,6 +418,8 @@ pub struct Compressed {
     pub allocation_check: Option<AllocationCheck>,
     /// What a later compression may take instead of doing the work again ([`Compressor::reuse`]).
     pub reusable: HashMap<String, Factored>,
+    /// The weights' own singular values it computed or took ([`Compressor::plain_spectra`]).
+    pub plain_spectra: Vec<(String, Vec<f64>)>,
 }
 
 impl Compressor {
@@ -426,9 +428,11 @@ impl Compressor {
         if !self.is_done() {
             return Err(Error::msg("the compression has not finished"));
         }
-        // the calibration statistics and the loss allocation's probe are not part of the model
+        // the calibration statistics, the loss allocation's probe and the spectra an earlier compression lent are not
+        // part of the model
         drop(std::mem::take(&mut self.grams));
         drop(self.probe.take());
+        drop(std::mem::take(&mut self.known_spectra));
         let reports = std::mem::take(&mut self.done)
             .into_iter()
             .collect::<Option<Vec<_>>>()
@@ -446,6 +450,8 @@ impl Compressor {
         // allocated before it and freed now).
         let resident_bytes = crate::alloc::live_bytes().saturating_sub(self.live_at_start);
         drop(std::mem::take(&mut self.reuse));
+        // copied after the measurement, so that what the session keeps of them never counts
+        let plain_spectra = self.plain_spectra();
         Ok(Compressed {
             model,
             weights: self.weights,
@@ -454,6 +460,7 @@ impl Compressor {
             resident_bytes,
             allocation_check: self.check,
             reusable,
+            plain_spectra,
         })
     }
 }
