@@ -17,11 +17,6 @@ fn xv4(k: u32) -> vec4<f32> {
     return vec4<f32>(x[b], x[b + 1u], x[b + 2u], x[b + 3u]);
 }
 
-fn codes4(word: u32) -> vec4<f32> {
-    return vec4<f32>(f32(bitcast<i32>(word << 24u) >> 24u), f32(bitcast<i32>(word << 16u) >> 24u),
-                     f32(bitcast<i32>(word << 8u) >> 24u), f32(bitcast<i32>(word) >> 24u));
-}
-
 // Σ_k x[k] W[n, k], without the row's INT8 scale (applied once at the end).
 fn row_dot(n: u32, lane: u32) -> f32 {
     var s = 0.0;

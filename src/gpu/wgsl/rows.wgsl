@@ -12,11 +12,6 @@ fn word(i: u32) -> u32 {
     return w4[i >> 2u][i & 3u];
 }
 
-fn codes4(q: u32) -> vec4<f32> {
-    return vec4<f32>(f32(bitcast<i32>(q << 24u) >> 24u), f32(bitcast<i32>(q << 16u) >> 24u),
-                     f32(bitcast<i32>(q << 8u) >> 24u), f32(bitcast<i32>(q) >> 24u));
-}
-
 fn bf2(q: u32) -> vec2<f32> {
     return bitcast<vec2<f32>>(vec2<u32>(q << 16u, q & 0xffff0000u));
 }

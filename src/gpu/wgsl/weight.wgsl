@@ -9,6 +9,12 @@ fn code(e: u32) -> i32 {
     return bitcast<i32>(word(e >> 2u) << (24u - 8u * (e & 3u))) >> 24u;
 }
 
+// The four codes of a word, lowest byte first (sign-extended).
+fn codes4(word: u32) -> vec4<f32> {
+    return vec4<f32>(f32(bitcast<i32>(word << 24u) >> 24u), f32(bitcast<i32>(word << 16u) >> 24u),
+                     f32(bitcast<i32>(word << 8u) >> 24u), f32(bitcast<i32>(word) >> 24u));
+}
+
 fn weight(r: u32, c: u32, cols: u32) -> f32 {
     let e = r * cols + c;
     switch KIND {
