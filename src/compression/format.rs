@@ -49,13 +49,24 @@ fn push(entries: &mut Vec<Entry>, name: String, dtype: Dtype, shape: Vec<usize>,
 }
 
 /// Tensors for one factor called `base`: `{base}` (f32), or `{base}.q` (i8) + `{base}.scale` (f32, per row or one)
-/// + `{base}.zero_point` (i32, per-tensor scheme only). `shape` is the factor's logical shape.
+/// + `{base}.zero_point` (i32, per-tensor scheme only), or group-wise codes as `{base}.codes` (u32, the bit stream) +
+/// `{base}.scales` (f16, rows × groups) + `{base}.layout` (i32: rows, columns, bits, group). `shape` is the factor's
+/// logical shape.
 fn push_factor(entries: &mut Vec<Entry>, base: &str, f: &Factor, shape: Vec<usize>) {
     match f {
         Factor::F32 { data, .. } => push(entries, base.to_string(), Dtype::F32, shape, f32_bytes(data)),
         Factor::Half { bits, bf16, .. } => {
             let dtype = if *bf16 { Dtype::BF16 } else { Dtype::F16 };
             push(entries, base.to_string(), dtype, shape, bits.iter().flat_map(|b| b.to_le_bytes()).collect())
+        }
+        Factor::Grouped(g) => {
+            let words: Vec<u8> = g.codes.iter().flat_map(|w| w.to_le_bytes()).collect();
+            push(entries, format!("{base}.codes"), Dtype::U32, vec![g.codes.len()], words);
+            let scales: Vec<u8> = g.scales.iter().flat_map(|h| h.to_le_bytes()).collect();
+            push(entries, format!("{base}.scales"), Dtype::F16, vec![g.rows, g.groups_per_row()], scales);
+            let layout: Vec<u8> =
+                [g.rows, g.cols, g.bits as usize, g.group].iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+            push(entries, format!("{base}.layout"), Dtype::I32, vec![4], layout);
         }
         Factor::Int8(q) => {
             push(entries, format!("{base}.q"), Dtype::I8, shape, q.codes.iter().map(|&c| c as u8).collect());

@@ -4,8 +4,9 @@
 //! these; none of them owns them.
 
 use crate::clock::now;
+use crate::compression::gptq::gptq;
 use crate::compression::policy::{MatrixInfo, Plan, Policy};
-use crate::compression::quant::{per_row, per_tensor};
+use crate::compression::quant::{grouped, per_row, per_tensor};
 use crate::compression::sensitivity::Damage;
 use crate::compression::svd::{self, rel_fro_error, Svd};
 use crate::model::linear::LinearWeight;
@@ -22,6 +23,8 @@ pub enum Decision {
     LowRank,
     /// The dense weight in INT8.
     Int8,
+    /// The dense weight as group-wise codes of 2 to 8 bits.
+    Quantized,
     /// Kept as stored (`reason` says why).
     Dense,
 }
@@ -101,6 +104,7 @@ impl LayerReport {
             decision: match &l.weight {
                 w if w.is_dense() => Decision::Dense,
                 LinearWeight::LowRank { .. } => Decision::LowRank,
+                LinearWeight::Matrix(f) if matches!(f.as_ref(), Factor::Grouped(_)) => Decision::Quantized,
                 _ => Decision::Int8,
             },
             tied: false,
@@ -321,6 +325,23 @@ impl FactorJob {
                 let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(w, out, inp))));
                 rep.decision = Decision::Int8;
                 rep.err_stored = Some(svd::stored_error(w, &lw).map_err(tag)?);
+                rep.storage = lw.describe();
+                rep.bytes_after = lw.bytes();
+                stored = Some(lw);
+            }
+            Plan::Grouped { bits, group } => {
+                let w = weight?;
+                let g = match &self.gram {
+                    Some(gram) => gptq(w, out, inp, gram, *bits, *group, self.policy.damp).map_err(tag)?,
+                    None => grouped(w, out, inp, *bits, *group),
+                };
+                let lw = LinearWeight::Matrix(Arc::new(Factor::Grouped(g)));
+                rep.decision = Decision::Quantized;
+                rep.err_stored = Some(svd::stored_error(w, &lw).map_err(tag)?);
+                if let Some(gram) = &self.gram {
+                    let wr: Vec<f64> = lw.to_dense_f32()?.iter().map(|&v| v as f64).collect();
+                    rep.err_activations = Some(svd::rel_activation_error(w, &wr, out, inp, gram));
+                }
                 rep.storage = lw.describe();
                 rep.bytes_after = lw.bytes();
                 stored = Some(lw);

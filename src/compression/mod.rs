@@ -2,7 +2,8 @@
 //!
 //! * [`policy`] — which matrices are factored, at which rank, how the factors are stored (budgets, energy, the
 //!   break-even guard); [`svd`] — exact, randomized and activation-aware ("whitened") truncated SVD;
-//!   [`quant`] — the INT8 quantizers; [`calib`] — the input statistics activation-aware SVD needs.
+//!   [`quant`] — the INT8 and group-wise quantizers; [`gptq`] — group-wise codes with GPTQ's error compensation;
+//!   [`calib`] — the input statistics activation-aware SVD and GPTQ need.
 //! * [`sensitivity`] — the damage of compressing one matrix alone (what the loss allocation weighs by);
 //!   [`refit`] — the sequential closed-form refit, block by block, against the original's outputs;
 //!   [`refine`] — then each block's factors adjusted together by gradient steps on the block's output error.
@@ -20,6 +21,7 @@
 pub mod calib;
 pub mod driver;
 pub mod format;
+pub mod gptq;
 pub mod matrix;
 pub mod pipeline;
 pub mod policy;

@@ -77,6 +77,9 @@ pub fn preview(policy: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Resul
                 Some(rank * (m.out + m.inp + 1)),
             ),
             Some(Plan::Int8) => ("int8", None, None, Some(policy.int8_bytes(m.out, m.inp)), Some(m.params())),
+            Some(Plan::Grouped { bits, group }) => {
+                ("quantized", None, None, Some(Policy::grouped_bytes(m.out, m.inp, bits, group)), Some(m.params()))
+            }
             Some(Plan::Dense { reason }) => ("dense", None, Some(reason), Some(m.dense_bytes()), Some(m.params())),
             None => ("from-spectrum", None, None, None, None),
         };

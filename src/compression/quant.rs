@@ -1,7 +1,10 @@
 //! Quantizers: the INT8 codes of a matrix under each scheme of [`crate::model::storage`] — per-row symmetric
 //! (`scale_i = max_j |x_ij| / 127`, codes in −127..=127) and the origin's per-tensor asymmetric (`scale = (max −
-//! min) / 255`, a zero point; f64 arithmetic with numpy's round-half-to-even, so the codes match the Python reference).
+//! min) / 255`, a zero point; f64 arithmetic with numpy's round-half-to-even, so the codes match the Python reference)
+//! — and group-wise codes of 2 to 8 bits ([`crate::model::grouped`]) by round-to-nearest ([`grouped`]; the
+//! error-compensating variant is [`crate::compression::gptq`]).
 
+use crate::model::grouped::GMat;
 use crate::model::storage::{Factor, QMat, QuantScheme};
 
 /// numpy's `round`: half to even.
@@ -45,6 +48,43 @@ pub fn per_tensor(x: &[f64], rows: usize, cols: usize) -> QMat {
     let zp = (-128.0 - round_half_even(mn / scale)) as i32;
     let codes = x.iter().map(|&v| (round_half_even(v / scale) + zp as f64).clamp(-128.0, 127.0) as i8).collect();
     QMat { rows, cols, codes, scales: vec![scale as f32], zero_points: vec![zp] }
+}
+
+/// A group's scale, as stored (f16): its value of largest magnitude `m` lands on the widest level, `m = −2^(bits−1) ·
+/// scale` (so the scale carries the sign of `m`), as llama.cpp's `Q4_0` does.
+pub fn group_scale(values: impl Iterator<Item = f64>, bits: u8) -> half::f16 {
+    let m = values.fold(0f64, |m, v| if v.abs() > m.abs() { v } else { m });
+    half::f16::from_f64(m / -((1u32 << (bits - 1)) as f64))
+}
+
+/// The code of `v` under a group's scale `d` (as stored): `round(v / d) + 2^(bits−1)`, clamped to the levels.
+#[inline]
+pub fn group_code(v: f64, d: f64, bits: u8) -> u8 {
+    let zero = (1u32 << (bits - 1)) as f64;
+    if d == 0.0 {
+        return zero as u8;
+    }
+    ((v / d).round() + zero).clamp(0.0, ((1u32 << bits) - 1) as f64) as u8
+}
+
+/// Group-wise `bits`-bit codes of a row-major `rows × cols` matrix, one scale per `group` values of a row,
+/// round-to-nearest.
+pub fn grouped(x: &[f32], rows: usize, cols: usize, bits: u8, group: usize) -> GMat {
+    debug_assert_eq!(x.len(), rows * cols);
+    let per_row = cols.div_ceil(group);
+    let mut codes = vec![0u8; rows * cols];
+    let mut scales = vec![0u16; rows * per_row];
+    for r in 0..rows {
+        for k in 0..per_row {
+            let (c0, c1) = (r * cols + k * group, r * cols + ((k + 1) * group).min(cols));
+            let d = group_scale(x[c0..c1].iter().map(|&v| v as f64), bits);
+            scales[r * per_row + k] = d.to_bits();
+            for (q, &v) in codes[c0..c1].iter_mut().zip(&x[c0..c1]) {
+                *q = group_code(v as f64, d.to_f64(), bits);
+            }
+        }
+    }
+    GMat { rows, cols, bits, group, codes: GMat::pack(&codes, bits), scales }
 }
 
 /// Quantize an f32 matrix (`None` keeps f32).
@@ -122,6 +162,38 @@ mod tests {
             );
             for (c, v) in codes.iter().zip(row) {
                 assert!((*c as f32 - v / q.scales[r]).abs() <= 0.5 + 1e-4, "row {r}: code {c} for {v}");
+            }
+        }
+    }
+
+    #[test]
+    fn group_codes_are_the_nearest_level_and_the_largest_value_is_exact() {
+        let mut rng = crate::model::generate::Rng::new(5);
+        let (rows, cols) = (6, 100);
+        let x: Vec<f32> = (0..rows * cols).map(|_| rng.normal() as f32 * 0.05).collect();
+        for bits in crate::model::grouped::BITS {
+            for group in [32, 64] {
+                let g = grouped(&x, rows, cols, bits, group);
+                g.validate("w").unwrap();
+                assert_eq!(g.bytes(), 4 * GMat::words(rows, cols, bits) + 2 * rows * cols.div_ceil(group));
+                let mut y = vec![0f32; rows * cols];
+                g.rows_f32(0, rows, &mut y);
+                for r in 0..rows {
+                    for (k, part) in x[r * cols..(r + 1) * cols].chunks(group).enumerate() {
+                        let d = half::f16::from_bits(g.scales[r * g.groups_per_row() + k]).to_f32();
+                        let got = &y[r * cols + k * group..r * cols + k * group + part.len()];
+                        let widest = part.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                        for (&a, &b) in part.iter().zip(got) {
+                            // the nearest of the group's 2^bits levels (those beyond the narrower side clip)
+                            let nearest = (0..1u32 << bits)
+                                .map(|k| (k as f32 - (1u32 << (bits - 1)) as f32) * d)
+                                .fold(f32::MAX, |m, l| m.min((a - l).abs()));
+                            assert!((a - b).abs() <= nearest + 1e-6, "{bits} bits, groups of {group}: {a} vs {b}");
+                        }
+                        let at = part.iter().position(|&v| v == widest).unwrap();
+                        assert!((got[at] - widest).abs() <= widest.abs() * 1e-3, "{bits} bits: the widest value");
+                    }
+                }
             }
         }
     }

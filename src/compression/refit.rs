@@ -29,7 +29,7 @@
 
 use crate::compression::matrix::{factors, Decision, Factored, LayerReport, StepInfo};
 use crate::compression::policy::{MatrixInfo, Method, Plan, Policy};
-use crate::compression::quant::per_row;
+use crate::compression::quant::{grouped, per_row};
 use crate::compression::refine::Refinement;
 use crate::compression::svd::{self, rel_fro_error};
 use crate::model::gpt_neo::{Block, GptNeo};
@@ -341,6 +341,11 @@ fn refit_one(
         Plan::Int8 => {
             let lw = LinearWeight::Matrix(Arc::new(Factor::Int8(per_row(&w, out, inp))));
             rep.decision = Decision::Int8;
+            Some(lw)
+        }
+        &Plan::Grouped { bits, group } => {
+            let lw = LinearWeight::Matrix(Arc::new(Factor::Grouped(grouped(&w, out, inp, bits, group))));
+            rep.decision = Decision::Quantized;
             Some(lw)
         }
         Plan::LowRank { rank } => {

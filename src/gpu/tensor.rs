@@ -56,6 +56,9 @@ impl MatrixSource<'_> {
                     Factor::F32 { .. } => (Kind::F32, 0),
                     Factor::Half { bf16: false, .. } => (Kind::F16, 0),
                     Factor::Half { bf16: true, .. } => (Kind::Bf16, 0),
+                    // group-wise codes have no kernel of their own yet: their values go up as f16 (each value
+                    // `(q − z) · scale` rounded to f16, a relative 2⁻¹¹ at most)
+                    Factor::Grouped(_) => (Kind::F16, 0),
                     Factor::Int8(QMat { zero_points, .. }) => match zero_points.first() {
                         None => (Kind::Int8PerRow, 0),
                         Some(&z) => (Kind::Int8PerTensor, z),
@@ -92,6 +95,11 @@ impl MatrixSource<'_> {
             }
             MatrixSource::Factor(Factor::Half { bits, .. }) => le(&bits[a * cols..b * cols]),
             MatrixSource::Factor(Factor::Int8(q)) => q.codes[a * cols..b * cols].iter().map(|&c| c as u8).collect(),
+            MatrixSource::Factor(Factor::Grouped(g)) => {
+                let mut v = vec![0f32; (b - a) * cols];
+                g.rows_f32(a, b, &mut v);
+                v.iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect()
+            }
             MatrixSource::Tensor(t) => {
                 let part = t.narrow(0, a, b - a)?.flatten_all()?;
                 match t.dtype() {

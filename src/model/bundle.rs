@@ -203,7 +203,12 @@ impl ModelBundle {
             + self
                 .ckpt
                 .names()
-                .filter(|n| n.ends_with(".weight.U.q") || n.ends_with(".weight.U") || n.ends_with(".weight.q"))
+                .filter(|n| {
+                    n.ends_with(".weight.U.q")
+                        || n.ends_with(".weight.U")
+                        || n.ends_with(".weight.q")
+                        || n.ends_with(".weight.codes")
+                })
                 .count()
     }
 

@@ -3,7 +3,7 @@
 //! bandwidth, so reading 1 or 2 bytes per weight instead of 4 is the speed-up. Loops keep 16 independent
 //! accumulators so the compiler vectorizes them (simd128 in wasm, SSE/AVX natively) without reassociating sums.
 
-use crate::model::storage::{bf16_to_f32, f16_to_f32_finite, Factor};
+use crate::model::storage::{bf16_to_f32, f16_to_f32, f16_to_f32_finite, Factor};
 
 /// Up to this many rows of `x`, a product with a compact matrix reads the stored values directly (a fused
 /// dequantize-and-dot kernel, what decoding one token needs); above it, blocks of rows are expanded for a matmul.
@@ -37,6 +37,27 @@ pub fn gemv_t(x: &[f32], n: usize, f: &Factor, out: &mut [f32]) {
     let (rows, cols) = (f.rows(), f.cols());
     debug_assert_eq!(x.len(), n * cols);
     debug_assert_eq!(out.len(), n * rows);
+    if let Factor::Grouped(g) = f {
+        // a group at a time: its codes decoded, the dot taken, the group's scale applied to the sum
+        let mut buf = vec![0f32; g.group.min(cols)];
+        for r in 0..rows {
+            let mut sums = [0f32; GEMV_MAX_ROWS];
+            let per_row = g.groups_per_row();
+            for k in 0..per_row {
+                let (c0, c1) = (k * g.group, ((k + 1) * g.group).min(cols));
+                let w = &mut buf[..c1 - c0];
+                g.decode(r * cols + c0, w);
+                let s = f16_to_f32(g.scales[r * per_row + k]);
+                for (i, sum) in sums.iter_mut().enumerate().take(n) {
+                    *sum += s * dot(&x[i * cols + c0..i * cols + c1], w);
+                }
+            }
+            for i in 0..n {
+                out[i * rows + r] = sums[i];
+            }
+        }
+        return;
+    }
     let mut buf = [0f32; CHUNK];
     for r in 0..rows {
         let mut sums = [0f32; GEMV_MAX_ROWS];
@@ -58,6 +79,8 @@ pub fn gemv_t(x: &[f32], n: usize, f: &Factor, out: &mut [f32]) {
                         }
                     }
                 }
+                // (the loop above takes them a group at a time, the scale applied to the sum)
+                Factor::Grouped(g) => g.row_part_f32(r, k0, w),
                 Factor::Int8(q) => {
                     let src = &q.codes[r * cols + k0..r * cols + k1];
                     // raw codes; the scale (and zero point) are applied to the sum below
@@ -91,6 +114,27 @@ mod tests {
     use super::*;
     use crate::model::storage::{test_int8, QuantScheme};
 
+    /// Group-wise codes made without the compression wing's quantizers (nearest level under each group's scale).
+    fn grouped_test_factor(w: &[f32], rows: usize, cols: usize, bits: u8, group: usize) -> Factor {
+        let per_row = cols.div_ceil(group);
+        let z = 1u32 << (bits - 1);
+        let mut scales = vec![0u16; rows * per_row];
+        let mut codes = vec![0u8; rows * cols];
+        for r in 0..rows {
+            for k in 0..per_row {
+                let (c0, c1) = (k * group, ((k + 1) * group).min(cols));
+                let amax = w[r * cols + c0..r * cols + c1].iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = half::f16::from_f32(amax / (z - 1) as f32);
+                scales[r * per_row + k] = d.to_bits();
+                for c in c0..c1 {
+                    codes[r * cols + c] = ((w[r * cols + c] / d.to_f32()).round() + z as f32) as u8;
+                }
+            }
+        }
+        let codes = crate::model::grouped::GMat::pack(&codes, bits);
+        Factor::Grouped(crate::model::grouped::GMat { rows, cols, bits, group, codes, scales })
+    }
+
     #[test]
     fn fused_products_match_expanded_ones() {
         let (rows, cols) = (7, 300);
@@ -102,6 +146,8 @@ mod tests {
             test_int8(&w, rows, cols, QuantScheme::PerRow),
             test_int8(&w, rows, cols, QuantScheme::PerTensor),
             Factor::Half { rows, cols, bits: halves, bf16: false },
+            grouped_test_factor(&w, rows, cols, 4, 64),
+            grouped_test_factor(&w, rows, cols, 3, 32),
         ];
         for f in &factors {
             let dense = f.to_f32();

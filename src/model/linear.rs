@@ -74,6 +74,7 @@ impl LinearWeight {
         let fdesc = |f: &Factor| match f {
             Factor::F32 { .. } => "f32".to_string(),
             Factor::Int8(q) => format!("int8 {}", q.scheme().as_str()),
+            Factor::Grouped(g) => format!("int{} groups of {}", g.bits, g.group),
             Factor::Half { bf16: false, .. } => "dense f16".to_string(),
             Factor::Half { bf16: true, .. } => "dense bf16".to_string(),
         };

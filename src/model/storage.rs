@@ -13,6 +13,7 @@
 //! A [`Factor`] is a matrix stored either as f32 or as INT8; [`Factor::rows_f32`] dequantizes a block of rows into a
 //! caller's buffer, which is how compressed layers run without ever holding their weights in f32.
 
+use crate::model::grouped::GMat;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -176,7 +177,8 @@ pub fn half_to_f32(src: &[u16], dst: &mut [f32], bf16: bool) {
     }
 }
 
-/// A matrix in one of the storages a layer uses: f32, INT8, or 16-bit floats as a checkpoint stores them.
+/// A matrix in one of the storages a layer uses: f32, INT8, group-wise codes, or 16-bit floats as a checkpoint stores
+/// them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Factor {
     F32 {
@@ -185,6 +187,8 @@ pub enum Factor {
         data: Vec<f32>,
     },
     Int8(QMat),
+    /// Group-wise codes of 2 to 8 bits, a scale per group of a row ([`crate::model::grouped`]).
+    Grouped(GMat),
     /// f16 or bf16 bits, kept as stored; finite values only (checked when made from a checkpoint).
     Half {
         rows: usize,
@@ -199,18 +203,21 @@ impl Factor {
         match self {
             Factor::F32 { rows, .. } | Factor::Half { rows, .. } => *rows,
             Factor::Int8(q) => q.rows,
+            Factor::Grouped(g) => g.rows,
         }
     }
     pub fn cols(&self) -> usize {
         match self {
             Factor::F32 { cols, .. } | Factor::Half { cols, .. } => *cols,
             Factor::Int8(q) => q.cols,
+            Factor::Grouped(g) => g.cols,
         }
     }
     pub fn bytes(&self) -> usize {
         match self {
             Factor::F32 { data, .. } => 4 * data.len(),
             Factor::Int8(q) => q.bytes(),
+            Factor::Grouped(g) => g.bytes(),
             Factor::Half { bits, .. } => 2 * bits.len(),
         }
     }
@@ -223,6 +230,7 @@ impl Factor {
         match self {
             Factor::F32 { cols, data, .. } => out.copy_from_slice(&data[a * cols..b * cols]),
             Factor::Int8(q) => q.rows_f32(a, b, out),
+            Factor::Grouped(g) => g.rows_f32(a, b, out),
             Factor::Half { cols, bits, bf16, .. } => half_to_f32(&bits[a * cols..b * cols], out, *bf16),
         }
     }

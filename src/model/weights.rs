@@ -4,6 +4,7 @@
 //! never knows which it got.
 
 use crate::model::checkpoint::Checkpoint;
+use crate::model::grouped::GMat;
 use crate::model::linear::LinearWeight;
 use crate::model::storage::{Factor, QMat};
 use crate::{Error, Result};
@@ -231,7 +232,27 @@ pub struct CompressedWeights<'a> {
 impl CompressedWeights<'_> {
     fn factor(&self, base: &str, rows: Option<usize>, cols: Option<usize>) -> Result<Factor> {
         let q_name = format!("{base}.q");
-        let (raw_shape, f) = if self.ckpt.contains(&q_name) {
+        let codes_name = format!("{base}.codes");
+        let (raw_shape, f) = if self.ckpt.contains(&codes_name) {
+            let layout_name = format!("{base}.layout");
+            let layout = self.ckpt.read(&layout_name)?.to_i32_vec()?;
+            let [r, c, bits, group] = layout[..] else {
+                return Err(Error::tensor(&layout_name, "should hold 4 numbers: rows, columns, bits, group"));
+            };
+            let size = |v: i32| usize::try_from(v).map_err(|_| Error::tensor(&layout_name, format!("holds {v}")));
+            let (r, c, group) = (size(r)?, size(c)?, size(group)?);
+            let bits = u8::try_from(bits).map_err(|_| Error::tensor(&layout_name, format!("holds {bits} bits")))?;
+            let g = GMat {
+                rows: r,
+                cols: c,
+                bits,
+                group,
+                codes: self.ckpt.read(&codes_name)?.to_u32_vec()?,
+                scales: self.ckpt.read(&format!("{base}.scales"))?.to_f16_bits()?,
+            };
+            g.validate(&codes_name)?;
+            (vec![r, c], Factor::Grouped(g))
+        } else if self.ckpt.contains(&q_name) {
             let codes = self.ckpt.read(&q_name)?;
             let shape = codes.shape.clone();
             let scales = self.ckpt.read(&format!("{base}.scale"))?.to_f32_vec()?;
@@ -269,6 +290,7 @@ impl Weights for CompressedWeights<'_> {
             || self.ckpt.contains(&format!("{name}.U.q"))
             || self.ckpt.contains(&format!("{name}.U"))
             || self.ckpt.contains(&format!("{name}.q"))
+            || self.ckpt.contains(&format!("{name}.codes"))
     }
     fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         CheckpointWeights { ckpt: self.ckpt, precision: Precision::AsStored }.dense(name, shape)
@@ -288,7 +310,7 @@ impl Weights for CompressedWeights<'_> {
             let vh = self.factor(&format!("{name}.Vh"), Some(r), Some(inp))?;
             return Ok(LinearWeight::LowRank { u: Arc::new(u), s: Arc::new(s), vh: Arc::new(vh) });
         }
-        if self.ckpt.contains(&format!("{name}.q")) {
+        if self.ckpt.contains(&format!("{name}.q")) || self.ckpt.contains(&format!("{name}.codes")) {
             return Ok(LinearWeight::Matrix(Arc::new(self.factor(name, Some(out), Some(inp))?)));
         }
         CheckpointWeights { ckpt: self.ckpt, precision: Precision::AsStored }.linear(name, out, inp)

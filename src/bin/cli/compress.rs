@@ -38,9 +38,20 @@ pub(super) struct CompressArgs {
     /// INT8 scheme: per-row (symmetric, a scale per row) or per-tensor (the origin's asymmetric scheme).
     #[arg(long, value_enum, default_value_t = QuantScheme::PerRow)]
     quant: QuantScheme,
-    /// svd (low rank), whitened (activation-aware SVD from --calibration-text) or int8 (dense INT8, no SVD).
+    /// svd (low rank), whitened (activation-aware SVD from --calibration-text), refit, int8 (dense INT8, no SVD),
+    /// quant (dense group-wise codes of --bits bits, round-to-nearest) or gptq (the same codes by GPTQ on
+    /// --calibration-text).
     #[arg(long, value_enum, default_value_t = Method::Svd)]
     method: Method,
+    /// Methods quant and gptq: bits a code takes (2, 3, 4 or 8).
+    #[arg(long, default_value_t = 4)]
+    bits: u8,
+    /// Methods quant and gptq: values of a row sharing one f16 scale (8 to 4096).
+    #[arg(long, default_value_t = 64)]
+    group: usize,
+    /// Method quant: choose the codes by GPTQ on --calibration-text (the same as --method gptq).
+    #[arg(long)]
+    gptq: bool,
     /// Smallest rank keeping this fraction of each matrix's squared Frobenius norm.
     #[arg(long)]
     energy: Option<f64>,
@@ -121,8 +132,18 @@ pub(super) struct CompressArgs {
 
 impl CompressArgs {
     fn policy(&self) -> Result<Policy> {
+        let method = match (self.method, self.gptq) {
+            (Method::Quant | Method::Gptq, true) => Method::Gptq,
+            (m, false) => m,
+            (m, true) => {
+                return Err(Error::Policy(format!(
+                    "--gptq chooses group-wise codes: it goes with --method quant, not {}",
+                    serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                )))
+            }
+        };
         Ok(Policy {
-            method: self.method,
+            method,
             rank: self.rank,
             rank_for: self.rank_for.iter().map(|r| RankRule::parse(r)).collect::<Result<_>>()?,
             skip: self
@@ -135,6 +156,8 @@ impl CompressArgs {
             min_dim_for_compression: self.min_dim_for_compression,
             quant_bits: self.quant_bits,
             quant: self.quant,
+            bits: self.bits,
+            group: self.group,
             energy: self.energy,
             budget: self.budget,
             budget_unit: self.budget_unit,

@@ -6,7 +6,7 @@
 //! `share` (matrices handed to helpers, earlier results reused) and `check` (the allocation check).
 
 use crate::compression::matrix::{factors, FactorJob, Factored, LayerReport, ProbeReport, StepInfo};
-use crate::compression::policy::{MatrixInfo, Plan, Policy};
+use crate::compression::policy::{MatrixInfo, Method, Plan, Policy};
 use crate::compression::refit::{Refit, RefitTarget, MATRICES_PER_BLOCK};
 use crate::compression::sensitivity::{Damage, Probe};
 use crate::compression::source::build_compressed;
@@ -334,6 +334,12 @@ impl Compressor {
                     Error::tensor(&m.name, "has no calibration statistics: calibrate before an activation-aware SVD")
                 })?)
             }
+            (Plan::Grouped { .. }, Method::Gptq) => Some(
+                self.grams
+                    .get(&m.name)
+                    .map(|g| g.mean())
+                    .ok_or_else(|| Error::tensor(&m.name, "has no calibration statistics: calibrate before GPTQ"))?,
+            ),
             _ => None,
         };
         Ok(FactorJob::new(i, m.clone(), plan.clone(), self.policy.clone(), self.spectra[i].clone(), gram))

@@ -26,6 +26,10 @@ impl Policy {
         if self.method == Method::Int8 {
             return Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Int8)).collect());
         }
+        if self.method.is_grouped() {
+            let grouped = Plan::Grouped { bits: self.bits, group: self.group };
+            return Ok(plans.into_iter().map(|p| p.unwrap_or_else(|| grouped.clone())).collect());
+        }
         let spectrum = |i: usize| -> Result<&Vec<f64>> {
             spectra
                 .get(i)
@@ -90,6 +94,9 @@ impl Policy {
             match fixed.get(i).and_then(|p| p.as_ref()) {
                 Some(Plan::LowRank { rank }) => left -= self.cost(&mats[i], *rank),
                 Some(Plan::Int8) => left -= self.int8_bytes(mats[i].out, mats[i].inp) as f64,
+                Some(&Plan::Grouped { bits, group }) => {
+                    left -= Policy::grouped_bytes(mats[i].out, mats[i].inp, bits, group) as f64
+                }
                 Some(Plan::Dense { .. }) => left -= self.dense_cost(&mats[i]),
                 None => rest.push(i),
             }

@@ -21,6 +21,11 @@ pub enum Method {
     /// Activation-aware SVD with the sequential refit: block by block, each matrix's factors are solved in closed
     /// form to reproduce the original layer's outputs from the inputs the already-compressed blocks give it.
     Refit,
+    /// No SVD: the dense weight as group-wise codes of `bits` bits, a scale per `group` values of a row,
+    /// round-to-nearest.
+    Quant,
+    /// Group-wise codes as [`Method::Quant`] stores them, chosen by GPTQ's error compensation on calibration text.
+    Gptq,
 }
 
 impl Method {
@@ -31,7 +36,12 @@ impl Method {
 
     /// Whether the method reads calibration text (activation-aware factors).
     pub fn is_activation_aware(&self) -> bool {
-        matches!(self, Method::Whitened | Method::Refit)
+        matches!(self, Method::Whitened | Method::Refit | Method::Gptq)
+    }
+
+    /// Whether the method stores the dense weights as group-wise codes.
+    pub fn is_grouped(&self) -> bool {
+        matches!(self, Method::Quant | Method::Gptq)
     }
 }
 
@@ -108,6 +118,10 @@ pub struct Policy {
     /// 8: INT8 factors; 32: f32 factors (SVD only).
     pub quant_bits: u8,
     pub quant: QuantScheme,
+    /// Methods quant and gptq: the codes' width (2, 3, 4 or 8 bits).
+    pub bits: u8,
+    /// Methods quant and gptq: values of a row sharing one scale (8 to 4096).
+    pub group: usize,
     /// Smallest rank keeping this fraction of ‖W‖F² (overrides `rank` and `rank_for`).
     pub energy: Option<f64>,
     /// Keep this fraction of the considered matrices' parameters (or bytes); overrides the ranks above.
@@ -163,6 +177,8 @@ impl Default for Policy {
             min_dim_for_compression: 0,
             quant_bits: 8,
             quant: QuantScheme::PerRow,
+            bits: 4,
+            group: 64,
             energy: None,
             budget: None,
             budget_unit: BudgetUnit::Params,
@@ -212,9 +228,18 @@ impl MatrixInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Plan {
-    Dense { reason: String },
+    Dense {
+        reason: String,
+    },
     Int8,
-    LowRank { rank: usize },
+    LowRank {
+        rank: usize,
+    },
+    /// Group-wise codes ([`crate::model::grouped`]).
+    Grouped {
+        bits: u8,
+        group: usize,
+    },
 }
 
 impl Policy {
@@ -224,6 +249,26 @@ impl Policy {
                 "quant_bits is {}; 8 (INT8 factors) and 32 (f32 factors) are supported",
                 self.quant_bits
             )));
+        }
+        if self.method.is_grouped() {
+            if !crate::model::grouped::BITS.contains(&self.bits) {
+                return Err(Error::Policy(format!("bits is {}; group-wise codes have 2, 3, 4 or 8 bits", self.bits)));
+            }
+            let (lo, hi) = (crate::model::grouped::GROUPS.start(), crate::model::grouped::GROUPS.end());
+            if !crate::model::grouped::GROUPS.contains(&self.group) {
+                return Err(Error::Policy(format!(
+                    "group is {}; a group holds {lo} to {hi} values of a row",
+                    self.group
+                )));
+            }
+            if self.budget.is_some() || self.energy.is_some() {
+                return Err(Error::Policy(format!(
+                    "method {} stores every chosen matrix at {} bits: its size is set by bits and group, not by a \
+                     budget or an energy",
+                    if self.method == Method::Gptq { "gptq" } else { "quant" },
+                    self.bits
+                )));
+            }
         }
         if self.method == Method::Int8 && self.quant_bits != 8 {
             return Err(Error::Policy("method int8 needs quant_bits 8".into()));
@@ -308,7 +353,7 @@ impl Policy {
         let modes = match self.method {
             Method::Whitened => self.budget_mode != BudgetMode::Proportional,
             Method::Refit => matches!(self.budget_mode, BudgetMode::Energy | BudgetMode::Uniform),
-            Method::Svd | Method::Int8 => false,
+            Method::Svd | Method::Int8 | Method::Quant | Method::Gptq => false,
         };
         self.allocation_check && self.budget.is_some() && modes
     }
@@ -358,6 +403,11 @@ impl Policy {
             // each of U, S, Vh: codes + one scale + one zero point
             Some(QuantScheme::PerTensor) => m * r + r + r * n + 3 * 8,
         }
+    }
+
+    /// Bytes of an `m × n` matrix as group-wise codes: the packed codes and an f16 scale a group.
+    pub fn grouped_bytes(m: usize, n: usize, bits: u8, group: usize) -> usize {
+        4 * crate::model::grouped::GMat::words(m, n, bits) + 2 * m * n.div_ceil(group)
     }
 
     /// Bytes of the dense matrix in INT8 (per-row).

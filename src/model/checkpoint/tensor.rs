@@ -133,6 +133,22 @@ impl RawTensor {
         }
     }
 
+    /// The values as u32 (U32 tensors only).
+    pub fn to_u32_vec(&self) -> Result<Vec<u32>> {
+        match self.dtype {
+            Dtype::U32 => Ok(self.data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+            other => Err(Error::tensor(&self.name, format!("expected dtype U32, found {other:?}"))),
+        }
+    }
+
+    /// The f16 bits (F16 tensors only).
+    pub fn to_f16_bits(&self) -> Result<Vec<u16>> {
+        match self.dtype {
+            Dtype::F16 => Ok(self.data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+            other => Err(Error::tensor(&self.name, format!("expected dtype F16, found {other:?}"))),
+        }
+    }
+
     /// The values as an f32 candle tensor.
     pub fn to_tensor(&self) -> Result<Tensor> {
         Ok(Tensor::from_vec(self.to_f32_vec()?, self.shape.clone(), &Device::Cpu)?)
