@@ -252,7 +252,7 @@ const commands = {
     state('compressing', 'compressing');
     const t0 = performance.now();
     // the activation-aware method calibrates on the evaluation text's first tokens; the evaluation skips them
-    const calibrated = policy.method === 'whitened' || policy.method === 'refit';
+    const calibrated = policy.method === 'whitened' || policy.method === 'refit' || policy.method === 'gptq';
     const calibration = calibrated ? await evalText(evalSpec || {}) : undefined;
     let run;
     let search = null;

@@ -49,6 +49,7 @@ function rankOf(policy, mat) {
   const k = Math.min(mat.m, mat.n);
   if (policy.skip && policy.skip.some((p) => p && mat.name.includes(p.replace(/^transformer\./, '').replace(/\.weight$/, '')))) return null;
   if (policy.method === 'int8') return 'int8';
+  if (policy.method === 'quant' || policy.method === 'gptq') return 'quant';
   if (policy.budget) return Math.max(1, Math.min(k, Math.floor(policy.budget * mat.m * mat.n / (mat.m + mat.n + 1))));
   if (policy.energy) return Math.max(1, Math.round(k * policy.energy * 0.5));
   const rule = (policy.rank_for || []).find((r) => mat.name.includes(r.pattern));
@@ -89,7 +90,8 @@ function bytesPerToken(s, policy, original) {
   for (const mat of matrices(s)) {
     const r = policy ? rankOf(policy, mat) : null;
     b += typeof r === 'number' ? r * (mat.m + mat.n) * (policy.quant_bits === 8 ? 1 : 4)
-      : r === 'int8' ? mat.m * mat.n : mat.m * mat.n * (original && original.precision !== 'f32' ? 2 : 4);
+      : r === 'int8' ? mat.m * mat.n : r === 'quant' ? mat.m * mat.n * (policy.bits + 16 / policy.group) / 8
+      : mat.m * mat.n * (original && original.precision !== 'f32' ? 2 : 4);
   }
   return b;
 }
@@ -111,7 +113,7 @@ export function learnGeneration(s, policy, tokensPerSecond, original) {
 export function compression(s, policy, { known = {} } = {}) {
   const sp = measured.speed;
   if (!sp) return 0;
-  const aware = policy.method === 'whitened' || policy.method === 'refit';
+  const aware = policy.method === 'whitened' || policy.method === 'refit' || policy.method === 'gptq';
   const workers = Math.min(2, compressWorkers());
   let seconds = 0;
   // calibration: the original over the calibration tokens; the allocation check's probes: three passes over the
@@ -124,7 +126,9 @@ export function compression(s, policy, { known = {} } = {}) {
     const k = Math.min(mat.m, mat.n);
     const units = mat.m * mat.n * k;
     if (r === null) continue;
-    if (r === 'int8') { seconds += 20 * mat.m * mat.n / sp.f32_flops / workers; continue; }
+    if (r === 'int8' || (r === 'quant' && policy.method === 'quant')) { seconds += 20 * mat.m * mat.n / sp.f32_flops / workers; continue; }
+    // GPTQ: the inverse Hessian (two Cholesky factorisations and an inverse, n³ in all) and the column updates (m·n²)
+    if (r === 'quant') { seconds += (mat.n * mat.n * mat.n + mat.m * mat.n * mat.n) / sp.f32_flops / workers; continue; }
     // the spectrum pass of a budget (or energy) allocation, unless an earlier compression computed it
     if ((policy.budget || policy.energy) && !known.spectra) seconds += units / sp.spectrum_units / workers;
     if (aware) {

@@ -39,6 +39,8 @@ export function applyPreset(name) {
     $('budget').value = o.budget ?? '';
     $('budget-mode').value = o.budgetMode || 'energy';
     $('refine-steps').value = o.refineSteps ?? 0;
+    $('bits').value = String(o.bits ?? 4);
+    $('group').value = o.group ?? 64;
     $('guard').checked = o.guard ?? true;
     $('target-metric').value = '';
     $('target-value').value = '';
@@ -49,6 +51,8 @@ export function applyPreset(name) {
     'origin-mlp': { rank: originRank(h), quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
     'aware-same': { method: 'whitened', budget: app.model ? +fixFraction(app.model.summary).toFixed(4) : 0.7, budgetMode: 'energy' },
     int8: { method: 'int8' },
+    int4: { method: 'quant', bits: 4, group: 64 },
+    gptq4: { method: 'gptq', bits: 4, group: 64 },
     whitened: { method: 'whitened', rank: 32 },
     refit: { method: 'refit', budget: 0.2, budgetMode: 'proportional' },
     budget: { budget: 0.5, budgetMode: 'energy' },
@@ -81,6 +85,8 @@ export function policyFromForm() {
     break_even_guard: $('guard').checked,
     allocation_check: $('allocation-check').checked,
     refine_steps: refineSteps(),
+    bits: Number($('bits').value),
+    group: num('group') ?? 64,
     calibration_tokens: num('calibration-tokens') ?? app.defaults.calibration_tokens,
     calibration_window: Number($('eval-window').value) || 512,
   };
@@ -115,7 +121,7 @@ export function updatePreview() {
     sizes.replaceChildren();
     if (p.linear_bytes_after !== null && p.linear_bytes_after !== undefined) {
       sizes.append('Stores: linear layers ', strong(`${fmtBytes(p.linear_bytes_before)} → ${fmtBytes(p.linear_bytes_after)}`),
-        ` (${less(p.linear_bytes_before, p.linear_bytes_after)}); other tensors ${fmtBytes(p.bytes_untouched)} as stored; all tensors `,
+        ` (${less(p.linear_bytes_before, p.linear_bytes_after)}, ${(8 * p.linear_bytes_after / p.linear_params_before).toFixed(2)} bits per parameter); other tensors ${fmtBytes(p.bytes_untouched)} as stored; all tensors `,
         strong(`${fmtBytes(p.total_bytes_before)} → ${fmtBytes(p.total_bytes_after)}`), ` (${less(p.total_bytes_before, p.total_bytes_after)}). ${p.layers_compressed} of ${n} matrices compressed.`);
     } else {
       sizes.append(`Linear layers ${fmtBytes(p.linear_bytes_before)}, other tensors ${fmtBytes(p.bytes_untouched)} as stored: ${p.decided_when_run}.`);
@@ -138,7 +144,8 @@ function describeRanks(mats) {
   for (const [kind, list] of groups) {
     const by = new Map();
     for (const m of list) {
-      const d = m.decision === 'low-rank' ? `rank ${m.rank}` : m.decision === 'from-spectrum' ? 'rank from its spectrum' : m.decision === 'int8' ? 'INT8' : 'dense';
+      const d = m.decision === 'low-rank' ? `rank ${m.rank}` : m.decision === 'from-spectrum' ? 'rank from its spectrum' : m.decision === 'int8' ? 'INT8'
+        : m.decision === 'quantized' ? 'group-wise codes' : 'dense';
       by.set(d, (by.get(d) || 0) + 1);
     }
     parts.push(`${kind}: ${[...by].map(([d, k]) => `${d}${list.length > 1 ? ` ×${k}` : ''}`).join(', ')}`);
@@ -167,6 +174,10 @@ export function evalSpec() {
 
 export function describePolicy(p) {
   if (p.method === 'int8') return 'INT8 only';
+  if (p.method === 'quant' || p.method === 'gptq') {
+    const skip = p.skip && p.skip.length ? `, skip ${p.skip.join(' ')}` : '';
+    return `INT${p.bits} in groups of ${p.group}${p.method === 'gptq' ? ' by GPTQ (calibrated)' : ', round-to-nearest'}${skip}`;
+  }
   const aware = { whitened: 'activation-aware, ', refit: 'activation-aware + refit, ' }[p.method] || '';
   p = { rank_for: [], skip: [], ...p };
   const parts = [p.budget ? `budget ${p.budget} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
@@ -184,7 +195,7 @@ export function samplingParams() {
 }
 
 // The form's fields, by id: what a link (the URL's hash) and the report carry.
-const FIELDS = ['preset', 'method', 'rank', 'quant', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode',
+const FIELDS = ['preset', 'method', 'rank', 'quant', 'bits', 'group', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode',
   'guard', 'allocation-check', 'refine-steps', 'calibration-tokens', 'eval-tokens', 'eval-window', 'target-metric', 'target-value', 'target-tolerance',
   'prompt', 'max-new-tokens', 'temperature', 'top-k', 'top-p', 'seed', 'stop-at-eos'];
 

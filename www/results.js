@@ -205,7 +205,8 @@ function showCompression(r, policy, t0) {
   const lin = f.totals;
   $('summary').dataset.linearBytes = `${lin.bytes_considered},${lin.bytes_after},${f.bytes_untouched}`;
   const split = ` Linear layers (what compression can touch): ${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)}`
-    + ` (${lin.bytes_considered ? (100 * (1 - lin.bytes_after / lin.bytes_considered)).toFixed(1) : '0.0'}% smaller);`
+    + ` (${lin.bytes_considered ? (100 * (1 - lin.bytes_after / lin.bytes_considered)).toFixed(1) : '0.0'}% smaller,`
+    + ` ${lin.bits_per_param.toFixed(2)} bits per parameter);`
     + ` the other tensors (embeddings, norms, biases, a tied head): ${fmtBytes(f.bytes_untouched)}, as stored.`;
   $('summary').dataset.compressSeconds = r.compress_seconds.toFixed(2);
   const check = allocationCheckNote(f.allocation_check);

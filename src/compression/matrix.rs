@@ -438,6 +438,9 @@ pub struct CompressionTotals {
     pub params_after: u64,
     pub bytes_considered: u64,
     pub bytes_after: u64,
+    /// Bits the linear layers store per parameter of the original's (`8 · bytes_after / params_considered`): codes,
+    /// scales, zero points, factors, everything the file holds for them.
+    pub bits_per_param: f64,
 }
 
 pub fn totals(reports: &[LayerReport]) -> CompressionTotals {
@@ -455,5 +458,6 @@ pub fn totals(reports: &[LayerReport]) -> CompressionTotals {
         t.bytes_considered += r.bytes_before as u64;
         t.bytes_after += r.bytes_after as u64;
     }
+    t.bits_per_param = 8.0 * t.bytes_after as f64 / t.params_considered.max(1) as f64;
     t
 }

@@ -50,6 +50,7 @@ pub struct Preview {
 /// Whether `policy` fixes every rank from the matrices' shapes (no spectrum needed).
 fn ranks_from_shapes(policy: &Policy) -> bool {
     policy.method == Method::Int8
+        || policy.method.is_grouped()
         || match policy.budget {
             Some(_) => matches!(policy.budget_mode, BudgetMode::Uniform | BudgetMode::Proportional),
             None => policy.energy.is_none(),

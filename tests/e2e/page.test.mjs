@@ -298,6 +298,35 @@ try {
   step('the loss allocation (activation-aware, 20% of linear parameters, 256 calibration tokens): the summary equals the CLI\'s');
   await newMethodAgainstCli('whitened-loss', 'whitened', '0.2', 'loss', 256);
 
+  // Group-wise codes: the page's compression and the CLI's, the same codes up to the rounding of wasm against native
+  // arithmetic (round-to-nearest takes the same f16 scales and codes from the same f32 weights; GPTQ's f64 updates
+  // may move a code that lies on a rounding boundary), evaluated on the same tokens; the page's export read by the CLI
+  // gives the page's figures.
+  const groupedAgainstCli = async (what, method, bits, group, cal, rel, flips = 0) => {
+    await newMethod(method, '', 'energy', cal);
+    await page.selectOption('#bits', String(bits));
+    await page.fill('#group', String(group));
+    assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
+    const skip = method === 'gptq' ? cal : 0;
+    assert.match(await page.textContent('#summary-note'), new RegExp(`tokens ${skip}\\.\\.${skip + TOKENS}`));
+    assert.match(await page.textContent('#summary-note'), new RegExp(`${(bits + 16 / group).toFixed(2)} bits per parameter`));
+    const dir = path.join(tmp, what);
+    cliCompress(dir, cal, ['--method', method, '--bits', String(bits), '--group', String(group)]);
+    const want = cliEval(dir, skip);
+    const got = await summary();
+    const dl = page.waitForEvent('download');
+    assert.equal(await clickJob('#export', ['done', 'error']), 'done', await errorText());
+    const mine = path.join(tmp, `${what}-page`);
+    fs.mkdirSync(mine);
+    await (await dl).saveAs(path.join(mine, 'model.safetensors'));
+    sameAsCli(got, cliEval(mine, skip), `${what} (the page's export in the CLI)`);
+    sameAsCli(got, want, what, rel, flips);
+    console.log(`  ${what}: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)})`);
+  };
+  step('group-wise quantization, INT4 in groups of 64 (round-to-nearest) and INT3 in groups of 32 (GPTQ, 256 calibration tokens): the summary equals the CLI\'s, and the page\'s export read by the CLI gives the page\'s figures');
+  await groupedAgainstCli('int4-g64', 'quant', 4, 64, 256);
+  await groupedAgainstCli('gptq3-g32', 'gptq', 3, 32, 256, 2e-3, 2);
+
   // The refit solves each matrix on the inputs the already-refitted blocks give it, so wasm's and native rounding
   // compound block after block. With fewer calibration tokens than c_proj's 1024 inputs its least squares is
   // underdetermined and the two drift apart (256 tokens: the same ranks, errors equal to 4 digits, logits cosine

@@ -18,6 +18,10 @@ cases = [
     ("www/models/neo-bard-8l", ["--rank", "32"]),
     ("www/models/neo-bard-8l", ["--rank", "16", "--quant", "per-tensor", "--skip", "mlp.c_proj"]),
     ("www/models/neo-bard-8l", ["--method", "int8"]),
+    ("www/models/neo-bard-8l", ["--method", "quant", "--bits", "4", "--group", "64"]),
+    ("www/models/neo-bard-8l", ["--method", "quant", "--bits", "3", "--group", "48", "--skip", "attn"]),
+    ("www/models/neo-bard-8l", ["--method", "gptq", "--bits", "2", "--group", "32", "--calibration-tokens", "256",
+                                "--calibration-text", os.path.join(SHARED, "corpus/eval-dev.txt")]),
     (os.path.join(SHARED, "fixtures/tiny-gpt-neo-v512"), ["--rank", "8", "--quant_bits", "32"]),
 ]
 with tempfile.TemporaryDirectory() as tmp:

@@ -282,7 +282,7 @@ pub(super) fn compress(a: &CompressArgs) -> Result<()> {
     writeln!(
         o,
         "{:<48} {:>12} {:>6} {:>9} {:>9} {:>10} {:>10}  storage / reason",
-        "matrix", "shape", "rank", "err svd", "err int8", "bytes", "after"
+        "matrix", "shape", "rank", "err svd", "err stored", "bytes", "after"
     )?;
     for r in &c.reports {
         let pct = |e: Option<f64>| e.map_or("-".to_string(), |e| format!("{:.2}%", 100.0 * e));
@@ -301,8 +301,8 @@ pub(super) fn compress(a: &CompressArgs) -> Result<()> {
     }
     writeln!(
         o,
-        "compressed {}/{} layers; linear params {} -> {} ({:.3}); linear bytes {} -> {}, other tensors {} as stored; \
-         file {} bytes; {:.1} s",
+        "compressed {}/{} layers; linear params {} -> {} ({:.3}); linear bytes {} -> {} ({:.3} bits per linear \
+         parameter), other tensors {} as stored; file {} bytes; {:.1} s",
         t.layers_compressed,
         t.layers_total,
         t.params_considered,
@@ -310,6 +310,7 @@ pub(super) fn compress(a: &CompressArgs) -> Result<()> {
         t.params_after as f64 / t.params_considered.max(1) as f64,
         t.bytes_considered,
         t.bytes_after,
+        t.bits_per_param,
         untouched,
         export.file_bytes(),
         seconds
