@@ -48,9 +48,9 @@ fn push(entries: &mut Vec<Entry>, name: String, dtype: Dtype, shape: Vec<usize>,
     entries.push(Entry { name, dtype, shape, len: bytes.len() as u64, part: Part::Owned(bytes) });
 }
 
-/// Tensors for one factor called `base`: `{base}` (f32), or `{base}.q` (i8) + `{base}.scale` (f32, per row or one)
-/// + `{base}.zero_point` (i32, per-tensor scheme only), or group-wise codes as `{base}.codes` (u32, the bit stream) +
-/// `{base}.scales` (f16, rows × groups) + `{base}.layout` (i32: rows, columns, bits, group). `shape` is the factor's
+/// Tensors for one factor called `base`: `{base}` (f32); or `{base}.q` (i8), `{base}.scale` (f32, per row or one)
+/// and `{base}.zero_point` (i32, per-tensor scheme only); or group-wise codes as `{base}.codes` (u32, the bit stream),
+/// `{base}.scales` (f16, rows × groups) and `{base}.layout` (i32: rows, columns, bits, group). `shape` is the factor's
 /// logical shape.
 fn push_factor(entries: &mut Vec<Entry>, base: &str, f: &Factor, shape: Vec<usize>) {
     match f {

@@ -56,7 +56,7 @@ impl GMat {
         let mask = (1u32 << bits) - 1;
         let zero = self.zero() as f32;
         let mut bit = first * bits;
-        if 32 % bits == 0 && bit % 32 == 0 {
+        if 32 % bits == 0 && bit.is_multiple_of(32) {
             // whole words: no code straddles two of them
             let per = 32 / bits;
             let (full, rest) = out.split_at_mut(out.len() / per * per);

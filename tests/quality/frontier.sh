@@ -19,7 +19,7 @@ if [ ${#settings[@]} -eq 0 ]; then
     done
   done
 fi
-ratio() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"{r[\"ppl_compressed\"]/r[\"ppl_original\"]:.4f} {r[\"cosine\"]:.4f}")'; }
+ratio() { python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.4f %.4f" % (r["ppl_compressed"] / r["ppl_original"], r["cosine"]))'; }
 echo "| method | bits | group | bits per linear parameter | ppl × (4096..12288) | cosine | ppl × (12288..20480) | cosine | seconds |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for s in "${settings[@]}"; do
@@ -29,7 +29,7 @@ for s in "${settings[@]}"; do
   "$SLC" compress --input-dir "$MODEL" --output-dir "$dir" --method "$method" --bits "$bits" --group "$group" \
     --calibration-text "$TEXT" --calibration-tokens 4096 --calibration-window 512 --json >"$dir.json"
   t1=$(date +%s.%N)
-  bpp=$(python3 -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))[\"totals\"][\"bits_per_param\"]:.3f}")' "$dir.json")
+  bpp=$(python3 -c 'import json,sys; print("%.3f" % json.load(open(sys.argv[1]))["totals"]["bits_per_param"])' "$dir.json")
   a=$("$SLC" eval --original "$MODEL" --compressed "$dir" --text "$TEXT" --skip-tokens 4096 --tokens 8192 --window 512 --json | ratio)
   b=$("$SLC" eval --original "$MODEL" --compressed "$dir" --text "$TEXT" --skip-tokens 12288 --tokens 8192 --window 512 --json | ratio)
   read -r pa ca <<<"$a"
