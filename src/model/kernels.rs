@@ -3,6 +3,7 @@
 //! bandwidth, so reading 1 or 2 bytes per weight instead of 4 is the speed-up. Loops keep 16 independent
 //! accumulators so the compiler vectorizes them (simd128 in wasm, SSE/AVX natively) without reassociating sums.
 
+use crate::model::grouped::GMat;
 use crate::model::storage::{bf16_to_f32, f16_to_f32, f16_to_f32_finite, Factor};
 
 /// Up to this many rows of `x`, a product with a compact matrix reads the stored values directly (a fused
@@ -38,23 +39,8 @@ pub fn gemv_t(x: &[f32], n: usize, f: &Factor, out: &mut [f32]) {
     debug_assert_eq!(x.len(), n * cols);
     debug_assert_eq!(out.len(), n * rows);
     if let Factor::Grouped(g) = f {
-        // a group at a time: its codes decoded, the dot taken, the group's scale applied to the sum
-        let mut buf = vec![0f32; g.group.min(cols)];
-        for r in 0..rows {
-            let mut sums = [0f32; GEMV_MAX_ROWS];
-            let per_row = g.groups_per_row();
-            for k in 0..per_row {
-                let (c0, c1) = (k * g.group, ((k + 1) * g.group).min(cols));
-                let w = &mut buf[..c1 - c0];
-                g.decode(r * cols + c0, w);
-                let s = f16_to_f32(g.scales[r * per_row + k]);
-                for (i, sum) in sums.iter_mut().enumerate().take(n) {
-                    *sum += s * dot(&x[i * cols + c0..i * cols + c1], w);
-                }
-            }
-            for i in 0..n {
-                out[i * rows + r] = sums[i];
-            }
+        if !gemv_grouped_blocks(x, n, g, out) {
+            gemv_grouped(x, n, g, out);
         }
         return;
     }
@@ -109,6 +95,109 @@ pub fn gemv_t(x: &[f32], n: usize, f: &Factor, out: &mut [f32]) {
     }
 }
 
+/// [`gemv_t`] of group-wise codes, a group at a time: its codes decoded, the dot taken, the group's scale applied to
+/// the sum (any width and group).
+fn gemv_grouped(x: &[f32], n: usize, g: &GMat, out: &mut [f32]) {
+    let (rows, cols) = (g.rows, g.cols);
+    let mut buf = vec![0f32; g.group.min(cols)];
+    let per_row = g.groups_per_row();
+    for r in 0..rows {
+        let mut sums = [0f32; GEMV_MAX_ROWS];
+        for k in 0..per_row {
+            let (c0, c1) = (k * g.group, ((k + 1) * g.group).min(cols));
+            let w = &mut buf[..c1 - c0];
+            g.decode(r * cols + c0, w);
+            let s = f16_to_f32(g.scales[r * per_row + k]);
+            for (i, sum) in sums.iter_mut().enumerate().take(n) {
+                *sum += s * dot(&x[i * cols + c0..i * cols + c1], w);
+            }
+        }
+        out[r..].iter_mut().step_by(rows).take(n).zip(sums).for_each(|(o, s)| *o = s);
+    }
+}
+
+/// [`gemv_t`] of group-wise codes of 2, 4 or 8 bits whose groups are whole blocks of four words and whose rows are
+/// whole groups (so every row starts on a word); `false` (nothing done) for any other. A block's codes are taken a
+/// shift at a time across its four words (one shift for all four lanes, which wasm's SIMD can do), so they come out
+/// in a fixed permutation of their columns: `x` is permuted the same way once, for every row. The codes are summed
+/// against `x` unsigned, per group, and the zero point is taken off as `zero · Σ x` of the group, once per group.
+fn gemv_grouped_blocks(x: &[f32], n: usize, g: &GMat, out: &mut [f32]) -> bool {
+    let bits = g.bits as usize;
+    if !32usize.is_multiple_of(bits) {
+        return false;
+    }
+    let per = 32 / bits;
+    let block = 4 * per;
+    let (cols, group) = (g.cols, g.group);
+    if !group.is_multiple_of(block) || !cols.is_multiple_of(group) || block > 64 {
+        return false;
+    }
+    let per_row = cols / group;
+    // x in the codes' order, block by block: code `s` of word `k` is column `k · per + s`, taken at `s · 4 + k`
+    let mut xp = vec![0f32; n * cols];
+    let mut xsum = vec![0f32; n * per_row];
+    for i in 0..n {
+        let (src, dst) = (&x[i * cols..(i + 1) * cols], &mut xp[i * cols..(i + 1) * cols]);
+        for (s_blk, d_blk) in src.chunks_exact(block).zip(dst.chunks_exact_mut(block)) {
+            for k in 0..4 {
+                for s in 0..per {
+                    d_blk[s * 4 + k] = s_blk[k * per + s];
+                }
+            }
+        }
+        for (sum, part) in xsum[i * per_row..(i + 1) * per_row].iter_mut().zip(src.chunks_exact(group)) {
+            *sum = part.iter().sum();
+        }
+    }
+    match bits {
+        2 => grouped_rows::<2>(g, n, &xp, &xsum, out),
+        4 => grouped_rows::<4>(g, n, &xp, &xsum, out),
+        _ => grouped_rows::<8>(g, n, &xp, &xsum, out),
+    }
+    true
+}
+
+/// The rows of [`gemv_grouped_blocks`] for `BITS`-bit codes (a constant, so that a block's shifts unroll).
+fn grouped_rows<const BITS: usize>(g: &GMat, n: usize, xp: &[f32], xsum: &[f32], out: &mut [f32]) {
+    let per = 32 / BITS;
+    let (rows, cols, group) = (g.rows, g.cols, g.group);
+    let (per_row, row_words, group_words) = (cols / group, cols * BITS / 32, group * BITS / 32);
+    let mask = (1u32 << BITS) - 1;
+    let zero = g.zero() as f32;
+    for r in 0..rows {
+        let words = &g.codes[r * row_words..(r + 1) * row_words];
+        let scales = &g.scales[r * per_row..(r + 1) * per_row];
+        let mut total = [[0f32; 4]; GEMV_MAX_ROWS];
+        let mut offset = [0f32; GEMV_MAX_ROWS];
+        for (k, &scale) in scales.iter().enumerate() {
+            let mut acc = [[0f32; 8]; GEMV_MAX_ROWS];
+            for (b, w) in words[k * group_words..(k + 1) * group_words].chunks_exact(4).enumerate() {
+                let base = k * group + b * 4 * per;
+                for sh in 0..per {
+                    let q: [f32; 4] = std::array::from_fn(|l| ((w[l] >> (sh * BITS)) & mask) as f32);
+                    let half = (sh & 1) * 4;
+                    for (i, a) in acc.iter_mut().enumerate().take(n) {
+                        let xc = &xp[i * cols + base + sh * 4..i * cols + base + sh * 4 + 4];
+                        for l in 0..4 {
+                            a[half + l] += q[l] * xc[l];
+                        }
+                    }
+                }
+            }
+            let s = f16_to_f32(scale);
+            for i in 0..n {
+                for l in 0..4 {
+                    total[i][l] += s * (acc[i][l] + acc[i][l + 4]);
+                }
+                offset[i] += s * zero * xsum[i * per_row + k];
+            }
+        }
+        for i in 0..n {
+            out[i * rows + r] = total[i].iter().sum::<f32>() - offset[i];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,11 +237,15 @@ mod tests {
             Factor::Half { rows, cols, bits: halves, bf16: false },
             grouped_test_factor(&w, rows, cols, 4, 64),
             grouped_test_factor(&w, rows, cols, 3, 32),
+            grouped_test_factor(&w, rows, 256, 4, 64),
+            grouped_test_factor(&w, rows, 256, 2, 128),
+            grouped_test_factor(&w, rows, 256, 8, 32),
         ];
         for f in &factors {
-            let dense = f.to_f32();
+            let (dense, cols) = (f.to_f32(), f.cols());
+            let x = &x[..3 * cols];
             let mut out = vec![0f32; 3 * rows];
-            gemv_t(&x, 3, f, &mut out);
+            gemv_t(x, 3, f, &mut out);
             for i in 0..3 {
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|k| x[i * cols + k] * dense[r * cols + k]).sum();

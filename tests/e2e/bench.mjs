@@ -2,14 +2,18 @@
 // (tokens after the first, KV cache): the demo model and its compression at rank 32 with the MLP skipped (per-row
 // INT8 factors; embedding/head and MLP kept in f16 as stored), side by side in one run. Prints figures only.
 //   node tests/e2e/bench.mjs [tokens=128] [runs=3]
+//   node tests/e2e/bench.mjs codes [tokens=128] [runs=3]   decode with the demo's linear layers as INT8 (per-row) and
+//                                                          as INT4 in groups of 64, side by side, best of `runs` each
 import { chromium } from 'playwright-core';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { serve } from './serve.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const tokens = Number(process.argv[2] || 128);
-const runs = Number(process.argv[3] || 3);
+const codes = process.argv[2] === 'codes';
+const argv = codes ? process.argv.slice(1) : process.argv;
+const tokens = Number(argv[2] || 128);
+const runs = Number(argv[3] || 3);
 const server = await serve(ROOT);
 const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true,
   args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
@@ -27,6 +31,29 @@ try {
     await p.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) > k, n, { timeout: 600000 });
   };
   const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  if (codes) {
+    // the same prompt and tokens for both storages, each compressed then generated `runs` times, in turn
+    await job('#load-demo');
+    await page.click('#eval-settings summary');
+    await page.fill('#eval-tokens', '512');
+    await page.fill('#prompt', 'ROMEO. O my love,');
+    await page.click('#gen-settings summary');
+    await page.fill('#max-new-tokens', String(tokens));
+    await page.uncheck('#stop-at-eos');
+    const best = {};
+    for (let r = 0; r < runs; r++) {
+      for (const preset of ['int8', 'int4']) {
+        await page.selectOption('#preset', preset);
+        await job('#compress');
+        await job('#generate');
+        const c = parseFloat(await page.textContent('#rate-compressed'));
+        console.log(`run ${r} ${preset}: ${c.toFixed(1)} tokens/s`);
+        best[preset] = Math.max(best[preset] || 0, c);
+      }
+    }
+    console.log(`decode in headless Chromium (wasm, simd128, 1 worker), best of ${runs} runs of ${tokens} tokens, every linear layer: INT8 per-row ${best.int8.toFixed(1)}, INT4 in groups of 64 ${best.int4.toFixed(1)} tokens/s (ratio ${(best.int4 / best.int8).toFixed(2)})`);
+    process.exit(0);
+  }
   for (const p of [single, page]) {
     await job('#load-demo', p);
     await p.fill('#rank', '32');
