@@ -172,14 +172,19 @@ fn grouped_rows<const BITS: usize>(g: &GMat, n: usize, xp: &[f32], xsum: &[f32],
         for (k, &scale) in scales.iter().enumerate() {
             let mut acc = [[0f32; 8]; GEMV_MAX_ROWS];
             for (b, w) in words[k * group_words..(k + 1) * group_words].chunks_exact(4).enumerate() {
-                let base = k * group + b * 4 * per;
+                // the block's codes, a shift at a time across its four words (as i32: SSE2 converts only signed)
+                let mut q = [0f32; 64];
                 for sh in 0..per {
-                    let q: [f32; 4] = std::array::from_fn(|l| ((w[l] >> (sh * BITS)) & mask) as f32);
-                    let half = (sh & 1) * 4;
-                    for (i, a) in acc.iter_mut().enumerate().take(n) {
-                        let xc = &xp[i * cols + base + sh * 4..i * cols + base + sh * 4 + 4];
-                        for l in 0..4 {
-                            a[half + l] += q[l] * xc[l];
+                    for l in 0..4 {
+                        q[sh * 4 + l] = ((w[l] >> (sh * BITS)) & mask) as i32 as f32;
+                    }
+                }
+                let base = k * group + b * 4 * per;
+                for (i, a) in acc.iter_mut().enumerate().take(n) {
+                    let xb = &xp[i * cols + base..][..4 * per];
+                    for (qc, xc) in q[..4 * per].chunks_exact(8).zip(xb.chunks_exact(8)) {
+                        for l in 0..8 {
+                            a[l] += qc[l] * xc[l];
                         }
                     }
                 }
