@@ -7,8 +7,12 @@
 //! The codes are read back a block of rows at a time ([`GMat::rows_f32`]), or a group at a time straight into a
 //! product ([`GMat::decode`]), so a layer never holds its weight in f32 as a whole.
 
-use crate::model::storage::f16_to_f32;
 use crate::{Error, Result};
+
+/// A scale's f16 bits as f32 (exact).
+fn f16_to_f32(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
+}
 
 /// Code widths a group-wise matrix may have.
 pub const BITS: [u8; 4] = [2, 3, 4, 8];

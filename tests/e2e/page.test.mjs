@@ -136,7 +136,7 @@ try {
     assert.equal(after + untouched, Number(got.bytes_compressed), 'linear layers after + the rest = the compressed tensors');
     assert.equal(before + untouched, Number(got.bytes_original), 'linear layers before + the rest = the original tensors');
     assert.ok(after < before, 'the linear layers shrank');
-    assert.match(await page.textContent('#summary-note'), /Linear layers \(what compression can touch\): [0-9.]+ [kMG]B → [0-9.]+ [kMG]B \([0-9.]+% smaller\); the other tensors .*: [0-9.]+ [kMG]B, as stored\./);
+    assert.match(await page.textContent('#summary-note'), /Linear layers \(what compression can touch\): [0-9.]+ [kMG]B → [0-9.]+ [kMG]B \([0-9.]+% smaller, [0-9.]+ bits per parameter\); the other tensors .*: [0-9.]+ [kMG]B, as stored\./);
   }
   console.log(`  page: cosine ${got.cosine}, ppl ${got.ppl_original} → ${got.ppl_compressed}, top-1 ${got.top1}, layers ${got.layers_compressed}/${got.layers_total}; CLI: cosine ${cli.cosine.toFixed(4)}, ppl ${cli.ppl_compressed.toFixed(2)}`);
   await page.screenshot({ path: path.join(OUT, 'compressed.png') });
@@ -268,6 +268,16 @@ try {
     assert.deepEqual(differ, [], 'the same rank for every matrix');
   };
   // `rel`: the relative agreement asked of the page's compression and the CLI's (wasm and native round differently)
+  // the page's figures are those of the checkpoint it exports, to the printed digit: the export saved as a folder
+  // and measured by the CLI on the tokens after `skip`
+  const exportMatchesPage = async (what, got, skip) => {
+    const dl = page.waitForEvent('download');
+    assert.equal(await clickJob('#export', ['done', 'error']), 'done', await errorText());
+    const mine = path.join(tmp, `${what}-page`);
+    fs.mkdirSync(mine);
+    await (await dl).saveAs(path.join(mine, 'model.safetensors'));
+    sameAsCli(got, cliEval(mine, skip), `${what} (the page's export in the CLI)`);
+  };
   const newMethodAgainstCli = async (what, method, budget, mode, cal, rel, flips = 0, relMse = rel, refine = 0) => {
     await newMethod(method, budget, mode, cal, refine);
     assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
@@ -283,13 +293,7 @@ try {
     if (check) assert.match(await page.textContent('#summary-note'), /Allocation checked on the first \d+ calibration tokens/);
     const want = cliEval(dir, cal);
     const got = await summary();
-    // the page's figures are those of the checkpoint it exports, to the printed digit
-    const dl = page.waitForEvent('download');
-    assert.equal(await clickJob('#export', ['done', 'error']), 'done', await errorText());
-    const mine = path.join(tmp, `${what}-page`);
-    fs.mkdirSync(mine);
-    await (await dl).saveAs(path.join(mine, 'model.safetensors'));
-    sameAsCli(got, cliEval(mine, cal), `${what} (the page's export in the CLI)`);
+    await exportMatchesPage(what, got, cal);
     sameAsCli(got, want, what, rel, flips, relMse);
     console.log(`  ${what}: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)})`);
     return got;
@@ -314,12 +318,7 @@ try {
     cliCompress(dir, cal, ['--method', method, '--bits', String(bits), '--group', String(group)]);
     const want = cliEval(dir, skip);
     const got = await summary();
-    const dl = page.waitForEvent('download');
-    assert.equal(await clickJob('#export', ['done', 'error']), 'done', await errorText());
-    const mine = path.join(tmp, `${what}-page`);
-    fs.mkdirSync(mine);
-    await (await dl).saveAs(path.join(mine, 'model.safetensors'));
-    sameAsCli(got, cliEval(mine, skip), `${what} (the page's export in the CLI)`);
+    await exportMatchesPage(what, got, skip);
     sameAsCli(got, want, what, rel, flips);
     console.log(`  ${what}: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)})`);
   };
