@@ -174,7 +174,6 @@ try {
     const clean24 = await summary();
     await page.fill('#rank', '32');
     assert.equal(await job(() => page.click('#compress')), 'done', await errorText());
-    assert.deepEqual(await summary(), clean, 'rank 32 again, its factors taken from nothing earlier: the same figures');
     await page.fill('#rank', '24');
     // the fault is asked for before the job starts: every helper traps at its first piece of work, whenever that comes
     // (asked for while the job runs, it could come after the helpers' last piece on a fast machine)
