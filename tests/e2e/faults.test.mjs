@@ -163,6 +163,15 @@ try {
   const [download] = await Promise.all([page.waitForEvent('download'), job(() => page.click('#export'))]);
   assert.ok(fs.statSync(await download.path()).size > 1e6);
 
+  // Every figure the same, and the compressed model's resident bytes to 4 KB: when a helper dies, its matrix comes back
+  // later and the matrices are taken in another order, and the heap the model holds moved by 1,664 bytes of 35.8 MB
+  // (measured 2026-12-07: 35,805,233 against 35,806,897); its stored bytes are the same to the byte.
+  const sameAfterFault = (got, want) => {
+    const { resident_bytes_compressed: a, ...rest } = got;
+    const { resident_bytes_compressed: b, ...wanted } = want;
+    assert.deepEqual(rest, wanted);
+    assert.ok(Math.abs(Number(a) - Number(b)) <= 4096, `resident bytes ${a} against ${b}`);
+  };
   step('a helper traps mid-compression: it is replaced, its matrix redone, the result unchanged');
   const cores = await page.evaluate(() => navigator.hardwareConcurrency);
   if (cores >= 2) {
@@ -174,12 +183,13 @@ try {
     const clean24 = await summary();
     await page.fill('#rank', '32');
     assert.equal(await job(() => page.click('#compress')), 'done', await errorText());
+    assert.deepEqual(await summary(), clean, 'rank 32 again, its factors taken from nothing earlier: the same figures');
     await page.fill('#rank', '24');
     // the fault is asked for before the job starts: every helper traps at its first piece of work, whenever that comes
     // (asked for while the job runs, it could come after the helpers' last piece on a fast machine)
     await page.evaluate(() => window.slcTestFault('trap', true));
     assert.equal(await job(() => page.click('#compress')), 'done', await errorText());
-    assert.deepEqual(await summary(), clean24);
+    sameAfterFault(await summary(), clean24);
     assert.equal(await page.$eval('#summary', (e) => e.dataset.compressWorkers), String(Math.min(4, cores)));
     assert.ok(Number(await page.$eval('#summary', (e) => e.dataset.helpersReplaced)) >= 1, 'a helper died and was replaced');
     assert.match(await page.textContent('#summary-note'), /died during the job and (was|were) replaced/);
@@ -188,7 +198,7 @@ try {
     // the same setting again: its factors are all taken from the run before, so a helper's first work is a window
     await page.evaluate(() => window.slcTestFault('trap', true));
     assert.equal(await job(() => page.click('#compress')), 'done', await errorText());
-    assert.deepEqual(await summary(), clean24);
+    sameAfterFault(await summary(), clean24);
     assert.ok(Number(await page.$eval('#summary', (e) => e.dataset.helpersReplaced)) >= 1, 'a helper died and was replaced');
   } else {
     console.log(`  (skipped: ${cores} core, no helpers)`);

@@ -306,7 +306,7 @@ try {
   // arithmetic (round-to-nearest takes the same f16 scales and codes from the same f32 weights; GPTQ's f64 updates
   // may move a code that lies on a rounding boundary), evaluated on the same tokens; the page's export read by the CLI
   // gives the page's figures.
-  const groupedAgainstCli = async (what, method, bits, group, cal, rel, flips = 0) => {
+  const groupedAgainstCli = async (what, method, bits, group, cal, rel, flips = 0, relMse = rel) => {
     await newMethod(method, '', 'energy', cal);
     await page.selectOption('#bits', String(bits));
     await page.fill('#group', String(group));
@@ -319,12 +319,15 @@ try {
     const want = cliEval(dir, skip);
     const got = await summary();
     await exportMatchesPage(what, got, skip);
-    sameAsCli(got, want, what, rel, flips);
+    sameAsCli(got, want, what, rel, flips, relMse);
     console.log(`  ${what}: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)})`);
   };
   step('group-wise quantization, INT4 in groups of 64 (round-to-nearest) and INT3 in groups of 32 (GPTQ, 256 calibration tokens): the summary equals the CLI\'s, and the page\'s export read by the CLI gives the page\'s figures');
   await groupedAgainstCli('int4-g64', 'quant', 4, 64, 256);
-  await groupedAgainstCli('gptq3-g32', 'gptq', 3, 32, 256, 2e-3, 2);
+  // GPTQ in wasm and natively: the inverse Hessian's f64 rounding moves the codes that lie on a rounding boundary, so
+  // the two models differ a little; measured 2026-12-07: the logits' MSE 0.2448 in the page against 0.2485 natively
+  // (1.5%), so 2% is asked of the MSE (the refit's case above, for the same reason)
+  await groupedAgainstCli('gptq3-g32', 'gptq', 3, 32, 256, 2e-3, 2, 2e-2);
 
   // The refit solves each matrix on the inputs the already-refitted blocks give it, so wasm's and native rounding
   // compound block after block. With fewer calibration tokens than c_proj's 1024 inputs its least squares is
