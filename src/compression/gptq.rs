@@ -76,8 +76,7 @@ pub fn gptq(w: &[f32], m: usize, n: usize, gram: &[f64], bits: u8, group: usize,
 /// `U`, upper triangular with `H⁻¹ = Uᵀ U`, for `H = G + λI`; inputs that never vary (a zero diagonal) get 1 there, so
 /// their columns take no part in the updates.
 fn inverse_hessian_factor(gram: &[f64], n: usize, damp: f64) -> Result<Mat<f64>> {
-    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
-    let lambda = damp * mean_diag.max(f64::MIN_POSITIVE);
+    let lambda = crate::compression::svd::damping(gram, n, damp);
     let h = Mat::from_fn(n, n, |i, j| {
         let g = gram[i * n + j];
         match (i == j, g == 0.0) {

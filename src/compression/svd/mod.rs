@@ -30,7 +30,7 @@ pub use exact::{
 };
 pub use profile::{narrow_products, profile, ProfileSpec, SvdProfile};
 pub use randomized::{product_units, randomized, randomized_staged, OVERSAMPLE, POWER_ITERS, RANDOMIZED_STAGES};
-pub use whitened::{rel_activation_error, whitened, whitened_f64, Whitened};
+pub use whitened::{damping, rel_activation_error, whitened, whitened_f64, Whitened};
 
 use crate::Result;
 

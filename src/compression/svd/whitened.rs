@@ -20,6 +20,13 @@ pub fn whitened_f64(a: &Mat<f64>, gram: &[f64], r: usize, damp: f64) -> Result<(
     Ok((d.truncate(r), d.all))
 }
 
+/// λ = `damp` · the mean diagonal of the `n × n` Gram matrix `gram` (at least the smallest positive float's share):
+/// what activation-aware SVD and GPTQ add to the statistics' diagonal.
+pub fn damping(gram: &[f64], n: usize, damp: f64) -> f64 {
+    let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
+    damp * mean_diag.max(f64::MIN_POSITIVE)
+}
+
 /// The whitened decomposition of one matrix in full (`A L = U Σ Vᵀ`, `G + λI = L Lᵀ`), truncated at any rank
 /// afterwards: the allocation check factors a matrix at two ranks from one decomposition, each truncation the same
 /// to the bit as [`whitened_f64`] at that rank.
@@ -48,8 +55,7 @@ impl Whitened {
         if a.col_iter().any(|c| c.iter().any(|x| !x.is_finite())) {
             return Err(Error::Numeric("whitened SVD: the matrix has non-finite values".into()));
         }
-        let mean_diag = (0..n).map(|i| gram[i * n + i]).sum::<f64>() / n.max(1) as f64;
-        let lambda = damp * mean_diag.max(f64::MIN_POSITIVE);
+        let lambda = damping(gram, n, damp);
         let g = Mat::from_fn(n, n, |i, j| gram[i * n + j] + if i == j { lambda } else { 0.0 });
         let llt = g.llt(faer::Side::Lower).map_err(|e| {
             Error::Numeric(format!("whitened SVD: the calibration statistics are not positive definite ({e:?})"))
