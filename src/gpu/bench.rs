@@ -4,7 +4,7 @@
 //! decoding runs) is set against the bandwidth; a kernel doing arithmetic (the tiled products of an evaluation
 //! window) against the throughput. Runs unchanged on any adapter, natively (`slc bench gpu`) and in the browser.
 
-use super::kernels::{spread, Batch, Kind, Params, Plan, Variant};
+use super::kernels::{spread, Batch, Kind, Params, Plan, Variant, ROWS};
 use super::model::{bmm, matmul_as, GpuModel};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::Gpu;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// The adapter's bounds.
 #[derive(Clone, Debug, Serialize)]
 pub struct Bounds {
-    /// Bytes read and written per second by the copy kernel.
+    /// Bytes moved (read and written, or read alone) per second by the fastest of the probe kernels.
     pub copy_bytes_per_s: f64,
     /// Multiply-add operations per second (two per multiply-add).
     pub flops: f64,
@@ -70,28 +70,34 @@ pub async fn time<'g>(gpu: &'g Gpu, record: &mut dyn FnMut(&mut Batch<'g>)) -> R
     }
 }
 
-/// The adapter's copy bandwidth and multiply-add throughput.
+/// The adapter's copy bandwidth and multiply-add throughput: each the best of three runs, the bandwidth the best of
+/// three probe kernels (a copy a vec4 an invocation at a time, a copy and a read sixteen consecutive vec4s an
+/// invocation at a time), so that no kernel's figure is flattered by a probe the adapter happens to run badly.
 pub async fn bounds(gpu: &Gpu) -> Result<Bounds> {
     let bytes = (64u64 << 20).min(gpu.max_binding() / 4 * 4);
     let (src, dst) = (gpu.buffer("copy source", bytes), gpu.buffer("copy target", bytes));
     let vec4s = (bytes / 16) as usize;
     let k = &gpu.kernels;
-    let groups = 1024;
-    let copy = time(gpu, &mut |b| {
-        b.dispatch(&k.copy, &[&src, &dst], Params::default().u(vec4s).f(0.0), [groups, 1, 1]);
-    })
-    .await?;
     let threads = 256 * 1024;
     let out = gpu.buffer("madd out", threads as u64 * 16);
     let iters = 1024;
-    let madd = time(gpu, &mut |b| {
-        b.dispatch(&k.madd, &[&src, &out], Params::default().u(iters).f(0.999), [1024, 1, 1]);
-    })
-    .await?;
-    Ok(Bounds {
-        copy_bytes_per_s: 2.0 * bytes as f64 / copy,
-        flops: threads as f64 * iters as f64 * 8.0 * 4.0 * 2.0 / madd,
-    })
+    let (mut copy, mut flops) = (0f64, 0f64);
+    for _ in 0..3 {
+        // (kernel, workgroups, bytes moved per byte of the buffer)
+        for (kernel, groups, moved) in [(&k.copy, 1024, 2.0), (&k.copy16, 256, 2.0), (&k.read16, 256, 1.0)] {
+            let s = time(gpu, &mut |b| {
+                b.dispatch(kernel, &[&src, &dst], Params::default().u(vec4s).f(0.0), [groups, 1, 1]);
+            })
+            .await?;
+            copy = copy.max(moved * bytes as f64 / s);
+        }
+        let madd = time(gpu, &mut |b| {
+            b.dispatch(&k.madd, &[&src, &out], Params::default().u(iters).f(0.999), [1024, 1, 1]);
+        })
+        .await?;
+        flops = flops.max(threads as f64 * iters as f64 * 8.0 * 4.0 * 2.0 / madd);
+    }
+    Ok(Bounds { copy_bytes_per_s: copy, flops })
 }
 
 /// Seconds of the products `plan` runs for `rows` rows of x through `mats` (each `d` × `d`): the best of three after
@@ -241,17 +247,35 @@ pub async fn kernels(gpu: &Gpu, spec: &BenchSpec, bounds: &Bounds) -> Result<Vec
             bmm(b, pv.u(1).u(0).u(0), [&scores, &x, &y], t, hd, 1);
         })
         .await?;
+        let rows = if hd % 16 == 0 {
+            let ls = t.next_multiple_of(4);
+            let s = time(gpu, &mut |b| {
+                let k = &b.gpu().kernels;
+                let p = Params::default().u(t).u(t).u(ls).u(hd).u(d).u(0).u(0).u(u32::MAX as usize).u(1);
+                let groups = [t.div_ceil(64) as u32, t.div_ceil(ROWS) as u32, 1];
+                b.dispatch(&k.scores, &[&q, &x, &scores], p.clone(), groups);
+                b.dispatch(&k.normalize, &[&q, &x, &scores], p.clone(), spread(t.div_ceil(64)));
+                b.dispatch(&k.mix, &[&scores, &x, &y], p, [hd.div_ceil(64) as u32, t.div_ceil(ROWS) as u32, 1]);
+            })
+            .await?;
+            Some(s)
+        } else {
+            None
+        };
         // causal: about half the scores are computed
         let flops = 2.0 * 2.0 * (t * t * hd) as f64 / 2.0;
-        out.push(KernelFigure {
-            kernel: format!("attention, one head of {hd}, {t} queries"),
-            seconds: s,
-            bytes: 0.0,
-            bytes_per_s: 0.0,
-            flops,
-            flops_per_s: flops / s,
-            of_bound: flops / s / bounds.flops,
-        });
+        for (name, s) in [("tiled", Some(s)), ("rows", rows)] {
+            let Some(s) = s else { continue };
+            out.push(KernelFigure {
+                kernel: format!("attention ({name}), one head of {hd}, {t} queries"),
+                seconds: s,
+                bytes: 0.0,
+                bytes_per_s: 0.0,
+                flops,
+                flops_per_s: flops / s,
+                of_bound: flops / s / bounds.flops,
+            });
+        }
     }
     Ok(out)
 }

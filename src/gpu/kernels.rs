@@ -74,18 +74,29 @@ pub struct Kernels {
     pub bmm: Kernel,
     /// The same for a few rows.
     pub bmm_small: Kernel,
+    /// Attention's scores and their mix in the rows kernel's layout (`attend.wgsl`).
+    pub scores: Kernel,
+    pub mix: Kernel,
+    pub normalize: Kernel,
 
     pub softmax: Kernel,
     pub layernorm: Kernel,
     pub metrics: Kernel,
     pub copy: Kernel,
     pub madd: Kernel,
+    pub copy16: Kernel,
+    pub read16: Kernel,
 }
 
-/// Rows of x a workgroup of the rows kernel takes, and its rows of W in 256s; the same for one row of x.
+/// Rows of x a workgroup of the rows kernel takes, and its rows of W in `4 × WG`s; the same for one row of x.
 pub const ROWS: usize = 8;
 pub const ROWS_G: usize = 1;
 pub const ROWS1_G: usize = 1;
+/// Invocations of a rows kernel's workgroup (each takes four rows of W per `G`), for many rows of x and for one:
+/// 128 rows of W a workgroup for one row of x keep both threads of a 2-core software adapter busy on a 768-row
+/// matrix (measured on lavapipe: 55–64% of the bandwidth bound with 256 rows, 76–79% with 128).
+pub const ROWS_WG: usize = 64;
+pub const ROWS1_WG: usize = 32;
 
 /// Which of two kernels computes a product of many rows of x, and which one of one row: the tiled ones (workgroup
 /// memory, lanes along k) suit GPUs; the rows kernels (no workgroup memory, lanes along W's rows, x read
@@ -177,8 +188,8 @@ impl Kernels {
         };
         let rrrrwu = [R, R, R, R, W, U];
         // the rows kernel's rows of x per workgroup size an array, so they are a constant, not an override
-        let rows = |name: &'static str, n: usize, g: usize| -> Vec<Kernel> {
-            let head = format!("const ROWS: u32 = {n}u;\nconst G: u32 = {g}u;");
+        let rows = |name: &'static str, n: usize, g: usize, wg: usize| -> Vec<Kernel> {
+            let head = format!("const ROWS: u32 = {n}u;\nconst G: u32 = {g}u;\nconst WG: u32 = {wg}u;");
             let source = format!("{head}\n{WEIGHT}\n{PRODUCT}\n{}", include_str!("wgsl/rows.wgsl"));
             Kind::ALL
                 .iter()
@@ -186,19 +197,25 @@ impl Kernels {
                 .collect()
         };
         let probe = include_str!("wgsl/probe.wgsl");
+        let attend = format!("const ROWS: u32 = {ROWS}u;\n{}", include_str!("wgsl/attend.wgsl"));
         Kernels {
             linear: weighted("linear", &[PRODUCT, include_str!("wgsl/linear.wgsl")].concat(), &rrrrwu),
             gemv: weighted("gemv", &[PRODUCT, include_str!("wgsl/gemv.wgsl")].concat(), &rrrrwu),
-            rows: rows("rows", ROWS, ROWS_G),
-            rows1: rows("rows, one", 1, ROWS1_G),
+            rows: rows("rows", ROWS, ROWS_G, ROWS_WG),
+            rows1: rows("rows, one", 1, ROWS1_G, ROWS1_WG),
             embed: weighted("embed", include_str!("wgsl/embed.wgsl"), &rrrrwu),
             bmm: kernel(device, "bmm", include_str!("wgsl/bmm.wgsl"), "main", &[R, R, W, U], &[]),
             bmm_small: kernel(device, "bmm, small", include_str!("wgsl/bmm.wgsl"), "small", &[R, R, W, U], &[]),
+            scores: kernel(device, "scores", &attend, "scores", &[R, R, W, U], &[]),
+            mix: kernel(device, "mix", &attend, "mix", &[R, R, W, U], &[]),
+            normalize: kernel(device, "normalize", &attend, "normalize", &[R, R, W, U], &[]),
             softmax: kernel(device, "softmax", include_str!("wgsl/softmax.wgsl"), "main", &[W, U], &[]),
             layernorm: kernel(device, "layernorm", include_str!("wgsl/layernorm.wgsl"), "main", &[R, R, R, W, U], &[]),
             metrics: kernel(device, "metrics", include_str!("wgsl/metrics.wgsl"), "main", &[R, R, R, W, U], &[]),
             copy: kernel(device, "copy", probe, "copy", &[R, W, U], &[]),
             madd: kernel(device, "madd", probe, "madd", &[R, W, U], &[]),
+            copy16: kernel(device, "copy16", probe, "copy16", &[R, W, U], &[]),
+            read16: kernel(device, "read16", probe, "read16", &[R, W, U], &[]),
         }
     }
 }

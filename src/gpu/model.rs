@@ -3,7 +3,7 @@
 //! the output projection added to the residual, LayerNorm, the MLP with gelu_new added to the residual — and the
 //! final LayerNorm. A window runs whole (evaluation); generation runs a token at a time on a key-value cache.
 
-use super::kernels::{spread, Batch, Params, Plan, Variant, ROWS, ROWS1_G, ROWS_G};
+use super::kernels::{spread, Batch, Params, Plan, Variant, ROWS, ROWS1_G, ROWS1_WG, ROWS_G, ROWS_WG};
 use super::tensor::{upload_stored_vector, upload_vector, GpuMatrix, GpuWeight, MatrixSource, Uploads};
 use super::Gpu;
 use crate::model::checkpoint::Checkpoint;
@@ -243,7 +243,8 @@ impl GpuModel {
                 )));
             }
         }
-        let one_head = t64 * l * 4;
+        // rows of scores 16 bytes apart (`attend.wgsl`)
+        let one_head = t64 * l.next_multiple_of(4) * 4;
         let heads_at_once = ((limit.min(256 << 20) / one_head.max(1)) as usize).clamp(1, c.num_heads);
         if one_head > limit {
             return Err(Error::Gpu(format!("attention over {l} keys for {t} queries does not fit one binding")));
@@ -329,7 +330,10 @@ impl GpuModel {
             self.linear(batch, s, q, (&s.h, 0), t, &s.q, 0, 0);
             self.linear(batch, s, kl, (&s.h, 0), t, kb, pos0 * d, 0);
             self.linear(batch, s, vl, (&s.h, 0), t, vb, pos0 * d, 0);
-            self.attention(batch, s, kb, vb, t, pos0, b.window);
+            let c = &self.cfg;
+            let shape = Heads { d, heads: c.num_heads, hd: c.head_dim() };
+            let bufs = [&s.q, kb, vb, &s.att, &s.scores];
+            attention(batch, bufs, s.heads_at_once, shape, t, pos0, b.window);
             self.linear(batch, s, o, (&s.att, 0), t, &s.x, 0, ACCUMULATE);
             self.norm(batch, &b.ln_2, &s.x, &s.h, t);
             self.linear(batch, s, fc, (&s.h, 0), t, &s.mlp, 0, GELU);
@@ -375,71 +379,6 @@ impl GpuModel {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn attention<'g>(
-        &'g self,
-        batch: &mut Batch<'g>,
-        s: &Scratch,
-        kb: &Buffer,
-        vb: &Buffer,
-        t: usize,
-        pos0: usize,
-        window: usize,
-    ) {
-        let c = &self.cfg;
-        let (d, heads, hd) = (c.hidden_size, c.num_heads, c.head_dim());
-        let l = pos0 + t;
-        let kern = &batch.gpu().kernels;
-        let mut g0 = 0;
-        while g0 < heads {
-            let hn = s.heads_at_once.min(heads - g0);
-            // scores[h, i, j] = q[i, h] · k[j, h]
-            let p = Params::default()
-                .u(t)
-                .u(l)
-                .u(hd)
-                .u(g0 * hd)
-                .u(hd)
-                .u(d)
-                .u(1)
-                .u(g0 * hd)
-                .u(hd)
-                .u(d)
-                .u(1)
-                .u(0)
-                .u(t * l)
-                .u(l)
-                .u(1)
-                .u(1)
-                .u(pos0);
-            bmm(batch, p, [&s.q, kb, &s.scores], t, l, hn);
-            let w = window.min(u32::MAX as usize);
-            let p = Params::default().u(t).u(l).u(pos0).u(w).u(hn * t);
-            batch.dispatch(&kern.softmax, &[&s.scores], p, spread(hn * t));
-            // att[i, h] = Σ_j p[h, i, j] v[j, h]
-            let p = Params::default()
-                .u(t)
-                .u(hd)
-                .u(l)
-                .u(0)
-                .u(t * l)
-                .u(l)
-                .u(1)
-                .u(g0 * hd)
-                .u(hd)
-                .u(1)
-                .u(d)
-                .u(g0 * hd)
-                .u(hd)
-                .u(d)
-                .u(1)
-                .u(0)
-                .u(0);
-            bmm(batch, p, [&s.scores, vb, &s.att], t, hd, hn);
-            g0 += hn;
-        }
-    }
-
     /// Multiply-adds of one position through its linear layers and head (a low-rank layer's at its rank).
     pub fn linear_macs(&self) -> u64 {
         let macs = |l: &GpuLinear| match &l.weight {
@@ -474,6 +413,95 @@ impl GpuModel {
             total += lin(&self.head);
         }
         total
+    }
+}
+
+/// How a layer's rows split into heads: rows `d` wide, `heads` of `hd`.
+#[derive(Clone, Copy)]
+pub(crate) struct Heads {
+    pub d: usize,
+    pub heads: usize,
+    pub hd: usize,
+}
+
+/// GPT-Neo's attention of `t` queries at positions `pos0..` over keys `0..pos0 + t` that each sees (all earlier ones,
+/// or the last `window`): `[q, k, v, out, scores]`, the scores room for `heads_at_once` heads; the rows kernel's
+/// layout where the adapter runs it (`attend.wgsl`), else the tiled batched products and the softmax.
+pub(crate) fn attention(
+    batch: &mut Batch<'_>,
+    [q, kb, vb, att, scores]: [&Buffer; 5],
+    heads_at_once: usize,
+    Heads { d, heads, hd }: Heads,
+    t: usize,
+    pos0: usize,
+    window: usize,
+) {
+    let l = pos0 + t;
+    let kern = &batch.gpu().kernels;
+    if t > SMALL && batch.gpu().plan().many == Variant::Rows && hd % 16 == 0 {
+        // the rows kernel's layout: rows of scores 16 bytes apart
+        let ls = l.next_multiple_of(4);
+        let w = window.min(u32::MAX as usize);
+        let mut g0 = 0;
+        while g0 < heads {
+            let hn = heads_at_once.min(heads - g0);
+            let p = Params::default().u(t).u(l).u(ls).u(hd).u(d).u(g0).u(pos0).u(w).u(hn);
+            let groups = [l.div_ceil(64) as u32, t.div_ceil(ROWS) as u32, hn as u32];
+            batch.dispatch(&kern.scores, &[q, kb, scores], p.clone(), groups);
+            batch.dispatch(&kern.normalize, &[q, kb, scores], p.clone(), spread((hn * t).div_ceil(64)));
+            let groups = [hd.div_ceil(64) as u32, t.div_ceil(ROWS) as u32, hn as u32];
+            batch.dispatch(&kern.mix, &[scores, vb, att], p, groups);
+            g0 += hn;
+        }
+        return;
+    }
+    let mut g0 = 0;
+    while g0 < heads {
+        let hn = heads_at_once.min(heads - g0);
+        // scores[h, i, j] = q[i, h] · k[j, h]
+        let p = Params::default()
+            .u(t)
+            .u(l)
+            .u(hd)
+            .u(g0 * hd)
+            .u(hd)
+            .u(d)
+            .u(1)
+            .u(g0 * hd)
+            .u(hd)
+            .u(d)
+            .u(1)
+            .u(0)
+            .u(t * l)
+            .u(l)
+            .u(1)
+            .u(1)
+            .u(pos0);
+        bmm(batch, p, [q, kb, scores], t, l, hn);
+        let w = window.min(u32::MAX as usize);
+        let p = Params::default().u(t).u(l).u(pos0).u(w).u(hn * t);
+        batch.dispatch(&kern.softmax, &[scores], p, spread(hn * t));
+        // att[i, h] = Σ_j p[h, i, j] v[j, h]
+        let p = Params::default()
+            .u(t)
+            .u(hd)
+            .u(l)
+            .u(0)
+            .u(t * l)
+            .u(l)
+            .u(1)
+            .u(g0 * hd)
+            .u(hd)
+            .u(1)
+            .u(d)
+            .u(g0 * hd)
+            .u(hd)
+            .u(d)
+            .u(1)
+            .u(0)
+            .u(0);
+        bmm(batch, p, [scores, vb, att], t, hd, hn);
+        g0 += hn;
     }
 }
 
@@ -562,11 +590,11 @@ pub(crate) fn matmul_as<'g>(
                 batch.dispatch(&kern.linear[kind], &buffers, params, groups)
             }
             (Variant::Rows, 1) => {
-                let groups = [ch.rows.div_ceil(256 * ROWS1_G) as u32, 1, 1];
+                let groups = [ch.rows.div_ceil(4 * ROWS1_WG * ROWS1_G) as u32, 1, 1];
                 batch.dispatch(&kern.rows1[kind], &buffers, params, groups)
             }
             (Variant::Rows, _) => {
-                let groups = [ch.rows.div_ceil(256 * ROWS_G) as u32, t.div_ceil(ROWS) as u32, 1];
+                let groups = [ch.rows.div_ceil(4 * ROWS_WG * ROWS_G) as u32, t.div_ceil(ROWS) as u32, 1];
                 batch.dispatch(&kern.rows[kind], &buffers, params, groups)
             }
         }

@@ -1,7 +1,7 @@
 //! Every GPU kernel against the CPU path, on the adapter there is (natively lavapipe in CI: a missing adapter fails).
 
 use super::kernels::{Batch, Params, Plan, Variant};
-use super::model::{matmul, matmul_as, ACCUMULATE, BIAS, GELU, SCALE};
+use super::model::{attention, matmul, matmul_as, Heads, ACCUMULATE, BIAS, GELU, SCALE};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::{block_on, Gpu};
 use crate::evaluation::metrics::{PositionStats, Sums};
@@ -207,4 +207,52 @@ fn the_metrics_kernel_gives_the_cpu_sums() {
     assert!((a.kl.unwrap() - b.kl.unwrap()).abs() < 1e-5, "{:?} vs {:?}", a.kl, b.kl);
     assert_eq!(a.top1, b.top1);
     assert_eq!(got[1].top_c, top, "the first of two equal logits is the argmax");
+}
+
+/// GPT-Neo's attention (unscaled, causal, global or local) computed directly, `[t, heads · hd]`.
+fn cpu_attention(q: &[f32], k: &[f32], v: &[f32], h: Heads, t: usize, pos0: usize, window: usize) -> Vec<f32> {
+    let mut out = vec![0f32; t * h.d];
+    for head in 0..h.heads {
+        let col = head * h.hd;
+        for i in 0..t {
+            let qi = pos0 + i;
+            let lo = (qi + 1).saturating_sub(window);
+            let dot = |j: usize| (0..h.hd).map(|c| q[i * h.d + col + c] * k[j * h.d + col + c]).sum::<f32>();
+            let s: Vec<f32> = (lo..=qi).map(dot).collect();
+            let m = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let e: Vec<f32> = s.iter().map(|x| (x - m).exp()).collect();
+            let sum: f32 = e.iter().sum();
+            for (n, j) in (lo..=qi).enumerate() {
+                for c in 0..h.hd {
+                    out[i * h.d + col + c] += e[n] / sum * v[j * h.d + col + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_in_both_layouts_equals_the_cpu_with_local_windows_and_a_cache() {
+    // its own device: the test switches the products' plan, which the other tests share
+    let gpu = block_on(Gpu::new()).expect("the GPU device").expect("no GPU adapter");
+    let h = Heads { d: 3 * 32, heads: 3, hd: 32 };
+    // (queries, earlier positions in the cache, keys a query sees); 2 and 3 queries take the decoding kernel
+    for (t, pos0, window) in [(37, 0, usize::MAX), (37, 0, 8), (21, 13, 16), (70, 0, 64), (3, 30, 16), (1, 40, 256)] {
+        let l = pos0 + t;
+        let q = randoms(t * h.d, 1 + t as u64);
+        let (k, v) = (randoms(l * h.d, 2 + pos0 as u64), randoms(l * h.d, 3 + window as u64 % 97));
+        let want = cpu_attention(&q, &k, &v, h, t, pos0, window);
+        for (variant, heads_at_once) in [(Variant::Tiled, 3), (Variant::Rows, 3), (Variant::Rows, 2)] {
+            gpu.set_plan(Plan { many: variant, one: variant });
+            let (qb, kb, vb) = (gpu.upload("q", &bytes(&q)), gpu.upload("k", &bytes(&k)), gpu.upload("v", &bytes(&v)));
+            let att = gpu.buffer("att", (t * h.d * 4) as u64);
+            let scores = gpu.buffer("scores", (heads_at_once * t * l.next_multiple_of(4) * 4) as u64);
+            let mut batch = Batch::new(&gpu);
+            attention(&mut batch, [&qb, &kb, &vb, &att, &scores], heads_at_once, h, t, pos0, window);
+            batch.submit();
+            let what = format!("{variant:?}, {heads_at_once} heads at once: {t} queries from {pos0}, window {window}");
+            assert_close(&read(&gpu, &att, t * h.d), &want, 1e-5, &what);
+        }
+    }
 }

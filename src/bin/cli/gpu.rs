@@ -125,7 +125,7 @@ pub(super) fn bench_gpu(model: Option<&Path>, tokens: usize, decode: usize, cpu:
     println!("adapter: {} (driver {})", r.adapter.label(), r.adapter.driver);
     println!("products measured fastest: {:?} for many rows of x, {:?} for one", r.plan.many, r.plan.one);
     println!(
-        "bounds: copy {:.2} GB/s (read + written), multiply-add {:.1} GFLOP/s",
+        "bounds: memory {:.2} GB/s (the fastest probe kernel's bytes moved), multiply-add {:.1} GFLOP/s",
         r.bounds.copy_bytes_per_s / 1e9,
         r.bounds.flops / 1e9
     );

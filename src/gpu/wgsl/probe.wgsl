@@ -1,6 +1,6 @@
-// The adapter's own bounds, measured in the same run as the kernels they bound: `copy` moves a buffer (its bytes
-// read and written per second are the bandwidth bound) and `madd` runs independent multiply-adds from registers
-// (operations per second, counting a multiply-add as two, are the throughput bound).
+// The adapter's own bounds, measured in the same run as the kernels they bound: `copy`, `copy16` and `read16` move a
+// buffer (the fastest one's bytes read and written per second are the bandwidth bound) and `madd` runs independent
+// multiply-adds from registers (operations per second, counting a multiply-add as two, are the throughput bound).
 
 struct Params {
     n: u32,        // vec4s to copy, or iterations per invocation
@@ -42,4 +42,31 @@ fn madd(@builtin(global_invocation_id) gid: vec3<u32>) {
         h = fma(h, m, k);
     }
     dst[gid.x] = a + b + c + d + e + f + g + h;
+}
+
+// The same copy with each invocation moving 16 consecutive vec4s at a time (the layout the rows kernels read W in).
+@compute @workgroup_size(64)
+fn copy16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let stride = nw.x * 64u * 16u;
+    for (var i = gid.x * 16u; i + 15u < p.n; i += stride) {
+        let a = array<vec4<f32>, 16>(src[i], src[i + 1u], src[i + 2u], src[i + 3u], src[i + 4u], src[i + 5u],
+            src[i + 6u], src[i + 7u], src[i + 8u], src[i + 9u], src[i + 10u], src[i + 11u], src[i + 12u],
+            src[i + 13u], src[i + 14u], src[i + 15u]);
+        for (var j = 0u; j < 16u; j++) {
+            dst[i + j] = a[j];
+        }
+    }
+}
+
+// Reading alone: each invocation sums 16 consecutive vec4s at a time and writes one vec4.
+@compute @workgroup_size(64)
+fn read16(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nw: vec3<u32>) {
+    let stride = nw.x * 64u * 16u;
+    var acc = vec4<f32>(0.0);
+    for (var i = gid.x * 16u; i + 15u < p.n; i += stride) {
+        for (var j = 0u; j < 16u; j++) {
+            acc += src[i + j];
+        }
+    }
+    dst[gid.x] = acc;
 }

@@ -1,6 +1,6 @@
 // y[t, n0 + n] (op)= x[t, :] · W[n, :] with no workgroup memory and no barrier: a workgroup takes ROWS rows of x
-// (the same for all its invocations) and 256 × G rows of W, each invocation 4 × G of them 64 apart, reading 16 elements
-// of each at a time along k as whole vec4 words. The layout that suits adapters running invocations as the SIMD
+// (the same for all its invocations) and 4 × WG × G rows of W, each invocation 4 × G of them WG apart, reading 16
+// elements of each at a time along k as whole vec4 words. The layout that suits adapters running invocations as the SIMD
 // lanes of CPU threads, where each load costs about the same whatever its width; which of it and the tiled kernel
 // runs is measured on each adapter (`kernels::Plan`). Needs rows of W and x that start on 16 bytes (`Kind::rows_fit`);
 // the epilogue is the tiled kernel's (`mode`).
@@ -61,16 +61,16 @@ fn dot16(a: array<vec4<f32>, 4>, b: array<vec4<f32>, 4>) -> f32 {
     return dot(a[0], b[0]) + dot(a[1], b[1]) + dot(a[2], b[2]) + dot(a[3], b[3]);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
     let t0 = wg.y * ROWS;
-    let nb = wg.x * 256u * G + li;
+    let nb = wg.x * 4u * WG * G + li;
     // rows past the end read the last row, and are not written
     let last = p.n - 1u;
     var r: array<vec4<u32>, G>;
     for (var g = 0u; g < G; g++) {
-        let b = nb + 256u * g;
-        r[g] = vec4<u32>(min(b, last), min(b + 64u, last), min(b + 128u, last), min(b + 192u, last));
+        let b = nb + 4u * WG * g;
+        r[g] = vec4<u32>(min(b, last), min(b + WG, last), min(b + 2u * WG, last), min(b + 3u * WG, last));
     }
     var acc: array<vec4<f32>, ROWS * G>;
     let k16 = p.k & ~15u;
@@ -102,7 +102,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         }
     }
     for (var j = 0u; j < 4u * G; j++) {
-        let n = nb + 64u * j;
+        let n = nb + WG * j;
         if (n >= p.n) {
             break;
         }
