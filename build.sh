@@ -14,7 +14,8 @@ cd "$(dirname "$0")"
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 ROOT=$(pwd)
 
-log() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# each heading says how long the run has taken so far, so that a CI log shows where its time goes
+log() { printf '\n\033[1m== %s\033[0m (at %d s)\n' "$*" "$SECONDS"; }
 die() { printf '\nbuild.sh: %s\n' "$*" >&2; exit 1; }
 GECKODRIVER_VERSION=0.37.1
 
@@ -120,14 +121,15 @@ run_checks() {
 run_tests() {
   check_prerequisites
   run_checks
+  # the tests build with the `testing` profile (Cargo.toml): release optimisation without the whole-program link
   log "test: native (cargo test)"
-  cargo test --release
+  cargo test --profile testing
   log "test: wasm in headless Chromium"
   CHROMEDRIVER=$(command -v chromedriver) WASM_BINDGEN_TEST_TIMEOUT=600 \
-    cargo test --release --target wasm32-unknown-unknown --tests
+    cargo test --profile testing --target wasm32-unknown-unknown --tests
   log "test: wasm in headless Firefox"
   GECKODRIVER=$(command -v geckodriver) WASM_BINDGEN_TEST_TIMEOUT=600 \
-    cargo test --release --target wasm32-unknown-unknown --tests
+    cargo test --profile testing --target wasm32-unknown-unknown --tests
   log "test: FORMAT.md's Python snippet"
   python3 tests/format/rebuild_test.py
   log "test: the page end to end (Playwright + Chromium)"
