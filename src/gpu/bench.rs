@@ -5,7 +5,7 @@
 //! window) against the throughput. Runs unchanged on any adapter, natively (`slc bench gpu`) and in the browser.
 
 use super::kernels::{spread, Batch, Kind, Params, Plan, Variant, ROWS};
-use super::model::{bmm, matmul_as, GpuModel};
+use super::model::{attention_as, bmm, matmul_as, GpuModel, Heads};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::Gpu;
 use crate::clock::now;
@@ -131,7 +131,8 @@ async fn product_seconds(
 }
 
 /// Which kernels suit this adapter: the tiled and the rows products timed side by side on the 125M shape's
-/// square matrix in f32 and INT8, for a window of 64 rows and for one row.
+/// square matrix in f32 and INT8, for a window of 64 rows and for one row; attention in both layouts over a window
+/// of 128 tokens, 4 heads of 64.
 pub async fn tune(gpu: &Gpu) -> Result<Plan> {
     let (d, t) = (768, 64);
     let x = gpu.buffer("tuning x", (t * d * 4) as u64);
@@ -142,8 +143,7 @@ pub async fn tune(gpu: &Gpu) -> Result<Plan> {
     for (rows, slot) in [(t, 0), (1, 1)] {
         let mut secs = [0.0; 2];
         for (i, v) in [Variant::Tiled, Variant::Rows].into_iter().enumerate() {
-            let p = Plan { many: v, one: v };
-            secs[i] = product_seconds(gpu, p, &mats, d, rows, &x, &y, &dummy).await?;
+            secs[i] = product_seconds(gpu, Plan::all(v), &mats, d, rows, &x, &y, &dummy).await?;
         }
         let best = if secs[1] < secs[0] { Variant::Rows } else { Variant::Tiled };
         if slot == 0 {
@@ -152,6 +152,23 @@ pub async fn tune(gpu: &Gpu) -> Result<Plan> {
             plan.one = best;
         }
     }
+    let (t, shape) = (128, Heads { d: 256, heads: 4, hd: 64 });
+    let scores = gpu.buffer("tuning scores", (shape.heads * t * t * 4) as u64);
+    let mut secs = [f64::INFINITY; 2];
+    for run in 0..4 {
+        for (i, v) in [Variant::Tiled, Variant::Rows].into_iter().enumerate() {
+            let t0 = now();
+            let mut b = Batch::new(gpu);
+            attention_as(&mut b, v, [&x, &x, &x, &y, &scores], shape.heads, shape, t, 0, usize::MAX);
+            b.submit();
+            gpu.read_back(&y, 0, 4).read().await?;
+            if run > 0 {
+                secs[i] = secs[i].min(now() - t0);
+            }
+        }
+    }
+    gpu.check("measuring the attention kernels")?;
+    plan.attention = if secs[1] < secs[0] { Variant::Rows } else { Variant::Tiled };
     Ok(plan)
 }
 
@@ -192,7 +209,7 @@ pub async fn kernels(gpu: &Gpu, spec: &BenchSpec, bounds: &Bounds) -> Result<Vec
             let m = matrix(gpu, kind, n, k)?;
             let wbytes = (n * k) as f64 * kind.bits() as f64 / 8.0;
             for (rows, variant) in [(1, Variant::Tiled), (1, Variant::Rows), (t, Variant::Tiled), (t, Variant::Rows)] {
-                let plan = Plan { many: variant, one: variant };
+                let plan = Plan::all(variant);
                 let s = time(gpu, &mut |b| matmul_as(b, plan, &m, &x, 0, k, rows, &y, 0, n, &dummy, 0)).await?;
                 let flops = 2.0 * (rows * n * k) as f64;
                 let (bps, fps) = (wbytes / s, flops / s);

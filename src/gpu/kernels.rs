@@ -98,27 +98,36 @@ pub const ROWS1_G: usize = 1;
 pub const ROWS_WG: usize = 64;
 pub const ROWS1_WG: usize = 32;
 
-/// Which of two kernels computes a product of many rows of x, and which one of one row: the tiled ones (workgroup
-/// memory, lanes along k) suit GPUs; the rows kernels (no workgroup memory, lanes along W's rows, x read
+/// Which of two kernels computes a product of many rows of x, which one of one row, and which layout attention over
+/// a window runs in: the tiled ones (workgroup memory, lanes along k, a workgroup a row of the softmax) suit GPUs;
+/// the rows kernels (no workgroup memory or barrier, lanes along W's rows or the keys, x and the queries read
 /// uniformly) suit adapters that run invocations as the SIMD lanes of CPU threads. Measured on each adapter when
 /// its device is made ([`super::Gpu::new`]); both are tested against the CPU on every adapter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     pub many: Variant,
     pub one: Variant,
+    pub attention: Variant,
+}
+
+impl Plan {
+    /// The same variant for everything.
+    pub fn all(v: Variant) -> Self {
+        Plan { many: v, one: v, attention: v }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Variant {
-    /// `linear.wgsl` for many rows, `gemv.wgsl` for one.
+    /// `linear.wgsl` for many rows, `gemv.wgsl` for one, `bmm.wgsl` and `softmax.wgsl` for attention.
     Tiled,
-    /// `rows.wgsl`.
+    /// `rows.wgsl`, `attend.wgsl`.
     Rows,
 }
 
 impl Default for Plan {
     fn default() -> Self {
-        Plan { many: Variant::Tiled, one: Variant::Tiled }
+        Plan::all(Variant::Tiled)
     }
 }
 

@@ -429,6 +429,23 @@ pub(crate) struct Heads {
 /// layout where the adapter runs it (`attend.wgsl`), else the tiled batched products and the softmax.
 pub(crate) fn attention(
     batch: &mut Batch<'_>,
+    bufs: [&Buffer; 5],
+    heads_at_once: usize,
+    shape: Heads,
+    t: usize,
+    pos0: usize,
+    window: usize,
+) {
+    let variant = batch.gpu().plan().attention;
+    attention_as(batch, variant, bufs, heads_at_once, shape, t, pos0, window)
+}
+
+/// [`attention`] in the layout `variant` names (the tiled one where the rows layout does not fit: a few queries, or
+/// heads not a multiple of 16 wide).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_as(
+    batch: &mut Batch<'_>,
+    variant: Variant,
     [q, kb, vb, att, scores]: [&Buffer; 5],
     heads_at_once: usize,
     Heads { d, heads, hd }: Heads,
@@ -438,7 +455,7 @@ pub(crate) fn attention(
 ) {
     let l = pos0 + t;
     let kern = &batch.gpu().kernels;
-    if t > SMALL && batch.gpu().plan().many == Variant::Rows && hd % 16 == 0 {
+    if t > SMALL && variant == Variant::Rows && hd % 16 == 0 {
         // the rows kernel's layout: rows of scores 16 bytes apart
         let ls = l.next_multiple_of(4);
         let w = window.min(u32::MAX as usize);

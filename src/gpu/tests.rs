@@ -116,7 +116,7 @@ fn the_linear_kernels_equal_the_cpu_for_every_storage_shape_and_epilogue() {
                     for v in [Variant::Tiled, Variant::Rows] {
                         let y = gpu.upload("y", &bytes(&res));
                         let mut batch = Batch::new(gpu);
-                        matmul_as(&mut batch, Plan { many: v, one: v }, &m, &xb, 0, k, t, &y, 0, n, &vb, mode);
+                        matmul_as(&mut batch, Plan::all(v), &m, &xb, 0, k, t, &y, 0, n, &vb, mode);
                         batch.submit();
                         let got = read(gpu, &y, t * n);
                         let what = format!("{name} {t}×{k}·({n}×{k})ᵀ {split}, mode {mode}, {v:?}");
@@ -244,7 +244,7 @@ fn attention_in_both_layouts_equals_the_cpu_with_local_windows_and_a_cache() {
         let (k, v) = (randoms(l * h.d, 2 + pos0 as u64), randoms(l * h.d, 3 + window as u64 % 97));
         let want = cpu_attention(&q, &k, &v, h, t, pos0, window);
         for (variant, heads_at_once) in [(Variant::Tiled, 3), (Variant::Rows, 3), (Variant::Rows, 2)] {
-            gpu.set_plan(Plan { many: variant, one: variant });
+            gpu.set_plan(Plan::all(variant));
             let (qb, kb, vb) = (gpu.upload("q", &bytes(&q)), gpu.upload("k", &bytes(&k)), gpu.upload("v", &bytes(&v)));
             let att = gpu.buffer("att", (t * h.d * 4) as u64);
             let scores = gpu.buffer("scores", (heads_at_once * t * l.next_multiple_of(4) * 4) as u64);

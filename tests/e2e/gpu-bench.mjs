@@ -16,7 +16,7 @@ try {
   }, { hidden, inner, tokens, vocab });
   const a = r.adapter;
   console.log(`adapter: ${a.name} (${a.backend}${a.software ? ', software' : ''}) ${a.driver}`);
-  console.log(`products measured fastest: ${r.plan.many} for many rows of x, ${r.plan.one} for one`);
+  console.log(`kernels measured fastest: ${r.plan.many} for products of many rows of x, ${r.plan.one} for one, ${r.plan.attention} for attention`);
   console.log(`bounds: memory ${(r.bounds.copy_bytes_per_s / 1e9).toFixed(2)} GB/s (the fastest probe kernel), multiply-add ${(r.bounds.flops / 1e9).toFixed(1)} GFLOP/s`);
   for (const k of r.kernels) {
     console.log(`  ${k.kernel.padEnd(44)} ${(k.seconds * 1e3).toFixed(3).padStart(9)} ms  ${(k.bytes_per_s / 1e9).toFixed(2).padStart(7)} GB/s  ${(k.flops_per_s / 1e9).toFixed(2).padStart(8)} GFLOP/s  ${(100 * k.of_bound).toFixed(1).padStart(5)}% of its bound`);

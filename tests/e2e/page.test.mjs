@@ -242,7 +242,8 @@ try {
       const a = Number(got[k]), b = want[k];
       assert.ok(Number.isFinite(a), `${what}: summary ${k} is "${got[k]}"`);
       const r = k === 'mse' ? relMse : rel;
-      const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, r * Math.abs(b), k === 'top1' ? flips / TOKENS : 0);
+      // (the page shows four decimals: half of the last one is added to the flips' allowance)
+      const tol = Number.isInteger(b) ? 0 : Math.max(1.5e-4, r * Math.abs(b), k === 'top1' ? flips / TOKENS + 5e-5 : 0);
       assert.ok(Math.abs(a - b) <= tol, `${what}: ${k}: page ${a} vs CLI ${b}`);
     }
   };

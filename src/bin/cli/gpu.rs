@@ -123,7 +123,10 @@ pub(super) fn bench_gpu(model: Option<&Path>, tokens: usize, decode: usize, cpu:
         return Ok(());
     }
     println!("adapter: {} (driver {})", r.adapter.label(), r.adapter.driver);
-    println!("products measured fastest: {:?} for many rows of x, {:?} for one", r.plan.many, r.plan.one);
+    println!(
+        "kernels measured fastest: {:?} for products of many rows of x, {:?} for one, {:?} for attention",
+        r.plan.many, r.plan.one, r.plan.attention
+    );
     println!(
         "bounds: memory {:.2} GB/s (the fastest probe kernel's bytes moved), multiply-add {:.1} GFLOP/s",
         r.bounds.copy_bytes_per_s / 1e9,
