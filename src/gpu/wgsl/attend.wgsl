@@ -117,7 +117,7 @@ fn mix(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li
         for (var i = 0u; i < ROWS; i++) {
             let r = seen_by[i];
             let pr = select(vec4<f32>(0.0), a4[pb + min(i0 + i, p.t - 1u) * ls4 + (j >> 2u)],
-                            jv >= vec4<u32>(r.x) & jv <= vec4<u32>(r.y));
+                            (jv >= vec4<u32>(r.x)) & (jv <= vec4<u32>(r.y)));
             acc[i] += pr.x * v0 + pr.y * v1 + pr.z * v2 + pr.w * v3;
         }
     }
