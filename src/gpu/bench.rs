@@ -4,8 +4,8 @@
 //! decoding runs) is set against the bandwidth; a kernel doing arithmetic (the tiled products of an evaluation
 //! window) against the throughput. Runs unchanged on any adapter, natively (`slc bench gpu`) and in the browser.
 
-use super::kernels::{spread, Batch, Kind, Params, Plan, Variant, ROWS};
-use super::model::{attention_as, bmm, matmul_as, GpuModel, Heads};
+use super::kernels::{Batch, Kind, Params, Plan, Variant};
+use super::model::{attention_as, matmul_as, GpuModel, Heads};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::Gpu;
 use crate::clock::now;
@@ -250,49 +250,23 @@ pub async fn kernels(gpu: &Gpu, spec: &BenchSpec, bounds: &Bounds) -> Result<Vec
         flops_per_s: 0.0,
         of_bound: 0.0,
     });
-    // attention over a window: the scores, the masked softmax and their mix with the values, for one head
-    let hd = 64.min(d);
+    // attention over a window in both layouts: the scores, the masked softmax and their mix with the values, one head
+    let shape = Heads { d, heads: 1, hd: 64.min(d) };
     let q = gpu.buffer("q", (t * d * 4) as u64);
-    let scores = gpu.buffer("scores", (t * t * 4) as u64);
-    {
-        let s = time(gpu, &mut |b| {
-            let sp = Params::default().u(t).u(t).u(hd).u(0).u(hd).u(d).u(1).u(0).u(hd).u(d).u(1).u(0).u(t * t).u(t);
-            bmm(b, sp.u(1).u(1).u(0), [&q, &x, &scores], t, t, 1);
-            let k = &b.gpu().kernels;
-            b.dispatch(&k.softmax, &[&scores], Params::default().u(t).u(t).u(0).u(u32::MAX as usize).u(t), spread(t));
-            let pv = Params::default().u(t).u(hd).u(t).u(0).u(t * t).u(t).u(1).u(0).u(hd).u(1).u(d).u(0).u(hd).u(d);
-            bmm(b, pv.u(1).u(0).u(0), [&scores, &x, &y], t, hd, 1);
-        })
-        .await?;
-        let rows = if hd % 16 == 0 {
-            let ls = t.next_multiple_of(4);
-            let s = time(gpu, &mut |b| {
-                let k = &b.gpu().kernels;
-                let p = Params::default().u(t).u(t).u(ls).u(hd).u(d).u(0).u(0).u(u32::MAX as usize).u(1);
-                let groups = [t.div_ceil(64) as u32, t.div_ceil(ROWS) as u32, 1];
-                b.dispatch(&k.scores, &[&q, &x, &scores], p.clone(), groups);
-                b.dispatch(&k.normalize, &[&q, &x, &scores], p.clone(), spread(t.div_ceil(64)));
-                b.dispatch(&k.mix, &[&scores, &x, &y], p, [hd.div_ceil(64) as u32, t.div_ceil(ROWS) as u32, 1]);
-            })
-            .await?;
-            Some(s)
-        } else {
-            None
-        };
+    let scores = gpu.buffer("scores", (t * t.next_multiple_of(4) * 4) as u64);
+    for (name, v) in [("tiled", Variant::Tiled), ("rows", Variant::Rows)] {
+        let s = time(gpu, &mut |b| attention_as(b, v, [&q, &x, &x, &y, &scores], 1, shape, t, 0, usize::MAX)).await?;
         // causal: about half the scores are computed
-        let flops = 2.0 * 2.0 * (t * t * hd) as f64 / 2.0;
-        for (name, s) in [("tiled", Some(s)), ("rows", rows)] {
-            let Some(s) = s else { continue };
-            out.push(KernelFigure {
-                kernel: format!("attention ({name}), one head of {hd}, {t} queries"),
-                seconds: s,
-                bytes: 0.0,
-                bytes_per_s: 0.0,
-                flops,
-                flops_per_s: flops / s,
-                of_bound: flops / s / bounds.flops,
-            });
-        }
+        let flops = 2.0 * 2.0 * (t * t * shape.hd) as f64 / 2.0;
+        out.push(KernelFigure {
+            kernel: format!("attention ({name}), one head of {}, {t} queries", shape.hd),
+            seconds: s,
+            bytes: 0.0,
+            bytes_per_s: 0.0,
+            flops,
+            flops_per_s: flops / s,
+            of_bound: flops / s / bounds.flops,
+        });
     }
     Ok(out)
 }
