@@ -1,5 +1,5 @@
 // Benchmark: the GPU kernels in headless Chromium on its WebGPU adapter (SwiftShader here; any adapter the browser
-// offers), against that adapter's own copy bandwidth and multiply-add throughput measured in the same run by probe
+// offers), against that adapter's own memory bandwidth and multiply-add throughput measured in the same run by probe
 // kernels — the same code as `slc bench gpu` natively. Prints figures only.
 //   node tests/e2e/gpu-bench.mjs [hidden=256] [inner=1024] [tokens=512] [vocab=0]
 import { start } from './harness.mjs';
