@@ -100,33 +100,25 @@ pub async fn bounds(gpu: &Gpu) -> Result<Bounds> {
     Ok(Bounds { copy_bytes_per_s: copy, flops })
 }
 
-/// Seconds of the products `plan` runs for `rows` rows of x through `mats` (each `d` × `d`): the best of three after
-/// one to warm up.
-#[allow(clippy::too_many_arguments)]
-async fn product_seconds(
-    gpu: &Gpu,
-    plan: Plan,
-    mats: &[GpuMatrix],
-    d: usize,
-    rows: usize,
-    x: &wgpu::Buffer,
+/// Seconds of the work `record` makes, read back through `y`: the best of three after one to warm up.
+async fn best_seconds<'g>(
+    gpu: &'g Gpu,
     y: &wgpu::Buffer,
-    dummy: &wgpu::Buffer,
+    what: &str,
+    record: &mut dyn FnMut(&mut Batch<'g>),
 ) -> Result<f64> {
     let mut best = f64::INFINITY;
     for run in 0..4 {
         let t0 = now();
         let mut b = Batch::new(gpu);
-        for m in mats {
-            matmul_as(&mut b, plan, m, x, 0, d, rows, y, 0, d, dummy, 0);
-        }
+        record(&mut b);
         b.submit();
         gpu.read_back(y, 0, 4).read().await?;
         if run > 0 {
             best = best.min(now() - t0);
         }
     }
-    gpu.check("measuring the product kernels")?;
+    gpu.check(what)?;
     Ok(best)
 }
 
@@ -143,7 +135,12 @@ pub async fn tune(gpu: &Gpu) -> Result<Plan> {
     for (rows, slot) in [(t, 0), (1, 1)] {
         let mut secs = [0.0; 2];
         for (i, v) in [Variant::Tiled, Variant::Rows].into_iter().enumerate() {
-            secs[i] = product_seconds(gpu, Plan::all(v), &mats, d, rows, &x, &y, &dummy).await?;
+            secs[i] = best_seconds(gpu, &y, "measuring the product kernels", &mut |b| {
+                for m in &mats {
+                    matmul_as(b, Plan::all(v), m, &x, 0, d, rows, &y, 0, d, &dummy, 0);
+                }
+            })
+            .await?;
         }
         let best = if secs[1] < secs[0] { Variant::Rows } else { Variant::Tiled };
         if slot == 0 {
@@ -154,20 +151,13 @@ pub async fn tune(gpu: &Gpu) -> Result<Plan> {
     }
     let (t, shape) = (128, Heads { d: 256, heads: 4, hd: 64 });
     let scores = gpu.buffer("tuning scores", (shape.heads * t * t * 4) as u64);
-    let mut secs = [f64::INFINITY; 2];
-    for run in 0..4 {
-        for (i, v) in [Variant::Tiled, Variant::Rows].into_iter().enumerate() {
-            let t0 = now();
-            let mut b = Batch::new(gpu);
-            attention_as(&mut b, v, [&x, &x, &x, &y, &scores], shape.heads, shape, t, 0, usize::MAX);
-            b.submit();
-            gpu.read_back(&y, 0, 4).read().await?;
-            if run > 0 {
-                secs[i] = secs[i].min(now() - t0);
-            }
-        }
+    let mut secs = [0.0; 2];
+    for (i, v) in [Variant::Tiled, Variant::Rows].into_iter().enumerate() {
+        secs[i] = best_seconds(gpu, &y, "measuring the attention kernels", &mut |b| {
+            attention_as(b, v, [&x, &x, &x, &y, &scores], shape.heads, shape, t, 0, usize::MAX)
+        })
+        .await?;
     }
-    gpu.check("measuring the attention kernels")?;
     plan.attention = if secs[1] < secs[0] { Variant::Rows } else { Variant::Tiled };
     Ok(plan)
 }

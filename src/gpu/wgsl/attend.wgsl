@@ -1,8 +1,8 @@
 // Attention over a window in the rows kernel's layout (no workgroup memory, no barrier; see `rows.wgsl`): a
 // workgroup takes ROWS queries (the same for all its invocations, so their loads are uniform) and one head (`wg.z`).
 //
-// `scores`: s[h, i, j] = q[i, h] · k[j, h], an invocation a key, reading 16 elements of it at a time as whole vec4
-// words; blocks of keys no query of the workgroup sees (past the last query, or before the first one's local
+// `scores`: s[h, i, j] = q[i, h] · k[j, h], an invocation four keys 16 apart, reading 16 elements of each at a time
+// as whole vec4 words; blocks of keys no query of the workgroup sees (past the last query, or before the first one's local
 // window) are not computed, as the softmax never reads them.
 // `normalize`: GPT-Neo's softmax over the keys each query sees, in place, an invocation a row of scores (a loop over
 // it, no barrier: barriers cost a coroutine switch per invocation on such adapters); the keys it does not see are
