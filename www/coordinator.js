@@ -1,7 +1,7 @@
 // The coordinating worker, the one the page starts: it runs the page's commands (protocol.js) on its own Workspace
 // and shares what can be shared with helper workers (team.js): an evaluation's windows, a compression's matrices, a
 // sweep's points, a sensitivity table's parts. It is the one instance whose results reach the page.
-import { errorEvent, isMemoryError } from './protocol.js';
+import { errorEvent, isMemoryError, recipePolicy } from './protocol.js';
 import {
   Cancelled, checkpoint, default_policy, heapBytes, instance, measure_speed, need, post, progress, ready, serve, state,
   Workspace,
@@ -274,7 +274,8 @@ const commands = {
       run = await compressOnce(policy, calibration, evalSpec);
     }
     const compressSeconds = (performance.now() - t0) / 1000;
-    if (evalSpec && run.begin.calibration_tokens) evalSpec = { ...evalSpec, skip: run.begin.calibration_tokens };
+    // a calibrated model is never measured on its calibration text: from the calibration's end, or later if asked
+    if (evalSpec && run.begin.calibration_tokens) evalSpec = { ...evalSpec, skip: Math.max(evalSpec.skip || 0, run.begin.calibration_tokens) };
     const { evaluation, evalError } = evalSpec ? await evaluateIfItFits(evalSpec) : { evaluation: null };
     // the page keeps the checkpoint, so that a new worker can take it over if this one dies (not for models
     // too large to hold twice: their compression would be lost with the worker, and the page says so)
@@ -336,7 +337,7 @@ const commands = {
     return { original, compressed };
   },
 
-  // The explorer's sweep: every recipe at every budget (INT8 once), each compressed and measured on `evalTokens`
+  // The explorer's sweep: every recipe at every budget (a size the shapes fix once), each compressed and measured on `evalTokens`
   // tokens after the calibration text; points shared among helpers that hold the original, streamed as "point" events.
   /** @param {Omit<import('./protocol.js').SweepCommand, 'cmd'>} c */
   async sweep({ recipes, budgets, base, evalTokens, evalSpec }) {
@@ -345,7 +346,7 @@ const commands = {
     const t0 = performance.now();
     const text = await evalText(evalSpec || {});
     const items = [];
-    for (const recipe of recipes) for (const b of recipe === 'int8' ? budgets.slice(0, 1) : budgets) items.push({ recipe, budget: b });
+    for (const recipe of recipes) for (const b of recipePolicy(recipe).fixed ? budgets.slice(0, 1) : budgets) items.push({ recipe, budget: b });
     const specOf = (i) => ({ text, recipes: [items[i].recipe], budgets: [items[i].budget], base, eval_tokens: evalTokens });
     const points = new Array(items.length).fill(null);
     let done = 0;

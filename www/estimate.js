@@ -4,6 +4,8 @@
 // operations per token, an SVD's m·n·k, the allocation check's extra candidate and probes, the original evaluated
 // once per span (its head alone after that), a compression's shareable phases split among the helpers.
 
+import { recipePolicy } from './protocol.js';
+
 /** @typedef {{f32_flops: number, svd_units: number, spectrum_units: number}} Speed */
 
 /** What has been measured: the worker's speed, and measured / estimated for each kind of job timed so far. */
@@ -146,14 +148,14 @@ export function compression(s, policy, { known = {} } = {}) {
   return corrected(kindOf(policy), seconds);
 }
 
-/** Seconds for a sweep: every recipe at every budget (INT8 once), each compressed and measured on `tokens` tokens,
+/** Seconds for a sweep: every recipe at every budget (a size the shapes fix once), each compressed and measured on `tokens` tokens,
  * shared among the helpers. @param {any} s @param {{recipes: string[], budgets: number[], base: any, evalTokens: number}} spec */
 export function sweep(s, spec) {
   let seconds = 0;
   for (const recipe of spec.recipes) {
-    const [method, mode] = recipe === 'int8' ? ['int8', 'proportional'] : recipe.split('-');
-    for (const budget of recipe === 'int8' ? [null] : spec.budgets) {
-      const policy = { ...spec.base, method, budget_mode: mode, budget };
+    const { fixed, ...r } = recipePolicy(recipe);
+    for (const budget of fixed ? [null] : spec.budgets) {
+      const policy = { ...spec.base, ...r, budget };
       seconds += compression(s, policy) + evaluation(s, policy, { tokens: spec.evalTokens, window: spec.base.calibration_window, skip: -1 });
     }
   }

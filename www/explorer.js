@@ -1,4 +1,4 @@
-// The explorer: a sweep of methods × budgets drawn as quality against stored bytes, and a sensitivity heatmap whose
+// The explorer: a sweep of methods × budgets drawn as quality against bits per linear parameter, and a sensitivity heatmap whose
 // cells add a matrix to the skip list; both streamed in from the worker's helpers.
 import * as plots from './plots.js';
 import { $, app, fmtBytes, pct, setState, showError } from './page.js';
@@ -23,17 +23,18 @@ function sweepSettings() {
 export function drawSweep() {
   const metric = $('sweep-metric').value;
   const r = app.currentRun;
-  const current = r ? { bytes: r.linear.after, value: metric === 'cosine' ? r.ev.cosine : r.ev.ppl_compressed / r.ev.ppl_original } : null;
-  const original = r ? r.linear.before : app.linearBytes || null;
+  const current = r && r.linear.bits ? { bits: r.linear.bits, value: metric === 'cosine' ? r.ev.cosine : r.ev.ppl_compressed / r.ev.ppl_original } : null;
+  const original = r && r.linear.denseBits ? r.linear.denseBits : app.linearBits || null;
   plots.sweep($('sweep-plot'), app.sweepPoints, { metric, current, original });
   // the same points as numbers, in the order they were asked for
   $('sweep-table').querySelector('tbody').replaceChildren(...app.sweepPoints.filter(Boolean).map((p) => {
     const tr = document.createElement('tr');
     tr.dataset.recipe = p.recipe;
     tr.dataset.budget = p.budget ?? '';
+    tr.dataset.bits = String(p.bits_per_param);
     tr.dataset.cosine = String(p.cosine);
     tr.dataset.pplRatio = String(p.ppl_ratio);
-    for (const [text, cls] of [[p.recipe, ''], [p.budget ?? '–', 'num'], [pct(p.params_kept), 'num'], [fmtBytes(p.layer_bytes), 'num'],
+    for (const [text, cls] of [[p.recipe, ''], [p.budget ?? '–', 'num'], [pct(p.params_kept), 'num'], [p.bits_per_param.toFixed(2), 'num'], [fmtBytes(p.layer_bytes), 'num'],
       [p.cosine.toFixed(4), 'num'], [pct(p.top1), 'num'], [p.ppl_ratio.toFixed(3), 'num'], [p.seconds.toFixed(1), 'num']]) {
       tr.append(Object.assign(document.createElement('td'), { textContent: String(text), className: cls }));
     }

@@ -18,7 +18,6 @@ export function labelPresets() {
   const h = app.model.summary.hidden_size;
   const r = originRank(h);
   const label = {
-    default: `Balanced for this model (attention rank ${Math.max(1, Math.round(h / 4))} = h/4, MLP dense)`,
     'origin-all': `The origin's setting: rank ${r} (= hidden ${h} / 16, as 128 of 2048) on every linear layer, per-tensor INT8`,
     'origin-mlp': `The origin's fix: rank ${r} with the MLP dense, per-tensor INT8`,
     'aware-same': `Activation-aware at the fix's size: its ${(100 * fixFraction(app.model.summary)).toFixed(1)}% of linear parameters spread over every layer, calibrated`,
@@ -46,13 +45,12 @@ export function applyPreset(name) {
     $('target-value').value = '';
   };
   const presets = {
-    default: { rank: Math.max(1, Math.round(h / 4)), skip: 'mlp.c_fc, mlp.c_proj' },
+    default: { method: 'gptq', bits: 4, group: 64 },
     'origin-all': { rank: originRank(h), quant: 'per-tensor', guard: false },
     'origin-mlp': { rank: originRank(h), quant: 'per-tensor', guard: false, skip: 'mlp.c_fc, mlp.c_proj' },
     'aware-same': { method: 'whitened', budget: app.model ? +fixFraction(app.model.summary).toFixed(4) : 0.7, budgetMode: 'energy' },
     int8: { method: 'int8' },
     int4: { method: 'quant', bits: 4, group: 64 },
-    gptq4: { method: 'gptq', bits: 4, group: 64 },
     whitened: { method: 'whitened', rank: 32 },
     refit: { method: 'refit', budget: 0.2, budgetMode: 'proportional' },
     budget: { budget: 0.5, budgetMode: 'energy' },
@@ -114,6 +112,7 @@ export function updatePreview() {
     try { p = await ask({ cmd: 'preview', policy }); } catch (err) { if (!err.lost) { sizes.textContent = `This setting is refused: ${err.message}`; ranks.textContent = ''; } return; }
     if (!p) return;
     app.linearBytes = p.linear_bytes_before;
+    app.linearBits = 8 * p.linear_bytes_before / Math.max(1, p.linear_params_before);
     $('preview').dataset.linearAfter = p.linear_bytes_after ?? '';
     $('preview').dataset.totalAfter = p.total_bytes_after ?? '';
     const less = (a, b) => `${(100 * (1 - b / a)).toFixed(1)}% smaller`;
@@ -169,7 +168,8 @@ const WORKERS = Number(new URLSearchParams(location.search).get('workers')) || u
 
 export function evalSpec() {
   const text = $('eval-text').value.trim();
-  return { tokens: Number($('eval-tokens').value) || 2048, window: Number($('eval-window').value) || 512, workers: WORKERS, ...(text ? { text } : {}) };
+  const skip = Number($('eval-skip').value) || 0;
+  return { tokens: Number($('eval-tokens').value) || 2048, window: Number($('eval-window').value) || 512, workers: WORKERS, ...(text ? { text } : {}), ...(skip > 0 ? { skip } : {}) };
 }
 
 export function describePolicy(p) {
@@ -196,7 +196,7 @@ export function samplingParams() {
 
 // The form's fields, by id: what a link (the URL's hash) and the report carry.
 const FIELDS = ['preset', 'method', 'rank', 'quant', 'bits', 'group', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode',
-  'guard', 'allocation-check', 'refine-steps', 'calibration-tokens', 'eval-tokens', 'eval-window', 'target-metric', 'target-value', 'target-tolerance',
+  'guard', 'allocation-check', 'refine-steps', 'calibration-tokens', 'eval-tokens', 'eval-window', 'eval-skip', 'target-metric', 'target-value', 'target-tolerance',
   'prompt', 'max-new-tokens', 'temperature', 'top-k', 'top-p', 'seed', 'stop-at-eos'];
 
 export function formFields() {

@@ -100,44 +100,48 @@ export function runs(svg, list, { selected = [], onPick } = {}) {
 }
 
 // A colour per recipe, in the order the explorer lists them.
-const RECIPE_COLOURS = ['#1f4fb8', '#c2410c', '#17733a', '#7c3aed', '#5a5d66'];
+const RECIPE_COLOURS = ['#1f4fb8', '#c2410c', '#17733a', '#7c3aed', '#5a5d66', '#a16207', '#be185d', '#0e7490'];
 
-// The sweep: per recipe, quality (`metric`: 'cosine' or 'ppl_ratio') against the bytes of the linear layers as
-// stored, a curve through its budgets; INT8 only is one point; `current` ({bytes, value}) is ringed.
+// The sweep: per recipe, quality (`metric`: 'cosine' or 'ppl_ratio') against bits per linear parameter as stored
+// (codes, scales, factors: every method on one axis), a curve through its budgets; a size the shapes fix (INT8,
+// group-wise codes) is one point; `current` ({bits, value}) is ringed; `original` is the dense model's bits, drawn
+// as a line when it lies on the axis and named at its edge when it lies past it.
 export function sweep(svg, points, { metric = 'cosine', current = null, original = null } = {}) {
   const got = points.filter((p) => p && Number.isFinite(p[metric]));
   if (!got.length) return message(svg, 'run a sweep to draw it');
-  const xs = got.map((p) => p.layer_bytes).concat(current ? [current.bytes] : [], original ? [original] : []);
+  const xs = got.map((p) => p.bits_per_param).concat(current ? [current.bits] : []);
   const vs = got.map((p) => p[metric]).concat(current && Number.isFinite(current.value) ? [current.value] : []);
-  const x = { min: 0, max: Math.max(...xs) * 1.05 };
+  const x = { min: 0, max: Math.max(...xs) * 1.1 };
   const y = metric === 'cosine'
     ? { min: Math.min(0, ...vs), max: 1 }
     : Math.max(...vs) > 10 ? { min: 1, max: Math.max(...vs) * 1.2, log: true } : { min: 1, max: Math.max(...vs) * 1.05 };
-  const s = frame(svg, x, y, 'bytes of the linear layers as stored', metric === 'cosine' ? 'logits cosine' : 'perplexity × original');
+  const s = frame(svg, x, y, 'bits per linear parameter as stored', metric === 'cosine' ? 'logits cosine' : 'perplexity × original');
   const recipes = [...new Set(got.map((p) => p.recipe))];
   recipes.forEach((name, k) => {
     const colour = RECIPE_COLOURS[k % RECIPE_COLOURS.length];
-    const mine = got.filter((p) => p.recipe === name).sort((a, b) => a.layer_bytes - b.layer_bytes);
+    const mine = got.filter((p) => p.recipe === name).sort((a, b) => a.bits_per_param - b.bits_per_param);
     if (mine.length > 1) {
-      const line = path(mine.map((p) => [s.sx(p.layer_bytes), s.sy(Math.max(p[metric], y.min))]), 'curve');
+      const line = path(mine.map((p) => [s.sx(p.bits_per_param), s.sy(Math.max(p[metric], y.min))]), 'curve');
       line.setAttribute('stroke', colour);
       svg.append(line);
     }
     for (const p of mine) {
-      const c = el('circle', { cx: s.sx(p.layer_bytes), cy: s.sy(Math.max(p[metric], y.min)), r: name === 'int8' ? 5 : 3.5, fill: colour, 'data-recipe': name });
-      c.append(el('title', {}, `${name}${p.budget ? ` at ${p.budget}` : ''}: ${metric} ${p[metric].toFixed(4)}, ${fmt(p.layer_bytes)} B`));
+      const c = el('circle', { cx: s.sx(p.bits_per_param), cy: s.sy(Math.max(p[metric], y.min)), r: p.budget == null ? 5 : 3.5, fill: colour, 'data-recipe': name });
+      c.append(el('title', {}, `${name}${p.budget ? ` at ${p.budget}` : ''}: ${metric} ${p[metric].toFixed(4)}, ${p.bits_per_param.toFixed(2)} bits per parameter (${fmt(p.layer_bytes)} B)`));
       svg.append(c);
     }
     // the legend where the curves are not: low for cosines (they sit near 1), high for perplexity ratios
     const ly = metric === 'cosine' ? H - B - 8 - 12 * (recipes.length - 1 - k) : T + 10 + 12 * k;
     svg.append(el('text', { x: W - R - 14, y: ly, 'text-anchor': 'end', fill: colour, class: 'legend' }, name));
   });
-  if (original) {
+  if (original && original <= x.max) {
     const ox = s.sx(original);
     svg.append(el('line', { class: 'cut', x1: ox, y1: T, x2: ox, y2: H - B }), el('text', { x: ox - 3, y: T + 8, 'text-anchor': 'end' }, 'dense'));
+  } else if (original) {
+    svg.append(el('text', { x: W - R, y: T + 8, 'text-anchor': 'end' }, `dense: ${original.toFixed(0)} bits →`));
   }
   if (current && Number.isFinite(current.value)) {
-    svg.append(el('circle', { class: 'ring', cx: s.sx(current.bytes), cy: s.sy(Math.max(current.value, y.min)), r: 7, 'data-current': '1' }, undefined));
+    svg.append(el('circle', { class: 'ring', cx: s.sx(current.bits), cy: s.sy(Math.max(current.value, y.min)), r: 7, 'data-current': '1' }, undefined));
   }
 }
 

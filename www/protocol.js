@@ -43,8 +43,8 @@
  *   compression::preview::Preview (every matrix's decision, rank and bytes; linear and total bytes), or null when no
  *   model is open.
  * @typedef {{cmd: 'sweep', recipes: string[], budgets: number[], base: object, evalTokens: number,
- *   evalSpec?: EvalSettings}} SweepCommand   Every recipe ("svd-energy", "whitened-loss", "int8", …) at every budget
- *   (INT8 once), each compressed from the original and measured on `evalTokens` tokens after `base`'s calibration
+ *   evalSpec?: EvalSettings}} SweepCommand   Every recipe ("svd-energy", "whitened-loss", "int8", "gptq4-g64", …) at
+ *   every budget (those whose size the shapes fix once: `recipePolicy`), each compressed from the original and measured on `evalTokens` tokens after `base`'s calibration
  *   tokens; shared among helpers; streams "point" events. Result: {points, seconds, workers, helpers_replaced}.
  * @typedef {{cmd: 'sensitivity', policy: object, evalSpec?: EvalSettings}} SensitivityCommand   Every block matrix
  *   compressed alone with `policy`, measured on its first `sensitivity_tokens`; parts shared among helpers; streams
@@ -125,6 +125,17 @@ export function errorFrom(m) {
 }
 
 /** How often every worker posts its heartbeat ({type: 'alive', heap, doing}), in ms. */
+/** What a sweep's recipe sets of a policy (Rust: explore::Recipe): `METHOD-MODE` a factorization at each budget;
+ * `int8`, `quantB-gG` and `gptqB-gG` (group-wise codes of B bits in groups of G) a size the shapes fix, measured
+ * once (`fixed`). @param {string} recipe */
+export function recipePolicy(recipe) {
+  if (recipe === 'int8') return { method: 'int8', budget_mode: 'proportional', fixed: true };
+  const g = /^(quant|gptq)(\d+)-g(\d+)$/.exec(recipe);
+  if (g) return { method: g[1], budget_mode: 'proportional', bits: Number(g[2]), group: Number(g[3]), fixed: true };
+  const [method, budget_mode] = recipe.split('-');
+  return { method, budget_mode, fixed: false };
+}
+
 export const HEARTBEAT_MS = 1000;
 
 /**

@@ -235,7 +235,7 @@ function showCompression(r, policy, t0) {
   // kept for the comparison: the layer table without its spectra (they are for the plots of the current run)
   app.currentRun = runs.add({
     policy: describePolicy(policy), ev, seconds, untouched: f.bytes_untouched,
-    linear: { before: lin.bytes_considered, after: lin.bytes_after },
+    linear: { before: lin.bytes_considered, after: lin.bytes_after, bits: lin.bits_per_param, denseBits: 8 * lin.bytes_considered / Math.max(1, lin.params_considered) },
     layers: r.layers.map(({ name, rank, err_stored, bytes_after, storage }) => ({ name, rank, err_stored, bytes_after, storage })),
   });
   drawSweep();

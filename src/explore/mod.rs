@@ -28,26 +28,44 @@ pub struct Split {
     pub window: usize,
 }
 
-/// A named way to compress: a method and a budget allocation (`"refit-loss"`, `"whitened-proportional"`, `"int8"`).
+/// A named way to compress: a method and a budget allocation (`"refit-loss"`, `"whitened-proportional"`), or a
+/// storage whose size the shapes fix (`"int8"`, group-wise codes `"quant4-g64"`, `"gptq3-g64"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipe {
     pub method: Method,
     pub mode: BudgetMode,
+    /// Group-wise methods: the codes' width and the values of a row sharing a scale.
+    pub bits: u8,
+    pub group: usize,
 }
 
 impl Recipe {
-    /// `METHOD-MODE` (e.g. `whitened-loss`), or `int8` (dense INT8, no budget).
+    /// `METHOD-MODE` (e.g. `whitened-loss`), `int8` (dense INT8, no budget), or `quantB-gG` / `gptqB-gG` (group-wise
+    /// codes of B bits in groups of G, round-to-nearest or GPTQ; no budget).
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || {
             Error::Policy(format!(
-                "\"{s}\" is not METHOD-MODE (methods svd, whitened, refit; modes energy, uniform, proportional, loss) \
-                 or int8"
+                "\"{s}\" is not METHOD-MODE (methods svd, whitened, refit; modes energy, uniform, proportional, loss), \
+                 int8, or quantB-gG / gptqB-gG (group-wise codes of B bits in groups of G, e.g. gptq4-g64)"
             ))
         };
-        if s.trim() == "int8" {
-            return Ok(Self { method: Method::Int8, mode: BudgetMode::Proportional });
+        let s = s.trim();
+        let fixed = |method| Self { method, mode: BudgetMode::Proportional, bits: 8, group: 64 };
+        if s == "int8" {
+            return Ok(fixed(Method::Int8));
         }
-        let (m, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        for (prefix, method) in [("quant", Method::Quant), ("gptq", Method::Gptq)] {
+            if let Some(rest) = s.strip_prefix(prefix) {
+                let (b, g) = rest.split_once("-g").ok_or_else(bad)?;
+                let bits: u8 = b.parse().map_err(|_| bad())?;
+                let group: usize = g.parse().map_err(|_| bad())?;
+                let r = Self { bits, group, ..fixed(method) };
+                // the same checks as a policy of this method (bits 2, 3, 4 or 8; a group of 8 to 4096)
+                r.policy(&Policy::default(), 1.0).validate()?;
+                return Ok(r);
+            }
+        }
+        let (m, b) = s.split_once('-').ok_or_else(bad)?;
         let method = match m {
             "svd" => Method::Svd,
             "whitened" => Method::Whitened,
@@ -61,12 +79,25 @@ impl Recipe {
             "loss" => BudgetMode::Loss,
             _ => return Err(bad()),
         };
-        Ok(Self { method, mode })
+        Ok(Self { method, mode, bits: 8, group: 64 })
+    }
+
+    /// The recipe a policy follows.
+    pub fn of(p: &Policy) -> Self {
+        Self { method: p.method, mode: p.budget_mode, bits: p.bits, group: p.group }
+    }
+
+    /// Whether its size is a budget's (factorizations), not fixed by the shapes (INT8, group-wise codes).
+    pub fn takes_budget(&self) -> bool {
+        self.method.is_svd()
     }
 
     pub fn label(&self) -> String {
-        if self.method == Method::Int8 {
-            return "int8".into();
+        match self.method {
+            Method::Int8 => return "int8".into(),
+            Method::Quant => return format!("quant{}-g{}", self.bits, self.group),
+            Method::Gptq => return format!("gptq{}-g{}", self.bits, self.group),
+            Method::Svd | Method::Whitened | Method::Refit => {}
         }
         let j = |v: serde_json::Result<serde_json::Value>| v.ok().and_then(|v| v.as_str().map(String::from));
         format!(
@@ -76,10 +107,17 @@ impl Recipe {
         )
     }
 
-    /// `base` with this recipe at `budget` (INT8 takes no budget; the block-level refinement is the refit's).
+    /// `base` with this recipe at `budget` (a size the shapes fix takes no budget; the block-level refinement is the
+    /// refit's).
     pub fn policy(&self, base: &Policy, budget: f64) -> Policy {
         let mut p = Policy { method: self.method, budget_mode: self.mode, ..base.clone() };
-        p.budget = (self.method != Method::Int8).then_some(budget);
+        p.budget = self.takes_budget().then_some(budget);
+        if !self.takes_budget() {
+            p.energy = None;
+        }
+        if self.method.is_grouped() {
+            (p.bits, p.group) = (self.bits, self.group);
+        }
         if self.method != Method::Refit {
             p.refine_steps = 0;
         }
@@ -95,6 +133,9 @@ pub struct Point {
     pub budget: Option<f64>,
     /// Linear parameters kept, as a fraction of those considered.
     pub params_kept: f64,
+    /// Bits the compressed layers store per linear parameter of the original's (codes, scales, zero points,
+    /// factors): the axis every method shares.
+    pub bits_per_param: f64,
     /// Bytes of the compressed layers as stored, and of the whole model as held (what an export stores, but for
     /// the file's header).
     pub layer_bytes: u64,
@@ -136,7 +177,7 @@ pub fn measure(
 
 /// The recipe's label of a policy (`whitened-loss`, `int8`).
 pub fn policy_label(p: &Policy) -> String {
-    Recipe { method: p.method, mode: p.budget_mode }.label()
+    Recipe::of(p).label()
 }
 
 impl Point {
@@ -154,6 +195,7 @@ impl Point {
             recipe: recipe.to_string(),
             budget,
             params_kept: t.params_after as f64 / t.params_considered.max(1) as f64,
+            bits_per_param: t.bits_per_param,
             layer_bytes: t.bytes_after,
             model_bytes,
             ppl_original: r.ppl_original,
@@ -175,7 +217,7 @@ fn evaluate(original: &GptNeo, compressed: &GptNeo, ids: &[u32], s: Split) -> Re
     Ok(ev.report())
 }
 
-/// Every recipe at every budget (INT8 once), measured on `split`; `progress(point index, step)` as they run.
+/// Every recipe at every budget (a size the shapes fix once), measured on `split`; `progress(point index, step)` as they run.
 #[allow(clippy::too_many_arguments)]
 pub fn sweep(
     cfg: &GptNeoConfig,
@@ -190,7 +232,7 @@ pub fn sweep(
 ) -> Result<Vec<Point>> {
     let mut points = Vec::new();
     for recipe in recipes {
-        let budgets: &[f64] = if recipe.method == Method::Int8 { &budgets[..budgets.len().min(1)] } else { budgets };
+        let budgets: &[f64] = if recipe.takes_budget() { budgets } else { &budgets[..budgets.len().min(1)] };
         for &b in budgets {
             let (_, p) = measure(cfg, ckpt, original, ids, recipe.policy(base, b), split, &mut |_| {})?;
             on_point(&p);
@@ -198,6 +240,21 @@ pub fn sweep(
         }
     }
     Ok(points)
+}
+
+/// For each point, one that beats it on both axes, if any: stores no more bits per linear parameter and has no
+/// higher perplexity, one of the two strictly (the frontier is the points with none).
+pub fn dominated_by(points: &[Point]) -> Vec<Option<usize>> {
+    points
+        .iter()
+        .map(|p| {
+            points.iter().position(|q| {
+                q.bits_per_param <= p.bits_per_param
+                    && q.ppl <= p.ppl
+                    && (q.bits_per_param < p.bits_per_param || q.ppl < p.ppl)
+            })
+        })
+        .collect()
 }
 
 /// What a target search asks for, on the calibration text.
@@ -450,3 +507,6 @@ impl SensitivityRun {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -84,6 +84,9 @@ try {
   assert.equal(await clickJob('#load-demo', ['ready', 'error']), 'ready', await errorText());
   assert.match(await page.textContent('#model-info'), /gpt_neo/);
 
+  assert.equal(await page.inputValue('#preset'), 'default');
+  assert.equal(await page.inputValue('#method'), 'gptq', 'the default preset is GPTQ INT4 in groups of 64');
+
   step('settings: rank 32, MLP skipped, per-row INT8; evaluation on 1024 tokens in windows of 512');
   await runSettings(page);
 
@@ -384,6 +387,35 @@ try {
     await page.fill('#eval-window', String(WINDOW));
   }
   await page.selectOption('#preset', 'default');
+
+  // "Better" is closer to the original model: a higher logits cosine and a lower KL, both (the issue's own comparison
+  // was the cosine). Perplexity on 1024 tokens is not a ranking between near-lossless settings: measured 2026-12-07,
+  // round-to-nearest INT4 47.39 against GPTQ's 47.75 and INT8's 47.53, while INT4's cosine (0.9988 against 0.9993) and
+  // KL are further from the original than GPTQ's; it is printed, not compared.
+  step('the default preset is on the frontier: no preset the page offers stores no more bytes and is closer to the original (cosine and KL), every one measured on tokens 2048..3072');
+  {
+    if (!(await page.isVisible('#eval-tokens'))) await page.click('#eval-settings summary');
+    await page.fill('#eval-tokens', String(TOKENS));
+    await page.fill('#eval-window', String(WINDOW));
+    await page.fill('#eval-skip', '2048');
+    const presets = (await page.$$eval('#preset option', (os) => os.map((o) => o.value))).filter((v) => v !== 'custom');
+    const measured = {};
+    for (const preset of presets) {
+      await page.selectOption('#preset', preset);
+      assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', `${preset}: ${await errorText()}`);
+      assert.match(await page.textContent('#summary-note'), /tokens 2048\.\.3072/, `${preset} measured on tokens 2048..3072`);
+      // the quality figures exactly (the titles), not as printed; the bytes as printed (whole bytes)
+      const f = await page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, { text: n.textContent, exact: n.title }])));
+      measured[preset] = { bytes: Number(f.bytes_compressed.text), cosine: Number(f.cosine.exact), kl: Number(f.kl.exact), ppl: Number(f.ppl_compressed.exact) };
+      for (const [k, v] of Object.entries(measured[preset])) assert.ok(Number.isFinite(v), `${preset}: ${k} is "${v}"`);
+      console.log(`  ${preset}: ${f.bytes_compressed.text} bytes, cosine ${f.cosine.text}, KL ${f.kl.text}, perplexity ${f.ppl_compressed.text}`);
+    }
+    const d = measured.default;
+    const closer = (p) => p.cosine >= d.cosine && p.kl <= d.kl && (p.cosine > d.cosine || p.kl < d.kl);
+    const beaters = Object.entries(measured).filter(([k, p]) => k !== 'default' && p.bytes <= d.bytes && closer(p));
+    assert.deepEqual(beaters.map(([k]) => k), [], 'presets that store no more bytes than the default and are closer to the original');
+    await page.fill('#eval-skip', '');
+  }
 
   step('the exported file is a checkpoint the CLI reads: the same figures');
   const dir2 = path.join(tmp, 'from-page');

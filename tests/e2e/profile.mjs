@@ -33,6 +33,7 @@ try {
   await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
   const files = fs.readdirSync(dir).filter((f) => /^(config\.json|tokenizer\.json|.*\.safetensors|.*\.index\.json)$/.test(f));
   await job(() => page.setInputFiles('#files', files.map((f) => path.join(dir, f))));
+  await page.selectOption('#method', 'svd'); // plain SVD at a rank (the page's default is GPTQ)
   await page.fill('#skip', '');
   await page.fill('#min-dim', '0');
   await page.click('#eval-settings summary');

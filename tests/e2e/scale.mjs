@@ -59,6 +59,7 @@ try {
     const files = fs.readdirSync(dir).filter((f) => /^(config\.json|tokenizer\.json|.*\.safetensors|.*\.index\.json)$/.test(f));
     const open = await job(() => page.setInputFiles('#files', files.map((f) => path.join(dir, f))));
     console.log(`${dir}: opened in ${open.toFixed(1)} s — ${(await page.$$eval('#model-info dd, #model-info dt', (ns) => ns.map((n) => n.textContent.trim()).join(' | ')))}`);
+    await page.selectOption('#method', 'svd'); // plain SVD at a rank (the page's default is GPTQ)
     await page.fill('#rank', '128');
     await page.fill('#skip', '');
     await page.fill('#min-dim', '0');

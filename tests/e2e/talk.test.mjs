@@ -162,29 +162,34 @@ try {
   assert.deepEqual(got, want, 'the same summary from the link');
   console.log(`  ${link.slice(link.indexOf('#'), link.indexOf('#') + 90)}… → cosine ${want.cosine}, ${want.bytes_compressed} bytes`);
 
-  step('the explorer: a sweep (plain SVD and INT8 only) drawn as quality against bytes; the sensitivity heatmap fills the skip list');
+  step('the explorer: a sweep (plain SVD, INT8 only, INT4 in groups of 64) drawn as quality against bits per parameter; the sensitivity heatmap fills the skip list');
   await page.check('#sweep-recipes input[value="svd-energy"]');
   await page.uncheck('#sweep-recipes input[value="whitened-proportional"]');
   await page.check('#sweep-recipes input[value="int8"]');
+  await page.check('#sweep-recipes input[value="quant4-g64"]');
   await page.fill('#sweep-budgets', '0.3, 0.6');
   await page.fill('#sweep-tokens', '128');
   n = await jobs();
   await page.click('#sweep');
   await waitJobs(n + 1);
   assert.equal(await state(), 'done', await errorText());
-  assert.equal(await page.$eval('#sweep-plot', (e) => e.dataset.points), '3', 'two budgets of SVD and the INT8 point');
+  assert.equal(await page.$eval('#sweep-plot', (e) => e.dataset.points), '4', 'two budgets of SVD, the INT8 point and the INT4 point');
   assert.equal(await page.$$eval('#sweep-plot circle[data-recipe="svd-energy"]', (c) => c.length), 2);
   assert.equal(await page.$$eval('#sweep-plot circle[data-recipe="int8"]', (c) => c.length), 1);
+  assert.equal(await page.$$eval('#sweep-plot circle[data-recipe="quant4-g64"]', (c) => c.length), 1);
+  assert.match(await page.textContent('#sweep-plot'), /bits per linear parameter/);
   assert.equal(await page.$$eval('#sweep-plot [data-current]', (c) => c.length), 1, 'the current run ringed');
   console.log(`  ${await page.textContent('#sweep-note')}`);
   // its figures are the CLI's: slc sweep on the same model, text, recipes, budgets and split
   const cliSweep = JSON.parse(execFileSync(path.join(ROOT, 'target/release/slc'), ['sweep', '--model', path.join(ROOT, 'www/models/neo-bard-8l'),
-    '--text', path.join(ROOT, 'www/data/eval-dev.txt'), '--recipes', 'svd-energy,int8', '--budgets', '0.3,0.6', '--calibration-tokens', '2048',
+    '--text', path.join(ROOT, 'www/data/eval-dev.txt'), '--recipes', 'svd-energy,int8,quant4-g64', '--budgets', '0.3,0.6', '--calibration-tokens', '2048',
     '--eval-tokens', '128', '--window', '512', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString());
-  const pageSweep = await page.$$eval('#sweep-table tbody tr', (rs) => rs.map((r) => ({ recipe: r.dataset.recipe, budget: r.dataset.budget, cosine: Number(r.dataset.cosine), ppl_ratio: Number(r.dataset.pplRatio) })));
+  const pageSweep = await page.$$eval('#sweep-table tbody tr', (rs) => rs.map((r) => ({ recipe: r.dataset.recipe, budget: r.dataset.budget, bits: Number(r.dataset.bits), cosine: Number(r.dataset.cosine), ppl_ratio: Number(r.dataset.pplRatio) })));
   assert.equal(pageSweep.length, cliSweep.length);
+  assert.equal(pageSweep.find((p) => p.recipe === 'quant4-g64').bits, 4.25, 'INT4 in groups of 64: 4 bits a code and an f16 scale a group');
   for (const [a, b] of pageSweep.map((p, i) => [p, cliSweep[i]])) {
     assert.equal(a.recipe, b.recipe);
+    assert.equal(a.bits, b.bits_per_param, `${a.recipe} ${a.budget}: bits per parameter in the page and by the CLI`);
     assert.ok(Math.abs(a.cosine - b.cosine) < 1e-4, `${a.recipe} ${a.budget}: cosine ${a.cosine} in the page, ${b.cosine} by the CLI`);
     assert.ok(Math.abs(a.ppl_ratio / b.ppl_ratio - 1) < 1e-3, `${a.recipe} ${a.budget}: perplexity ratio ${a.ppl_ratio} in the page, ${b.ppl_ratio} by the CLI`);
   }

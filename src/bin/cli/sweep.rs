@@ -49,11 +49,14 @@ pub(super) struct SweepArgs {
     /// Calibration (the first --calibration-tokens tokens) and evaluation (the --eval-tokens after them) text.
     #[arg(long)]
     text: PathBuf,
-    /// METHOD-MODE recipes (methods svd, whitened, refit; modes energy, uniform, proportional, loss) or int8.
+    /// METHOD-MODE recipes (methods svd, whitened, refit; modes energy, uniform, proportional, loss), int8, or
+    /// group-wise codes quantB-gG (round-to-nearest) and gptqB-gG (GPTQ) of B bits in groups of G; those three are
+    /// measured once, at the size their shapes fix.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "svd-energy,whitened-energy,whitened-proportional,whitened-loss,refit-proportional,refit-loss,int8"
+        default_value = "svd-energy,whitened-energy,whitened-proportional,whitened-loss,refit-proportional,refit-loss,int8,\
+                         quant4-g64,quant3-g64,quant2-g32,gptq4-g64,gptq3-g64,gptq2-g64"
     )]
     recipes: Vec<String>,
     /// Fractions of the linear parameters (or bytes, --budget-unit bytes) kept.
@@ -167,16 +170,17 @@ pub(super) fn sweep(a: &SweepArgs) -> Result<()> {
         if first {
             println!("{}", p.convention);
             println!(
-                "{:<24} {:>6} {:>7} {:>12} {:>9} {:>8} {:>7} {:>7} {:>6} {:>8}",
-                "recipe", "budget", "params", "layer bytes", "ppl", "ratio", "cosine", "top-1", "KL", "seconds"
+                "{:<24} {:>6} {:>7} {:>6} {:>12} {:>9} {:>8} {:>7} {:>7} {:>6} {:>8}",
+                "recipe", "budget", "params", "bits", "layer bytes", "ppl", "ratio", "cosine", "top-1", "KL", "seconds"
             );
             first = false;
         }
         println!(
-            "{:<24} {:>6} {:>7.3} {:>12} {:>9.2} {:>8.3} {:>7.4} {:>7.3} {:>6.3} {:>8.1}",
+            "{:<24} {:>6} {:>7.3} {:>6.3} {:>12} {:>9.2} {:>8.3} {:>7.4} {:>7.3} {:>6.3} {:>8.1}",
             p.recipe,
             p.budget.map_or("-".into(), |b| format!("{b}")),
             p.params_kept,
+            p.bits_per_param,
             p.layer_bytes,
             p.ppl,
             p.ppl_ratio,
@@ -191,6 +195,27 @@ pub(super) fn sweep(a: &SweepArgs) -> Result<()> {
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&points)?);
+        return Ok(());
+    }
+    // the frontier on one axis of bits per linear parameter: every point, and what beats it if anything does
+    println!("frontier (bits per linear parameter against perplexity; a point is beaten when another stores no more bits at no higher perplexity):");
+    let beaten = explore::dominated_by(&points);
+    let mut order: Vec<usize> = (0..points.len()).collect();
+    order.sort_by(|&i, &j| points[i].bits_per_param.total_cmp(&points[j].bits_per_param));
+    for i in order {
+        let p = &points[i];
+        let at = p.budget.map_or(String::new(), |b| format!(" at {b}"));
+        let by = beaten[i].map_or("on the frontier".to_string(), |j| {
+            let q = &points[j];
+            format!(
+                "beaten by {}{} ({:.3} bits, ×{:.4})",
+                q.recipe,
+                q.budget.map_or(String::new(), |b| format!(" at {b}")),
+                q.bits_per_param,
+                q.ppl_ratio
+            )
+        });
+        println!("  {:>6.3} bits  ×{:<8.4} {}{}: {}", p.bits_per_param, p.ppl_ratio, p.recipe, at, by);
     }
     Ok(())
 }
