@@ -29,7 +29,8 @@ export function applyPreset(name) {
   const h = app.model ? app.model.summary.hidden_size : 256;
   const set = (o) => {
     $('method').value = o.method || 'svd';
-    $('rank').value = o.rank ?? app.defaults.rank;
+    // (before the worker has sent the core's defaults, the field keeps the page's own)
+    $('rank').value = String(o.rank ?? (app.defaults ? app.defaults.rank : $('rank').value));
     $('quant').value = o.quant || 'per-row';
     $('min-dim').value = o.minDim ?? 0;
     $('skip').value = o.skip ?? '';

@@ -28,6 +28,12 @@ impl Session {
         self.evaluator = None;
         self.generations.retain(|(w, _, _)| *w != Which::Compressed);
         self.compress_started = crate::clock::now();
+        // the calibration text is read before the compressor starts counting the heap: what reading text leaves
+        // warm (the tokenizer's cache of words) is the session's, not the compressed model's
+        let ids = match (policy.method.is_activation_aware(), calibration_text) {
+            (true, Some(text)) => Some(b.tokenizer()?.encode(text)?),
+            _ => None,
+        };
         let mut c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
         // the weights' own spectra an earlier compression of this original computed are not computed again
         c.know_spectra(self.plain_spectra.clone());
@@ -43,8 +49,7 @@ impl Session {
                         .into(),
                 ));
             }
-            let text = calibration_text.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
-            let ids = b.tokenizer()?.encode(text)?;
+            let ids = ids.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
             self.calibrator = Some(Calibrator::new(&ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
             self.calibration_ids = Some(ids);
         }
