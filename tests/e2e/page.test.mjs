@@ -398,6 +398,8 @@ try {
     await page.fill('#eval-tokens', String(TOKENS));
     await page.fill('#eval-window', String(WINDOW));
     await page.fill('#eval-skip', '2048');
+    // the calibrated presets as a new user gets them: the page's own calibration length (the steps above set 256)
+    await page.fill('#calibration-tokens', '2048');
     const presets = (await page.$$eval('#preset option', (os) => os.map((o) => o.value))).filter((v) => v !== 'custom');
     const measured = {};
     for (const preset of presets) {
@@ -408,7 +410,7 @@ try {
       const f = await page.$$eval('#summary [data-metric]', (ns) => Object.fromEntries(ns.map((n) => [n.dataset.metric, { text: n.textContent, exact: n.title }])));
       measured[preset] = { bytes: Number(f.bytes_compressed.text), cosine: Number(f.cosine.exact), kl: Number(f.kl.exact), ppl: Number(f.ppl_compressed.exact) };
       for (const [k, v] of Object.entries(measured[preset])) assert.ok(Number.isFinite(v), `${preset}: ${k} is "${v}"`);
-      console.log(`  ${preset}: ${f.bytes_compressed.text} bytes, cosine ${f.cosine.text}, KL ${f.kl.text}, perplexity ${f.ppl_compressed.text}`);
+      console.log(`  ${preset}: ${f.bytes_compressed.text} bytes, cosine ${f.cosine.text}, KL ${f.kl.text}, perplexity ${f.ppl_compressed.text} (original ${f.ppl_original.text})`);
     }
     const d = measured.default;
     const closer = (p) => p.cosine >= d.cosine && p.kl <= d.kl && (p.cosine > d.cosine || p.kl < d.kl);
