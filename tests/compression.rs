@@ -83,7 +83,11 @@ fn layer_h0_q_proj_matches_the_python_reference() {
         assert!((a - e as f64).abs() < 1e-5);
     }
     assert!((svd::rel_fro_error(&w, &recon) - 0.6369676545650567).abs() < 1e-6);
-    let LinearWeight::LowRank { u, s: sv, vh } = factors(&s, Some(QuantScheme::PerTensor)) else { panic!() };
+    let LinearWeight::LowRank { u, s: sv, vh } =
+        factors(&s, semantic_llm_compressor::compression::policy::FactorStorage::Int8(QuantScheme::PerTensor))
+    else {
+        panic!()
+    };
     let scales = f64s(&r, "seed_r32_scales_f64");
     let zps: Vec<i32> = r.read("seed_r32_zero_points_i32").unwrap().to_i32_vec().unwrap();
     for (k, (f, codes)) in
@@ -100,7 +104,7 @@ fn layer_h0_q_proj_matches_the_python_reference() {
         assert!(((q.scales[0] as f64) - scales[k]).abs() <= 1e-7 * scales[k], "{codes}: scale");
         assert_eq!(q.zero_points[0], zps[k], "{codes}: zero point");
     }
-    let lw = factors(&s, Some(QuantScheme::PerTensor));
+    let lw = factors(&s, semantic_llm_compressor::compression::policy::FactorStorage::Int8(QuantScheme::PerTensor));
     let deq = lw.to_dense_f32().unwrap();
     let want = f32s(&r, "seed_r32_recon_dequant_f32");
     let d = deq.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

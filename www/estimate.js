@@ -91,7 +91,7 @@ function bytesPerToken(s, policy, original) {
   let b = s.vocab_size * s.hidden_size * 4;
   for (const mat of matrices(s)) {
     const r = policy ? rankOf(policy, mat) : null;
-    b += typeof r === 'number' ? r * (mat.m + mat.n) * (policy.quant_bits === 8 ? 1 : 4)
+    b += typeof r === 'number' ? r * (mat.m + mat.n) * (policy.quant_bits === 8 ? 1 : policy.quant_bits === 4 ? (4 + 16 / policy.group) / 8 : 4)
       : r === 'int8' ? mat.m * mat.n : r === 'quant' ? mat.m * mat.n * (policy.bits + 16 / policy.group) / 8
       : mat.m * mat.n * (original && original.precision !== 'f32' ? 2 : 4);
   }

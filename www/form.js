@@ -76,8 +76,8 @@ export function policyFromForm() {
     rank_for: rankFor,
     skip: $('skip').value.split(',').map((s) => s.trim()).filter(Boolean),
     min_dim_for_compression: num('min-dim') ?? 0,
-    quant_bits: quant === 'none' ? 32 : 8,
-    quant: quant === 'none' ? 'per-row' : quant,
+    quant_bits: quant === 'none' ? 32 : quant === 'int4' ? 4 : 8,
+    quant: quant === 'none' || quant === 'int4' ? 'per-row' : quant,
     energy: num('energy'),
     budget: num('budget'),
     budget_mode: $('budget-mode').value,
@@ -184,7 +184,7 @@ export function describePolicy(p) {
   const parts = [p.budget ? `budget ${p.budget} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
   if (p.rank_for.length) parts.push(p.rank_for.map((r) => `${r.pattern}=${r.rank}`).join(' '));
   if (p.skip.length) parts.push(`skip ${p.skip.join(' ')}`);
-  parts.push(p.quant_bits === 8 ? p.quant : 'f32 factors');
+  parts.push(p.quant_bits === 8 ? p.quant : p.quant_bits === 4 ? `INT4 factors in groups of ${p.group}` : 'f32 factors');
   if (p.refine_steps > 0) parts.push(`refined ${p.refine_steps} steps per block`);
   return aware + parts.join(', ');
 }

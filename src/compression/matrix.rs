@@ -5,7 +5,7 @@
 
 use crate::clock::now;
 use crate::compression::gptq::gptq;
-use crate::compression::policy::{MatrixInfo, Plan, Policy};
+use crate::compression::policy::{FactorStorage, MatrixInfo, Plan, Policy};
 use crate::compression::quant::{grouped, per_row, per_tensor};
 use crate::compression::sensitivity::Damage;
 use crate::compression::svd::{self, rel_fro_error, Svd};
@@ -244,7 +244,7 @@ impl FactorJob {
             "{}|{:?}|{:?}|{:?}|{:?}|{}|spectrum:{}",
             self.matrix.name,
             self.plan,
-            p.factor_quant(),
+            p.factor_storage(),
             p.method,
             p.svd,
             p.seed,
@@ -373,7 +373,7 @@ impl FactorJob {
                     let kept: f64 = all.iter().take(rank).map(|x| x * x).sum();
                     rep.energy_kept = Some(if total > 0.0 { kept / total } else { 1.0 });
                 }
-                let lw = factors(&s, self.policy.factor_quant());
+                let lw = factors(&s, self.policy.factor_storage());
                 rep.err_stored = Some(svd::stored_error(w, &lw).map_err(tag)?);
                 if let (Some(d), LinearWeight::LowRank { u, s: sv, vh }) = (whitened, &lw) {
                     // P = U diag(S) and V as stored
@@ -401,21 +401,26 @@ impl FactorJob {
 /// Factors of a truncated SVD in the policy's storage. Per-row INT8 keeps S in f32 (a per-row scale of Vh would
 /// absorb it anyway); the origin's per-tensor scheme quantizes U, S and Vh each with one scale and zero point,
 /// computed in f64 like the Python reference.
-pub fn factors(s: &Svd, quant: Option<QuantScheme>) -> LinearWeight {
+pub fn factors(s: &Svd, storage: FactorStorage) -> LinearWeight {
     let (m, n, r) = (s.m, s.n, s.rank());
     let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-    let (u, sv, vh) = match quant {
-        None => (
+    let (u, sv, vh) = match storage {
+        FactorStorage::Grouped { bits, group } => (
+            Factor::Grouped(grouped(&f32s(&s.u), m, r, bits, group)),
+            Factor::F32 { rows: 1, cols: r, data: f32s(&s.s) },
+            Factor::Grouped(grouped(&f32s(&s.vh), r, n, bits, group)),
+        ),
+        FactorStorage::F32 => (
             Factor::F32 { rows: m, cols: r, data: f32s(&s.u) },
             Factor::F32 { rows: 1, cols: r, data: f32s(&s.s) },
             Factor::F32 { rows: r, cols: n, data: f32s(&s.vh) },
         ),
-        Some(QuantScheme::PerRow) => (
+        FactorStorage::Int8(QuantScheme::PerRow) => (
             Factor::Int8(per_row(&f32s(&s.u), m, r)),
             Factor::F32 { rows: 1, cols: r, data: f32s(&s.s) },
             Factor::Int8(per_row(&f32s(&s.vh), r, n)),
         ),
-        Some(QuantScheme::PerTensor) => (
+        FactorStorage::Int8(QuantScheme::PerTensor) => (
             Factor::Int8(per_tensor(&s.u, m, r)),
             Factor::Int8(per_tensor(&s.s, 1, r)),
             Factor::Int8(per_tensor(&s.vh, r, n)),

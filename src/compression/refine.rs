@@ -214,7 +214,7 @@ fn stored(policy: &Policy, f: &Factors) -> Result<LinearWeight> {
             vh[k * inp + j] = if nb > 0.0 { b[k * inp + j] as f64 / nb } else { 0.0 };
         }
     }
-    Ok(factors(&Svd { m: out, n: inp, u, s, vh }, policy.factor_quant()))
+    Ok(factors(&Svd { m: out, n: inp, u, s, vh }, policy.factor_storage()))
 }
 
 /// Bytes the refinement's graph holds on one batch of windows of `window` tokens, at most: per token, the attention's
@@ -265,7 +265,7 @@ mod tests {
             let w = l.weight.to_dense_f32().unwrap();
             let mut svd = crate::compression::svd::exact(&w, out, inp).unwrap().truncate(4);
             svd.canonicalize_signs();
-            block.set_weight(&l.name, factors(&svd, None)).unwrap();
+            block.set_weight(&l.name, factors(&svd, crate::compression::policy::FactorStorage::F32)).unwrap();
         }
         let ids: Vec<Vec<u32>> = (0..3).map(|k| (0..16).map(|i| (i * 7 + k * 31) % 96).collect()).collect();
         let inputs: Vec<Tensor> = ids.iter().map(|w| model.embed(w).unwrap()).collect();

@@ -362,7 +362,7 @@ fn refit_one(
             rep.decision = Decision::LowRank;
             rep.rank = Some(s.rank());
             rep.params_after = s.rank() * (out + inp + 1);
-            Some(factors(&s, c.policy().factor_quant()))
+            Some(factors(&s, c.policy().factor_storage()))
         }
     };
     if let Some(lw) = &stored {

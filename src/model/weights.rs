@@ -288,6 +288,7 @@ impl Weights for CompressedWeights<'_> {
     fn contains(&self, name: &str) -> bool {
         self.ckpt.contains(name)
             || self.ckpt.contains(&format!("{name}.U.q"))
+            || self.ckpt.contains(&format!("{name}.U.codes"))
             || self.ckpt.contains(&format!("{name}.U"))
             || self.ckpt.contains(&format!("{name}.q"))
             || self.ckpt.contains(&format!("{name}.codes"))
@@ -297,7 +298,10 @@ impl Weights for CompressedWeights<'_> {
     }
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<LinearWeight> {
         let u_base = format!("{name}.U");
-        if self.ckpt.contains(&format!("{u_base}.q")) || self.ckpt.contains(&u_base) {
+        if self.ckpt.contains(&format!("{u_base}.q"))
+            || self.ckpt.contains(&format!("{u_base}.codes"))
+            || self.ckpt.contains(&u_base)
+        {
             let u = self.factor(&u_base, Some(out), None)?;
             let r = u.cols();
             if r == 0 || r > out.min(inp) {

@@ -3,7 +3,8 @@
 
 use super::*;
 
-/// Export → import gives bit-identical logits and keeps the INT8 factors INT8, for this model and another GPT-Neo.
+/// Export → import gives bit-identical logits and keeps the INT8 (and INT4) factors as codes, for this model and
+/// another GPT-Neo.
 #[test]
 fn export_then_import_gives_identical_logits() {
     for (dir, policy) in [
@@ -26,6 +27,8 @@ fn export_then_import_gives_identical_logits() {
             },
         ),
         ("fixtures/tiny-gpt-neo-v512", Policy { rank: 8, quant_bits: 32, ..Default::default() }),
+        // low-rank factors as group-wise INT4 codes (a rank below the group: one short group a row of U)
+        ("models/neo-bard-8l", Policy { rank: 40, quant_bits: 4, group: 64, ..Default::default() }),
         (
             "fixtures/tiny-gpt-neo-v512",
             Policy {
@@ -44,7 +47,7 @@ fn export_then_import_gives_identical_logits() {
 #[test]
 fn bad_policies_and_files_are_sentences() {
     let b = bard();
-    let e = compress_checkpoint(&b.cfg, &b.ckpt, Policy { quant_bits: 4, ..Default::default() }, None, &mut |_| {})
+    let e = compress_checkpoint(&b.cfg, &b.ckpt, Policy { quant_bits: 5, ..Default::default() }, None, &mut |_| {})
         .err()
         .unwrap()
         .to_string();
@@ -209,7 +212,12 @@ fn whitened_factors_beat_plain_svd_on_the_same_activations() {
         let mut s = svd::exact(&w, out, inp).unwrap().truncate(rank);
         s.canonicalize_signs();
         let plain: Vec<f64> =
-            factors(&s, Some(QuantScheme::PerRow)).to_dense_f32().unwrap().iter().map(|&x| x as f64).collect();
+            factors(&s, semantic_llm_compressor::compression::policy::FactorStorage::Int8(QuantScheme::PerRow))
+                .to_dense_f32()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
         let ep = svd::rel_activation_error(&w, &plain, out, inp, &g);
         let ea = rep.err_activations.unwrap();
         assert!(ea < ep, "{}: whitened activation error {ea} is not below plain SVD's {ep}", rep.name);

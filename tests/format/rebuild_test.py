@@ -23,6 +23,7 @@ cases = [
     ("www/models/neo-bard-8l", ["--method", "gptq", "--bits", "2", "--group", "32", "--calibration-tokens", "256",
                                 "--calibration-text", os.path.join(SHARED, "corpus/eval-dev.txt")]),
     (os.path.join(SHARED, "fixtures/tiny-gpt-neo-v512"), ["--rank", "8", "--quant_bits", "32"]),
+    ("www/models/neo-bard-8l", ["--rank", "40", "--quant-bits", "4", "--group", "32"]),
 ]
 with tempfile.TemporaryDirectory() as tmp:
     for i, (model, flags) in enumerate(cases):

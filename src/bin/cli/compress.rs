@@ -23,7 +23,8 @@ pub(super) struct CompressArgs {
     /// Rank kept for every matrix no --rank-for names.
     #[arg(long, default_value_t = 128)]
     rank: usize,
-    /// 8: INT8 factors; 32: f32 factors.
+    /// 8: INT8 factors (--quant's scheme); 4: group-wise INT4 factors (a scale per --group values of a row);
+    /// 32: f32 factors.
     #[arg(long = "quant-bits", alias = "quant_bits", default_value_t = 8)]
     quant_bits: u8,
     /// Matrices whose smaller side is below this stay dense.
@@ -46,7 +47,7 @@ pub(super) struct CompressArgs {
     /// Methods quant and gptq: bits a code takes (2, 3, 4 or 8).
     #[arg(long, default_value_t = 4)]
     bits: u8,
-    /// Methods quant and gptq: values of a row sharing one f16 scale (8 to 4096).
+    /// Methods quant and gptq, and INT4 factors (--quant-bits 4): values of a row sharing one f16 scale (8 to 4096).
     #[arg(long, default_value_t = 64)]
     group: usize,
     /// Method quant: choose the codes by GPTQ on --calibration-text (the same as --method gptq).

@@ -134,7 +134,10 @@ pub(super) fn roundtrip(dir: &std::path::Path, ranks: &[usize], scheme: QuantSch
             let mut t = full.clone().truncate(r);
             t.canonicalize_signs();
             let err_svd = svd::rel_fro_error(&w, &t.reconstruct());
-            let err_int8 = svd::stored_error(&w, &factors(&t, Some(scheme)))?;
+            let err_int8 = svd::stored_error(
+                &w,
+                &factors(&t, semantic_llm_compressor::compression::policy::FactorStorage::Int8(scheme)),
+            )?;
             rows.push(serde_json::json!({"name": m.name, "shape": [m.out, m.inp], "rank": t.rank(), "err_svd": err_svd, "err_int8": err_int8}));
         }
     }

@@ -64,6 +64,12 @@ pub(super) struct SweepArgs {
     budgets: Vec<f64>,
     #[arg(long = "budget-unit", value_enum, default_value_t = BudgetUnit::Params)]
     budget_unit: BudgetUnit,
+    /// The factorizations' factors: 8 INT8 per row, 4 group-wise INT4 (a scale per --factor-group values of a row),
+    /// 32 f32 (see slc compress --quant-bits).
+    #[arg(long = "quant-bits", default_value_t = 8)]
+    quant_bits: u8,
+    #[arg(long = "factor-group", default_value_t = 64)]
+    factor_group: usize,
     #[arg(long = "calibration-tokens", default_value_t = 4096)]
     calibration_tokens: usize,
     #[arg(long = "eval-tokens", default_value_t = 8192)]
@@ -152,6 +158,8 @@ pub(super) fn sweep(a: &SweepArgs) -> Result<()> {
     let recipes = a.recipes.iter().map(|r| explore::Recipe::parse(r)).collect::<Result<Vec<_>>>()?;
     let base = Policy {
         budget_unit: a.budget_unit,
+        quant_bits: a.quant_bits,
+        group: a.factor_group,
         calibration_tokens: a.calibration_tokens,
         calibration_window: a.window,
         sensitivity_tokens: a.sensitivity_tokens,

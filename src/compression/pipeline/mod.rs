@@ -305,7 +305,7 @@ impl Compressor {
             // not in a block (an untied head): the allocation gives it the largest sensitivity measured
             return Ok((all, None));
         }
-        let damage = probe.damage(&m.name, factors(&s, None)).map_err(tag)?;
+        let damage = probe.damage(&m.name, factors(&s, crate::compression::policy::FactorStorage::F32)).map_err(tag)?;
         let error: f64 = all.iter().skip(rank).map(|x| x * x).sum();
         let sensitivity = if error > 0.0 { damage.kl / error } else { 0.0 };
         Ok((all, Some(ProbeReport { rank, damage, error, sensitivity })))

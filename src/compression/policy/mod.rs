@@ -9,7 +9,7 @@
 mod allocate;
 mod rules;
 
-pub use rules::{BudgetMode, BudgetUnit, MatrixInfo, Method, Plan, Policy, RankRule};
+pub use rules::{BudgetMode, BudgetUnit, FactorStorage, MatrixInfo, Method, Plan, Policy, RankRule};
 
 #[cfg(test)]
 mod tests;

@@ -115,12 +115,13 @@ pub struct Policy {
     pub skip: Vec<String>,
     /// Matrices whose smaller side is below this stay dense.
     pub min_dim_for_compression: usize,
-    /// 8: INT8 factors; 32: f32 factors (SVD only).
+    /// 8: INT8 factors (`quant`'s scheme); 4: group-wise INT4 factors, an f16 scale per `group` values of a row;
+    /// 32: f32 factors (SVD only).
     pub quant_bits: u8,
     pub quant: QuantScheme,
     /// Methods quant and gptq: the codes' width (2, 3, 4 or 8 bits).
     pub bits: u8,
-    /// Methods quant and gptq: values of a row sharing one scale (8 to 4096).
+    /// Methods quant and gptq, and INT4 factors: values of a row sharing one scale (8 to 4096).
     pub group: usize,
     /// Smallest rank keeping this fraction of ‖W‖F² (overrides `rank` and `rank_for`).
     pub energy: Option<f64>,
@@ -201,6 +202,18 @@ impl Default for Policy {
     }
 }
 
+/// How a low-rank matrix's factors U and Vh are stored (S stays f32 but for the origin's per-tensor INT8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactorStorage {
+    F32,
+    Int8(QuantScheme),
+    /// Group-wise codes ([`crate::model::grouped`]) of `bits` bits, a scale per `group` values of a row.
+    Grouped {
+        bits: u8,
+        group: usize,
+    },
+}
+
 /// A weight matrix the policy looks at.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MatrixInfo {
@@ -244,13 +257,13 @@ pub enum Plan {
 
 impl Policy {
     pub fn validate(&self) -> Result<()> {
-        if !matches!(self.quant_bits, 8 | 32) {
+        if !matches!(self.quant_bits, 4 | 8 | 32) {
             return Err(Error::Policy(format!(
-                "quant_bits is {}; 8 (INT8 factors) and 32 (f32 factors) are supported",
+                "quant_bits is {}; 8 (INT8 factors), 4 (group-wise INT4 factors) and 32 (f32 factors) are supported",
                 self.quant_bits
             )));
         }
-        if self.method.is_grouped() {
+        if self.method.is_grouped() || self.quant_bits == 4 {
             if !crate::model::grouped::BITS.contains(&self.bits) {
                 return Err(Error::Policy(format!("bits is {}; group-wise codes have 2, 3, 4 or 8 bits", self.bits)));
             }
@@ -261,7 +274,7 @@ impl Policy {
                     self.group
                 )));
             }
-            if self.budget.is_some() || self.energy.is_some() {
+            if self.method.is_grouped() && (self.budget.is_some() || self.energy.is_some()) {
                 return Err(Error::Policy(format!(
                     "method {} stores every chosen matrix at {} bits: its size is set by bits and group, not by a \
                      budget or an energy",
@@ -329,9 +342,13 @@ impl Policy {
         Ok(())
     }
 
-    /// INT8 scheme of the factors, or `None` for f32 factors.
-    pub fn factor_quant(&self) -> Option<QuantScheme> {
-        (self.quant_bits == 8).then_some(self.quant)
+    /// How low-rank factors are stored ([`Policy::quant_bits`]).
+    pub fn factor_storage(&self) -> FactorStorage {
+        match self.quant_bits {
+            32 => FactorStorage::F32,
+            4 => FactorStorage::Grouped { bits: 4, group: self.group },
+            _ => FactorStorage::Int8(self.quant),
+        }
     }
 
     /// Whether the spectra of all matrices are needed before ranks can be chosen.
@@ -396,12 +413,16 @@ impl Policy {
 
     /// Bytes of rank-`r` factors of an `m × n` matrix under this policy.
     pub fn low_rank_bytes(&self, m: usize, n: usize, r: usize) -> usize {
-        match self.factor_quant() {
-            None => 4 * r * (m + n + 1),
+        match self.factor_storage() {
+            FactorStorage::F32 => 4 * r * (m + n + 1),
             // U codes + a scale per row, S in f32, Vh codes + a scale per row
-            Some(QuantScheme::PerRow) => m * r + 4 * m + 4 * r + r * n + 4 * r,
+            FactorStorage::Int8(QuantScheme::PerRow) => m * r + 4 * m + 4 * r + r * n + 4 * r,
             // each of U, S, Vh: codes + one scale + one zero point
-            Some(QuantScheme::PerTensor) => m * r + r + r * n + 3 * 8,
+            FactorStorage::Int8(QuantScheme::PerTensor) => m * r + r + r * n + 3 * 8,
+            // U and Vh as group-wise codes (their rows in groups), S in f32
+            FactorStorage::Grouped { bits, group } => {
+                Policy::grouped_bytes(m, r, bits, group) + 4 * r + Policy::grouped_bytes(r, n, bits, group)
+            }
         }
     }
 

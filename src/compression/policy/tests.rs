@@ -120,7 +120,7 @@ fn byte_budgets_count_stored_bytes() {
     let (mats, spectra) = zoo();
     let dense: usize = mats.iter().map(|m| m.dense_bytes()).sum();
     for mode in [BudgetMode::Energy, BudgetMode::Uniform, BudgetMode::Proportional] {
-        for quant_bits in [8, 32] {
+        for quant_bits in [8, 4, 32] {
             let p = Policy {
                 budget: Some(0.3),
                 budget_unit: BudgetUnit::Bytes,
@@ -154,6 +154,8 @@ fn byte_budgets_count_stored_bytes() {
         ranks(&p.plan(&mats, &spectra).unwrap())[0]
     };
     assert!(with(8) > 3 * with(32), "INT8 rank {} vs f32 rank {}", with(8), with(32));
+    // and INT4 factors in groups of 64 (4.25 bits a value) nearly twice INT8's
+    assert!(with(4) * 10 > 17 * with(8), "INT4 rank {} vs INT8 rank {}", with(4), with(8));
 }
 
 #[test]

@@ -147,6 +147,7 @@ fn whitened_svd_is_better_on_the_activations_and_exact_at_full_rank() {
 #[test]
 fn stored_error_equals_the_dense_difference() {
     use crate::compression::matrix::factors;
+    use crate::compression::policy::FactorStorage;
     use crate::model::storage::QuantScheme;
     for (m, n) in [(70, 150), (150, 70)] {
         let w = decaying(m, n, 8);
@@ -155,7 +156,12 @@ fn stored_error_equals_the_dense_difference() {
         for r in [1, 8, 30, 70] {
             let mut t = full.clone().truncate(r);
             t.canonicalize_signs();
-            for quant in [None, Some(QuantScheme::PerRow), Some(QuantScheme::PerTensor)] {
+            for quant in [
+                FactorStorage::F32,
+                FactorStorage::Int8(QuantScheme::PerRow),
+                FactorStorage::Int8(QuantScheme::PerTensor),
+                FactorStorage::Grouped { bits: 4, group: 32 },
+            ] {
                 let lw = factors(&t, quant);
                 let back: Vec<f64> = lw.to_dense_f32().unwrap().iter().map(|&x| x as f64).collect();
                 let (got, want) = (stored_error(&w, &lw).unwrap(), rel_fro_error(&w, &back));
@@ -164,8 +170,8 @@ fn stored_error_equals_the_dense_difference() {
         }
     }
     let w = random(9, 7, 3);
-    assert_eq!(stored_error(&w, &factors(&exact(&w, 9, 7).unwrap().truncate(0), None)).unwrap(), 1.0);
-    assert!(stored_error(&w[1..], &factors(&exact(&w, 9, 7).unwrap(), None)).is_err());
+    assert_eq!(stored_error(&w, &factors(&exact(&w, 9, 7).unwrap().truncate(0), FactorStorage::F32)).unwrap(), 1.0);
+    assert!(stored_error(&w[1..], &factors(&exact(&w, 9, 7).unwrap(), FactorStorage::F32)).is_err());
     assert_eq!(sum_squares(&[3.0, 4.0]), 25.0);
 }
 
