@@ -333,6 +333,24 @@ try {
   // (1.5%), so 2% is asked of the MSE (the refit's case above, for the same reason)
   await groupedAgainstCli('gptq3-g32', 'gptq', 3, 32, 256, 2e-3, 2, 2e-2);
 
+  step('low-rank factors as INT4 codes in groups of 32 (plain SVD, rank 32, every layer): the summary equals the CLI\'s, and the page\'s export read by the CLI gives the page\'s figures');
+  {
+    await newMethod('svd', '', 'energy', 256);
+    await page.fill('#rank', '32');
+    await page.selectOption('#quant', 'int4');
+    await page.fill('#group', '32');
+    assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
+    assert.match(await page.textContent('#layer-errors'), /int4 groups of 32/);
+    const dir = path.join(tmp, 'int4-factors');
+    execFileSync(SLC, ['compress', '--input-dir', DEMO, '--output-dir', dir, '--rank', '32', '--quant-bits', '4', '--group', '32'], { stdio: 'ignore' });
+    const want = cliEval(dir, 0);
+    const got = await summary();
+    await exportMatchesPage('int4-factors', got, 0);
+    sameAsCli(got, want, 'int4-factors');
+    console.log(`  INT4 factors: cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)}), ppl ${got.ppl_original} → ${got.ppl_compressed} (CLI ${want.ppl_compressed.toFixed(2)}), ${got.bytes_compressed} bytes`);
+    await page.selectOption('#quant', 'per-row');
+  }
+
   // The refit solves each matrix on the inputs the already-refitted blocks give it, so wasm's and native rounding
   // compound block after block. With fewer calibration tokens than c_proj's 1024 inputs its least squares is
   // underdetermined and the two drift apart (256 tokens: the same ranks, errors equal to 4 digits, logits cosine
