@@ -48,22 +48,26 @@ try {
   await waitJobs(n + 1);
   assert.equal(await state(), 'ready', await errorText());
 
-  step("S tells the origin's story: its setting, its fix, activation-aware at the fix's size, INT8 only and 50%");
+  step("S tells the origin's story: its setting, its fix, activation-aware at the fix's size, the same size quantized, INT8 only and 50%");
   n = await jobs();
   await page.keyboard.press('s');
   // the original's continuation, then a compression and a generation per step
-  await waitJobs(n + 11);
+  await waitJobs(n + 13);
   // the story's own end (the status reads 'done' after each step's compression too, before its generation)
   await page.waitForFunction(() => ['done', 'error', 'lost', 'cancelled'].includes(document.querySelector('#story-panel').dataset.told), null, { timeout: 900000 });
   assert.equal(await page.$eval('#story-panel', (e) => e.dataset.told), 'done', await errorText());
   assert.equal(await state(), 'done', await errorText());
   const rows = await page.$$eval('#story-table tbody tr', (rs) => rs.map((r) => ({ step: r.dataset.step,
     cosine: Number(r.dataset.cosine), text: r.querySelector('.continuation').textContent })));
-  assert.deepEqual(rows.map((r) => r.step), ['original', 'origin-all', 'origin-mlp', 'aware-same', 'int8', 'budget']);
+  assert.deepEqual(rows.map((r) => r.step), ['original', 'origin-all', 'origin-mlp', 'aware-same', 'default', 'int8', 'budget']);
   const by = Object.fromEntries(rows.map((r) => [r.step, r]));
   assert.ok(by['origin-all'].cosine < 0.5, `the origin's setting: cosine ${by['origin-all'].cosine}`);
   assert.ok(by['origin-mlp'].cosine > 0.95, `the origin's fix: cosine ${by['origin-mlp'].cosine}`);
   assert.ok(by['aware-same'].cosine > 0.95, `activation-aware at the fix's size: cosine ${by['aware-same'].cosine}`);
+  // the same size quantized: fewer bytes than activation-aware SVD at the fix's size, and closer to the original
+  const bytesOf = (step) => page.$eval(`#story-table tr[data-step="${step}"]`, (r) => r.dataset.bytes);
+  assert.ok(Number(await bytesOf('default')) < Number(await bytesOf('aware-same')), 'GPTQ INT4 stores fewer bytes than the factorization');
+  assert.ok(by.default.cosine > by['aware-same'].cosine, `quantized: cosine ${by.default.cosine} against ${by['aware-same'].cosine}`);
   // a visibly broken continuation: not one of its first words is the original's; the fix's begins like it
   const words = (t) => t.trim().split(/\s+/).slice(0, 5);
   const shared = (a, b) => words(a).filter((w) => words(b).includes(w)).length;
@@ -84,9 +88,9 @@ try {
   const box = await page.$eval('#story-panel', (e) => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y + window.scrollY, width: r.width, height: r.height }; });
   await page.screenshot({ path: path.join(OUT, 'story.png'), fullPage: true, clip: box });
   assert.equal(await page.evaluate(() => document.activeElement.id), 'story', 'the key moved the focus to its button');
-  step('runs compared: the story\'s five runs kept, sorted by cosine, two side by side with their continuations');
+  step('runs compared: the story\'s six runs kept, sorted by cosine, two side by side with their continuations');
   const runIds = () => page.$$eval('#runs-table tbody tr', (rs) => rs.map((r) => Number(r.dataset.run)));
-  assert.deepEqual(await runIds(), [1, 2, 3, 4, 5]);
+  assert.deepEqual(await runIds(), [1, 2, 3, 4, 5, 6]);
   await page.click('#runs-table th[data-key="cosine"] button');
   const cosines = await page.$$eval('#runs-table tbody tr td:nth-child(4)', (ts) => ts.map((t) => Number(t.textContent)));
   assert.deepEqual(cosines, cosines.slice().sort((a, b) => a - b), 'sorted by cosine');
@@ -120,8 +124,8 @@ try {
   }
   assert.ok(await report.$$eval('#report-plots svg', (s) => s.length) >= 3, 'the plots, as inline SVG');
   assert.ok(await report.$$eval('#report-layers tbody tr', (r) => r.length) >= 48, 'the per-layer table');
-  assert.equal(await report.$$eval('#report-story tbody tr', (r) => r.length), 6, 'the story');
-  assert.equal(await report.$$eval('#report-runs #runs-table tbody tr', (r) => r.length), 5, 'the runs compared');
+  assert.equal(await report.$$eval('#report-story tbody tr', (r) => r.length), 7, 'the story');
+  assert.equal(await report.$$eval('#report-runs #runs-table tbody tr', (r) => r.length), 6, 'the runs compared');
   assert.equal(await report.$$eval('#report-runs .run', (r) => r.length), 2, 'the two side by side');
   assert.match(await report.textContent('#report-summary'), /Linear layers \(what compression can touch\)/);
   assert.deepEqual(requests.filter((u) => !u.startsWith('file:')), [], 'the report makes no request');
