@@ -100,7 +100,7 @@ export async function tellStory() {
       const ev = r.evaluation;
       const lin = r.finished.totals;
       const values = [ev.cosine.toFixed(4), pct(ev.top1), `${fmtNumber('ppl_compressed', ev.ppl_compressed)} (original ${fmtNumber('ppl_original', ev.ppl_original)})`,
-        `${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)}`, `${fmtBytes(ev.bytes_original)} → ${fmtBytes(ev.bytes_compressed)}`];
+        `${fmtBytes(lin.bytes_considered)} → ${fmtBytes(lin.bytes_after)} (${lin.bits_per_param.toFixed(2)} bits a parameter)`, `${fmtBytes(ev.bytes_original)} → ${fmtBytes(ev.bytes_compressed)}`];
       values.forEach((v, k) => { cells[k + 2].textContent = v; });
       tr.dataset.cosine = String(ev.cosine);
       tr.dataset.bytes = String(ev.bytes_compressed);
