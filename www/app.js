@@ -44,7 +44,7 @@ dz.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') 
 
 // ---------- the policy form ----------
 $('preset').addEventListener('change', (e) => applyPreset(e.target.value));
-for (const id of ['method', 'rank', 'quant', 'bits', 'group', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode', 'guard', 'allocation-check', 'refine-steps', 'target-metric', 'target-value', 'target-tolerance']) {
+for (const id of ['method', 'rank', 'quant', 'bits', 'group', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-unit', 'budget-mode', 'guard', 'allocation-check', 'refine-steps', 'target-metric', 'target-value', 'target-tolerance']) {
   $(id).addEventListener('input', () => { $('preset').value = 'custom'; updatePreview(); });
 }
 $('calibration-tokens').addEventListener('input', updatePreview);

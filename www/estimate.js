@@ -52,10 +52,18 @@ function rankOf(policy, mat) {
   if (policy.skip && policy.skip.some((p) => p && mat.name.includes(p.replace(/^transformer\./, '').replace(/\.weight$/, '')))) return null;
   if (policy.method === 'int8') return 'int8';
   if (policy.method === 'quant' || policy.method === 'gptq') return 'quant';
-  if (policy.budget) return Math.max(1, Math.min(k, Math.floor(policy.budget * mat.m * mat.n / (mat.m + mat.n + 1))));
+  if (policy.budget) return Math.max(1, Math.min(k, Math.floor(paramsFraction(policy) * mat.m * mat.n / (mat.m + mat.n + 1))));
   if (policy.energy) return Math.max(1, Math.round(k * policy.energy * 0.5));
   const rule = (policy.rank_for || []).find((r) => mat.name.includes(r.pattern));
   return Math.min(k, rule ? rule.rank : policy.rank);
+}
+
+/** The fraction of the linear parameters a budget keeps, roughly: a budget in bits per parameter over the bits a factor
+ * value takes (INT8 with its scales, INT4 in groups with theirs, f32). */
+function paramsFraction(policy) {
+  if (policy.budget_unit !== 'bits') return policy.budget;
+  const per = policy.quant_bits === 8 ? 8 : policy.quant_bits === 4 ? 4 + 16 / (policy.group || 64) : 32;
+  return Math.min(1, policy.budget / per);
 }
 
 /** Operations per token of a model's linear layers and head under `policy` (null: the original). */

@@ -12,11 +12,13 @@ function sweepSettings() {
   const recipes = [.../** @type {NodeListOf<HTMLInputElement>} */ (document.querySelectorAll('#sweep-recipes input:checked'))].map((i) => i.value);
   if (!recipes.length) throw new Error('the sweep needs at least one method: tick one');
   const budgets = $('sweep-budgets').value.split(',').map((x) => x.trim()).filter(Boolean).map(Number);
-  if (!budgets.length || budgets.some((b) => !(b > 0 && b <= 1))) throw new Error(`sweep budgets "${$('sweep-budgets').value}" must be fractions in (0, 1], comma-separated`);
+  const unit = $('sweep-budget-unit').value;
+  const top = unit === 'bits' ? 32 : 1;
+  if (!budgets.length || budgets.some((b) => !(b > 0 && b <= top))) throw new Error(`sweep budgets "${$('sweep-budgets').value}" must be ${unit === 'bits' ? 'bits per parameter in (0, 32]' : 'fractions in (0, 1]'}, comma-separated`);
   const tokens = Number($('sweep-tokens').value);
   if (!(Number.isInteger(tokens) && tokens >= 2)) throw new Error('the sweep measures at least 2 tokens');
   // the form's storage and calibration; each recipe brings its method and allocation, each point its budget
-  const base = { ...policyFromForm(), skip: [], rank_for: [], energy: null, budget: null };
+  const base = { ...policyFromForm(), skip: [], rank_for: [], energy: null, budget: null, budget_unit: unit };
   return { recipes, budgets, base, evalTokens: tokens };
 }
 

@@ -38,6 +38,7 @@ export function applyPreset(name) {
     $('energy').value = o.energy ?? '';
     $('budget').value = o.budget ?? '';
     $('budget-mode').value = o.budgetMode || 'energy';
+    $('budget-unit').value = o.budgetUnit || 'params';
     $('refine-steps').value = o.refineSteps ?? 0;
     $('bits').value = String(o.bits ?? 4);
     $('group').value = o.group ?? 64;
@@ -81,6 +82,7 @@ export function policyFromForm() {
     energy: num('energy'),
     budget: num('budget'),
     budget_mode: $('budget-mode').value,
+    budget_unit: $('budget-unit').value,
     break_even_guard: $('guard').checked,
     allocation_check: $('allocation-check').checked,
     refine_steps: refineSteps(),
@@ -181,7 +183,7 @@ export function describePolicy(p) {
   }
   const aware = { whitened: 'activation-aware, ', refit: 'activation-aware + refit, ' }[p.method] || '';
   p = { rank_for: [], skip: [], ...p };
-  const parts = [p.budget ? `budget ${p.budget} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
+  const parts = [p.budget ? `budget ${p.budget}${p.budget_unit === 'bits' ? ' bits per parameter' : ''} (${p.budget_mode})` : p.energy ? `energy ${p.energy}` : `rank ${p.rank}`];
   if (p.rank_for.length) parts.push(p.rank_for.map((r) => `${r.pattern}=${r.rank}`).join(' '));
   if (p.skip.length) parts.push(`skip ${p.skip.join(' ')}`);
   parts.push(p.quant_bits === 8 ? p.quant : p.quant_bits === 4 ? `INT4 factors in groups of ${p.group}` : 'f32 factors');
@@ -196,7 +198,7 @@ export function samplingParams() {
 }
 
 // The form's fields, by id: what a link (the URL's hash) and the report carry.
-const FIELDS = ['preset', 'method', 'rank', 'quant', 'bits', 'group', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-mode',
+const FIELDS = ['preset', 'method', 'rank', 'quant', 'bits', 'group', 'min-dim', 'skip', 'rank-for', 'energy', 'budget', 'budget-unit', 'budget-mode',
   'guard', 'allocation-check', 'refine-steps', 'calibration-tokens', 'eval-tokens', 'eval-window', 'eval-skip', 'target-metric', 'target-value', 'target-tolerance',
   'prompt', 'max-new-tokens', 'temperature', 'top-k', 'top-p', 'seed', 'stop-at-eos'];
 

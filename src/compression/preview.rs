@@ -5,7 +5,7 @@
 //! The bytes are the ones [`crate::compression::pipeline`] stores (INT8 codes and scales, or f32 factors, or the
 //! matrix as stored), so a preview of a fixed-rank policy equals the compression's layer reports (tests/session.rs).
 
-use crate::compression::policy::{BudgetMode, MatrixInfo, Method, Plan, Policy};
+use crate::compression::policy::{BudgetMode, BudgetUnit, MatrixInfo, Method, Plan, Policy};
 use crate::Result;
 use serde::Serialize;
 
@@ -58,8 +58,9 @@ fn ranks_from_shapes(policy: &Policy) -> bool {
 }
 
 /// What `policy` does to `mats` of a checkpoint holding `tensor_bytes` bytes of tensors.
-pub fn preview(policy: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Result<Preview> {
-    policy.validate()?;
+pub fn preview(given: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Result<Preview> {
+    given.validate()?;
+    let policy = &given.resolved(mats);
     let fixed = ranks_from_shapes(policy);
     let plans: Vec<Option<Plan>> = if fixed {
         policy.plan(mats, &[])?.into_iter().map(Some).collect()
@@ -106,11 +107,15 @@ pub fn preview(policy: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Resul
     let bytes_untouched = tensor_bytes.saturating_sub(linear_bytes_before);
     let layers_compressed = matrices.iter().filter(|(p, _)| p.decision != "dense").count();
     let decided_when_run = (!fixed).then(|| match (policy.budget, policy.energy) {
-        (Some(b), _) => format!(
-            "ranks are chosen when it runs, from {} ({}): at most {:.1}% of the linear parameters are kept",
+        (Some(_), _) => format!(
+            "ranks are chosen when it runs, from {} ({}): {}",
             if policy.budget_mode == BudgetMode::Loss { "the measured loss per byte" } else { "the spectra's energy" },
             if policy.method.is_activation_aware() { "whitened on the calibration text" } else { "of the weights" },
-            100.0 * b
+            match (given.budget_unit, given.budget.unwrap_or(1.0)) {
+                (BudgetUnit::Params, b) => format!("at most {:.1}% of the linear parameters are kept", 100.0 * b),
+                (BudgetUnit::Bytes, b) => format!("at most {:.1}% of the linear layers' bytes are stored", 100.0 * b),
+                (BudgetUnit::Bits, b) => format!("at most {b} bits per linear parameter are stored"),
+            }
         ),
         (None, Some(e)) => {
             format!(

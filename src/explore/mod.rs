@@ -10,7 +10,7 @@
 use crate::compression::driver::compress_checkpoint;
 use crate::compression::matrix::{totals, CompressionTotals, StepInfo};
 use crate::compression::pipeline::{Compressed, Compressor};
-use crate::compression::policy::{BudgetMode, Method, Policy, RankRule};
+use crate::compression::policy::{BudgetMode, BudgetUnit, Method, Policy, RankRule};
 use crate::compression::sensitivity::{Damage, Probe};
 use crate::compression::source::{considered_matrices, reader};
 use crate::evaluation::metrics::{EvalReport, Evaluator};
@@ -300,6 +300,13 @@ impl TargetSearch {
     pub fn new(base: &Policy, target: Target, tolerance: f64) -> Result<Self> {
         if !base.method.is_svd() {
             return Err(Error::Policy("a quality target searches a budget: choose an SVD method, not int8".into()));
+        }
+        if base.budget_unit == BudgetUnit::Bits {
+            return Err(Error::Policy(
+                "a quality target searches a fraction of the parameters or bytes, not bits per parameter: budget unit \
+                 params or bytes"
+                    .into(),
+            ));
         }
         match target {
             Target::Cosine(t) if !(t > 0.0 && t <= 1.0) => {

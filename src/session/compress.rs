@@ -122,9 +122,14 @@ impl Session {
             self.memory.check(what, bytes, 0.9, "use fewer sensitivity tokens")?;
             if p.checks_allocation() {
                 // the mode's ranks and the same fraction of each matrix, both factored before either is kept: each
-                // about the budget's share of the considered matrices, a byte per INT8 code or four per f32 entry
+                // about the budget's share of the considered matrices, a byte per INT8 code, 4.25 bits per INT4 code
+                // in groups of 64 or more, four bytes per f32 entry
                 let params: usize = c.mats.iter().filter(|m| !m.tied).map(|m| m.params()).sum();
-                let per = if p.quant_bits == 8 { 1.0 } else { 4.0 };
+                let per = match p.quant_bits {
+                    8 => 1.0,
+                    4 => 0.55,
+                    _ => 4.0,
+                };
                 let alt = 2.0 * p.budget.unwrap_or(1.0) * params as f64 * per;
                 self.memory.check(
                     "the allocation check's two sets of factors",

@@ -351,6 +351,23 @@ try {
     await page.selectOption('#quant', 'per-row');
   }
 
+  step('a budget in bits per parameter (plain SVD, 2 bits, energy allocation): at most 2 bits a parameter stored, the CLI\'s --budget-bits 2 gives the same ranks and figures');
+  {
+    await newMethod('svd', '2', 'energy', 256);
+    await page.selectOption('#budget-unit', 'bits');
+    assert.equal(await clickJob('#compress', ['done', 'error'], 900000), 'done', await errorText());
+    const bits = Number(/([0-9.]+) bits per parameter/.exec(await page.textContent('#summary-note'))[1]);
+    assert.ok(bits <= 2 && bits > 1.8, `bits per parameter ${bits}`);
+    const dir = path.join(tmp, 'bits-budget');
+    execFileSync(SLC, ['compress', '--input-dir', DEMO, '--output-dir', dir, '--budget-bits', '2', '--budget-mode', 'energy'], { stdio: 'ignore' });
+    await sameRanks(dir);
+    const want = cliEval(dir, 0);
+    const got = await summary();
+    sameAsCli(got, want, 'bits-budget');
+    console.log(`  2 bits a parameter: ${bits} stored, cosine ${got.cosine} (CLI ${want.cosine.toFixed(4)})`);
+    await page.selectOption('#budget-unit', 'params');
+  }
+
   // The refit solves each matrix on the inputs the already-refitted blocks give it, so wasm's and native rounding
   // compound block after block. With fewer calibration tokens than c_proj's 1024 inputs its least squares is
   // underdetermined and the two drift apart (256 tokens: the same ranks, errors equal to 4 digits, logits cosine

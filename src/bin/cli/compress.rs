@@ -56,11 +56,15 @@ pub(super) struct CompressArgs {
     /// Smallest rank keeping this fraction of each matrix's squared Frobenius norm.
     #[arg(long)]
     energy: Option<f64>,
-    /// Keep this fraction of the considered matrices' parameters (or bytes, --budget-unit bytes).
+    /// Keep this fraction of the considered matrices' parameters (or bytes, --budget-unit bytes; or, --budget-unit
+    /// bits, store this many bits per linear parameter).
     #[arg(long)]
     budget: Option<f64>,
     #[arg(long = "budget-unit", alias = "budget_unit", value_enum, default_value_t = BudgetUnit::Params)]
     budget_unit: BudgetUnit,
+    /// Store at most this many bits per linear parameter (codes, scales, factors): --budget B --budget-unit bits.
+    #[arg(long = "budget-bits", conflicts_with_all = ["budget", "budget_unit"])]
+    budget_bits: Option<f64>,
     /// energy (global, by normalised singular-value energy), uniform (one rank), proportional (the same fraction
     /// each) or loss; with activation-aware factors checked against proportional (see --no-allocation-check).
     #[arg(long = "budget-mode", alias = "budget_mode", value_enum, default_value_t = BudgetMode::Energy)]
@@ -160,8 +164,8 @@ impl CompressArgs {
             bits: self.bits,
             group: self.group,
             energy: self.energy,
-            budget: self.budget,
-            budget_unit: self.budget_unit,
+            budget: self.budget_bits.or(self.budget),
+            budget_unit: if self.budget_bits.is_some() { BudgetUnit::Bits } else { self.budget_unit },
             budget_mode: self.budget_mode,
             svd: self.svd,
             seed: self.seed,

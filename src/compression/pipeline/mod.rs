@@ -64,6 +64,8 @@ pub struct Compressor {
 impl Compressor {
     pub fn new(policy: Policy, mats: Vec<MatrixInfo>) -> Result<Self> {
         policy.validate()?;
+        // a budget in bits per parameter is the byte budget it means for these matrices
+        let policy = policy.resolved(&mats);
         // what the linear algebra keeps per thread is reserved before `live_at_start`: it is not the model's
         crate::compression::svd::reserve_scratch();
         let n = mats.len();

@@ -21,6 +21,9 @@ impl Policy {
         sensitivity: &[Option<f64>],
     ) -> Result<Vec<Plan>> {
         self.validate()?;
+        if self.budget_unit == BudgetUnit::Bits {
+            return self.resolved(mats).plan_weighted(mats, spectra, sensitivity);
+        }
         let mut plans: Vec<Option<Plan>> =
             mats.iter().map(|m| self.exclusion(m).map(|reason| Plan::Dense { reason })).collect();
         if self.method == Method::Int8 {
@@ -85,6 +88,9 @@ impl Policy {
         sensitivity: &[Option<f64>],
         fixed: &[Option<Plan>],
     ) -> Result<Vec<Plan>> {
+        if self.budget_unit == BudgetUnit::Bits {
+            return self.resolved(mats).replan(mats, spectra, sensitivity, fixed);
+        }
         let Some(fraction) = self.budget else { return self.plan_weighted(mats, spectra, sensitivity) };
         let candidates: Vec<usize> = (0..mats.len()).filter(|&i| self.exclusion(&mats[i]).is_none()).collect();
         let total: f64 = candidates.iter().map(|&i| self.dense_cost(&mats[i])).sum();
@@ -131,7 +137,7 @@ impl Policy {
     fn cost(&self, m: &MatrixInfo, r: usize) -> f64 {
         match self.budget_unit {
             BudgetUnit::Params => (r * (m.out + m.inp + 1)) as f64,
-            BudgetUnit::Bytes => self.low_rank_bytes(m.out, m.inp, r) as f64,
+            BudgetUnit::Bytes | BudgetUnit::Bits => self.low_rank_bytes(m.out, m.inp, r) as f64,
         }
     }
     /// [`Policy::cost`] of rank r, or the dense cost where the break-even guard keeps the matrix dense at that rank.
@@ -149,7 +155,7 @@ impl Policy {
     fn dense_cost(&self, m: &MatrixInfo) -> f64 {
         match self.budget_unit {
             BudgetUnit::Params => m.params() as f64,
-            BudgetUnit::Bytes => m.dense_bytes() as f64,
+            BudgetUnit::Bytes | BudgetUnit::Bits => m.dense_bytes() as f64,
         }
     }
 
@@ -249,7 +255,7 @@ impl Policy {
         start: &[usize],
     ) -> Vec<Alloc> {
         let int8_ceiling =
-            self.budget_mode == BudgetMode::Loss && self.budget_unit == BudgetUnit::Bytes && self.quant_bits == 8;
+            self.budget_mode == BudgetMode::Loss && self.budget_unit != BudgetUnit::Params && self.quant_bits == 8;
         let ceiling = |m: &MatrixInfo| -> (f64, Alloc) {
             let dense = self.dense_cost(m);
             let int8 = self.int8_bytes(m.out, m.inp) as f64;

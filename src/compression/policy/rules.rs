@@ -80,9 +80,15 @@ impl BudgetMode {
 #[serde(rename_all = "kebab-case")]
 #[cfg_attr(not(target_arch = "wasm32"), derive(clap::ValueEnum))]
 pub enum BudgetUnit {
+    /// A fraction of the linear parameters.
     #[default]
     Params,
+    /// A fraction of the linear layers' bytes as stored in the checkpoint.
     Bytes,
+    /// Bits per linear parameter as stored after compression (0 to 32): codes, scales and factors, as the summaries
+    /// count them. Spent as a byte budget of `bits / 8` bytes per parameter of the matrices it spreads over
+    /// ([`Policy::resolved`]).
+    Bits,
 }
 
 /// A rank for the matrices whose name contains `pattern`.
@@ -292,7 +298,11 @@ impl Policy {
             }
         }
         if let Some(b) = self.budget {
-            if !(b > 0.0 && b <= 1.0) {
+            if self.budget_unit == BudgetUnit::Bits {
+                if !(b > 0.0 && b <= 32.0) {
+                    return Err(Error::Policy(format!("budget {b} bits per parameter must be in (0, 32]")));
+                }
+            } else if !(b > 0.0 && b <= 1.0) {
                 return Err(Error::Policy(format!("budget {b} must be in (0, 1]")));
             }
         }
@@ -379,6 +389,18 @@ impl Policy {
     /// compares with).
     pub fn proportional(&self) -> Self {
         Self { budget_mode: BudgetMode::Proportional, ..self.clone() }
+    }
+
+    /// The policy with a budget in bits per parameter ([`BudgetUnit::Bits`]) as the byte budget it means for `mats`:
+    /// `bits / 8` bytes per parameter of the matrices it spreads over (those no exclusion keeps dense), as a fraction
+    /// of their stored bytes (at most all of them). Other policies as they are.
+    pub fn resolved(&self, mats: &[MatrixInfo]) -> Policy {
+        let (BudgetUnit::Bits, Some(bits)) = (self.budget_unit, self.budget) else { return self.clone() };
+        let spread = || mats.iter().filter(|m| self.exclusion(m).is_none());
+        let params: f64 = spread().map(|m| m.params() as f64).sum();
+        let bytes: f64 = spread().map(|m| m.dense_bytes() as f64).sum();
+        let fraction = if bytes > 0.0 { (bits / 8.0 * params / bytes).min(1.0) } else { 1.0 };
+        Policy { budget_unit: BudgetUnit::Bytes, budget: Some(fraction), ..self.clone() }
     }
 
     /// The fraction of its parameters each matrix keeps when its sensitivity is probed.

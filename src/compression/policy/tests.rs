@@ -158,6 +158,53 @@ fn byte_budgets_count_stored_bytes() {
     assert!(with(4) * 10 > 17 * with(8), "INT4 rank {} vs INT8 rank {}", with(4), with(8));
 }
 
+/// A budget in bits per parameter stores at most that many bits per linear parameter, whatever the factors' storage
+/// and the spread, and spends most of it; a bits budget is a byte budget of bits / 8 per parameter.
+#[test]
+fn bit_budgets_store_at_most_their_bits_per_parameter() {
+    let (mats, spectra) = zoo();
+    let params: usize = mats.iter().map(|m| m.params()).sum();
+    for mode in [BudgetMode::Energy, BudgetMode::Uniform, BudgetMode::Proportional] {
+        for quant_bits in [8, 4] {
+            for bits in [1.0, 2.5] {
+                let p = Policy {
+                    budget: Some(bits),
+                    budget_unit: BudgetUnit::Bits,
+                    budget_mode: mode,
+                    quant_bits,
+                    break_even_guard: false,
+                    ..Default::default()
+                };
+                let plans = p.plan(&mats, &spectra).unwrap();
+                let bytes: usize = mats
+                    .iter()
+                    .zip(&plans)
+                    .map(|(m, pl)| match pl {
+                        Plan::LowRank { rank } => p.low_rank_bytes(m.out, m.inp, *rank),
+                        _ => m.dense_bytes(),
+                    })
+                    .sum();
+                let got = 8.0 * bytes as f64 / params as f64;
+                assert!(got <= bits && got >= 0.7 * bits, "{mode:?}, {quant_bits}-bit factors: {got} bits for {bits}");
+                let as_bytes = Policy {
+                    budget: Some(
+                        bits / 8.0 * params as f64 / mats.iter().map(|m| m.dense_bytes()).sum::<usize>() as f64,
+                    ),
+                    budget_unit: BudgetUnit::Bytes,
+                    ..p.clone()
+                };
+                assert_eq!(
+                    plans,
+                    as_bytes.plan(&mats, &spectra).unwrap(),
+                    "{mode:?}: the same plans as its byte budget"
+                );
+            }
+        }
+    }
+    let over = Policy { budget: Some(33.0), budget_unit: BudgetUnit::Bits, ..Default::default() };
+    assert!(over.validate().unwrap_err().to_string().contains("bits per parameter"));
+}
+
 #[test]
 fn loss_allocation_spends_the_budget_where_the_loss_is() {
     let (mats, spectra) = zoo();
