@@ -6,7 +6,7 @@
 use safetensors::tensor::{Dtype, TensorView};
 use semantic_llm_compressor::compression::driver::compress_checkpoint;
 use semantic_llm_compressor::compression::format::Export;
-use semantic_llm_compressor::compression::policy::{Method, Policy};
+use semantic_llm_compressor::compression::policy::{BudgetUnit, Method, Policy};
 use semantic_llm_compressor::model::bundle::ModelBundle;
 use semantic_llm_compressor::model::checkpoint::{Checkpoint, MemSource, SafetensorsFile};
 use semantic_llm_compressor::session::{MemoryBudget, ModelFiles, Session};
@@ -311,7 +311,12 @@ fn policy_values_out_of_range_name_the_setting() {
         (Policy { budget: Some(f64::NAN), ..Default::default() }, &["budget NaN", "(0, 1]"]),
         (Policy { energy: Some(0.0), ..Default::default() }, &["invalid setting: ", "energy 0", "(0, 1]"]),
         (Policy { energy: Some(1.2), ..Default::default() }, &["energy 1.2", "(0, 1]"]),
-        (Policy { quant_bits: 4, ..Default::default() }, &["invalid setting: ", "quant_bits is 4"]),
+        (Policy { quant_bits: 5, ..Default::default() }, &["invalid setting: ", "quant_bits is 5"]),
+        (Policy { quant_bits: 4, group: 3, ..Default::default() }, &["invalid setting: ", "group is 3"]),
+        (
+            Policy { budget: Some(40.0), budget_unit: BudgetUnit::Bits, ..Default::default() },
+            &["budget 40 bits per parameter", "(0, 32]"],
+        ),
     ] {
         has(&p.validate().unwrap_err().to_string(), needles);
     }
