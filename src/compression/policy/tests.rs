@@ -115,6 +115,17 @@ fn proportional_budget_is_one_fraction_of_each_matrix() {
     assert_ne!(r[0], r[1], "different shapes get different ranks");
 }
 
+/// Bytes `plans` store under `p`: low-rank factors as `p` stores them, anything else as the checkpoint does.
+fn stored_bytes(p: &Policy, mats: &[MatrixInfo], plans: &[Plan]) -> usize {
+    mats.iter()
+        .zip(plans)
+        .map(|(m, pl)| match pl {
+            Plan::LowRank { rank } => p.low_rank_bytes(m.out, m.inp, *rank),
+            _ => m.dense_bytes(),
+        })
+        .sum()
+}
+
 #[test]
 fn byte_budgets_count_stored_bytes() {
     let (mats, spectra) = zoo();
@@ -130,14 +141,7 @@ fn byte_budgets_count_stored_bytes() {
                 ..Default::default()
             };
             let plans = p.plan(&mats, &spectra).unwrap();
-            let bytes: usize = mats
-                .iter()
-                .zip(&plans)
-                .map(|(m, pl)| match pl {
-                    Plan::LowRank { rank } => p.low_rank_bytes(m.out, m.inp, *rank),
-                    _ => m.dense_bytes(),
-                })
-                .sum();
+            let bytes = stored_bytes(&p, &mats, &plans);
             assert!(bytes as f64 <= 0.3 * dense as f64, "{mode:?}, {quant_bits} bits: {bytes} of {dense} B");
             assert!(bytes as f64 >= 0.2 * dense as f64, "{mode:?}, {quant_bits} bits: {bytes} B leaves budget unused");
         }
@@ -176,14 +180,7 @@ fn bit_budgets_store_at_most_their_bits_per_parameter() {
                     ..Default::default()
                 };
                 let plans = p.plan(&mats, &spectra).unwrap();
-                let bytes: usize = mats
-                    .iter()
-                    .zip(&plans)
-                    .map(|(m, pl)| match pl {
-                        Plan::LowRank { rank } => p.low_rank_bytes(m.out, m.inp, *rank),
-                        _ => m.dense_bytes(),
-                    })
-                    .sum();
+                let bytes = stored_bytes(&p, &mats, &plans);
                 let got = 8.0 * bytes as f64 / params as f64;
                 assert!(got <= bits && got >= 0.7 * bits, "{mode:?}, {quant_bits}-bit factors: {got} bits for {bits}");
                 let as_bytes = Policy {
