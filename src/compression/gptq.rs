@@ -12,6 +12,26 @@ use crate::{Error, Result};
 use faer::linalg::solvers::DenseSolveCore;
 use faer::Mat;
 
+/// `tr(ΔW (G + λI) ΔWᵀ)` for `ΔW = W − Q` (`w` row-major `m × n`, `q` its codes, `gram` the inputs' mean Gram
+/// matrix, λ as [`gptq`] and the whitened SVD damp it): the error on the damped calibration statistics, in the units
+/// of the whitened spectrum's tail.
+pub fn code_error(w: &[f32], q: &GMat, gram: &[f64], damp: f64) -> f64 {
+    let (m, n) = (q.rows, q.cols);
+    let mut deq = vec![0f32; m * n];
+    q.rows_f32(0, m, &mut deq);
+    let lambda = crate::compression::svd::damping(gram, n, damp);
+    let d = Mat::from_fn(m, n, |i, j| w[i * n + j] as f64 - deq[i * n + j] as f64);
+    let g = faer::MatRef::from_row_major_slice(gram, n, n);
+    let dg = &d * g;
+    let mut e = 0f64;
+    for j in 0..n {
+        for i in 0..m {
+            e += d[(i, j)] * (dg[(i, j)] + lambda * d[(i, j)]);
+        }
+    }
+    e.max(0.0)
+}
+
 /// Columns updated together before the rest of the matrix is (a multiple of the group size, so a group never spans
 /// two blocks).
 const BLOCK: usize = 128;

@@ -49,6 +49,9 @@ pub struct Preview {
 
 /// Whether `policy` fixes every rank from the matrices' shapes (no spectrum needed).
 fn ranks_from_shapes(policy: &Policy) -> bool {
+    if policy.method == Method::Auto {
+        return false;
+    }
     policy.method == Method::Int8
         || policy.method.is_grouped()
         || match policy.budget {
@@ -108,8 +111,17 @@ pub fn preview(given: &Policy, mats: &[MatrixInfo], tensor_bytes: u64) -> Result
     let layers_compressed = matrices.iter().filter(|(p, _)| p.decision != "dense").count();
     let decided_when_run = (!fixed).then(|| match (policy.budget, policy.energy) {
         (Some(_), _) => format!(
-            "ranks are chosen when it runs, from {} ({}): {}",
-            if policy.budget_mode == BudgetMode::Loss { "the measured loss per byte" } else { "the spectra's energy" },
+            "{} chosen when it runs, from {} ({}): {}",
+            if policy.method == Method::Auto {
+                "each matrix's storage (factors, codes of 2 to 8 bits, or dense) is"
+            } else {
+                "ranks are"
+            },
+            if policy.budget_mode == BudgetMode::Loss || policy.method == Method::Auto {
+                "the measured loss per byte"
+            } else {
+                "the spectra's energy"
+            },
             if policy.method.is_activation_aware() { "whitened on the calibration text" } else { "of the weights" },
             match (given.budget_unit, given.budget.unwrap_or(1.0)) {
                 (BudgetUnit::Params, b) => format!("at most {:.1}% of the linear parameters are kept", 100.0 * b),

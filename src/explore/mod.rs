@@ -40,19 +40,32 @@ pub struct Recipe {
 }
 
 impl Recipe {
-    /// `METHOD-MODE` (e.g. `whitened-loss`), `int8` (dense INT8, no budget), or `quantB-gG` / `gptqB-gG` (group-wise
-    /// codes of B bits in groups of G, round-to-nearest or GPTQ; no budget).
+    /// `METHOD-MODE` (e.g. `whitened-loss`), `int8` (dense INT8, no budget), `quantB-gG` / `gptqB-gG` (group-wise
+    /// codes of B bits in groups of G, round-to-nearest or GPTQ; no budget), or `auto` / `auto-gG` (each matrix's
+    /// storage chosen within the budget, codes in groups of G, 64 by default).
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || {
             Error::Policy(format!(
                 "\"{s}\" is not METHOD-MODE (methods svd, whitened, refit; modes energy, uniform, proportional, loss), \
-                 int8, or quantB-gG / gptqB-gG (group-wise codes of B bits in groups of G, e.g. gptq4-g64)"
+                 int8, quantB-gG / gptqB-gG (group-wise codes of B bits in groups of G, e.g. gptq4-g64), or auto / \
+                 auto-gG"
             ))
         };
         let s = s.trim();
         let fixed = |method| Self { method, mode: BudgetMode::Proportional, bits: 8, group: 64 };
         if s == "int8" {
             return Ok(fixed(Method::Int8));
+        }
+        if let Some(rest) = s.strip_prefix("auto") {
+            let group = match rest.strip_prefix("-g") {
+                Some(g) => g.parse().map_err(|_| bad())?,
+                None if rest.is_empty() => 64,
+                None => return Err(bad()),
+            };
+            let r = Self { group, ..fixed(Method::Auto) };
+            r.policy(&Policy { budget_unit: crate::compression::policy::BudgetUnit::Bits, ..Policy::default() }, 4.0)
+                .validate()?;
+            return Ok(r);
         }
         for (prefix, method) in [("quant", Method::Quant), ("gptq", Method::Gptq)] {
             if let Some(rest) = s.strip_prefix(prefix) {
@@ -89,7 +102,7 @@ impl Recipe {
 
     /// Whether its size is a budget's (factorizations), not fixed by the shapes (INT8, group-wise codes).
     pub fn takes_budget(&self) -> bool {
-        self.method.is_svd()
+        self.method.is_svd() || self.method == Method::Auto
     }
 
     pub fn label(&self) -> String {
@@ -97,6 +110,7 @@ impl Recipe {
             Method::Int8 => return "int8".into(),
             Method::Quant => return format!("quant{}-g{}", self.bits, self.group),
             Method::Gptq => return format!("gptq{}-g{}", self.bits, self.group),
+            Method::Auto => return format!("auto-g{}", self.group),
             Method::Svd | Method::Whitened | Method::Refit => {}
         }
         let j = |v: serde_json::Result<serde_json::Value>| v.ok().and_then(|v| v.as_str().map(String::from));
@@ -117,6 +131,10 @@ impl Recipe {
         }
         if self.method.is_grouped() {
             (p.bits, p.group) = (self.bits, self.group);
+        }
+        if self.method == Method::Auto {
+            // its size is the budget alone
+            (p.group, p.energy) = (self.group, None);
         }
         if self.method != Method::Refit {
             p.refine_steps = 0;

@@ -12,11 +12,19 @@ fn recipes_parse_label_and_set_their_policy() {
     assert_eq!((p.method, p.bits, p.group, p.budget, p.energy), (Method::Gptq, 3, 128, None, None));
     p.validate().unwrap();
     assert_eq!(policy_label(&p), "gptq3-g128");
+    // method auto takes the sweep's budget (in bits or bytes) and its group
+    assert_eq!(Recipe::parse("auto").unwrap().label(), "auto-g64");
+    let a = Recipe::parse("auto-g128").unwrap();
+    assert!(a.takes_budget());
+    let bits = Policy { budget_unit: crate::compression::policy::BudgetUnit::Bits, ..base.clone() };
+    let p = a.policy(&bits, 2.5);
+    assert_eq!((p.method, p.group, p.budget, p.energy), (Method::Auto, 128, Some(2.5), None));
+    p.validate().unwrap();
     let w = Recipe::parse("whitened-loss").unwrap();
     assert!(w.takes_budget());
     assert_eq!(w.policy(&base, 0.3).budget, Some(0.3));
     // what a policy could not hold is refused with the recipe's words
-    for bad in ["quant5-g64", "gptq4-g2", "quant4", "quant4-gx", "int4", "svd-bits"] {
+    for bad in ["quant5-g64", "gptq4-g2", "quant4", "quant4-gx", "int4", "svd-bits", "auto-g2", "autox"] {
         let e = Recipe::parse(bad).unwrap_err().to_string();
         assert!(e.contains("bits") || e.contains("group") || e.contains(bad), "{bad}: {e}");
     }

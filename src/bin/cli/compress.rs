@@ -40,8 +40,9 @@ pub(super) struct CompressArgs {
     #[arg(long, value_enum, default_value_t = QuantScheme::PerRow)]
     quant: QuantScheme,
     /// svd (low rank), whitened (activation-aware SVD from --calibration-text), refit, int8 (dense INT8, no SVD),
-    /// quant (dense group-wise codes of --bits bits, round-to-nearest) or gptq (the same codes by GPTQ on
-    /// --calibration-text).
+    /// quant (dense group-wise codes of --bits bits, round-to-nearest), gptq (the same codes by GPTQ on
+    /// --calibration-text) or auto (each matrix's storage — activation-aware factors at a rank, GPTQ codes of 2, 3, 4
+    /// or 8 bits in groups of --group, or dense — chosen within --budget-bits by its measured damage per byte).
     #[arg(long, value_enum, default_value_t = Method::Svd)]
     method: Method,
     /// Methods quant and gptq: bits a code takes (2, 3, 4 or 8).

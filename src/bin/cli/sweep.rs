@@ -51,7 +51,8 @@ pub(super) struct SweepArgs {
     text: PathBuf,
     /// METHOD-MODE recipes (methods svd, whitened, refit; modes energy, uniform, proportional, loss), int8, or
     /// group-wise codes quantB-gG (round-to-nearest) and gptqB-gG (GPTQ) of B bits in groups of G; those three are
-    /// measured once, at the size their shapes fix.
+    /// measured once, at the size their shapes fix; auto or auto-gG (each matrix's storage chosen within each budget,
+    /// which must then be in bits or bytes: --budget-unit).
     #[arg(
         long,
         value_delimiter = ',',
@@ -59,7 +60,8 @@ pub(super) struct SweepArgs {
                          quant4-g64,quant3-g64,quant2-g32,gptq4-g64,gptq3-g64,gptq2-g64"
     )]
     recipes: Vec<String>,
-    /// Fractions of the linear parameters (or bytes, --budget-unit bytes) kept.
+    /// Fractions of the linear parameters (or bytes, --budget-unit bytes) kept, or bits per linear parameter
+    /// (--budget-unit bits).
     #[arg(long, value_delimiter = ',', default_value = "0.1,0.2,0.35,0.5")]
     budgets: Vec<f64>,
     #[arg(long = "budget-unit", value_enum, default_value_t = BudgetUnit::Params)]

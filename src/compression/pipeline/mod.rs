@@ -5,7 +5,9 @@
 //! range, so a page can show progress, stop between matrices, and never hold the dense model twice. Beside it:
 //! `share` (matrices handed to helpers, earlier results reused) and `check` (the allocation check).
 
+use crate::compression::gptq::{code_error, gptq};
 use crate::compression::matrix::{factors, FactorJob, Factored, LayerReport, ProbeReport, StepInfo};
+use crate::compression::policy::auto::Measured;
 use crate::compression::policy::{MatrixInfo, Method, Plan, Policy};
 use crate::compression::refit::{Refit, RefitTarget, MATRICES_PER_BLOCK};
 use crate::compression::sensitivity::{Damage, Probe};
@@ -46,6 +48,8 @@ pub struct Compressor {
     /// The loss allocation's single-matrix probe, and what it measured per matrix.
     probe: Option<Probe>,
     probes: Vec<Option<ProbeReport>>,
+    /// Method auto: the error of each matrix's GPTQ codes at every width (bits, error), measured with its probe.
+    codes: Vec<Vec<(u8, f64)>>,
     /// Method refit: the block matrices have been refitted (by [`crate::compression::refit`]).
     refitted: bool,
     /// The allocation check ([`Policy::checks_allocation`]): the same fraction of each matrix, planned and factored
@@ -82,6 +86,7 @@ impl Compressor {
             grams: HashMap::new(),
             probe: None,
             probes: vec![None; n],
+            codes: vec![Vec::new(); n],
             refitted: false,
             alt_plans: Vec::new(),
             checked: Vec::new(),
@@ -195,7 +200,17 @@ impl Compressor {
 
     fn start_factoring(&mut self) -> Result<()> {
         let sensitivity = self.sensitivities();
-        self.plans = self.policy.plan_weighted(&self.mats, &self.spectra, &sensitivity)?;
+        self.plans = if self.policy.method == Method::Auto {
+            let measured: Vec<Option<Measured>> = self
+                .spectra
+                .iter()
+                .zip(&self.codes)
+                .map(|(s, c)| s.as_ref().map(|s| Measured { spectrum: s.clone(), codes: c.clone() }))
+                .collect();
+            self.policy.plan_auto(&self.mats, &measured, &sensitivity)?
+        } else {
+            self.policy.plan_weighted(&self.mats, &self.spectra, &sensitivity)?
+        };
         if self.policy.checks_allocation() {
             self.alt_plans = self.policy.proportional().plan(&self.mats, &self.spectra)?;
             self.checked = vec![None; self.mats.len()];
@@ -226,6 +241,9 @@ impl Compressor {
         let s = if self.policy.needs_sensitivity() {
             let (s, probe) = self.probe_matrix(i, &w)?;
             self.probes[i] = probe;
+            if self.policy.method == Method::Auto {
+                self.codes[i] = self.code_errors(i, &w)?;
+            }
             s
         } else {
             svd::singular_values(&w, m.out, m.inp).map_err(|e| Error::tensor(&m.name, e.to_string()))?
@@ -313,6 +331,24 @@ impl Compressor {
         Ok((all, Some(ProbeReport { rank, damage, error, sensitivity })))
     }
 
+    /// Method auto's look at matrix `i`'s group-wise codes: the error GPTQ's codes leave at every width, in the
+    /// whitened spectrum's units.
+    fn code_errors(&self, i: usize, w: &[f32]) -> Result<Vec<(u8, f64)>> {
+        let m = &self.mats[i];
+        let tag = |e: Error| Error::tensor(&m.name, e.to_string());
+        let gram = self
+            .grams
+            .get(&m.name)
+            .map(|g| g.mean())
+            .ok_or_else(|| Error::tensor(&m.name, "has no calibration statistics: calibrate before method auto"))?;
+        let mut out = Vec::new();
+        for &bits in crate::model::grouped::BITS.iter() {
+            let q = gptq(w, m.out, m.inp, &gram, bits, self.policy.group, self.policy.damp).map_err(tag)?;
+            out.push((bits, code_error(w, &q, &gram, self.policy.damp)));
+        }
+        Ok(out)
+    }
+
     /// Matrix `i`'s work, to run here or elsewhere (once the plans are made).
     pub fn job(&self, i: usize) -> Result<FactorJob> {
         let plan = self.plans.get(i).cloned().ok_or_else(|| self.no_matrix(i))?;
@@ -336,7 +372,7 @@ impl Compressor {
                     Error::tensor(&m.name, "has no calibration statistics: calibrate before an activation-aware SVD")
                 })?)
             }
-            (Plan::Grouped { .. }, Method::Gptq) => Some(
+            (Plan::Grouped { .. }, Method::Gptq | Method::Auto) => Some(
                 self.grams
                     .get(&m.name)
                     .map(|g| g.mean())

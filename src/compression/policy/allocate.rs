@@ -29,6 +29,12 @@ impl Policy {
         if self.method == Method::Int8 {
             return Ok(plans.into_iter().map(|p| p.unwrap_or(Plan::Int8)).collect());
         }
+        if self.method == Method::Auto {
+            return Err(Error::Policy(
+                "method auto plans from every candidate's measured error: the compression's analysis makes its plans"
+                    .into(),
+            ));
+        }
         if self.method.is_grouped() {
             let grouped = Plan::Grouped { bits: self.bits, group: self.group };
             return Ok(plans.into_iter().map(|p| p.unwrap_or_else(|| grouped.clone())).collect());

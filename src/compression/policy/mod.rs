@@ -4,9 +4,10 @@
 //! and go past them: per-pattern ranks, an energy threshold, a global size budget, and a break-even guard.
 //!
 //! [`rules`]: the settings and what follows from them alone; [`allocate`]: every matrix's plan, budgets spread over
-//! the matrices.
+//! the matrices; [`auto`]: each matrix's method chosen within a byte budget.
 
 mod allocate;
+pub mod auto;
 mod rules;
 
 pub use rules::{BudgetMode, BudgetUnit, FactorStorage, MatrixInfo, Method, Plan, Policy, RankRule};

@@ -26,6 +26,11 @@ pub enum Method {
     Quant,
     /// Group-wise codes as [`Method::Quant`] stores them, chosen by GPTQ's error compensation on calibration text.
     Gptq,
+    /// Each matrix stored the way that costs the model least per byte within a byte budget: activation-aware
+    /// factors at some rank, GPTQ codes of 2, 3, 4 or 8 bits in groups of `group`, or dense; the damage of each
+    /// candidate estimated as the matrix's probed sensitivity times the error it leaves on the calibration inputs
+    /// ([`crate::compression::policy::auto`]).
+    Auto,
 }
 
 impl Method {
@@ -36,7 +41,7 @@ impl Method {
 
     /// Whether the method reads calibration text (activation-aware factors).
     pub fn is_activation_aware(&self) -> bool {
-        matches!(self, Method::Whitened | Method::Refit | Method::Gptq)
+        matches!(self, Method::Whitened | Method::Refit | Method::Gptq | Method::Auto)
     }
 
     /// Whether the method stores the dense weights as group-wise codes.
@@ -269,7 +274,7 @@ impl Policy {
                 self.quant_bits
             )));
         }
-        if self.method.is_grouped() || self.quant_bits == 4 {
+        if self.method.is_grouped() || self.method == Method::Auto || self.quant_bits == 4 {
             if !crate::model::grouped::BITS.contains(&self.bits) {
                 return Err(Error::Policy(format!("bits is {}; group-wise codes have 2, 3, 4 or 8 bits", self.bits)));
             }
@@ -287,6 +292,22 @@ impl Policy {
                     if self.method == Method::Gptq { "gptq" } else { "quant" },
                     self.bits
                 )));
+            }
+        }
+        if self.method == Method::Auto {
+            if self.budget.is_none() || self.energy.is_some() {
+                return Err(Error::Policy(
+                    "method auto chooses each matrix's storage within a size: give a budget in bits per parameter \
+                     (--budget-bits) or bytes, not an energy or ranks"
+                        .into(),
+                ));
+            }
+            if self.budget_unit == BudgetUnit::Params {
+                return Err(Error::Policy(
+                    "method auto weighs codes against factors by the bytes they store: give its budget in bits per \
+                     parameter or in bytes, not in parameters"
+                        .into(),
+                ));
             }
         }
         if self.method == Method::Int8 && self.quant_bits != 8 {
@@ -363,12 +384,14 @@ impl Policy {
 
     /// Whether the spectra of all matrices are needed before ranks can be chosen.
     pub fn needs_spectra(&self) -> bool {
-        self.method.is_svd() && (self.energy.is_some() || self.budget.is_some())
+        (self.method.is_svd() || self.method == Method::Auto) && (self.energy.is_some() || self.budget.is_some())
     }
 
     /// Whether ranks are chosen by loss: the spectra are the whitened ones and each matrix's sensitivity is measured.
     pub fn needs_sensitivity(&self) -> bool {
-        self.method.is_activation_aware() && self.budget.is_some() && self.budget_mode == BudgetMode::Loss
+        self.method.is_activation_aware()
+            && self.budget.is_some()
+            && (self.budget_mode == BudgetMode::Loss || self.method == Method::Auto)
     }
 
     /// Whether the budget's ranks are checked against the same fraction of each matrix ([`Policy::allocation_check`]):
@@ -380,7 +403,7 @@ impl Policy {
         let modes = match self.method {
             Method::Whitened => self.budget_mode != BudgetMode::Proportional,
             Method::Refit => matches!(self.budget_mode, BudgetMode::Energy | BudgetMode::Uniform),
-            Method::Svd | Method::Int8 | Method::Quant | Method::Gptq => false,
+            Method::Svd | Method::Int8 | Method::Quant | Method::Gptq | Method::Auto => false,
         };
         self.allocation_check && self.budget.is_some() && modes
     }

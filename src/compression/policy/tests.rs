@@ -121,7 +121,9 @@ fn stored_bytes(p: &Policy, mats: &[MatrixInfo], plans: &[Plan]) -> usize {
         .zip(plans)
         .map(|(m, pl)| match pl {
             Plan::LowRank { rank } => p.low_rank_bytes(m.out, m.inp, *rank),
-            _ => m.dense_bytes(),
+            &Plan::Grouped { bits, group } => Policy::grouped_bytes(m.out, m.inp, bits, group),
+            Plan::Int8 => p.int8_bytes(m.out, m.inp),
+            Plan::Dense { .. } => m.dense_bytes(),
         })
         .sum()
 }
@@ -284,4 +286,87 @@ fn int8_method_quantizes_what_is_not_excluded() {
     let plans = p.plan(&mats, &[None, None]).unwrap();
     assert_eq!(plans[0], Plan::Int8);
     assert!(matches!(plans[1], Plan::Dense { .. }));
+}
+
+/// Method auto on three 64 × 64 matrices: "a" whose spectrum falls fast (a low rank is nearly exact), "b" flat (only
+/// codes help), "c" flat and a hundred times as sensitive. Measured code errors: each bit fewer quadruples it.
+fn auto_zoo() -> (Vec<MatrixInfo>, Vec<Option<auto::Measured>>, Vec<Option<f64>>) {
+    let mats = vec![mat("a", 64, 64), mat("b", 64, 64), mat("c", 64, 64)];
+    let flat: Vec<f64> = vec![1.0; 64];
+    let fast: Vec<f64> = (0..64).map(|i| (-(i as f64) / 2.0).exp() * 8.0).collect();
+    let codes = |e4: f64| vec![(2u8, 16.0 * e4), (3, 4.0 * e4), (4, e4), (8, e4 / 256.0)];
+    let measured = vec![
+        Some(auto::Measured { spectrum: fast, codes: codes(0.5) }),
+        Some(auto::Measured { spectrum: flat.clone(), codes: codes(0.5) }),
+        Some(auto::Measured { spectrum: flat, codes: codes(0.5) }),
+    ];
+    (mats, measured, vec![Some(1.0), Some(1.0), Some(100.0)])
+}
+
+#[test]
+fn auto_chooses_each_matrix_storage_within_the_budget_near_the_least_damage() {
+    let (mats, measured, sens) = auto_zoo();
+    let params: usize = mats.iter().map(|m| m.params()).sum();
+    for bits in [1.0, 2.5, 3.3, 4.25, 6.0] {
+        let p = Policy {
+            method: Method::Auto,
+            budget: Some(bits),
+            budget_unit: BudgetUnit::Bits,
+            group: 32,
+            ..Default::default()
+        };
+        p.validate().unwrap();
+        let plans = p.plan_auto(&mats, &measured, &sens).unwrap();
+        let stored = stored_bytes(&p, &mats, &plans);
+        assert!(8.0 * stored as f64 <= bits * params as f64, "{bits} bits: {stored} B, {plans:?}");
+        // the least damage within the budget, by trying every combination of every matrix's candidates
+        let options: Vec<Vec<auto::Candidate>> =
+            mats.iter().zip(&measured).map(|(m, got)| p.auto_candidates(m, got.as_ref().unwrap())).collect();
+        let budget = bits / 8.0 * params as f64;
+        let damage = |k: usize, c: &auto::Candidate| sens[k].unwrap() * c.error;
+        let mut best = f64::INFINITY;
+        for a in &options[0] {
+            for b in &options[1] {
+                for c in &options[2] {
+                    if a.bytes + b.bytes + c.bytes <= budget {
+                        best = best.min(damage(0, a) + damage(1, b) + damage(2, c));
+                    }
+                }
+            }
+        }
+        let got: f64 = plans
+            .iter()
+            .enumerate()
+            .map(|(k, plan)| {
+                let c = options[k].iter().find(|c| match (&c.plan, plan) {
+                    (Plan::Dense { .. }, Plan::Dense { .. }) => true,
+                    (x, y) => x == y,
+                });
+                damage(k, c.expect("a plan among the candidates"))
+            })
+            .sum();
+        assert!(got <= 1.05 * best + 1e-12, "{bits} bits: damage {got} against the least {best}: {plans:?}");
+        if bits == 2.5 {
+            // the fast spectrum is cheapest as factors, the sensitive matrix gets more bits than the other flat one
+            assert!(matches!(plans[0], Plan::LowRank { .. }), "{plans:?}");
+            let width = |p: &Plan| match p {
+                Plan::Grouped { bits, .. } => *bits as f64,
+                Plan::Dense { .. } => 16.0,
+                _ => 0.0,
+            };
+            assert!(width(&plans[2]) > width(&plans[1]), "{plans:?}");
+        }
+    }
+    // too small for even the smallest storage of each, said with the figures
+    let tiny = Policy { method: Method::Auto, budget: Some(0.01), budget_unit: BudgetUnit::Bits, ..Default::default() };
+    let e = tiny.plan_auto(&mats, &measured, &sens).unwrap_err().to_string();
+    assert!(e.contains("0.010 bits per parameter") && e.contains("smallest storage"), "{e}");
+    // a budget in parameters, no budget, or planning without the measurements are refused
+    let params_budget = Policy { method: Method::Auto, budget: Some(0.3), ..Default::default() };
+    assert!(params_budget.validate().unwrap_err().to_string().contains("bits per parameter or in bytes"));
+    assert!(Policy { method: Method::Auto, ..Default::default() }.validate().is_err());
+    let p = Policy { method: Method::Auto, budget: Some(3.0), budget_unit: BudgetUnit::Bits, ..Default::default() };
+    assert!(p.plan(&mats, &[None, None, None]).is_err());
+    let e = p.plan_auto(&mats, &[None, None, None], &sens).unwrap_err().to_string();
+    assert!(e.contains("`a`") && e.contains("has not been measured"), "{e}");
 }
