@@ -1,7 +1,7 @@
 // The coordinating worker, the one the page starts: it runs the page's commands (protocol.js) on its own Workspace
 // and shares what can be shared with helper workers (team.js): an evaluation's windows, a compression's matrices, a
 // sweep's points, a sensitivity table's parts. It is the one instance whose results reach the page.
-import { errorEvent, isMemoryError, recipePolicy } from './protocol.js';
+import { calibrated, errorEvent, isMemoryError, recipePolicy } from './protocol.js';
 import {
   Cancelled, checkpoint, default_policy, heapBytes, instance, measure_speed, need, post, progress, ready, serve, state,
   Workspace,
@@ -252,8 +252,7 @@ const commands = {
     state('compressing', 'compressing');
     const t0 = performance.now();
     // the activation-aware method calibrates on the evaluation text's first tokens; the evaluation skips them
-    const calibrated = policy.method === 'whitened' || policy.method === 'refit' || policy.method === 'gptq';
-    const calibration = calibrated ? await evalText(evalSpec || {}) : undefined;
+    const calibration = calibrated(policy.method) ? await evalText(evalSpec || {}) : undefined;
     let run;
     let search = null;
     if (target) {

@@ -4,7 +4,7 @@
 // operations per token, an SVD's m·n·k, the allocation check's extra candidate and probes, the original evaluated
 // once per span (its head alone after that), a compression's shareable phases split among the helpers.
 
-import { recipePolicy } from './protocol.js';
+import { calibrated, recipePolicy } from './protocol.js';
 
 /** @typedef {{f32_flops: number, svd_units: number, spectrum_units: number}} Speed */
 
@@ -123,7 +123,7 @@ export function learnGeneration(s, policy, tokensPerSecond, original) {
 export function compression(s, policy, { known = {} } = {}) {
   const sp = measured.speed;
   if (!sp) return 0;
-  const aware = policy.method === 'whitened' || policy.method === 'refit' || policy.method === 'gptq';
+  const aware = calibrated(policy.method);
   const workers = Math.min(2, compressWorkers());
   let seconds = 0;
   // calibration: the original over the calibration tokens; the allocation check's probes: three passes over the
@@ -138,7 +138,10 @@ export function compression(s, policy, { known = {} } = {}) {
     if (r === null) continue;
     if (r === 'int8' || (r === 'quant' && policy.method === 'quant')) { seconds += 20 * mat.m * mat.n / sp.f32_flops / workers; continue; }
     // GPTQ: the inverse Hessian (two Cholesky factorisations and an inverse, n³ in all) and the column updates (m·n²)
-    if (r === 'quant') { seconds += (mat.n * mat.n * mat.n + mat.m * mat.n * mat.n) / sp.f32_flops / workers; continue; }
+    const gptq = (mat.n * mat.n * mat.n + mat.m * mat.n * mat.n) / sp.f32_flops / workers;
+    if (r === 'quant') { seconds += gptq; continue; }
+    // method auto: GPTQ's codes at every width beside the whitened decomposition, each measured
+    if (policy.method === 'auto') seconds += 4 * gptq;
     // the spectrum pass of a budget (or energy) allocation, unless an earlier compression computed it
     if ((policy.budget || policy.energy) && !known.spectra) seconds += units / sp.spectrum_units / workers;
     if (aware) {

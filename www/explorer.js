@@ -13,6 +13,7 @@ function sweepSettings() {
   if (!recipes.length) throw new Error('the sweep needs at least one method: tick one');
   const budgets = $('sweep-budgets').value.split(',').map((x) => x.trim()).filter(Boolean).map(Number);
   const unit = $('sweep-budget-unit').value;
+  if (recipes.includes('auto') && unit !== 'bits') throw new Error('method auto weighs codes against factors by the bytes they store: count the sweep\'s budgets in bits per linear parameter');
   const top = unit === 'bits' ? 32 : 1;
   if (!budgets.length || budgets.some((b) => !(b > 0 && b <= top))) throw new Error(`sweep budgets "${$('sweep-budgets').value}" must be ${unit === 'bits' ? 'bits per parameter in (0, 32]' : 'fractions in (0, 1]'}, comma-separated`);
   const tokens = Number($('sweep-tokens').value);

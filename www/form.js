@@ -177,6 +177,10 @@ export function evalSpec() {
 
 export function describePolicy(p) {
   if (p.method === 'int8') return 'INT8 only';
+  if (p.method === 'auto') {
+    const size = p.budget_unit === 'bits' ? `${p.budget} bits per parameter` : `${p.budget} of the bytes`;
+    return `each matrix its own storage within ${size} (factors, GPTQ codes in groups of ${p.group}, or dense; calibrated)`;
+  }
   if (p.method === 'quant' || p.method === 'gptq') {
     const skip = p.skip && p.skip.length ? `, skip ${p.skip.join(' ')}` : '';
     return `INT${p.bits} in groups of ${p.group}${p.method === 'gptq' ? ' by GPTQ (calibrated)' : ', round-to-nearest'}${skip}`;

@@ -124,18 +124,24 @@ export function errorFrom(m) {
   return Object.assign(new Error(m.message), { kind: m.kind || 'other' });
 }
 
-/** How often every worker posts its heartbeat ({type: 'alive', heap, doing}), in ms. */
+/** Whether a method reads calibration text (the Rust side's `Method::is_activation_aware`). @param {string} method */
+export const calibrated = (method) => ['whitened', 'refit', 'gptq', 'auto'].includes(method);
+
 /** What a sweep's recipe sets of a policy (Rust: explore::Recipe): `METHOD-MODE` a factorization at each budget;
  * `int8`, `quantB-gG` and `gptqB-gG` (group-wise codes of B bits in groups of G) a size the shapes fix, measured
- * once (`fixed`). @param {string} recipe */
+ * once (`fixed`); `auto` / `auto-gG` each matrix's storage chosen at each budget (in bits or bytes).
+ * @param {string} recipe */
 export function recipePolicy(recipe) {
   if (recipe === 'int8') return { method: 'int8', budget_mode: 'proportional', fixed: true };
   const g = /^(quant|gptq)(\d+)-g(\d+)$/.exec(recipe);
   if (g) return { method: g[1], budget_mode: 'proportional', bits: Number(g[2]), group: Number(g[3]), fixed: true };
+  const a = /^auto(?:-g(\d+))?$/.exec(recipe);
+  if (a) return { method: 'auto', budget_mode: 'loss', group: Number(a[1] || 64), fixed: false };
   const [method, budget_mode] = recipe.split('-');
   return { method, budget_mode, fixed: false };
 }
 
+/** How often every worker posts its heartbeat ({type: 'alive', heap, doing}), in ms. */
 export const HEARTBEAT_MS = 1000;
 
 /**
