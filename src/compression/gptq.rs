@@ -39,13 +39,37 @@ const BLOCK: usize = 128;
 /// Group-wise `bits`-bit codes of `w` (row-major `m × n`, a layer's `out × in` weight), GPTQ's error-compensating
 /// rounding on the inputs whose mean Gram matrix is `gram` (`n × n`).
 pub fn gptq(w: &[f32], m: usize, n: usize, gram: &[f64], bits: u8, group: usize, damp: f64) -> Result<GMat> {
+    let u = checked_factor(w, m, n, gram, damp)?;
+    Ok(codes_with(w, m, n, &u, bits, group))
+}
+
+/// [`gptq`] at each of `widths`, the inverse Hessian's factor computed once: the same codes as one call per width.
+pub fn gptq_widths(
+    w: &[f32],
+    m: usize,
+    n: usize,
+    gram: &[f64],
+    widths: &[u8],
+    group: usize,
+    damp: f64,
+) -> Result<Vec<GMat>> {
+    let u = checked_factor(w, m, n, gram, damp)?;
+    Ok(widths.iter().map(|&bits| codes_with(w, m, n, &u, bits, group)).collect())
+}
+
+/// The inverse Hessian's factor for `w`, once `w` and `gram` are checked to be finite and of its shape.
+fn checked_factor(w: &[f32], m: usize, n: usize, gram: &[f64], damp: f64) -> Result<Mat<f64>> {
     if gram.len() != n * n || gram.iter().any(|x| !x.is_finite()) {
         return Err(Error::Numeric(format!("GPTQ: the calibration statistics do not fit a {m}×{n} weight")));
     }
     if w.len() != m * n || w.iter().any(|x| !x.is_finite()) {
         return Err(Error::Numeric("GPTQ: the matrix has non-finite values".into()));
     }
-    let u = inverse_hessian_factor(gram, n, damp)?;
+    inverse_hessian_factor(gram, n, damp)
+}
+
+/// GPTQ's column-by-column rounding of `w` with `u`, the inverse Hessian's factor ([`inverse_hessian_factor`]).
+fn codes_with(w: &[f32], m: usize, n: usize, u: &Mat<f64>, bits: u8, group: usize) -> GMat {
     let mut wm = Mat::from_fn(m, n, |i, j| w[i * n + j] as f64);
     let per_row = n.div_ceil(group);
     let zero = (1u32 << (bits - 1)) as f64;
@@ -90,7 +114,7 @@ pub fn gptq(w: &[f32], m: usize, n: usize, gram: &[f64], bits: u8, group: usize,
             }
         }
     }
-    Ok(GMat { rows: m, cols: n, bits, group, codes: GMat::pack(&codes, bits), scales })
+    GMat { rows: m, cols: n, bits, group, codes: GMat::pack(&codes, bits), scales }
 }
 
 /// `U`, upper triangular with `H⁻¹ = Uᵀ U`, for `H = G + λI`; inputs that never vary (a zero diagonal) get 1 there, so

@@ -5,7 +5,7 @@
 //! range, so a page can show progress, stop between matrices, and never hold the dense model twice. Beside it:
 //! `share` (matrices handed to helpers, earlier results reused) and `check` (the allocation check).
 
-use crate::compression::gptq::{code_error, gptq};
+use crate::compression::gptq::{code_error, gptq_widths};
 use crate::compression::matrix::{factors, FactorJob, Factored, LayerReport, ProbeReport, StepInfo};
 use crate::compression::policy::auto::Measured;
 use crate::compression::policy::{MatrixInfo, Method, Plan, Policy};
@@ -341,12 +341,9 @@ impl Compressor {
             .get(&m.name)
             .map(|g| g.mean())
             .ok_or_else(|| Error::tensor(&m.name, "has no calibration statistics: calibrate before method auto"))?;
-        let mut out = Vec::new();
-        for &bits in crate::model::grouped::BITS.iter() {
-            let q = gptq(w, m.out, m.inp, &gram, bits, self.policy.group, self.policy.damp).map_err(tag)?;
-            out.push((bits, code_error(w, &q, &gram, self.policy.damp)));
-        }
-        Ok(out)
+        let widths = crate::model::grouped::BITS;
+        let codes = gptq_widths(w, m.out, m.inp, &gram, &widths, self.policy.group, self.policy.damp).map_err(tag)?;
+        Ok(widths.iter().zip(&codes).map(|(&bits, q)| (bits, code_error(w, q, &gram, self.policy.damp))).collect())
     }
 
     /// Matrix `i`'s work, to run here or elsewhere (once the plans are made).

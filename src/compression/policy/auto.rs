@@ -129,24 +129,25 @@ fn choose(options: &[Vec<Candidate>], weight: &[f64], budget: f64) -> std::resul
     if spent(&least) > budget {
         return Err(spent(&least));
     }
-    // bisection on log μ between a price where everything fits and one where it does not
-    let (mut lo, mut hi) = (-60f64, 60f64);
-    let mut pick = if spent(&at(0.0)) <= budget { at(0.0) } else { least.clone() };
-    if spent(&at(0.0)) > budget {
-        if spent(&at(hi.exp())) > budget {
-            pick = least;
-        } else {
-            for _ in 0..100 {
-                let mid = 0.5 * (lo + hi);
-                if spent(&at(mid.exp())) <= budget {
-                    hi = mid;
-                } else {
-                    lo = mid;
-                }
+    // the least damage if it fits; else bisection on log μ between a price where everything fits and one where it
+    // does not
+    let free = at(0.0);
+    let mut pick = if spent(&free) <= budget {
+        free
+    } else if spent(&at(60f64.exp())) > budget {
+        least
+    } else {
+        let (mut lo, mut hi) = (-60f64, 60f64);
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            if spent(&at(mid.exp())) <= budget {
+                hi = mid;
+            } else {
+                lo = mid;
             }
-            pick = at(hi.exp());
         }
-    }
+        at(hi.exp())
+    };
     // what is left, spent on the changes that save the most damage per byte while they fit
     let mut left = budget - spent(&pick);
     loop {
