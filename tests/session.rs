@@ -194,6 +194,35 @@ fn a_new_model_invalidates_the_old_results() {
     assert!(s.generate_start(Which::Compressed, "x", SamplingParams::default()).is_err());
 }
 
+/// The calibration keeps an n × n matrix of f64 per calibrated layer (neo-bard-8l: 0.5 MiB for each 256-wide input,
+/// 8 MiB for each c_proj's 1024, 84 MiB in all): estimated before it starts and refused with the figures when it will
+/// not fit; the layers a policy skips are not calibrated, so skipping the MLP needs a quarter of it.
+#[test]
+fn calibration_statistics_are_estimated_before_they_are_collected() {
+    use semantic_llm_compressor::compression::policy::Method;
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = loaded();
+    let text = text();
+    let policy = |skip: Vec<String>| Policy {
+        method: Method::Whitened,
+        rank: 16,
+        calibration_tokens: 512,
+        skip,
+        ..Default::default()
+    };
+    s.set_memory_limit(alloc::live_bytes() as f64 + 75e6);
+    let e = s.compress_begin(policy(vec![]), Some(&text)).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Memory);
+    let msg = e.to_string();
+    assert!(msg.contains("the calibration statistics") && msg.contains("needs about 84.0 MiB"), "{msg}");
+    assert!(msg.contains("mlp.c_proj"), "{msg}");
+    // without the MLP: 8 layers × 4 matrices × 0.5 MiB = 16 MiB, and the compression (which keeps the MLP's 33 MiB
+    // dense) runs to its end in the same room
+    s.compress_begin(policy(vec!["mlp".into()]), Some(&text)).unwrap();
+    while s.compress_step().unwrap().is_some() {}
+    assert_eq!(s.compress_finish().unwrap().layers_compressed, 32);
+}
+
 #[test]
 fn memory_refusals_name_the_figures() {
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,7 +8,7 @@
 use crate::model::gpt_neo::GptNeo;
 use crate::{Error, Result};
 use candle_core::{Tensor, D};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The running `Σ x xᵀ` of one layer's inputs.
 #[derive(Clone, Debug)]
@@ -49,18 +49,31 @@ fn record(grams: &mut HashMap<String, Gram>, name: &str, x: &Tensor) -> Result<(
     gram.add(x)
 }
 
-/// Runs the original model over calibration windows, one per step, and collects every layer's Gram matrix.
+/// Runs the original model over calibration windows, one per step, and collects every layer's Gram matrix (or those
+/// of the layers it is told to keep).
 pub struct Calibrator {
     windows: Vec<Vec<u32>>,
     next: usize,
     grams: HashMap<String, Gram>,
+    /// The layers whose statistics are kept (`None`: all).
+    keep: Option<HashSet<String>>,
 }
 
 impl Calibrator {
     /// The first `tokens` of `ids` in windows of `window`.
     pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
         let windows = crate::model::tokenizer::windows(ids, tokens, window)?;
-        Ok(Self { windows, next: 0, grams: HashMap::new() })
+        Ok(Self { windows, next: 0, grams: HashMap::new(), keep: None })
+    }
+
+    /// Keep only these layers' statistics (the matrices a compression may store otherwise than as they are).
+    pub fn only(self, names: impl IntoIterator<Item = String>) -> Self {
+        Self { keep: Some(names.into_iter().collect()), ..self }
+    }
+
+    /// Bytes the statistics of layers with these input widths take: an n × n matrix of f64 each.
+    pub fn bytes_for(inputs: impl IntoIterator<Item = usize>) -> f64 {
+        inputs.into_iter().map(|n| 8.0 * (n * n) as f64).sum()
     }
 
     pub fn total_windows(&self) -> usize {
@@ -78,8 +91,11 @@ impl Calibrator {
     /// Run the next window; `false` when all are done.
     pub fn step(&mut self, original: &GptNeo) -> Result<bool> {
         let Some(ids) = self.windows.get(self.next) else { return Ok(false) };
-        let grams = &mut self.grams;
-        original.observe(ids, &mut |name, x| record(grams, name, x))?;
+        let (grams, keep) = (&mut self.grams, &self.keep);
+        original.observe(ids, &mut |name, x| match keep {
+            Some(k) if !k.contains(name) => Ok(()),
+            _ => record(grams, name, x),
+        })?;
         self.next += 1;
         Ok(true)
     }

@@ -54,8 +54,7 @@ pub fn compress_checkpoint_with(
         None => None,
     };
     if let (true, Some((model, ids))) = (c.needs_calibration(), calibration) {
-        let mut cal =
-            crate::compression::calib::Calibrator::new(ids, c.policy.calibration_tokens, c.policy.calibration_window)?;
+        let mut cal = c.calibrator(ids)?;
         while cal.step(model)? {}
         c.set_calibration(cal.finish());
     }

@@ -483,8 +483,7 @@ impl SensitivityRun {
         let single = Policy { rank_for, energy: None, budget: None, break_even_guard: false, ..policy.clone() };
         let mut compressor = Compressor::new(single, mats)?;
         if compressor.needs_calibration() {
-            let mut cal =
-                crate::compression::calib::Calibrator::new(ids, policy.calibration_tokens, policy.calibration_window)?;
+            let mut cal = compressor.calibrator(ids)?;
             while cal.step(original)? {}
             compressor.set_calibration(cal.finish());
         }

@@ -50,7 +50,14 @@ impl Session {
                 ));
             }
             let ids = ids.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
-            self.calibrator = Some(Calibrator::new(&ids, c.policy.calibration_tokens, c.policy.calibration_window)?);
+            let bytes = Calibrator::bytes_for(c.calibration_targets().map(|m| m.inp));
+            self.memory.check(
+                "the calibration statistics (an n × n matrix of f64 for each calibrated layer's n inputs)",
+                bytes,
+                0.9,
+                "skip the widest layers (mlp.c_proj) or choose a method without calibration",
+            )?;
+            self.calibrator = Some(c.calibrator(&ids)?);
             self.calibration_ids = Some(ids);
         }
         let cal = self.calibrator.as_ref();

@@ -105,9 +105,22 @@ impl Compressor {
         self.grams = grams;
     }
 
+    /// The matrices whose calibration statistics the compression reads: those no exclusion keeps as they are.
+    pub fn calibration_targets(&self) -> impl Iterator<Item = &MatrixInfo> {
+        self.mats.iter().filter(|m| self.policy.exclusion(m).is_none())
+    }
+
+    /// A calibrator for this compression: its policy's calibration tokens of `ids`, keeping the statistics of
+    /// [`Compressor::calibration_targets`] only.
+    pub fn calibrator(&self, ids: &[u32]) -> Result<crate::compression::calib::Calibrator> {
+        let p = &self.policy;
+        Ok(crate::compression::calib::Calibrator::new(ids, p.calibration_tokens, p.calibration_window)?
+            .only(self.calibration_targets().map(|m| m.name.clone())))
+    }
+
     /// Whether the policy needs calibration statistics that have not been given.
     pub fn needs_calibration(&self) -> bool {
-        self.policy.method.is_activation_aware() && self.grams.is_empty()
+        self.policy.method.is_activation_aware() && self.grams.is_empty() && self.calibration_targets().next().is_some()
     }
 
     /// Whether the loss allocation or the allocation check still needs its probe ([`Compressor::set_probe`]).
