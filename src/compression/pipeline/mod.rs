@@ -252,10 +252,12 @@ impl Compressor {
         let m = &self.mats[i];
         let w = read(&m.name)?;
         let s = if self.policy.needs_sensitivity() {
-            let (s, probe) = self.probe_matrix(i, &w)?;
+            let auto = self.policy.method == Method::Auto;
+            let gram = self.mean_gram(m, if auto { "method auto" } else { "a loss allocation" })?;
+            let (s, probe) = self.probe_matrix(i, &w, &gram)?;
             self.probes[i] = probe;
-            if self.policy.method == Method::Auto {
-                self.codes[i] = self.code_errors(i, &w)?;
+            if auto {
+                self.codes[i] = self.code_errors(i, &w, &gram)?;
             }
             s
         } else {
@@ -323,17 +325,23 @@ impl Compressor {
         }
     }
 
-    /// The loss allocation's look at matrix `i` (weight `w`): its whitened spectrum, and, for a block's matrix, the
-    /// damage of its activation-aware factors at the probe rank per unit of the output error they leave.
-    fn probe_matrix(&self, i: usize, w: &[f32]) -> Result<(Vec<f64>, Option<ProbeReport>)> {
+    /// The mean Gram matrix of matrix `m`'s calibration inputs, which `what` needs.
+    fn mean_gram(&self, m: &MatrixInfo, what: &str) -> Result<Vec<f64>> {
+        self.grams
+            .get(&m.name)
+            .map(|g| g.mean())
+            .ok_or_else(|| Error::tensor(&m.name, format!("has no calibration statistics: calibrate before {what}")))
+    }
+
+    /// The loss allocation's look at matrix `i` (weight `w`, its inputs' mean Gram matrix `gram`): its whitened
+    /// spectrum, and, for a block's matrix, the damage of its activation-aware factors at the probe rank per unit of
+    /// the output error they leave.
+    fn probe_matrix(&self, i: usize, w: &[f32], gram: &[f64]) -> Result<(Vec<f64>, Option<ProbeReport>)> {
         let m = &self.mats[i];
         let tag = |e: Error| Error::tensor(&m.name, e.to_string());
-        let gram = self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
-            Error::tensor(&m.name, "has no calibration statistics: calibrate before a loss allocation")
-        })?;
         let probe = self.probe.as_ref().ok_or_else(|| Error::msg("the loss allocation's probe has not been set"))?;
         let rank = Policy::rank_for_fraction(m.out, m.inp, self.policy.probe_fraction());
-        let (s, all) = svd::whitened_f64(&svd::to_mat(w, m.out, m.inp), &gram, rank, self.policy.damp).map_err(tag)?;
+        let (s, all) = svd::whitened_f64(&svd::to_mat(w, m.out, m.inp), gram, rank, self.policy.damp).map_err(tag)?;
         if probe.block_of(&m.name).is_none() {
             // not in a block (an untied head): the allocation gives it the largest sensitivity measured
             return Ok((all, None));
@@ -344,19 +352,14 @@ impl Compressor {
         Ok((all, Some(ProbeReport { rank, damage, error, sensitivity })))
     }
 
-    /// Method auto's look at matrix `i`'s group-wise codes: the error GPTQ's codes leave at every width, in the
-    /// whitened spectrum's units.
-    fn code_errors(&self, i: usize, w: &[f32]) -> Result<Vec<(u8, f64)>> {
+    /// Method auto's look at matrix `i`'s group-wise codes (weight `w`, its inputs' mean Gram matrix `gram`): the
+    /// error GPTQ's codes leave at every width, in the whitened spectrum's units.
+    fn code_errors(&self, i: usize, w: &[f32], gram: &[f64]) -> Result<Vec<(u8, f64)>> {
         let m = &self.mats[i];
         let tag = |e: Error| Error::tensor(&m.name, e.to_string());
-        let gram = self
-            .grams
-            .get(&m.name)
-            .map(|g| g.mean())
-            .ok_or_else(|| Error::tensor(&m.name, "has no calibration statistics: calibrate before method auto"))?;
         let widths = crate::model::grouped::BITS;
-        let codes = gptq_widths(w, m.out, m.inp, &gram, &widths, self.policy.group, self.policy.damp).map_err(tag)?;
-        Ok(widths.iter().zip(&codes).map(|(&bits, q)| (bits, code_error(w, q, &gram, self.policy.damp))).collect())
+        let codes = gptq_widths(w, m.out, m.inp, gram, &widths, self.policy.group, self.policy.damp).map_err(tag)?;
+        Ok(widths.iter().zip(&codes).map(|(&bits, q)| (bits, code_error(w, q, gram, self.policy.damp))).collect())
     }
 
     /// Matrix `i`'s work, to run here or elsewhere (once the plans are made).
@@ -378,16 +381,9 @@ impl Compressor {
         let plan = &plan;
         let gram = match (plan, self.policy.method) {
             (Plan::LowRank { .. }, method) if method.is_activation_aware() => {
-                Some(self.grams.get(&m.name).map(|g| g.mean()).ok_or_else(|| {
-                    Error::tensor(&m.name, "has no calibration statistics: calibrate before an activation-aware SVD")
-                })?)
+                Some(self.mean_gram(m, "an activation-aware SVD")?)
             }
-            (Plan::Grouped { .. }, Method::Gptq | Method::Auto) => Some(
-                self.grams
-                    .get(&m.name)
-                    .map(|g| g.mean())
-                    .ok_or_else(|| Error::tensor(&m.name, "has no calibration statistics: calibrate before GPTQ"))?,
-            ),
+            (Plan::Grouped { .. }, Method::Gptq | Method::Auto) => Some(self.mean_gram(m, "GPTQ")?),
             _ => None,
         };
         Ok(FactorJob::new(i, m.clone(), plan.clone(), self.policy.clone(), self.spectra[i].clone(), gram))
