@@ -194,9 +194,10 @@ fn a_new_model_invalidates_the_old_results() {
     assert!(s.generate_start(Which::Compressed, "x", SamplingParams::default()).is_err());
 }
 
-/// The calibration keeps an n × n matrix of f64 per calibrated layer (neo-bard-8l: 0.5 MiB for each 256-wide input,
-/// 8 MiB for each c_proj's 1024, 84 MiB in all): estimated before it starts and refused with the figures when it will
-/// not fit; the layers a policy skips are not calibrated, so skipping the MLP needs a quarter of it.
+/// The calibration keeps an n × n matrix of f64 per calibrated layer's input (neo-bard-8l: 0.5 MiB for each 256-wide
+/// input, q, k and v sharing theirs, 8 MiB for each c_proj's 1024, 76 MiB in all): estimated before it starts and
+/// refused with the figures when it will not fit; the layers a policy skips are not calibrated, so skipping the MLP
+/// needs a ninth of it.
 #[test]
 fn calibration_statistics_are_estimated_before_they_are_collected() {
     use semantic_llm_compressor::compression::policy::Method;
@@ -214,13 +215,65 @@ fn calibration_statistics_are_estimated_before_they_are_collected() {
     let e = s.compress_begin(policy(vec![]), Some(&text)).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Memory);
     let msg = e.to_string();
-    assert!(msg.contains("the calibration statistics") && msg.contains("needs about 84.0 MiB"), "{msg}");
+    assert!(msg.contains("the calibration statistics") && msg.contains("needs about 76.0 MiB"), "{msg}");
     assert!(msg.contains("mlp.c_proj"), "{msg}");
-    // without the MLP: 8 layers × 4 matrices × 0.5 MiB = 16 MiB, and the compression (which keeps the MLP's 33 MiB
+    // without the MLP: 8 layers × 2 inputs × 0.5 MiB = 8 MiB, and the compression (which keeps the MLP's 33 MiB
     // dense) runs to its end in the same room
     s.compress_begin(policy(vec!["mlp".into()]), Some(&text)).unwrap();
     while s.compress_step().unwrap().is_some() {}
     assert_eq!(s.compress_finish().unwrap().layers_compressed, 32);
+}
+
+/// The story calibrates its activation-aware step and its GPTQ step on the same text, tokens and window: the second
+/// takes the statistics the first collected instead of running the original over the text again, and writes the
+/// checkpoint a session calibrating for it alone writes, to the byte. The statistics kept are not the first model's
+/// memory: its resident bytes are those of a session with too little room to keep them.
+#[test]
+fn a_calibration_is_reused_by_the_next_compression_on_the_same_text() {
+    use semantic_llm_compressor::compression::policy::Method;
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (tokens, window) = (256, 128);
+    let aware = Policy {
+        method: Method::Whitened,
+        rank: 16,
+        calibration_tokens: tokens,
+        calibration_window: window,
+        ..Default::default()
+    };
+    let gptq = Policy {
+        method: Method::Gptq,
+        bits: 4,
+        group: 64,
+        calibration_tokens: tokens,
+        calibration_window: window,
+        ..Default::default()
+    };
+    let run = |s: &mut Session, p: &Policy| {
+        s.compress_begin(p.clone(), Some(&text())).unwrap();
+        let mut calibrated = false;
+        while let Some(step) = s.compress_step().unwrap() {
+            calibrated |= step.info.phase == "calibrate";
+        }
+        (calibrated, s.compress_finish().unwrap().resident_bytes)
+    };
+    // (natively the thread pool keeps scratch from its first large products, which no session owns: warmed first)
+    drop(cli_compress(aware.clone()));
+    let mut s = loaded();
+    let (calibrated, kept) = run(&mut s, &aware);
+    assert!(calibrated, "the first compression calibrates");
+    assert_eq!(run(&mut s, &gptq).0, false, "the second takes the first's statistics");
+    let reused = export(&s);
+    // a window or a token count of its own is calibrated anew
+    assert!(run(&mut s, &Policy { calibration_window: 64, ..gptq.clone() }).0);
+    let mut fresh = loaded();
+    assert!(run(&mut fresh, &gptq).0);
+    assert!(export(&fresh) == reused, "the checkpoint differs from one calibrated for it alone");
+    // room for the compression, not for keeping its statistics (76 MiB) after it
+    let mut tight = loaded();
+    tight.set_memory_limit(alloc::live_bytes() as f64 + 200.0 * 1024.0 * 1024.0);
+    let (_, dropped) = run(&mut tight, &aware);
+    assert!(run(&mut tight, &gptq).0, "statistics that did not fit were not kept");
+    assert!(kept.abs_diff(dropped) <= 4096, "resident bytes with the statistics kept {kept}, without {dropped}");
 }
 
 #[test]

@@ -118,17 +118,18 @@ export function learnGeneration(s, policy, tokensPerSecond, original) {
 }
 
 /** Seconds to compress with `policy` (the compression kind's correction applied once one has been timed); `known`:
- * what an earlier compression computed that this one takes (the weights' spectra).
- * @param {any} s @param {any} policy @param {{known?: {spectra?: boolean}}} [o] */
+ * what an earlier compression computed that this one takes (the weights' spectra, the calibration's statistics).
+ * @param {any} s @param {any} policy @param {{known?: {spectra?: boolean, calibration?: boolean}}} [o] */
 export function compression(s, policy, { known = {} } = {}) {
   const sp = measured.speed;
   if (!sp) return 0;
   const aware = calibrated(policy.method);
   const workers = Math.min(2, compressWorkers());
   let seconds = 0;
-  // calibration: the original over the calibration tokens; the allocation check's probes: three passes over the
-  // sensitivity tokens
-  if (aware) seconds += policy.calibration_tokens * flopsPerToken(s, null) / sp.f32_flops;
+  // calibration: the original over the calibration tokens (unless the compression before collected the same
+  // statistics, which the worker keeps for it); the allocation check's probes: three passes over the sensitivity
+  // tokens
+  if (aware && !known.calibration) seconds += policy.calibration_tokens * flopsPerToken(s, null) / sp.f32_flops;
   const checks = aware && policy.budget && policy.allocation_check !== false && policy.budget_mode !== 'proportional';
   if (checks) seconds += 3 * Math.min(policy.sensitivity_tokens || 1024, policy.calibration_tokens) * flopsPerToken(s, null) / sp.f32_flops;
   for (const mat of matrices(s)) {
@@ -145,9 +146,10 @@ export function compression(s, policy, { known = {} } = {}) {
     // the spectrum pass of a budget (or energy) allocation, unless an earlier compression computed it
     if ((policy.budget || policy.energy) && !known.spectra) seconds += units / sp.spectrum_units / workers;
     if (aware) {
-      // the whitened decomposition (its Cholesky, W·L and thin SVD, in f64), the activation error of each candidate
-      const n3 = mat.n * mat.n * mat.n / 3, wl = mat.m * mat.n * mat.n;
-      seconds += (units + (n3 + wl + r * mat.n * mat.n) / 4) / sp.svd_units * (checks ? 1.3 : 1) / workers;
+      // the whitened decomposition (W·G or W·L, its smaller side's square and that side's eigendecomposition, in
+      // f64), the activation error of each candidate
+      const wg = mat.m * mat.n * mat.n;
+      seconds += (k * k * k + (wg + units + r * mat.n * mat.n) / 4) / sp.svd_units * (checks ? 1.3 : 1) / workers;
     } else if (k <= 512 || 4 * r >= k) {
       seconds += units / sp.svd_units / workers;
     } else {

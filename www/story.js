@@ -6,6 +6,7 @@ import { ask } from './jobs.js';
 import { compressJob } from './results.js';
 import { generateJob } from './generation.js';
 import * as estimate from './estimate.js';
+import { calibrated } from './protocol.js';
 
 // The origin's presets in order, each compressed, evaluated on the same tokens (those after the calibration text,
 // so that the calibrated step is measured on text it did not see) and continuing the same prompt; laid out as one
@@ -157,10 +158,15 @@ async function storyPlan(steps, skip) {
   /** @type {{compress?: number, evaluate?: number, generate: number, total: number}[]} */
   const parts = [{ generate: estimate.generation(s, null, tokens, app.model.loaded), total: 0 }];
   let first = true;
+  // the statistics the last calibrated step collected, which the worker keeps for the next one calibrated the same
+  // way (a step without calibration frees them)
+  let statistics = null;
   for (const step of steps) {
     applyPreset(step.preset);
     const policy = policyFromForm();
-    const known = { spectra: !first && !!(policy.budget || policy.energy) };
+    const calibration = calibrated(policy.method) ? `${policy.calibration_tokens}/${policy.calibration_window}` : null;
+    const known = { spectra: !first && !!(policy.budget || policy.energy), calibration: !!calibration && calibration === statistics };
+    statistics = calibration;
     const compress = estimate.compression(s, policy, { known });
     const evaluate = estimate.evaluation(s, policy, spec);
     estimate.evaluated(spec);

@@ -7,29 +7,63 @@
 
 use crate::model::gpt_neo::GptNeo;
 use crate::{Error, Result};
-use candle_core::{Tensor, D};
+use candle_core::{Tensor, TensorId, D};
+use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+use faer::{Accum, MatMut, MatRef, Par};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// The running `Σ x xᵀ` of one layer's inputs.
 #[derive(Clone, Debug)]
 pub struct Gram {
     /// Input dimension.
     pub n: usize,
-    /// n × n, row-major, f64.
+    /// n × n, row-major, f64 (while calibrating only the lower half is summed; [`Calibrator::finish`] fills the
+    /// upper).
     pub g: Vec<f64>,
     /// Input rows summed.
     pub count: usize,
 }
 
+/// Every calibrated layer's statistics by name; layers that read the same input (q, k and v) share one.
+pub type Grams = HashMap<String, Arc<Gram>>;
+
 impl Gram {
+    /// Add the rows of `x` ([rows, n]): `xᵀ x` in f32, its lower half only (the product is symmetric), summed in f64.
     fn add(&mut self, x: &Tensor) -> Result<()> {
-        let xt = x.t()?.contiguous()?;
-        let g: Vec<f32> = xt.matmul(x)?.flatten_all()?.to_vec1()?;
-        for (a, b) in self.g.iter_mut().zip(g) {
-            *a += b as f64;
+        let (rows, n) = x.dims2()?;
+        let data: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let xm = MatRef::from_row_major_slice(&data, rows, n);
+        let mut prod = vec![0f32; n * n];
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut prod, n, n),
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            xm.transpose(),
+            BlockStructure::Rectangular,
+            xm,
+            BlockStructure::Rectangular,
+            1.0f32,
+            Par::Seq,
+        );
+        for i in 0..n {
+            let (acc, p) = (&mut self.g[i * n..i * n + i + 1], &prod[i * n..i * n + i + 1]);
+            for (a, &b) in acc.iter_mut().zip(p) {
+                *a += b as f64;
+            }
         }
-        self.count += x.dim(0)?;
+        self.count += rows;
         Ok(())
+    }
+
+    /// The upper half from the lower, once the sums are done.
+    fn symmetrize(&mut self) {
+        let n = self.n;
+        for i in 0..n {
+            for j in 0..i {
+                self.g[j * n + i] = self.g[i * n + j];
+            }
+        }
     }
 
     /// The mean `x xᵀ` (the uncentred covariance of the inputs).
@@ -37,16 +71,11 @@ impl Gram {
         let c = self.count.max(1) as f64;
         self.g.iter().map(|v| v / c).collect()
     }
-}
 
-/// Add one layer's input `[rows, n]` to its Gram matrix in `grams`.
-fn record(grams: &mut HashMap<String, Gram>, name: &str, x: &Tensor) -> Result<()> {
-    let n = x.dim(D::Minus1)?;
-    let gram = grams.entry(name.to_string()).or_insert_with(|| Gram { n, g: vec![0.0; n * n], count: 0 });
-    if gram.n != n {
-        return Err(Error::tensor(name, "changed input width while calibrating"));
+    /// The bytes it holds.
+    pub fn bytes(&self) -> usize {
+        8 * self.g.len()
     }
-    gram.add(x)
 }
 
 /// Runs the original model over calibration windows, one per step, and collects every layer's Gram matrix (or those
@@ -54,7 +83,13 @@ fn record(grams: &mut HashMap<String, Gram>, name: &str, x: &Tensor) -> Result<(
 pub struct Calibrator {
     windows: Vec<Vec<u32>>,
     next: usize,
-    grams: HashMap<String, Gram>,
+    /// One per distinct input, in the order first seen.
+    grams: Vec<Gram>,
+    /// Each kept layer's index in `grams`.
+    by_name: HashMap<String, usize>,
+    /// The input summed last and where: the same tensor shown to the next layer (q, k and v read one) is not summed
+    /// again.
+    last: Option<(TensorId, usize)>,
     /// The layers whose statistics are kept (`None`: all).
     keep: Option<HashSet<String>>,
 }
@@ -63,7 +98,7 @@ impl Calibrator {
     /// The first `tokens` of `ids` in windows of `window`.
     pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
         let windows = crate::model::tokenizer::windows(ids, tokens, window)?;
-        Ok(Self { windows, next: 0, grams: HashMap::new(), keep: None })
+        Ok(Self { windows, next: 0, grams: Vec::new(), by_name: HashMap::new(), last: None, keep: None })
     }
 
     /// Keep only these layers' statistics (the matrices a compression may store otherwise than as they are).
@@ -71,9 +106,14 @@ impl Calibrator {
         Self { keep: Some(names.into_iter().collect()), ..self }
     }
 
-    /// Bytes the statistics of layers with these input widths take: an n × n matrix of f64 each.
-    pub fn bytes_for(inputs: impl IntoIterator<Item = usize>) -> f64 {
-        inputs.into_iter().map(|n| 8.0 * (n * n) as f64).sum()
+    /// Bytes the statistics of these layers (name, input width) take: an n × n matrix of f64 for each input, a
+    /// block's q, k and v sharing theirs.
+    pub fn bytes_for<'a>(layers: impl IntoIterator<Item = (&'a str, usize)>) -> f64 {
+        let inputs: HashMap<String, usize> = layers
+            .into_iter()
+            .map(|(name, n)| (name.replace("k_proj", "q_proj").replace("v_proj", "q_proj"), n))
+            .collect();
+        inputs.values().map(|&n| 8.0 * (n * n) as f64).sum()
     }
 
     pub fn total_windows(&self) -> usize {
@@ -91,17 +131,95 @@ impl Calibrator {
     /// Run the next window; `false` when all are done.
     pub fn step(&mut self, original: &GptNeo) -> Result<bool> {
         let Some(ids) = self.windows.get(self.next) else { return Ok(false) };
-        let (grams, keep) = (&mut self.grams, &self.keep);
-        original.observe(ids, &mut |name, x| match keep {
-            Some(k) if !k.contains(name) => Ok(()),
-            _ => record(grams, name, x),
+        let (grams, by_name, last, keep) = (&mut self.grams, &mut self.by_name, &mut self.last, &self.keep);
+        original.observe(ids, &mut |name, x| {
+            if keep.as_ref().is_some_and(|k| !k.contains(name)) {
+                return Ok(());
+            }
+            let n = x.dim(D::Minus1)?;
+            let i = match by_name.get(name) {
+                Some(&i) => i,
+                None => {
+                    // a layer reading the input the layer before it read shares its statistics
+                    let i = match *last {
+                        Some((id, i)) if id == x.id() => i,
+                        _ => {
+                            grams.push(Gram { n, g: vec![0.0; n * n], count: 0 });
+                            grams.len() - 1
+                        }
+                    };
+                    by_name.insert(name.to_string(), i);
+                    i
+                }
+            };
+            if grams[i].n != n {
+                return Err(Error::tensor(name, "changed input width while calibrating"));
+            }
+            if *last != Some((x.id(), i)) {
+                grams[i].add(x)?;
+                *last = Some((x.id(), i));
+            }
+            Ok(())
         })?;
+        self.last = None;
         self.next += 1;
         Ok(true)
     }
 
-    /// The Gram matrices by layer name, once every window has run.
-    pub fn finish(self) -> HashMap<String, Gram> {
-        self.grams
+    /// The Gram matrices by layer name, once every window has run (layers that read one input share one).
+    pub fn finish(self) -> Grams {
+        let shared: Vec<Arc<Gram>> = self
+            .grams
+            .into_iter()
+            .map(|mut g| {
+                g.symmetrize();
+                Arc::new(g)
+            })
+            .collect();
+        self.by_name.into_iter().map(|(name, i)| (name, shared[i].clone())).collect()
+    }
+}
+
+/// The bytes a set of statistics holds (each shared one once).
+pub fn grams_bytes(grams: &Grams) -> usize {
+    let mut seen = HashSet::new();
+    grams.values().filter(|g| seen.insert(Arc::as_ptr(g))).map(|g| g.bytes()).sum()
+}
+
+/// A calibration's statistics with what they were measured on, kept for the next compression that reads the same
+/// ([`Calibrated::serves`]): the origin's story calibrates its activation-aware step and its GPTQ step on the same
+/// text, tokens and window.
+pub struct Calibrated {
+    ids: Vec<u32>,
+    tokens: usize,
+    window: usize,
+    pub grams: Grams,
+    /// Tokens read.
+    pub read: usize,
+    /// Whether the compression in progress measured them (its memory must not count them).
+    pub fresh: bool,
+}
+
+impl Calibrated {
+    /// `grams` as a calibration on the first `tokens` of `ids` in windows of `window` (`key`) collected them,
+    /// reading `read` tokens.
+    pub fn new(key: (Vec<u32>, usize, usize), read: usize, grams: Grams) -> Self {
+        let (ids, tokens, window) = key;
+        Self { ids, tokens, window, grams, read, fresh: true }
+    }
+
+    /// Whether these statistics are what a calibration of `targets` on the first `tokens` of `ids` in windows of
+    /// `window` would collect.
+    pub fn serves(&self, ids: &[u32], tokens: usize, window: usize, targets: &[String]) -> bool {
+        self.tokens == tokens
+            && self.window == window
+            && self.ids == ids
+            && targets.iter().all(|t| self.grams.contains_key(t))
+    }
+
+    /// The bytes it holds: the statistics, and the tokens and names they are filed under.
+    pub fn bytes(&self) -> usize {
+        let names: usize = self.grams.keys().map(|k| k.capacity() + std::mem::size_of::<(String, Arc<Gram>)>()).sum();
+        grams_bytes(&self.grams) + 4 * self.ids.capacity() + names
     }
 }

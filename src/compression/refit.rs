@@ -376,7 +376,7 @@ fn refit_one(
 }
 
 /// A matrix's refit before its rank is chosen: the whitened SVD of `W*` in full (`W* L = U Σ Vᵀ`, `Ĝ = L Lᵀ`) and its
-/// spectrum. [`svd::whitened_f64`] computes the thin SVD in full whatever the rank, so computing it once here and
+/// spectrum. [`svd::whitened_f64`] decomposes in full whatever the rank, so computing it once here and
 /// truncating it costs what truncating at the rank directly would, and replanning reads the spectrum for free.
 pub(crate) struct Solved {
     svd: svd::Svd,

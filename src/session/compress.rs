@@ -2,7 +2,7 @@
 //! or a refinement step at a time, matrices here or in helper workers), and exporting what it made.
 
 use super::{CompressedSlot, Session, Which};
-use crate::compression::calib::Calibrator;
+use crate::compression::calib::{Calibrated, Calibrator};
 use crate::compression::format::Export;
 use crate::compression::matrix::{totals, StepInfo};
 use crate::compression::pipeline::Compressor;
@@ -34,7 +34,20 @@ impl Session {
             (true, Some(text)) => Some(b.tokenizer()?.encode(text)?),
             _ => None,
         };
-        let mut c = Compressor::new(policy, considered_matrices(&b.cfg, &b.ckpt)?)?;
+        let mats = considered_matrices(&b.cfg, &b.ckpt)?;
+        // the last calibration's statistics, when this compression would collect the same; otherwise freed before
+        // the compressor starts counting the heap
+        let targets: Vec<String> = match policy.method.is_activation_aware() {
+            true => mats.iter().filter(|m| policy.exclusion(m).is_none()).map(|m| m.name.clone()).collect(),
+            false => Vec::new(),
+        };
+        let kept = match (self.calibrated.take(), &ids) {
+            (Some(k), Some(ids)) if k.serves(ids, policy.calibration_tokens, policy.calibration_window, &targets) => {
+                Some(k)
+            }
+            _ => None,
+        };
+        let mut c = Compressor::new(policy, mats)?;
         // the weights' own spectra an earlier compression of this original computed are not computed again
         c.know_spectra(self.plain_spectra.clone());
         // what the compression before factored the same way is taken, not done again (planned up front: taken now)
@@ -42,6 +55,15 @@ impl Session {
         self.calibrator = None;
         self.calibration_ids = None;
         self.refit = None;
+        let mut calibration_tokens = None;
+        if let Some(mut k) = kept.filter(|_| c.needs_calibration()) {
+            c.set_calibration(k.grams.clone());
+            k.fresh = false;
+            calibration_tokens = Some(k.read);
+            // the probes read the same tokens
+            self.calibration_ids = ids.clone();
+            self.calibrated = Some(k);
+        }
         if c.needs_calibration() {
             if self.original.is_none() {
                 return Err(Error::Policy(
@@ -50,7 +72,7 @@ impl Session {
                 ));
             }
             let ids = ids.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
-            let bytes = Calibrator::bytes_for(c.calibration_targets().map(|m| m.inp));
+            let bytes = Calibrator::bytes_for(c.calibration_targets().map(|m| (m.name.as_str(), m.inp)));
             self.memory.check(
                 "the calibration statistics (an n × n matrix of f64 for each calibrated layer's n inputs)",
                 bytes,
@@ -62,7 +84,7 @@ impl Session {
         }
         let cal = self.calibrator.as_ref();
         let total_steps = c.total_steps(b.cfg.num_layers) + cal.map_or(0, |c| c.total_windows());
-        let calibration_tokens = cal.map(|c| c.tokens());
+        let calibration_tokens = cal.map(|c| c.tokens()).or(calibration_tokens);
         let c = self.compressor.insert(c);
         let todo = (0..c.mats.len()).filter(|i| !reused.contains(i)).collect();
         Ok(CompressBegin { total_steps, matrices: &c.mats, calibration_tokens, can_split: c.can_split(), todo })
@@ -114,7 +136,14 @@ impl Session {
                 return Ok(Some(CompressStep { info, layer: None }));
             }
             if let Some(cal) = self.calibrator.take() {
-                c.set_calibration(cal.finish());
+                let read = cal.tokens();
+                let grams = cal.finish();
+                let p = &c.policy;
+                if let Some(ids) = self.calibration_ids.clone() {
+                    let key = (ids, p.calibration_tokens, p.calibration_window);
+                    self.calibrated = Some(Calibrated::new(key, read, grams.clone()));
+                }
+                c.set_calibration(grams);
             }
         }
         if let (true, Some(ids)) = (c.needs_probe(), self.calibration_ids.as_ref()) {
@@ -210,7 +239,18 @@ impl Session {
         self.calibrator = None;
         self.calibration_ids = None;
         let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
+        // the calibration's statistics are kept for the next compression while what is free could hold them and the
+        // original's tensors again (room for the evaluations and the compression that come between); those measured
+        // by this one are not its model's memory
+        let room = |k: &Calibrated| k.bytes() as f64 + b.tensor_bytes() as f64;
+        if self.calibrated.as_ref().is_some_and(|k| !self.memory.fits(room(k), 1.0)) {
+            self.calibrated = None;
+        }
         let mut done = c.finish(&b.cfg, &b.ckpt)?;
+        if let Some(k) = self.calibrated.as_mut().filter(|k| k.fresh) {
+            done.resident_bytes = done.resident_bytes.saturating_sub(k.bytes());
+            k.fresh = false;
+        }
         self.plain_spectra.extend(std::mem::take(&mut done.plain_spectra));
         let export = Export::new(
             &b.ckpt,

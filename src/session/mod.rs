@@ -111,6 +111,9 @@ pub struct Session {
     /// The original's weights' own singular values, by matrix name, as compressions computed them (the spectrum pass
     /// of a later one takes them).
     plain_spectra: HashMap<String, Vec<f64>>,
+    /// The last calibration's statistics, while they fit, for the next compression calibrated on the same text,
+    /// tokens and window (dropped when a compression without calibration starts).
+    calibrated: Option<crate::compression::calib::Calibrated>,
     /// A quality target searched one compression at a time ([`Session::target_begin`]).
     target: Option<TargetSearch>,
     /// A sensitivity table measured a matrix at a time ([`Session::sensitivity_begin`]).
@@ -144,6 +147,7 @@ impl Session {
             original_states: OriginalStates::default(),
             factor_reuse: HashMap::new(),
             plain_spectra: HashMap::new(),
+            calibrated: None,
             target: None,
             sensitivity: None,
             compress_started: 0.0,

@@ -44,7 +44,7 @@ pub struct Compressor {
     done: Vec<Option<LayerReport>>,
     live_at_start: usize,
     /// Input statistics per layer, for the activation-aware methods.
-    grams: HashMap<String, crate::compression::calib::Gram>,
+    grams: crate::compression::calib::Grams,
     /// The loss allocation's single-matrix probe, and what it measured per matrix.
     probe: Option<Probe>,
     probes: Vec<Option<ProbeReport>>,
@@ -101,7 +101,7 @@ impl Compressor {
     }
 
     /// Give the calibration statistics the whitened method needs (from [`crate::compression::calib::Calibrator`]).
-    pub fn set_calibration(&mut self, grams: HashMap<String, crate::compression::calib::Gram>) {
+    pub fn set_calibration(&mut self, grams: crate::compression::calib::Grams) {
         self.grams = grams;
     }
 

@@ -189,25 +189,60 @@ fn non_finite_input_is_an_error() {
 
 #[test]
 fn the_activation_error_from_the_decomposition_equals_the_direct_one() {
-    let (m, n, rows) = (24, 40, 300);
-    let w = random(m, n, 31);
-    let mut rng = Rng::new(9);
-    let x: Vec<f64> = (0..rows * n).map(|k| rng.normal() * (1.0 + 5.0 * ((k % n) as f64 / n as f64))).collect();
-    let mut gram = vec![0f64; n * n];
-    for r in 0..rows {
-        for i in 0..n {
-            for j in 0..n {
-                gram[i * n + j] += x[r * n + i] * x[r * n + j] / rows as f64;
+    // both sides of the decomposition: wide (from A (G + λI) Aᵀ) and tall (from (A L)ᵀ A L)
+    for (m, n) in [(24, 40), (40, 24)] {
+        let rows = 300;
+        let w = random(m, n, 31);
+        let mut rng = Rng::new(9);
+        let x: Vec<f64> = (0..rows * n).map(|k| rng.normal() * (1.0 + 5.0 * ((k % n) as f64 / n as f64))).collect();
+        let mut gram = vec![0f64; n * n];
+        for r in 0..rows {
+            for i in 0..n {
+                for j in 0..n {
+                    gram[i * n + j] += x[r * n + i] * x[r * n + j] / rows as f64;
+                }
             }
         }
-    }
-    let d = Whitened::new(&to_mat(&w, m, n), &gram, 0.01).unwrap();
-    for r in [1, 5, 12] {
-        let s = d.truncate(r);
-        // P = U diag(S), V = Vh
-        let p: Vec<f64> = (0..m * r).map(|k| s.u[k] * s.s[k % r]).collect();
-        let direct = rel_activation_error(&w, &s.reconstruct(), m, n, &gram);
-        let via = d.activation_error(&w, &p, &s.vh, r);
-        assert!((direct - via).abs() < 1e-9 * direct.max(1.0), "rank {r}: {direct} vs {via}");
+        let d = Whitened::new(&to_mat(&w, m, n), &gram, 0.01).unwrap();
+        // the same as the SVD of A L, with G + λI = L Lᵀ: every singular value, and each truncation U Σ Vᵀ L⁻¹
+        let lambda = d.lambda;
+        let g = faer::Mat::from_fn(n, n, |i, j| gram[i * n + j] + if i == j { lambda } else { 0.0 });
+        let l = g.llt(faer::Side::Lower).unwrap().L().to_owned();
+        let al = to_mat(&w, m, n) * &l;
+        let svd = al.thin_svd().unwrap();
+        let k = m.min(n);
+        for i in 0..k {
+            let (a, b) = (d.all[i], svd.S().column_vector()[i]);
+            // (on the output side A G is an f32 product: σ² moves by ~10⁻⁷ of σ₁²)
+            assert!((a * a - b * b).abs() <= 1e-6 * d.all[0] * d.all[0], "{m}x{n} σ{i}: {a} vs {b}");
+        }
+        for r in [1, 5, 12] {
+            let s = d.truncate(r);
+            // the reference: (U Σ Vᵀ) L⁻¹, from the SVD of A L
+            let (u, v) = (svd.U().subcols(0, r), svd.V().subcols(0, r));
+            let usv = faer::Mat::from_fn(m, n, |i, j| {
+                (0..r).map(|q| u[(i, q)] * svd.S().column_vector()[q] * v[(j, q)]).sum::<f64>()
+            });
+            let mut want = usv.transpose().to_owned();
+            faer::linalg::triangular_solve::solve_upper_triangular_in_place(
+                l.transpose(),
+                want.as_mut(),
+                faer::Par::Seq,
+            );
+            let got = s.reconstruct();
+            let scale = want.norm_max();
+            for i in 0..m {
+                for j in 0..n {
+                    // (measured: 10⁻⁷ of the largest entry on the output side, 10⁻¹⁵ on the input side)
+                    let e = (got[i * n + j] - want[(j, i)]).abs();
+                    assert!(e <= 1e-6 * scale, "{m}x{n} rank {r} at ({i}, {j})");
+                }
+            }
+            // P = U diag(S), V = Vh
+            let p: Vec<f64> = (0..m * r).map(|k| s.u[k] * s.s[k % r]).collect();
+            let direct = rel_activation_error(&w, &got, m, n, &gram);
+            let via = d.activation_error(&w, &p, &s.vh, r);
+            assert!((direct - via).abs() < 1e-6 * direct.max(1.0), "{m}x{n} rank {r}: {direct} vs {via}");
+        }
     }
 }
