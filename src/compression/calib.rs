@@ -181,7 +181,7 @@ impl Calibrator {
 }
 
 /// The bytes a set of statistics holds (each shared one once).
-pub fn grams_bytes(grams: &Grams) -> usize {
+fn grams_bytes(grams: &Grams) -> usize {
     let mut seen = HashSet::new();
     grams.values().filter(|g| seen.insert(Arc::as_ptr(g))).map(|g| g.bytes()).sum()
 }
