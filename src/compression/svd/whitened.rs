@@ -34,8 +34,9 @@ pub fn damping(gram: &[f64], n: usize, damp: f64) -> f64 {
 /// Made as the eigendecomposition of the smaller of `A L (A L)ᵀ` and `(A L)ᵀ A L`, not as an SVD of `A L`: on the
 /// output side (m ≤ n) `A L (A L)ᵀ = A (G + λI) Aᵀ` needs neither `L` nor a triangular solve (`Vᵀ L⁻¹ = Σ⁻¹ Uᵀ A`),
 /// and a symmetric eigendecomposition of the small side costs a fraction of the SVD of the whole (measured natively:
-/// 768×3072 2.3×, 3072×768 2.6×, 768×768 1.6× faster). Squaring `A L` costs digits only in singular values below
-/// ~10⁻⁸ of the largest, far below any rank a compression keeps.
+/// 768×3072 2.3×, 3072×768 2.6×, 768×768 1.6× faster, all in f64). Squaring `A L` costs digits only in singular
+/// values below ~10⁻⁸ of the largest, far below any rank a compression keeps; the output side's f32 product (below)
+/// moves σ² by ~10⁻⁷ of σ₁².
 pub struct Whitened {
     m: usize,
     n: usize,
@@ -81,6 +82,10 @@ impl Whitened {
         let lambda = damping(gram, n, damp);
         let not_pd = || Error::Numeric("whitened SVD: the calibration statistics are not positive definite".into());
         let (side, all) = if m <= n {
+            // G + λI must be positive definite, as the Cholesky factor on the input side requires
+            if gram.iter().step_by(n + 1).any(|&d| d + lambda <= 0.0) {
+                return Err(not_pd());
+            }
             // A G, the one m × n × n product, in f32 (the weight is f32 as stored; G's entries lose 10⁻⁷ of
             // themselves): four lanes to f64's two in wasm's SIMD. Its error, ~10⁻⁷ of σ₁² in A G Aᵀ, moves a
             // singular value σ by ~10⁻⁷ (σ₁/σ)²: 2·10⁻⁵ where σ is a twentieth of σ₁, a hundredth of what INT8 storage
@@ -91,10 +96,6 @@ impl Whitened {
             // A (G + λI) Aᵀ
             let c = Mat::from_fn(m, n, |i, j| ag[(i, j)] + lambda * a[(i, j)]) * a.transpose();
             let (u, all) = descending_eigen(&c)?;
-            // G + λI must be positive definite, as the Cholesky factor on the input side requires
-            if gram.iter().step_by(n + 1).any(|&d| d + lambda <= 0.0) {
-                return Err(not_pd());
-            }
             (Side::Out { a: a.to_owned(), g, ag, u }, all)
         } else {
             let gd = Mat::from_fn(n, n, |i, j| gram[i * n + j] + if i == j { lambda } else { 0.0 });
