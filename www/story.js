@@ -6,7 +6,7 @@ import { ask } from './jobs.js';
 import { compressJob } from './results.js';
 import { generateJob } from './generation.js';
 import * as estimate from './estimate.js';
-import { calibrated } from './protocol.js';
+import { calibrated, isMemoryError } from './protocol.js';
 
 // The origin's presets in order, each compressed, evaluated on the same tokens (those after the calibration text,
 // so that the calibrated step is measured on text it did not see) and continuing the same prompt; laid out as one
@@ -31,6 +31,9 @@ function storySteps(summary) {
   ];
 }
 
+// 3 / 3 and 4 / 1, 2 and 4
+const listed = (items) => (items.length > 1 ? `${items.slice(0, -1).join(', ')} and ${items[items.length - 1]}` : String(items[0]));
+
 function storyCell(tr, text, cls) {
   const td = document.createElement('td');
   td.textContent = text;
@@ -46,6 +49,7 @@ export async function tellStory() {
   $('story-panel').hidden = false;
   $('story').disabled = true;
   app.story = { running: true, cancelled: false, plan: null };
+  delete $('story-panel').dataset.notRun;
   // how the story ended, for whoever waits on it (the status also reads 'done' after each step's compression)
   const told = (how) => { $('story-panel').dataset.told = how; };
   told('running');
@@ -76,6 +80,17 @@ export async function tellStory() {
     continuation(r.cells[7], 'waiting');
     return r;
   });
+  // a step this tab has too little memory for: its row says what it would need, and the story goes on without it
+  /** @type {{step: number, message: string}[]} */
+  const notRun = [];
+  const skipped = (i, message) => {
+    const { tr, cells } = rows[i];
+    for (const td of cells.slice(2, 7)) td.textContent = '–';
+    continuation(cells[7], `Not run in this tab: ${message}`);
+    tr.dataset.notRun = 'memory';
+    notRun.push({ step: i + 1, message });
+    $('story-panel').dataset.notRun = notRun.map((n) => n.step).join(',');
+  };
   const s = app.model.summary;
   const t0 = performance.now();
   try {
@@ -92,7 +107,18 @@ export async function tellStory() {
       tr.scrollIntoView({ block: 'nearest', behavior: reduceMotion ? 'auto' : 'smooth' });
       plan.begin(1 + 2 * i);
       const policy = policyFromForm();
-      const r = await compressJob(policy, undefined, { skip }, { reveal: false });
+      let r;
+      try {
+        r = await compressJob(policy, undefined, { skip }, { reveal: false });
+      } catch (err) {
+        if (!isMemoryError(err)) throw err;
+        skipped(i, err.message);
+        continue;
+      }
+      if (!r.evaluation) {
+        skipped(i, `compressed, but not evaluated: ${r.eval_error}`);
+        continue;
+      }
       // what the step took, against what was expected of it: the next estimates are corrected by it
       estimate.learn(estimate.kindOf(policy), plan.parts[1 + 2 * i].compress, r.compress_seconds);
       if (r.evaluation) estimate.learn('evaluate', plan.parts[1 + 2 * i].evaluate, r.evaluation.seconds);
@@ -115,7 +141,10 @@ export async function tellStory() {
     }
     plan.begin(plan.parts.length);
     $('story-panel').dataset.seconds = ((performance.now() - t0) / 1000).toFixed(1);
-    $('story-note').textContent += ` The story is told (in ${estimate.say((performance.now() - t0) / 1000)}): the setting breaks the model, keeping the MLP dense saves it at little saving, activation-aware SVD at the same parameter count compresses every layer and keeps the quality, and quantization to four bits, smaller still, keeps more.`;
+    const took = estimate.say((performance.now() - t0) / 1000);
+    $('story-note').textContent += notRun.length
+      ? ` The story is told (in ${took}) without step${notRun.length > 1 ? 's' : ''} ${listed(notRun.map((n) => n.step))}, which this tab has too little memory for (${notRun[0].message}): compare the rows it could run.`
+      : ` The story is told (in ${took}): the setting breaks the model, keeping the MLP dense saves it at little saving, activation-aware SVD at the same parameter count compresses every layer and keeps the quality, and quantization to four bits, smaller still, keeps more.`;
     setState('done', 'story told');
     told('done');
   } catch (err) {

@@ -2,7 +2,9 @@
 // pytorch_model.bin files, another architecture's config) refused with their sentence in #error and the page usable after them; the worker made to trap mid-compression and to hang
 // mid-generation (a test-only message, the page loaded with ?test-faults), each time the page saying what
 // happened, a new worker taking over and the next job succeeding; a helper that traps mid-compression and one
-// mid-evaluation, replaced without the job failing and with the same figures; no request leaving the origin.
+// mid-evaluation, replaced without the job failing and with the same figures; the origin's story in a tab with too
+// little memory for its steps, told to its end with each step it could not run saying why; no request leaving the
+// origin.
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import fs from 'node:fs';
@@ -205,6 +207,39 @@ try {
   } else {
     console.log(`  (skipped: ${cores} core, no helpers)`);
   }
+
+  step("a tab with too little memory for the story's steps tells it without them: each such row says what it would need, and the story goes on to its end");
+  // 70 MB plans for the demo once loaded but not for the calibration statistics (76 MiB) of the activation-aware and
+  // GPTQ steps (nor, here, for the other steps' dense tensors: what else fits depends on how far earlier jobs grew
+  // the heap)
+  const small = await context.newPage();
+  small.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
+  await small.goto(`${server.url}?memory=70000000`);
+  await small.waitForFunction(() => document.querySelector('#status').dataset.state === 'idle');
+  const before = await small.$eval('#status', (e) => Number(e.dataset.jobs || 0));
+  await small.click('#load-demo');
+  await small.waitForFunction((k) => Number(document.querySelector('#status').dataset.jobs || 0) >= k, before + 1, { timeout: 300000 });
+  await small.click('#story');
+  await small.waitForFunction(() => ['done', 'error', 'lost', 'cancelled'].includes(document.querySelector('#story-panel').dataset.told), null, { timeout: 600000 });
+  assert.equal(await small.$eval('#story-panel', (e) => e.dataset.told), 'done', await small.textContent('#error'));
+  const told = await small.$$eval('#story-table tbody tr', (rs) => rs.map((r) => ({ step: r.dataset.step, cosine: r.dataset.cosine,
+    notRun: r.dataset.notRun, text: r.lastElementChild.textContent })));
+  assert.equal(told.length, 7);
+  for (const r of told.slice(1)) {
+    // each step either ran (its cosine) or says why it did not, never both
+    assert.ok((r.cosine === undefined) === (r.notRun === 'memory'), JSON.stringify(r));
+    if (r.notRun) assert.match(r.text, /^Not run in this tab: not enough memory: .* needs about [\d.]+ MiB, and only [\d.]+ MiB of this tab's [\d.]+ MiB is free/);
+  }
+  for (const calibratedStep of ['aware-same', 'default']) {
+    const r = told.find((x) => x.step === calibratedStep);
+    assert.match(r.text, /the calibration statistics .* needs about 76\.0 MiB/, calibratedStep);
+  }
+  // the story went on past them to its last step, which either ran or says why not (as the loop above holds)
+  console.log(`  ran: ${told.slice(1).filter((r) => r.cosine).map((r) => r.step).join(', ') || 'none'}`);
+  const skippedSteps = await small.$eval('#story-panel', (e) => e.dataset.notRun);
+  assert.match(skippedSteps, /(^|,)3,4(,|$)/);
+  assert.match(await small.textContent('#story-note'), /The story is told \(in .+\) without steps [\d, and]+, which this tab has too little memory for \(not enough memory: /);
+  await small.close();
 
   step('no request left the origin');
   const origin = new URL(server.url).origin;
