@@ -5,7 +5,7 @@
 //! window) against the throughput. Runs unchanged on any adapter, natively (`slc bench gpu`) and in the browser.
 
 use super::kernels::{Batch, Kind, Params, Plan, Variant};
-use super::model::{attention_as, matmul_as, GpuModel, Heads};
+use super::model::{attention_as, layer_norm_as, matmul_as, GpuModel, Heads};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::Gpu;
 use crate::clock::now;
@@ -240,23 +240,41 @@ pub async fn kernels(gpu: &Gpu, spec: &BenchSpec, bounds: &Bounds) -> Result<Vec
         flops_per_s: 0.0,
         of_bound: 0.0,
     });
-    // attention over a window in both layouts: the scores, the masked softmax and their mix with the values, one head
+    // attention in both layouts, over a window and for one query (a decoding step) after the window: the scores,
+    // the masked softmax and their mix with the values, one head
     let shape = Heads { d, heads: 1, hd: 64.min(d) };
     let q = gpu.buffer("q", (t * d * 4) as u64);
     let scores = gpu.buffer("scores", (t * t.next_multiple_of(4) * 4) as u64);
+    let timed = |kernel: String, s: f64, flops: f64| KernelFigure {
+        kernel,
+        seconds: s,
+        bytes: 0.0,
+        bytes_per_s: 0.0,
+        flops,
+        flops_per_s: flops / s,
+        of_bound: flops / s / bounds.flops,
+    };
     for (name, v) in [("tiled", Variant::Tiled), ("rows", Variant::Rows)] {
         let s = time(gpu, &mut |b| attention_as(b, v, [&q, &x, &x, &y, &scores], 1, shape, t, 0, usize::MAX)).await?;
         // causal: about half the scores are computed
         let flops = 2.0 * 2.0 * (t * t * shape.hd) as f64 / 2.0;
-        out.push(KernelFigure {
-            kernel: format!("attention ({name}), one head of {}, {t} queries", shape.hd),
-            seconds: s,
-            bytes: 0.0,
-            bytes_per_s: 0.0,
-            flops,
-            flops_per_s: flops / s,
-            of_bound: flops / s / bounds.flops,
-        });
+        out.push(timed(format!("attention ({name}), one head of {}, {t} queries", shape.hd), s, flops));
+    }
+    let keys = t - 1;
+    for (name, v) in [("tiled", Variant::Tiled), ("rows", Variant::Rows)] {
+        let s =
+            time(gpu, &mut |b| attention_as(b, v, [&q, &x, &x, &y, &scores], 1, shape, 1, keys, usize::MAX)).await?;
+        let flops = 2.0 * 2.0 * (t * shape.hd) as f64;
+        out.push(timed(format!("attention ({name}), one head of {}, one query after {keys}", shape.hd), s, flops));
+    }
+    // the layer norm in both layouts, for a window and for one row (decoding runs two a layer)
+    let g = gpu.buffer("norm weights", (d * 4) as u64);
+    for rows in [t, 1] {
+        for (name, v) in [("tiled", Variant::Tiled), ("rows", Variant::Rows)] {
+            let s = time(gpu, &mut |b| layer_norm_as(b, v, [&x, &g, &g, &y], rows, d, 1e-5)).await?;
+            let what = if rows == 1 { "one row".to_string() } else { format!("{rows} rows") };
+            out.push(timed(format!("layer norm ({name}), {what} of {d}"), s, 0.0));
+        }
     }
     Ok(out)
 }

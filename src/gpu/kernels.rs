@@ -81,6 +81,8 @@ pub struct Kernels {
 
     pub softmax: Kernel,
     pub layernorm: Kernel,
+    /// The same, an invocation a row.
+    pub layernorm_rows: Kernel,
     pub metrics: Kernel,
     pub copy: Kernel,
     pub madd: Kernel,
@@ -206,6 +208,7 @@ impl Kernels {
                 .collect()
         };
         let probe = include_str!("wgsl/probe.wgsl");
+        let norm = include_str!("wgsl/layernorm.wgsl");
         let attend = format!("const ROWS: u32 = {ROWS}u;\n{}", include_str!("wgsl/attend.wgsl"));
         Kernels {
             linear: weighted("linear", &[PRODUCT, include_str!("wgsl/linear.wgsl")].concat(), &rrrrwu),
@@ -219,7 +222,8 @@ impl Kernels {
             mix: kernel(device, "mix", &attend, "mix", &[R, R, W, U], &[]),
             normalize: kernel(device, "normalize", &attend, "normalize", &[R, R, W, U], &[]),
             softmax: kernel(device, "softmax", include_str!("wgsl/softmax.wgsl"), "main", &[W, U], &[]),
-            layernorm: kernel(device, "layernorm", include_str!("wgsl/layernorm.wgsl"), "main", &[R, R, R, W, U], &[]),
+            layernorm: kernel(device, "layernorm", norm, "main", &[R, R, R, W, U], &[]),
+            layernorm_rows: kernel(device, "layernorm, rows", norm, "rows", &[R, R, R, W, U], &[]),
             metrics: kernel(device, "metrics", include_str!("wgsl/metrics.wgsl"), "main", &[R, R, R, W, U], &[]),
             copy: kernel(device, "copy", probe, "copy", &[R, W, U], &[]),
             madd: kernel(device, "madd", probe, "madd", &[R, W, U], &[]),

@@ -344,10 +344,7 @@ impl GpuModel {
     }
 
     fn norm<'g>(&'g self, batch: &mut Batch<'g>, n: &Norm, x: &Buffer, y: &Buffer, t: usize) {
-        let d = self.cfg.hidden_size;
-        let params = Params::default().u(t).u(d).f(self.cfg.layer_norm_epsilon as f32).u(0).u(0);
-        let k = &batch.gpu().kernels.layernorm;
-        batch.dispatch(k, &[x, &n.g, &n.b, y], params, [t as u32, 1, 1]);
+        layer_norm(batch, [x, &n.g, &n.b, y], t, self.cfg.hidden_size, self.cfg.layer_norm_epsilon as f32);
     }
 
     /// `y[.., y_off..] (+)= x · Wᵀ + b` for `t` rows of x from element `x_off`, `y` rows as wide as the layer's output.
@@ -440,8 +437,8 @@ pub(crate) fn attention(
     attention_as(batch, variant, bufs, heads_at_once, shape, t, pos0, window)
 }
 
-/// [`attention`] in the layout `variant` names (the tiled one where the rows layout does not fit: a few queries, or
-/// heads not a multiple of 16 wide).
+/// [`attention`] in the layout `variant` names (the tiled one where the rows layout does not fit: heads not a multiple
+/// of 16 wide).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_as(
     batch: &mut Batch<'_>,
@@ -455,7 +452,7 @@ pub(crate) fn attention_as(
 ) {
     let l = pos0 + t;
     let kern = &batch.gpu().kernels;
-    if t > SMALL && variant == Variant::Rows && hd % 16 == 0 {
+    if variant == Variant::Rows && hd % 16 == 0 {
         // the rows kernel's layout: rows of scores 16 bytes apart
         let ls = l.next_multiple_of(4);
         let w = window.min(u32::MAX as usize);
@@ -527,6 +524,31 @@ pub(crate) const SCALE: u32 = 1;
 pub(crate) const BIAS: u32 = 2;
 pub(crate) const GELU: u32 = 4;
 pub(crate) const ACCUMULATE: u32 = 8;
+
+/// LayerNorm of `t` rows `d` wide, `[x, g, b, y]`: a workgroup a row where the adapter runs attention's tiled layout
+/// (barriers and workgroup memory suit it), else an invocation a row without barriers, as attention's rows layout
+/// (the same trade, measured once when the device is made).
+pub(crate) fn layer_norm(batch: &mut Batch<'_>, bufs: [&Buffer; 4], t: usize, d: usize, eps: f32) {
+    let variant = batch.gpu().plan().attention;
+    layer_norm_as(batch, variant, bufs, t, d, eps)
+}
+
+/// [`layer_norm`] in the layout `variant` names.
+pub(crate) fn layer_norm_as(
+    batch: &mut Batch<'_>,
+    variant: Variant,
+    [x, g, b, y]: [&Buffer; 4],
+    t: usize,
+    d: usize,
+    eps: f32,
+) {
+    let params = Params::default().u(t).u(d).f(eps).u(0).u(0);
+    let kern = &batch.gpu().kernels;
+    match variant {
+        Variant::Rows => batch.dispatch(&kern.layernorm_rows, &[x, g, b, y], params, spread(t.div_ceil(64))),
+        Variant::Tiled => batch.dispatch(&kern.layernorm, &[x, g, b, y], params, [t as u32, 1, 1]),
+    }
+}
 
 /// Attention for at most this many queries at once (decoding) runs `bmm.wgsl`'s `small` products, one output an
 /// invocation, not its 64 × 64 tiles.

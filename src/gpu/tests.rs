@@ -1,7 +1,7 @@
 //! Every GPU kernel against the CPU path, on the adapter there is (natively lavapipe in CI: a missing adapter fails).
 
 use super::kernels::{Batch, Params, Plan, Variant};
-use super::model::{attention, matmul, matmul_as, Heads, ACCUMULATE, BIAS, GELU, SCALE};
+use super::model::{attention, layer_norm_as, matmul, matmul_as, Heads, ACCUMULATE, BIAS, GELU, SCALE};
 use super::tensor::{GpuMatrix, MatrixSource};
 use super::{block_on, Gpu};
 use crate::evaluation::metrics::{PositionStats, Sums};
@@ -237,7 +237,8 @@ fn attention_in_both_layouts_equals_the_cpu_with_local_windows_and_a_cache() {
     // its own device: the test switches the products' plan, which the other tests share
     let gpu = block_on(Gpu::new()).expect("the GPU device").expect("no GPU adapter");
     let h = Heads { d: 3 * 32, heads: 3, hd: 32 };
-    // (queries, earlier positions in the cache, keys a query sees); 2 and 3 queries take the decoding kernel
+    // (queries, earlier positions in the cache, keys a query sees); 1 and 3 queries take the tiled layout's decoding
+    // kernel
     for (t, pos0, window) in [(37, 0, usize::MAX), (37, 0, 8), (21, 13, 16), (70, 0, 64), (3, 30, 16), (1, 40, 256)] {
         let l = pos0 + t;
         let q = randoms(t * h.d, 1 + t as u64);
@@ -253,6 +254,37 @@ fn attention_in_both_layouts_equals_the_cpu_with_local_windows_and_a_cache() {
             batch.submit();
             let what = format!("{variant:?}, {heads_at_once} heads at once: {t} queries from {pos0}, window {window}");
             assert_close(&read(&gpu, &att, t * h.d), &want, 1e-5, &what);
+        }
+    }
+}
+
+#[test]
+fn layer_norm_in_both_layouts_equals_the_cpu() {
+    let gpu = gpu();
+    let eps = 1e-5;
+    for (t, d) in [(1, 256), (5, 300), (70, 96), (130, 768)] {
+        // rows of unequal means and spreads, as a residual stream has
+        let x: Vec<f32> =
+            randoms(t * d, t as u64).iter().enumerate().map(|(i, v)| v * (1 + i / d) as f32 + (i / d) as f32).collect();
+        let (g, b) = (randoms(d, 7), randoms(d, 8));
+        let want: Vec<f32> = x
+            .chunks(d)
+            .flat_map(|row| {
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                let inv = 1.0 / (var + eps as f64).sqrt();
+                row.iter()
+                    .zip(g.iter().zip(&b))
+                    .map(move |(&v, (&g, &b))| ((v as f64 - mean) * inv * g as f64 + b as f64) as f32)
+            })
+            .collect();
+        for variant in [Variant::Tiled, Variant::Rows] {
+            let (xb, gb, bb) = (gpu.upload("x", &bytes(&x)), gpu.upload("g", &bytes(&g)), gpu.upload("b", &bytes(&b)));
+            let y = gpu.buffer("y", (t * d * 4) as u64);
+            let mut batch = Batch::new(gpu);
+            layer_norm_as(&mut batch, variant, [&xb, &gb, &bb, &y], t, d, eps);
+            batch.submit();
+            assert_close(&read(gpu, &y, t * d), &want, 1e-5, &format!("{variant:?}: {t} rows of {d}"));
         }
     }
 }

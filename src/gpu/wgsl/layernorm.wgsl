@@ -51,3 +51,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
         y[yb + c] = (x[xb + c] - mean) * inv * g[c] + b[c];
     }
 }
+
+// The same, an invocation a row and no barrier (for adapters that run invocations as the SIMD lanes of CPU threads,
+// where a barrier costs a coroutine switch per invocation).
+@compute @workgroup_size(64)
+fn rows(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x + gid.y * 65535u * 64u;
+    if (row >= p.t) {
+        return;
+    }
+    let xb = p.x_off + row * p.d;
+    let yb = p.y_off + row * p.d;
+    var s = 0.0;
+    for (var c = 0u; c < p.d; c++) {
+        s += x[xb + c];
+    }
+    let mean = s / f32(p.d);
+    var q = 0.0;
+    for (var c = 0u; c < p.d; c++) {
+        let v = x[xb + c] - mean;
+        q += v * v;
+    }
+    let inv = 1.0 / sqrt(q / f32(p.d) + p.eps);
+    for (var c = 0u; c < p.d; c++) {
+        y[yb + c] = (x[xb + c] - mean) * inv * g[c] + b[c];
+    }
+}
