@@ -6,6 +6,7 @@ use super::tensor::{GpuMatrix, MatrixSource};
 use super::{block_on, Gpu};
 use crate::evaluation::metrics::{PositionStats, Sums};
 use crate::model::generate::Rng;
+use crate::model::gpt_neo::LayerNorm;
 use crate::model::linear::{Linear, LinearWeight};
 use crate::model::storage::{test_int8, Factor, QuantScheme};
 use candle_core::{Device, Tensor};
@@ -267,17 +268,14 @@ fn layer_norm_in_both_layouts_equals_the_cpu() {
         let x: Vec<f32> =
             randoms(t * d, t as u64).iter().enumerate().map(|(i, v)| v * (1 + i / d) as f32 + (i / d) as f32).collect();
         let (g, b) = (randoms(d, 7), randoms(d, 8));
-        let want: Vec<f32> = x
-            .chunks(d)
-            .flat_map(|row| {
-                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / d as f64;
-                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / d as f64;
-                let inv = 1.0 / (var + eps as f64).sqrt();
-                row.iter()
-                    .zip(g.iter().zip(&b))
-                    .map(move |(&v, (&g, &b))| ((v as f64 - mean) * inv * g as f64 + b as f64) as f32)
-            })
-            .collect();
+        // the CPU path's LayerNorm
+        let cpu = LayerNorm {
+            weight: Tensor::from_vec(g.clone(), d, &Device::Cpu).unwrap(),
+            bias: Tensor::from_vec(b.clone(), d, &Device::Cpu).unwrap(),
+            eps: eps as f64,
+        };
+        let xt = Tensor::from_vec(x.clone(), (t, d), &Device::Cpu).unwrap();
+        let want = cpu.forward(&xt).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         for variant in [Variant::Tiled, Variant::Rows] {
             let (xb, gb, bb) = (gpu.upload("x", &bytes(&x)), gpu.upload("g", &bytes(&g)), gpu.upload("b", &bytes(&b)));
             let y = gpu.buffer("y", (t * d * 4) as u64);

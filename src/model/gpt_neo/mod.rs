@@ -11,6 +11,7 @@ mod ends;
 mod model;
 mod staged;
 
+pub(crate) use block::LayerNorm;
 pub use block::{Block, LinearSlot};
 pub use ends::{Embeddings, Head};
 pub use model::{GptNeo, KvCache};
