@@ -11,6 +11,7 @@ mod ends;
 mod model;
 mod staged;
 
+#[cfg(test)]
 pub(crate) use block::LayerNorm;
 pub use block::{Block, LinearSlot};
 pub use ends::{Embeddings, Head};
