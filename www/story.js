@@ -83,10 +83,10 @@ export async function tellStory() {
   // a step this tab has too little memory for: its row says what it would need, and the story goes on without it
   /** @type {{step: number, message: string}[]} */
   const notRun = [];
-  const skipped = (i, message) => {
+  const skipped = (i, message, what = 'Not run') => {
     const { tr, cells } = rows[i];
     for (const td of cells.slice(2, 7)) td.textContent = '–';
-    continuation(cells[7], `Not run in this tab: ${message}`);
+    continuation(cells[7], `${what} in this tab: ${message}`);
     tr.dataset.notRun = 'memory';
     notRun.push({ step: i + 1, message });
     $('story-panel').dataset.notRun = notRun.map((n) => n.step).join(',');
@@ -116,7 +116,7 @@ export async function tellStory() {
         continue;
       }
       if (!r.evaluation) {
-        skipped(i, `compressed, but not evaluated: ${r.eval_error}`);
+        skipped(i, r.eval_error, 'Compressed, not evaluated');
         continue;
       }
       // what the step took, against what was expected of it: the next estimates are corrected by it
