@@ -11,7 +11,8 @@ mod ends;
 mod model;
 mod staged;
 
-#[cfg(test)]
+// for the GPU kernels' tests, which run natively only
+#[cfg(all(test, not(target_arch = "wasm32")))]
 pub(crate) use block::LayerNorm;
 pub use block::{Block, LinearSlot};
 pub use ends::{Embeddings, Head};
