@@ -121,7 +121,7 @@ export async function tellStory() {
       }
       // what the step took, against what was expected of it: the next estimates are corrected by it
       estimate.learn(estimate.kindOf(policy), plan.parts[1 + 2 * i].compress, r.compress_seconds);
-      if (r.evaluation) estimate.learn('evaluate', plan.parts[1 + 2 * i].evaluate, r.evaluation.seconds);
+      estimate.learn('evaluate', plan.parts[1 + 2 * i].evaluate, r.evaluation.seconds);
       estimate.evaluated({ ...evalSpec(), skip });
       plan.begin(2 + 2 * i);
       const ev = r.evaluation;
