@@ -195,31 +195,67 @@ fn a_new_model_invalidates_the_old_results() {
 }
 
 /// The calibration keeps an n × n matrix of f64 per calibrated layer's input (neo-bard-8l: 0.5 MiB for each 256-wide
-/// input, q, k and v sharing theirs, 8 MiB for each c_proj's 1024, 76 MiB in all): estimated before it starts and
-/// refused with the figures when it will not fit; the layers a policy skips are not calibrated, so skipping the MLP
-/// needs a ninth of it.
+/// input, q, k and v sharing theirs, 8 MiB for each c_proj's 1024: 9.5 MiB a block, 76 MiB in all). When all of them
+/// would not fit, they are collected a block at a time as the compression's work reaches each block (the last block's
+/// freed first), and the checkpoint is the one collecting them all at once writes, to the byte: the story's
+/// activation-aware step (an energy allocation with its check), its GPTQ step, and a loss allocation, which reads every
+/// block's statistics twice (its spectra, then its factors). When one block's would not fit either, the compression
+/// is refused with both figures before anything is collected.
 #[test]
-fn calibration_statistics_are_estimated_before_they_are_collected() {
-    use semantic_llm_compressor::compression::policy::Method;
+fn calibration_statistics_are_collected_a_block_at_a_time_when_all_would_not_fit() {
+    use semantic_llm_compressor::compression::policy::{BudgetMode, Method};
     let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut s = loaded();
     let text = text();
-    let policy = |skip: Vec<String>| Policy {
-        method: Method::Whitened,
-        rank: 16,
-        calibration_tokens: 512,
-        skip,
-        ..Default::default()
+    let base =
+        Policy { calibration_tokens: 512, calibration_window: 256, sensitivity_tokens: 128, ..Default::default() };
+    let policies = [
+        Policy {
+            method: Method::Whitened,
+            budget: Some(0.7),
+            budget_mode: BudgetMode::Energy,
+            allocation_check: true,
+            ..base.clone()
+        },
+        Policy { method: Method::Gptq, bits: 4, group: 64, ..base.clone() },
+        Policy { method: Method::Whitened, budget: Some(0.5), budget_mode: BudgetMode::Loss, ..base.clone() },
+    ];
+    // the phase of every step, and the checkpoint
+    let run = |s: &mut Session, p: &Policy| {
+        s.compress_begin(p.clone(), Some(&text)).unwrap();
+        let mut phases = Vec::new();
+        while let Some(step) = s.compress_step().unwrap() {
+            phases.push(step.info.phase);
+        }
+        s.compress_finish().unwrap();
+        (phases, export(s))
     };
-    s.set_memory_limit(alloc::live_bytes() as f64 + 75e6);
-    let e = s.compress_begin(policy(vec![]), Some(&text)).err().unwrap();
+    for p in &policies {
+        let (all_at_once, expected) = run(&mut loaded(), p);
+        let first_other = all_at_once.iter().position(|&ph| ph != "calibrate").unwrap();
+        assert_eq!(first_other, 8, "{:?}: the eight blocks' statistics first, all at once: {all_at_once:?}", p.method);
+        let mut s = loaded();
+        s.set_memory_limit(alloc::live_bytes() as f64 + 75e6);
+        let (phases, got) = run(&mut s, p);
+        let calibrations = phases.iter().filter(|&&ph| ph == "calibrate").count();
+        let interleaved = phases.iter().skip_while(|&&ph| ph == "calibrate").any(|&ph| ph == "calibrate");
+        assert!(interleaved, "{:?}: calibrated a block at a time, between the work: {phases:?}", p.method);
+        let passes = if p.budget_mode == BudgetMode::Loss { 2 } else { 1 };
+        assert_eq!(calibrations, 8 * passes, "{:?}: {phases:?}", p.method);
+        assert!(got == expected, "{:?}: the checkpoint differs from the one calibrated all at once", p.method);
+    }
+    // one block's statistics do not fit either: refused, naming both figures and what can be done
+    let mut s = loaded();
+    s.set_memory_limit(alloc::live_bytes() as f64 + 9e6);
+    let e = s.compress_begin(policies[1].clone(), Some(&text)).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Memory);
     let msg = e.to_string();
-    assert!(msg.contains("the calibration statistics") && msg.contains("needs about 76.0 MiB"), "{msg}");
-    assert!(msg.contains("mlp.c_proj"), "{msg}");
-    // without the MLP: 8 layers × 2 inputs × 0.5 MiB = 8 MiB, and the compression (which keeps the MLP's 33 MiB
-    // dense) runs to its end in the same room
-    s.compress_begin(policy(vec!["mlp".into()]), Some(&text)).unwrap();
+    assert!(msg.contains("the calibration statistics") && msg.contains("needs about 9.5 MiB"), "{msg}");
+    assert!(msg.contains("all at once: 76.0 MiB") && msg.contains("mlp.c_proj"), "{msg}");
+    // without the MLP: 8 layers × 2 inputs × 0.5 MiB = 8 MiB, all at once, and the compression (which keeps the MLP's
+    // 33 MiB dense) runs to its end in the same room
+    let skip = Policy { method: Method::Whitened, rank: 16, skip: vec!["mlp".into()], ..base };
+    s.set_memory_limit(alloc::live_bytes() as f64 + 75e6);
+    s.compress_begin(skip, Some(&text)).unwrap();
     while s.compress_step().unwrap().is_some() {}
     assert_eq!(s.compress_finish().unwrap().layers_compressed, 32);
 }

@@ -2,8 +2,10 @@
 //! while the original model reads calibration text. Minimising `‖(W − W_r) X‖F` instead of `‖W − W_r‖F` keeps what
 //! the layer does to the activations it actually receives (see [`crate::compression::svd::whitened`]).
 //!
-//! The statistics are collected by an observer handed to the forward pass ([`GptNeo::observe`]), which shows it every
-//! linear layer's input.
+//! The statistics are collected by an observer handed to the forward pass a block at a time ([`Block::run_observed`]),
+//! which shows it every linear layer's input.
+//!
+//! [`Block::run_observed`]: crate::model::gpt_neo::Block::run_observed
 
 use crate::model::gpt_neo::GptNeo;
 use crate::{Error, Result};
@@ -78,11 +80,18 @@ impl Gram {
     }
 }
 
-/// Runs the original model over calibration windows, one per step, and collects every layer's Gram matrix (or those
-/// of the layers it is told to keep).
+/// Runs the original model over the calibration windows a stage at a time (the embeddings with block 0, each block,
+/// then the head's input), every window through one stage before the next, and collects every layer's Gram matrix
+/// (or those of the layers it is told to keep). What it holds between stages is the windows' hidden states.
+///
+/// Collecting one stage's statistics at a time ([`Calibrator::collect_only`], [`Calibrator::take`]) is what lets a
+/// model whose statistics are larger than memory be calibrated: 1.3B's are ~14 GiB, one block's ~600 MiB.
 pub struct Calibrator {
     windows: Vec<Vec<u32>>,
+    /// The stage to run next: block `i` at stage `i`, the head's input at stage `num_layers`.
     next: usize,
+    /// Each window's hidden state entering stage `next` (`[1, t, hidden]`).
+    hidden: Vec<Tensor>,
     /// One per distinct input, in the order first seen.
     grams: Vec<Gram>,
     /// Each kept layer's index in `grams`.
@@ -92,18 +101,34 @@ pub struct Calibrator {
     last: Option<(TensorId, usize)>,
     /// The layers whose statistics are kept (`None`: all).
     keep: Option<HashSet<String>>,
+    /// The only stage whose statistics are collected (`None`: every stage's).
+    only_stage: Option<usize>,
 }
 
 impl Calibrator {
     /// The first `tokens` of `ids` in windows of `window`.
     pub fn new(ids: &[u32], tokens: usize, window: usize) -> Result<Self> {
         let windows = crate::model::tokenizer::windows(ids, tokens, window)?;
-        Ok(Self { windows, next: 0, grams: Vec::new(), by_name: HashMap::new(), last: None, keep: None })
+        Ok(Self {
+            windows,
+            next: 0,
+            hidden: Vec::new(),
+            grams: Vec::new(),
+            by_name: HashMap::new(),
+            last: None,
+            keep: None,
+            only_stage: None,
+        })
     }
 
     /// Keep only these layers' statistics (the matrices a compression may store otherwise than as they are).
     pub fn only(self, names: impl IntoIterator<Item = String>) -> Self {
         Self { keep: Some(names.into_iter().collect()), ..self }
+    }
+
+    /// Collect the statistics of stage `stage` only ([`GptNeo::stage_of`]); the stages before it run unobserved.
+    pub fn collect_only(&mut self, stage: usize) {
+        self.only_stage = Some(stage);
     }
 
     /// Bytes the statistics of these layers (name, input width) take: an n × n matrix of f64 for each input, a
@@ -116,67 +141,103 @@ impl Calibrator {
         inputs.values().map(|&n| 8.0 * (n * n) as f64).sum()
     }
 
-    pub fn total_windows(&self) -> usize {
-        self.windows.len()
+    /// Stages to run for `model`: through the last one holding a kept layer.
+    pub fn total_stages(&self, model: &GptNeo) -> usize {
+        let all = model.blocks().len() + 1;
+        match &self.keep {
+            None => all,
+            Some(k) => k.iter().filter_map(|name| model.stage_of(name)).max().map_or(0, |s| s + 1),
+        }
     }
 
-    pub fn done(&self) -> usize {
+    /// The next stage to run.
+    pub fn next_stage(&self) -> usize {
         self.next
+    }
+
+    pub fn total_windows(&self) -> usize {
+        self.windows.len()
     }
 
     pub fn tokens(&self) -> usize {
         self.windows.iter().map(|w| w.len()).sum()
     }
 
-    /// Run the next window; `false` when all are done.
+    /// Run the next stage over every window; `false` when all are done.
     pub fn step(&mut self, original: &GptNeo) -> Result<bool> {
-        let Some(ids) = self.windows.get(self.next) else { return Ok(false) };
-        let (grams, by_name, last, keep) = (&mut self.grams, &mut self.by_name, &mut self.last, &self.keep);
-        original.observe(ids, &mut |name, x| {
-            if keep.as_ref().is_some_and(|k| !k.contains(name)) {
-                return Ok(());
+        let (s, layers) = (self.next, original.blocks().len());
+        if s >= self.total_stages(original) {
+            return Ok(false);
+        }
+        if s == 0 {
+            self.hidden = self.windows.iter().map(|w| original.embed(w)).collect::<Result<_>>()?;
+        }
+        let observed = self.only_stage.is_none_or(|o| o == s);
+        let mut hidden = std::mem::take(&mut self.hidden);
+        for x in hidden.iter_mut() {
+            let mut observe = |name: &str, t: &Tensor| self.observe(name, t);
+            match original.blocks().get(s) {
+                Some(block) if observed => *x = block.run_observed(x, &mut observe)?,
+                Some(block) => *x = block.run(x)?,
+                None if observed && s == layers => original.observe_head(x, &mut observe)?,
+                None => {}
             }
-            let n = x.dim(D::Minus1)?;
-            let i = match by_name.get(name) {
-                Some(&i) => i,
-                None => {
-                    // a layer reading the input the layer before it read shares its statistics
-                    let i = match *last {
-                        Some((id, i)) if id == x.id() => i,
-                        _ => {
-                            grams.push(Gram { n, g: vec![0.0; n * n], count: 0 });
-                            grams.len() - 1
-                        }
-                    };
-                    by_name.insert(name.to_string(), i);
-                    i
-                }
-            };
-            if grams[i].n != n {
-                return Err(Error::tensor(name, "changed input width while calibrating"));
-            }
-            if *last != Some((x.id(), i)) {
-                grams[i].add(x)?;
-                *last = Some((x.id(), i));
-            }
-            Ok(())
-        })?;
-        self.last = None;
+            self.last = None;
+        }
         self.next += 1;
+        if self.next < self.total_stages(original) {
+            self.hidden = hidden;
+        }
         Ok(true)
     }
 
-    /// The Gram matrices by layer name, once every window has run (layers that read one input share one).
-    pub fn finish(self) -> Grams {
-        let shared: Vec<Arc<Gram>> = self
-            .grams
+    /// Add layer `name`'s input `x` (`[rows, n]`) to its statistics, if they are kept.
+    fn observe(&mut self, name: &str, x: &Tensor) -> Result<()> {
+        if self.keep.as_ref().is_some_and(|k| !k.contains(name)) {
+            return Ok(());
+        }
+        let n = x.dim(D::Minus1)?;
+        let i = match self.by_name.get(name) {
+            Some(&i) => i,
+            None => {
+                // a layer reading the input the layer before it read shares its statistics
+                let i = match self.last {
+                    Some((id, i)) if id == x.id() => i,
+                    _ => {
+                        self.grams.push(Gram { n, g: vec![0.0; n * n], count: 0 });
+                        self.grams.len() - 1
+                    }
+                };
+                self.by_name.insert(name.to_string(), i);
+                i
+            }
+        };
+        if self.grams[i].n != n {
+            return Err(Error::tensor(name, "changed input width while calibrating"));
+        }
+        if self.last != Some((x.id(), i)) {
+            self.grams[i].add(x)?;
+            self.last = Some((x.id(), i));
+        }
+        Ok(())
+    }
+
+    /// The Gram matrices collected so far by layer name (layers that read one input share one), handed over: the
+    /// stages still to run collect anew.
+    pub fn take(&mut self) -> Grams {
+        let shared: Vec<Arc<Gram>> = std::mem::take(&mut self.grams)
             .into_iter()
             .map(|mut g| {
                 g.symmetrize();
                 Arc::new(g)
             })
             .collect();
-        self.by_name.into_iter().map(|(name, i)| (name, shared[i].clone())).collect()
+        std::mem::take(&mut self.by_name).into_iter().map(|(name, i)| (name, shared[i].clone())).collect()
+    }
+
+    /// The Gram matrices by layer name, once every stage has run (layers that read one input share one).
+    pub fn finish(mut self) -> Grams {
+        self.take()
     }
 }
 

@@ -139,13 +139,18 @@ impl Linear {
         self.forward_observed(x, &mut |_, _| Ok(()))
     }
 
+    /// Show `x` (`[.., inp]`) to `observe` as this layer's input, `[rows, inp]`, without running the layer; that view.
+    pub fn observe_input(&self, x: &Tensor, observe: Observer) -> Result<Tensor> {
+        let inp = *x.dims().last().unwrap_or(&0);
+        let x2 = x.reshape((x.elem_count() / inp.max(1), inp))?;
+        observe(&self.name, &x2)?;
+        Ok(x2)
+    }
+
     /// [`Linear::forward`], showing the input to `observe` first.
     pub fn forward_observed(&self, x: &Tensor, observe: Observer) -> Result<Tensor> {
+        let x2 = self.observe_input(x, observe)?;
         let dims = x.dims().to_vec();
-        let inp = *dims.last().unwrap_or(&0);
-        let n = x.elem_count() / inp.max(1);
-        let x2 = x.reshape((n, inp))?;
-        observe(&self.name, &x2)?;
         let y = match &self.weight {
             LinearWeight::Dense(w) if w.dtype() == DType::F32 => x2.matmul(&w.t()?)?,
             // a half tensor handed in directly (the model keeps halves as `Matrix`)

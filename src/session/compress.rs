@@ -12,6 +12,7 @@ use crate::compression::sensitivity::Probe;
 use crate::compression::source::{considered_matrices, reader};
 use crate::compression::work::{decode_done, decode_work, encode_done, encode_work};
 use crate::model::tokenizer::strided_windows;
+use crate::session::memory::human;
 use crate::session::reports::*;
 use crate::{Error, Result};
 
@@ -73,17 +74,32 @@ impl Session {
             }
             let ids = ids.ok_or_else(|| Error::msg("activation-aware SVD needs a calibration text"))?;
             let bytes = Calibrator::bytes_for(c.calibration_targets().map(|m| (m.name.as_str(), m.inp)));
-            self.memory.check(
-                "the calibration statistics (an n × n matrix of f64 for each calibrated layer's n inputs)",
-                bytes,
-                0.9,
-                "skip the widest layers (mlp.c_proj) or choose a method without calibration",
-            )?;
+            // every layer's statistics at once when they fit (a later compression on the same text takes them), else
+            // a block's at a time as the work reaches it (the refit collects states of its own beside them)
+            let what = "the calibration statistics (an n × n matrix of f64 for each calibrated layer's n inputs)";
+            let advice = "skip the widest layers (mlp.c_proj) or choose a method without calibration";
+            self.calibrate_by_stage = !self.memory.fits(bytes, 0.9) && c.policy.method != Method::Refit;
+            match (self.calibrate_by_stage, self.original.as_ref()) {
+                (true, Some(o)) => {
+                    let largest = largest_stage_bytes(o, c.calibration_targets());
+                    let what = format!("{what} of one block, a block at a time (all at once: {})", human(bytes));
+                    self.memory.check(&what, largest, 0.9, advice)?;
+                }
+                _ => self.memory.check(what, bytes, 0.9, advice)?,
+            }
             self.calibrator = Some(c.calibrator(&ids)?);
             self.calibration_ids = Some(ids);
         }
+        let cal_steps = match (self.calibrator.as_ref(), self.original.as_ref()) {
+            // a loss allocation reads every block's statistics twice: for the spectra, then for the factors
+            (Some(cal), Some(o)) if self.calibrate_by_stage => {
+                cal.total_stages(o) * if c.policy.needs_sensitivity() { 2 } else { 1 }
+            }
+            (Some(cal), Some(o)) => cal.total_stages(o),
+            _ => 0,
+        };
         let cal = self.calibrator.as_ref();
-        let total_steps = c.total_steps(b.cfg.num_layers) + cal.map_or(0, |c| c.total_windows());
+        let total_steps = c.total_steps(b.cfg.num_layers) + cal_steps;
         let calibration_tokens = cal.map(|c| c.tokens()).or(calibration_tokens);
         let c = self.compressor.insert(c);
         let todo = (0..c.mats.len()).filter(|i| !reused.contains(i)).collect();
@@ -119,20 +135,14 @@ impl Session {
         Ok(CompressStep { info, layer })
     }
 
-    /// One step of the compression (a calibration window, a spectrum or a matrix), or `None` when every step is done.
+    /// One step of the compression (a calibration stage, a spectrum or a matrix), or `None` when every step is done.
     pub fn compress_step(&mut self) -> Result<Option<CompressStep<'_>>> {
         let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
         let c = self.compressor.as_mut().ok_or_else(|| Error::msg("no compression was started"))?;
-        if let Some(cal) = self.calibrator.as_mut() {
+        if let Some(cal) = self.calibrator.as_mut().filter(|_| !self.calibrate_by_stage) {
             let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
             if cal.step(o)? {
-                let info = StepInfo {
-                    phase: "calibrate",
-                    done: cal.done(),
-                    total: cal.total_windows(),
-                    name: format!("calibration window {}/{}", cal.done(), cal.total_windows()),
-                    index: None,
-                };
+                let info = calibration_step(cal, o);
                 return Ok(Some(CompressStep { info, layer: None }));
             }
             if let Some(cal) = self.calibrator.take() {
@@ -175,6 +185,35 @@ impl Session {
                 )?;
             }
             c.set_probe(Probe::new(o, ids, tokens, p.calibration_window)?);
+        }
+        // a block at a time: the spectra (and the plans) first where they read no statistics, then the statistics of
+        // the block the work has reached, the last block's freed first
+        if self.calibrate_by_stage && !c.plans_made() && c.statistics_wanted().is_none() {
+            if let Some(info) = c.spectrum_step(&reader(&b.ckpt))? {
+                return Ok(Some(CompressStep { info, layer: None }));
+            }
+        }
+        if let (true, Some(i)) = (self.calibrate_by_stage, c.statistics_wanted()) {
+            let o = self.original.as_ref().ok_or_else(|| Error::msg("the original model is not loaded"))?;
+            let name = &c.mats[i].name;
+            let stage = o.stage_of(name).ok_or_else(|| Error::tensor(name, "is no linear layer of the original"))?;
+            c.set_calibration(Default::default());
+            let mut cal = match self.calibrator.take() {
+                Some(cal) if cal.next_stage() <= stage => cal,
+                // a second pass over the blocks (a loss allocation's factors) starts again from the embeddings
+                _ => {
+                    let ids = self.calibration_ids.as_ref().ok_or_else(|| Error::msg("no calibration text"))?;
+                    c.calibrator(ids)?
+                }
+            };
+            cal.collect_only(stage);
+            cal.step(o)?;
+            if cal.next_stage() == stage + 1 {
+                c.set_calibration(cal.take());
+            }
+            let info = calibration_step(&cal, o);
+            self.calibrator = Some(cal);
+            return Ok(Some(CompressStep { info, layer: None }));
         }
         // the refit: once the plans are made, one block per step, then the matrices outside the blocks
         if c.policy.method == Method::Refit && !c.plans_made() {
@@ -301,4 +340,32 @@ impl Session {
         let export = Export::new(&b.ckpt, &b.config_json, b.tokenizer_json.as_deref(), weights, &c.reports, policy)?;
         export.write(&b.ckpt, sink)
     }
+}
+
+/// The step a calibration has just made: the stage it ran, over how many windows.
+fn calibration_step(cal: &Calibrator, o: &crate::model::gpt_neo::GptNeo) -> StepInfo {
+    let (done, total, layers) = (cal.next_stage(), cal.total_stages(o), o.blocks().len());
+    let stage = match done {
+        d if d > layers => "the head's input".to_string(),
+        d => format!("block {d}/{layers}"),
+    };
+    StepInfo {
+        phase: "calibrate",
+        done,
+        total,
+        name: format!("calibration, {stage} ({} windows)", cal.total_windows()),
+        index: None,
+    }
+}
+
+/// Bytes of the largest statistics one stage of a calibration of `targets` collects ([`Calibrator::bytes_for`]).
+fn largest_stage_bytes<'a>(
+    o: &crate::model::gpt_neo::GptNeo,
+    targets: impl Iterator<Item = &'a crate::compression::policy::MatrixInfo>,
+) -> f64 {
+    let mut stages: std::collections::HashMap<usize, Vec<(&str, usize)>> = Default::default();
+    for m in targets {
+        stages.entry(o.stage_of(&m.name).unwrap_or(usize::MAX)).or_default().push((m.name.as_str(), m.inp));
+    }
+    stages.into_values().map(Calibrator::bytes_for).fold(0.0, f64::max)
 }

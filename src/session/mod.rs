@@ -97,6 +97,9 @@ pub struct Session {
     original: Option<GptNeo>,
     compressor: Option<Compressor>,
     calibrator: Option<Calibrator>,
+    /// Whether the compression in progress collects its calibration statistics a block at a time, as its work reaches
+    /// each block (all of them at once would not fit).
+    calibrate_by_stage: bool,
     /// The calibration text's tokens, while a compression that probes or refits needs them.
     calibration_ids: Option<Vec<u32>>,
     refit: Option<Refit>,
@@ -140,6 +143,7 @@ impl Session {
             original: None,
             compressor: None,
             calibrator: None,
+            calibrate_by_stage: false,
             calibration_ids: None,
             refit: None,
             compressed: None,

@@ -123,6 +123,47 @@ impl Compressor {
         self.policy.method.is_activation_aware() && self.grams.is_empty() && self.calibration_targets().next().is_some()
     }
 
+    /// The first matrix whose calibration statistics the work left needs and this compression does not hold: a
+    /// calibration a block at a time gives them ([`Compressor::set_calibration`]) when it is asked. `None` when the
+    /// next work needs none it lacks.
+    pub fn statistics_wanted(&self) -> Option<usize> {
+        if !self.policy.method.is_activation_aware() {
+            return None;
+        }
+        let n = self.mats.len();
+        let next = match self.phase {
+            Phase::Spectra if self.policy.needs_sensitivity() => {
+                self.spectrum_targets().into_iter().find(|&i| self.spectra[i].is_none())
+            }
+            Phase::Factor if self.check_pending() => {
+                (0..n).find(|&i| self.checked.get(i).is_some_and(Option::is_none) && self.reads(i))
+            }
+            Phase::Factor => (0..n).find(|&i| self.done[i].is_none() && self.reads(i)),
+            _ => None,
+        };
+        next.filter(|&i| !self.grams.contains_key(&self.mats[i].name))
+    }
+
+    /// Whether matrix `i`'s work in this phase reads its calibration statistics (once the plans are made).
+    fn reads(&self, i: usize) -> bool {
+        let reads = |plans: &[Plan]| plans.get(i).is_some_and(|p| self.reads_statistics(p));
+        reads(&self.plans) || (self.check_pending() && reads(&self.alt_plans))
+    }
+
+    /// Whether matrix `i`'s work in this phase waits for calibration statistics this compression does not hold.
+    fn waits(&self, i: usize) -> bool {
+        self.reads(i) && !self.grams.contains_key(&self.mats[i].name)
+    }
+
+    /// Whether a matrix stored by `plan` is computed from its calibration statistics (see [`Compressor::job`]).
+    fn reads_statistics(&self, plan: &Plan) -> bool {
+        match (plan, self.policy.method) {
+            (Plan::LowRank { .. }, method) => method.is_activation_aware(),
+            (Plan::Grouped { .. }, Method::Gptq | Method::Auto) => true,
+            _ => false,
+        }
+    }
+
     /// Whether the loss allocation or the allocation check still needs its probe ([`Compressor::set_probe`]).
     pub fn needs_probe(&self) -> bool {
         (self.policy.needs_sensitivity() || self.policy.checks_allocation()) && self.probe.is_none()
@@ -379,12 +420,10 @@ impl Compressor {
         }
         let m = self.mats.get(i).ok_or_else(|| self.no_matrix(i))?;
         let plan = &plan;
-        let gram = match (plan, self.policy.method) {
-            (Plan::LowRank { .. }, method) if method.is_activation_aware() => {
-                Some(self.mean_gram(m, "an activation-aware SVD")?)
-            }
-            (Plan::Grouped { .. }, Method::Gptq | Method::Auto) => Some(self.mean_gram(m, "GPTQ")?),
-            _ => None,
+        let gram = match plan {
+            _ if !self.reads_statistics(plan) => None,
+            Plan::LowRank { .. } => Some(self.mean_gram(m, "an activation-aware SVD")?),
+            _ => Some(self.mean_gram(m, "GPTQ")?),
         };
         Ok(FactorJob::new(i, m.clone(), plan.clone(), self.policy.clone(), self.spectra[i].clone(), gram))
     }

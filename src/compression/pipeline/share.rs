@@ -74,11 +74,14 @@ impl Compressor {
                     self.spectrum_targets().into_iter().filter(|&i| self.spectra[i].is_none() && !known(&i)).collect();
                 ("spectrum", t)
             }
+            // a matrix whose statistics are not held yet (a calibration a block at a time) waits for them
             Phase::Factor if self.check_pending() => {
-                ("check", (0..self.mats.len()).filter(|&i| self.checked.get(i).is_some_and(Option::is_none)).collect())
+                let t = (0..self.mats.len()).filter(|&i| self.checked.get(i).is_some_and(Option::is_none));
+                ("check", t.filter(|&i| !self.waits(i)).collect())
             }
             Phase::Factor if self.policy.method != crate::compression::policy::Method::Refit => {
-                ("factor", (0..self.mats.len()).filter(|&i| self.done[i].is_none()).collect())
+                let t = (0..self.mats.len()).filter(|&i| self.done[i].is_none());
+                ("factor", t.filter(|&i| !self.waits(i)).collect())
             }
             _ => return None,
         };

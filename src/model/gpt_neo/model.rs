@@ -172,12 +172,19 @@ impl GptNeo {
         Ok(self.head.head.forward(states)?.squeeze(0)?)
     }
 
-    /// Run one sequence of ids as [`GptNeo::logits`] does, showing every linear layer's input (the head's too) to
-    /// `observe`.
-    pub fn observe(&self, ids: &[u32], observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>) -> Result<()> {
-        let ids = Tensor::from_slice(ids, (1, ids.len()), &Device::Cpu)?;
-        let (x, _) = self.trunk(&ids, None, false, &mut *observe)?;
-        self.head.head.forward_observed(&x, observe)?;
+    /// Show the head's input for the last block's output `x` (`[1, t, hidden]`: the final LayerNorm of it) to
+    /// `observe`, without running the head.
+    pub fn observe_head(&self, x: &Tensor, observe: &mut dyn FnMut(&str, &Tensor) -> Result<()>) -> Result<()> {
+        self.head.head.observe_input(&self.head.ln_f.forward(x)?, observe)?;
         Ok(())
+    }
+
+    /// Where the linear layer named `name` reads its input: block `i`'s layers at stage `i`, the head after every block
+    /// (stage `num_layers`); `None` for a name that is no linear layer of this model.
+    pub fn stage_of(&self, name: &str) -> Option<usize> {
+        match self.blocks.iter().position(|b| b.linear(name).is_some()) {
+            Some(i) => Some(i),
+            None => (self.head.head.name == name).then_some(self.blocks.len()),
+        }
     }
 }
