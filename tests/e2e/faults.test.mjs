@@ -209,9 +209,8 @@ try {
   }
 
   step("a tab with too little memory for the story's steps tells it without them: each such row says what it would need, and the story goes on to its end");
-  // 70 MB plans for the demo once loaded but not for the calibration statistics (76 MiB) of the activation-aware and
-  // GPTQ steps (nor, here, for the other steps' dense tensors: what else fits depends on how far earlier jobs grew
-  // the heap)
+  // 70 MB plans for the demo once loaded but not for the activation-aware step's probe (205 MiB) (nor, here, for the
+  // other steps' dense tensors: what else fits depends on how far earlier jobs grew the heap)
   const small = await context.newPage();
   small.on('pageerror', (e) => { console.log('[page exception]', e.message); failed = true; });
   await small.goto(`${server.url}?memory=70000000`);
@@ -230,14 +229,18 @@ try {
     assert.ok((r.cosine === undefined) === (r.notRun === 'memory'), JSON.stringify(r));
     if (r.notRun) assert.match(r.text, /^(Not run|Compressed, not evaluated) in this tab: not enough memory: .* needs about [\d.]+ MiB, and only [\d.]+ MiB of this tab's [\d.]+ MiB is free/);
   }
+  // the calibrated steps collect their statistics a block at a time here (9.5 MiB, not the 76.0 MiB of all at once);
+  // the activation-aware step's allocation check still needs the original's logits on its probe tokens (205.3 MiB)
   for (const calibratedStep of ['aware-same', 'default']) {
     const r = told.find((x) => x.step === calibratedStep);
-    assert.match(r.text, /the calibration statistics .* needs about 76\.0 MiB/, calibratedStep);
+    assert.doesNotMatch(r.text, /76\.0 MiB/, calibratedStep);
   }
+  assert.match(told.find((x) => x.step === 'aware-same').text, /the allocation check's probe needs about 205\.3 MiB/);
   // the story went on past them to its last step, which either ran or says why not (as the loop above holds)
   console.log(`  ran: ${told.slice(1).filter((r) => r.cosine).map((r) => r.step).join(', ') || 'none'}`);
+  for (const r of told.slice(1).filter((x) => x.notRun)) console.log(`  ${r.step}: ${r.text}`);
   const skippedSteps = await small.$eval('#story-panel', (e) => e.dataset.notRun);
-  assert.match(skippedSteps, /(^|,)3,4(,|$)/);
+  assert.match(skippedSteps, /(^|,)3(,|$)/);
   assert.match(await small.textContent('#story-note'), /The story is told \(in .+\) without steps [\d, and]+, which this tab has too little memory for \(not enough memory: /);
   await small.close();
 
