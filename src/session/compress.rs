@@ -268,15 +268,20 @@ impl Session {
     /// Build the compressed model once every step is done.
     pub fn compress_finish(&mut self) -> Result<Finished> {
         let b = self.bundle.as_ref().ok_or_else(|| Error::msg("no original model is open"))?;
-        let c = self.compressor.as_ref().ok_or_else(|| Error::msg("no compression was started"))?;
+        let c = self.compressor.as_mut().ok_or_else(|| Error::msg("no compression was started"))?;
+        if !c.is_done() {
+            return Err(Error::msg("the compression has not finished"));
+        }
+        // what only the compression needed (the refit's states, the calibration's, the probe) is not the model's
+        // memory: freed before the model's dense tensors are planned for
+        c.release_work();
+        self.refit = None;
+        self.calibrator = None;
+        self.calibration_ids = None;
         // the compressed model holds its factors (already allocated) and the dense tensors as stored
         let dense = b.tensor_bytes()
             - c.mats.iter().filter(|m| c.weights().contains_key(&m.name)).map(|m| m.dense_bytes() as u64).sum::<u64>();
         self.memory.check("the compressed model's dense tensors", dense as f64, 0.9, "skip fewer layers")?;
-        // what only the compression needed (the refit's states, the calibration tokens) is not the model's memory
-        self.refit = None;
-        self.calibrator = None;
-        self.calibration_ids = None;
         let c = self.compressor.take().ok_or_else(|| Error::msg("no compression was started"))?;
         // the calibration's statistics are kept for the next compression while what is free could hold them and the
         // original's tensors again (room for the evaluations and the compression that come between); those measured

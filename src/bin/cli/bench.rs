@@ -37,6 +37,18 @@ pub(super) enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// The origin's story's calibrated steps (activation-aware at the fix's size with the allocation check, then
+    /// GPTQ's 4-bit codes in groups of 64) through the page's session, step by step, in a heap of `--memory-gib`
+    /// (a tab's 4 GiB): how the original is held, how the statistics are collected, time and peak heap per step.
+    Calibrated {
+        #[arg(long)]
+        model: PathBuf,
+        /// Calibration text (the story's: the evaluation text).
+        #[arg(long)]
+        text: PathBuf,
+        #[arg(long = "memory-gib", default_value_t = 4.0)]
+        memory_gib: f64,
+    },
     /// Randomized SVD stage by stage on synthetic trained-like matrices (`slc synth`'s), beside a plain f32 product
     /// of the same shape, with its error against the exact truncation.
     Svd {
@@ -149,6 +161,81 @@ pub(super) fn bench_svd(
             let narrow: Vec<String> = p.narrow.iter().map(|(s, t)| format!("{s} {t:.4}")).collect();
             println!("  products, median of 7 interleaved rounds: {}", narrow.join(", "));
         }
+    }
+    Ok(())
+}
+
+/// `slc bench calibrated`: see [`BenchCmd::Calibrated`].
+pub(super) fn bench_calibrated(dir: &std::path::Path, text: &std::path::Path, memory_gib: f64) -> Result<()> {
+    use semantic_llm_compressor::alloc;
+    use semantic_llm_compressor::compression::policy::{BudgetMode, Method, Policy};
+    use semantic_llm_compressor::session::{MemoryBudget, ModelFiles, Session};
+    use std::time::Instant;
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let text = std::fs::read_to_string(text).map_err(|e| Error::file(text.display().to_string(), e.to_string()))?;
+    let cfg = ModelBundle::open_dir(dir)?.cfg;
+    let mut s = Session::new(MemoryBudget::new(memory_gib * GIB, None), None);
+    let t = Instant::now();
+    s.open(ModelFiles::from_dir(dir)?)?;
+    let loaded = s.load(&|_, _, _| {})?;
+    let gib = |b: f64| b / GIB;
+    println!(
+        "original held as {:?}: {:.2} GiB of weights, loaded in {:.1} s; heap {:.2} GiB of {memory_gib} GiB",
+        loaded.precision,
+        gib(loaded.bytes as f64),
+        t.elapsed().as_secs_f64(),
+        gib(alloc::live_bytes() as f64)
+    );
+    // the story's step 3 at the fix's size (form.js: `fixFraction`), then its step 4
+    let (h, f) = (cfg.hidden_size as f64, cfg.intermediate_size() as f64);
+    let r = (h / 16.0).round().max(1.0);
+    let fraction = ((4.0 * r * (2.0 * h + 1.0) + 2.0 * h * f) / (4.0 * h * h + 2.0 * h * f) * 1e4).round() / 1e4;
+    let steps = [
+        (
+            "activation-aware at the fix's size",
+            Policy {
+                method: Method::Whitened,
+                budget: Some(fraction),
+                budget_mode: BudgetMode::Energy,
+                ..Default::default()
+            },
+        ),
+        ("GPTQ, 4 bits in groups of 64", Policy { method: Method::Gptq, bits: 4, group: 64, ..Default::default() }),
+    ];
+    for (name, policy) in steps {
+        alloc::reset_peak();
+        let t = Instant::now();
+        s.compress_begin(policy, Some(&text))?;
+        let mut phases: Vec<(&'static str, f64)> = Vec::new();
+        let mut order = Vec::new();
+        loop {
+            let ts = Instant::now();
+            let Some(step) = s.compress_step()? else { break };
+            let phase = step.info.phase;
+            order.push(phase);
+            match phases.iter_mut().find(|(p, _)| *p == phase) {
+                Some((_, secs)) => *secs += ts.elapsed().as_secs_f64(),
+                None => phases.push((phase, ts.elapsed().as_secs_f64())),
+            }
+        }
+        let done = s.compress_finish()?;
+        let by_block = order.iter().skip_while(|&&p| p == "calibrate").any(|&p| p == "calibrate");
+        let times: Vec<String> = phases.iter().map(|(p, secs)| format!("{p} {secs:.1} s")).collect();
+        println!(
+            "{name}: {:.1} s ({}); statistics {}; peak heap {:.2} GiB; compressed model {:.1} MiB{}",
+            t.elapsed().as_secs_f64(),
+            times.join(", "),
+            if by_block { "a block at a time" } else { "all at once" },
+            gib(alloc::peak_bytes() as f64),
+            done.resident_bytes as f64 / (1024.0 * 1024.0),
+            done.allocation_check.map_or(String::new(), |c| format!(
+                "; allocation check: {} KL {:.4}, same fraction {:.4}, {} kept",
+                c.mode.name(),
+                c.mode_damage.kl,
+                c.proportional_damage.kl,
+                if c.kept_mode { c.mode.name() } else { "same fraction" }
+            )),
+        );
     }
     Ok(())
 }

@@ -160,6 +160,7 @@ pub fn run() -> Result<()> {
         Cmd::Bench(BenchCmd::Gpu { model, tokens, decode_tokens, no_cpu, json }) => {
             gpu::bench_gpu(model.as_deref(), tokens, decode_tokens, !no_cpu, json)
         }
+        Cmd::Bench(BenchCmd::Calibrated { model, text, memory_gib }) => bench_calibrated(&model, &text, memory_gib),
         Cmd::Bench(BenchCmd::Svd { shapes, rank, power_iters, oversample, runs, exact, json, save }) => {
             bench_svd(&shapes, rank, oversample, power_iters, runs, exact, json, save.as_deref())
         }

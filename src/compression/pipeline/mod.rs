@@ -519,8 +519,7 @@ impl Compressor {
         }
         // the calibration statistics, the loss allocation's probe and the spectra an earlier compression lent are not
         // part of the model
-        drop(std::mem::take(&mut self.grams));
-        drop(self.probe.take());
+        self.release_work();
         drop(std::mem::take(&mut self.known_spectra));
         let reports = std::mem::take(&mut self.done)
             .into_iter()
@@ -551,6 +550,15 @@ impl Compressor {
             reusable,
             plain_spectra,
         })
+    }
+}
+
+impl Compressor {
+    /// Free what only the work needed, once every step is done: the calibration statistics it holds and the probe
+    /// (the original's logits and every block's input on the probe tokens).
+    pub fn release_work(&mut self) {
+        drop(std::mem::take(&mut self.grams));
+        drop(self.probe.take());
     }
 }
 
