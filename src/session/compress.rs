@@ -165,7 +165,11 @@ impl Session {
             let bytes = 4.0 * tokens as f64 * (cfg.vocab_size + (cfg.num_layers + 1) * cfg.hidden_size) as f64;
             let what =
                 if p.needs_sensitivity() { "the loss allocation's probes" } else { "the allocation check's probe" };
-            self.memory.check(what, bytes, 0.9, "use fewer sensitivity tokens")?;
+            let advice = match p.needs_sensitivity() {
+                true => "use fewer sensitivity tokens",
+                false => "use fewer sensitivity tokens or turn the allocation check off",
+            };
+            self.memory.check(what, bytes, 0.9, advice)?;
             if p.checks_allocation() {
                 // the mode's ranks and the same fraction of each matrix, both factored before either is kept: each
                 // about the budget's share of the considered matrices, a byte per INT8 code, 4.25 bits per INT4 code
