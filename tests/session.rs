@@ -195,7 +195,8 @@ fn a_new_model_invalidates_the_old_results() {
 }
 
 /// The calibration keeps an n × n matrix of f64 per calibrated layer's input (neo-bard-8l: 0.5 MiB for each 256-wide
-/// input, q, k and v sharing theirs, 8 MiB for each c_proj's 1024: 9.5 MiB a block, 76 MiB in all). When all of them
+/// input, q, k and v sharing theirs, 8 MiB for each c_proj's 1024: 9.5 MiB a block, 76 MiB in all), and the widest
+/// layer's decomposition needs ~58 MiB beside them (seven 1024 × 1024 matrices of f64 and the weight). When all of them
 /// would not fit, they are collected a block at a time as the compression's work reaches each block (the last block's
 /// freed first), and the checkpoint is the one collecting them all at once writes, to the byte: the story's
 /// activation-aware step (an energy allocation with its check), its GPTQ step, and a loss allocation, which reads every
@@ -234,7 +235,7 @@ fn calibration_statistics_are_collected_a_block_at_a_time_when_all_would_not_fit
         let first_other = all_at_once.iter().position(|&ph| ph != "calibrate").unwrap();
         assert_eq!(first_other, 8, "{:?}: the eight blocks' statistics first, all at once: {all_at_once:?}", p.method);
         let mut s = loaded();
-        s.set_memory_limit(alloc::live_bytes() as f64 + 75e6);
+        s.set_memory_limit(alloc::live_bytes() as f64 + 100e6);
         let (phases, got) = run(&mut s, p);
         let calibrations = phases.iter().filter(|&&ph| ph == "calibrate").count();
         let interleaved = phases.iter().skip_while(|&&ph| ph == "calibrate").any(|&ph| ph == "calibrate");
@@ -245,12 +246,12 @@ fn calibration_statistics_are_collected_a_block_at_a_time_when_all_would_not_fit
     }
     // one block's statistics do not fit either: refused, naming both figures and what can be done
     let mut s = loaded();
-    s.set_memory_limit(alloc::live_bytes() as f64 + 9e6);
+    s.set_memory_limit(alloc::live_bytes() as f64 + 60e6);
     let e = s.compress_begin(policies[1].clone(), Some(&text)).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Memory);
     let msg = e.to_string();
-    assert!(msg.contains("the calibration statistics") && msg.contains("needs about 9.5 MiB"), "{msg}");
-    assert!(msg.contains("all at once: 76.0 MiB") && msg.contains("mlp.c_proj"), "{msg}");
+    assert!(msg.contains("the calibration statistics") && msg.contains("needs about 67.5 MiB"), "{msg}");
+    assert!(msg.contains("all at once: 134.0 MiB") && msg.contains("mlp.c_proj"), "{msg}");
     // without the MLP: 8 layers × 2 inputs × 0.5 MiB = 8 MiB, all at once, and the compression (which keeps the MLP's
     // 33 MiB dense) runs to its end in the same room
     let skip = Policy { method: Method::Whitened, rank: 16, skip: vec!["mlp".into()], ..base };

@@ -28,6 +28,10 @@ impl Session {
         self.compressed = None;
         self.evaluator = None;
         self.generations.retain(|(w, _, _)| *w != Which::Compressed);
+        // a compression that did not finish (refused, or stopped) is dropped before this one starts counting the heap
+        self.compressor = None;
+        self.calibrator = None;
+        self.refit = None;
         self.compress_started = crate::clock::now();
         // the calibration text is read before the compressor starts counting the heap: what reading text leaves
         // warm (the tokenizer's cache of words) is the session's, not the compressed model's
@@ -54,6 +58,7 @@ impl Session {
         // what the compression before factored the same way is taken, not done again (planned up front: taken now)
         let reused = c.reuse(std::mem::take(&mut self.factor_reuse))?;
         self.calibrator = None;
+        self.calibrate_by_stage = false;
         self.calibration_ids = None;
         self.refit = None;
         let mut calibration_tokens = None;
@@ -76,16 +81,22 @@ impl Session {
             let bytes = Calibrator::bytes_for(c.calibration_targets().map(|m| (m.name.as_str(), m.inp)));
             // every layer's statistics at once when they fit (a later compression on the same text takes them), else
             // a block's at a time as the work reaches it (the refit collects states of its own beside them)
-            let what = "the calibration statistics (an n × n matrix of f64 for each calibrated layer's n inputs)";
+            // beside them, the widest matrix's decomposition: GPTQ's on 1.3B's c_proj (n = 8192) measured a peak of
+            // seven n × n matrices of f64 and the weight in f64 (the mean statistics, its inverse Hessian's steps,
+            // since freed one by one): kept as the bound for every calibrated method
+            let work =
+                c.calibration_targets().map(|m| 8.0 * (7 * m.inp * m.inp + m.out * m.inp) as f64).fold(0.0, f64::max);
+            let what = "the calibration statistics (an n × n matrix of f64 for each calibrated layer's n inputs, and \
+                        the widest layer's decomposition beside them)";
             let advice = "skip the widest layers (mlp.c_proj) or choose a method without calibration";
-            self.calibrate_by_stage = !self.memory.fits(bytes, 0.9) && c.policy.method != Method::Refit;
+            self.calibrate_by_stage = !self.memory.fits(bytes + work, 0.9) && c.policy.method != Method::Refit;
             match (self.calibrate_by_stage, self.original.as_ref()) {
                 (true, Some(o)) => {
                     let largest = largest_stage_bytes(o, c.calibration_targets());
-                    let what = format!("{what} of one block, a block at a time (all at once: {})", human(bytes));
-                    self.memory.check(&what, largest, 0.9, advice)?;
+                    let what = format!("{what} of one block, a block at a time (all at once: {})", human(bytes + work));
+                    self.memory.check(&what, largest + work, 0.9, advice)?;
                 }
-                _ => self.memory.check(what, bytes, 0.9, advice)?,
+                _ => self.memory.check(what, bytes + work, 0.9, advice)?,
             }
             self.calibrator = Some(c.calibrator(&ids)?);
             self.calibration_ids = Some(ids);
@@ -290,14 +301,16 @@ impl Session {
         // the calibration's statistics are kept for the next compression while what is free could hold them and the
         // original's tensors again (room for the evaluations and the compression that come between); those measured
         // by this one are not its model's memory
+        // (decided once the model's memory is measured: statistics an earlier compression collected, freed before,
+        // would be taken off it)
         let room = |k: &Calibrated| k.bytes() as f64 + b.tensor_bytes() as f64;
-        if self.calibrated.as_ref().is_some_and(|k| !self.memory.fits(room(k), 1.0)) {
-            self.calibrated = None;
-        }
         let mut done = c.finish(&b.cfg, &b.ckpt)?;
         if let Some(k) = self.calibrated.as_mut().filter(|k| k.fresh) {
             done.resident_bytes = done.resident_bytes.saturating_sub(k.bytes());
             k.fresh = false;
+        }
+        if self.calibrated.as_ref().is_some_and(|k| !self.memory.fits(room(k), 1.0)) {
+            self.calibrated = None;
         }
         self.plain_spectra.extend(std::mem::take(&mut done.plain_spectra));
         let export = Export::new(

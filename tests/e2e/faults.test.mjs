@@ -229,7 +229,8 @@ try {
     assert.ok((r.cosine === undefined) === (r.notRun === 'memory'), JSON.stringify(r));
     if (r.notRun) assert.match(r.text, /^(Not run|Compressed, not evaluated) in this tab: not enough memory: .* needs about [\d.]+ MiB, and only [\d.]+ MiB of this tab's [\d.]+ MiB is free/);
   }
-  // the calibrated steps collect their statistics a block at a time here (9.5 MiB, not the 76.0 MiB of all at once);
+  // the calibrated steps would collect their statistics a block at a time here (9.5 MiB and the widest layer's
+  // decomposition, 67.5 MiB, not the 76.0 MiB of the statistics all at once);
   // the activation-aware step's allocation check needs the original's logits on its probe tokens (205.3 MiB), which
   // do not fit: the step runs without its check, and its row says so
   for (const calibratedStep of ['aware-same', 'default']) {

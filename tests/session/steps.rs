@@ -255,6 +255,48 @@ fn the_resident_figure_does_not_depend_on_what_ran_before() {
     assert_eq!(first, fresh.compress_finish().unwrap().resident_bytes, "a budget's compression after others");
 }
 
+/// A compression refused midway (here its allocation check's probe does not fit beside its calibration statistics)
+/// leaves nothing the next compression counts as its own: the next one's resident bytes are a fresh session's.
+#[test]
+fn a_compression_refused_midway_does_not_count_in_the_next_ones_memory() {
+    use semantic_llm_compressor::compression::policy::{BudgetMode, Method};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let text = text();
+    let base =
+        Policy { calibration_tokens: 1024, calibration_window: 256, sensitivity_tokens: 1024, ..Default::default() };
+    let gptq = Policy { method: Method::Gptq, bits: 4, group: 64, ..base.clone() };
+    let checked = Policy {
+        method: Method::Whitened,
+        budget: Some(0.7),
+        budget_mode: BudgetMode::Energy,
+        allocation_check: true,
+        ..base
+    };
+    let run = |s: &mut Session, p: &Policy| {
+        s.compress_begin(p.clone(), Some(&text))?;
+        while s.compress_step()?.is_some() {}
+        s.compress_finish()
+    };
+    // the statistics (76 MiB, with the widest layer's decomposition 134 MiB) fit all at once, the probe's logits on
+    // 1024 tokens (215 MB) beside them do not, and at the end there is no room to keep the statistics
+    let small = || {
+        let mut s = loaded();
+        s.set_memory_limit(alloc::live_bytes() as f64 + 200e6);
+        s
+    };
+    let expected = run(&mut loaded(), &gptq).unwrap().resident_bytes;
+    let mut s = small();
+    let e = run(&mut s, &checked).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Memory);
+    assert!(e.to_string().contains("the allocation check's probe"), "{e}");
+    // the refused compression's statistics taken (not collected again), then freed for want of room: the fresh
+    // session's ~28.8 MiB (within what the kept statistics' own bookkeeping is estimated to, a few KB); freed before the
+    // measurement, as until now, they made it 0
+    let after = run(&mut s, &gptq).unwrap().resident_bytes;
+    let diff = (after as f64 - expected as f64).abs();
+    assert!(diff < 64e3, "resident {after} B after a refused compression, {expected} B in a fresh session");
+}
+
 /// The block-level refinement in the page's steps: one call per Adam step, each reported ("refine", block and step),
 /// as many steps as the compression announced, and the same checkpoint as the command line's one call.
 #[test]
