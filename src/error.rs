@@ -28,6 +28,11 @@ pub enum Error {
     #[error("not enough memory: {0}")]
     Memory(String),
 
+    /// The allocation check would need more memory than is allowed (says how much and what for): the compression can
+    /// run without it.
+    #[error("not enough memory: {0}")]
+    CheckMemory(String),
+
     /// A numerical routine failed (non-finite input, no convergence).
     #[error("{0}")]
     Numeric(String),
@@ -64,6 +69,7 @@ pub enum ErrorKind {
     Tokenizer,
     Setting,
     Memory,
+    CheckMemory,
     Numeric,
     Gpu,
     Other,
@@ -78,6 +84,7 @@ impl ErrorKind {
             ErrorKind::Tokenizer => "tokenizer",
             ErrorKind::Setting => "setting",
             ErrorKind::Memory => "memory",
+            ErrorKind::CheckMemory => "check-memory",
             ErrorKind::Numeric => "numeric",
             ErrorKind::Gpu => "gpu",
             ErrorKind::Other => "other",
@@ -86,6 +93,14 @@ impl ErrorKind {
 }
 
 impl Error {
+    /// A refusal for want of memory made the allocation check's ([`Error::CheckMemory`]); any other error as it is.
+    pub fn for_allocation_check(self) -> Self {
+        match self {
+            Error::Memory(msg) => Error::CheckMemory(msg),
+            e => e,
+        }
+    }
+
     /// The kind of fault, from the variant.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -95,6 +110,7 @@ impl Error {
             Error::Tokenizer(_) => ErrorKind::Tokenizer,
             Error::Policy(_) => ErrorKind::Setting,
             Error::Memory(_) => ErrorKind::Memory,
+            Error::CheckMemory(_) => ErrorKind::CheckMemory,
             Error::Numeric(_) | Error::Candle(_) => ErrorKind::Numeric,
             Error::Gpu(_) => ErrorKind::Gpu,
             Error::Msg(_) | Error::Json(_) => ErrorKind::Other,

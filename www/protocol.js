@@ -106,12 +106,13 @@
  * @typedef {DefaultsEvent|StateEvent|ProgressEvent|PlanEvent|LayerEvent|TargetEvent|TokenEvent|PointEvent|RowEvent|DeviceEvent|ResultEvent|CancelledEvent|ErrorEvent|
  *   AliveEvent} Event
  *
- * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'numeric'|'gpu'|'other'} ErrorKind
+ * @typedef {'file'|'tensor'|'config'|'tokenizer'|'setting'|'memory'|'check-memory'|'numeric'|'gpu'|'other'} ErrorKind
  *   From the Rust error's variant (error::ErrorKind); code branches on it, never on the message's words.
+ *   'check-memory': not enough memory for the allocation check, without which the compression can run.
  */
 
 /** The kinds an error can have. @type {readonly ErrorKind[]} */
-export const ERROR_KINDS = Object.freeze(['file', 'tensor', 'config', 'tokenizer', 'setting', 'memory', 'numeric', 'gpu', 'other']);
+export const ERROR_KINDS = Object.freeze(['file', 'tensor', 'config', 'tokenizer', 'setting', 'memory', 'check-memory', 'numeric', 'gpu', 'other']);
 
 /** An "error" event for `err` (a wasm error carries its kind; anything else is "other"). @returns {ErrorEvent} */
 export function errorEvent(cmd, err) {
@@ -153,4 +154,4 @@ export const HEARTBEAT_MS = 1000;
 export const isFatal = (err) => !!err && !err.helperDied && (err instanceof WebAssembly.RuntimeError || err instanceof RangeError);
 
 /** Whether an error says that something did not fit in memory. */
-export const isMemoryError = (err) => !!err && err.kind === 'memory';
+export const isMemoryError = (err) => !!err && (err.kind === 'memory' || err.kind === 'check-memory');

@@ -176,11 +176,13 @@ impl Session {
             let bytes = 4.0 * tokens as f64 * (cfg.vocab_size + (cfg.num_layers + 1) * cfg.hidden_size) as f64;
             let what =
                 if p.needs_sensitivity() { "the loss allocation's probes" } else { "the allocation check's probe" };
-            let advice = match p.needs_sensitivity() {
-                true => "use fewer sensitivity tokens",
-                false => "use fewer sensitivity tokens or turn the allocation check off",
-            };
-            self.memory.check(what, bytes, 0.9, advice)?;
+            match p.needs_sensitivity() {
+                true => self.memory.check(what, bytes, 0.9, "use fewer sensitivity tokens")?,
+                false => self
+                    .memory
+                    .check(what, bytes, 0.9, "use fewer sensitivity tokens or turn the allocation check off")
+                    .map_err(Error::for_allocation_check)?,
+            }
             if p.checks_allocation() {
                 // the mode's ranks and the same fraction of each matrix, both factored before either is kept: each
                 // about the budget's share of the considered matrices, a byte per INT8 code, 4.25 bits per INT4 code
@@ -192,12 +194,9 @@ impl Session {
                     _ => 4.0,
                 };
                 let alt = 2.0 * p.budget.unwrap_or(1.0) * params as f64 * per;
-                self.memory.check(
-                    "the allocation check's two sets of factors",
-                    alt,
-                    0.9,
-                    "turn the allocation check off",
-                )?;
+                self.memory
+                    .check("the allocation check's two sets of factors", alt, 0.9, "turn the allocation check off")
+                    .map_err(Error::for_allocation_check)?;
             }
             c.set_probe(Probe::new(o, ids, tokens, p.calibration_window)?);
         }

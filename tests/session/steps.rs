@@ -287,7 +287,11 @@ fn a_compression_refused_midway_does_not_count_in_the_next_ones_memory() {
     let expected = run(&mut loaded(), &gptq).unwrap().resident_bytes;
     let mut s = small();
     let e = run(&mut s, &checked).err().unwrap();
-    assert_eq!(e.kind(), ErrorKind::Memory);
+    assert_eq!(
+        e.kind(),
+        ErrorKind::CheckMemory,
+        "the check's refusal is its own kind: the page runs the step without it"
+    );
     assert!(e.to_string().contains("the allocation check's probe"), "{e}");
     // the refused compression's statistics taken (not collected again), then freed for want of room: the fresh
     // session's ~28.8 MiB (within what the kept statistics' own bookkeeping is estimated to, a few KB); freed before the
